@@ -25,9 +25,11 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -768,12 +770,299 @@ def feature_separation(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshol
 # Evals (SAEBench)
 # ----------------------------------------------------------------------------------------------
 
-EVAL_KEYS = {
-    "absorption": "absorption evaluation results",
-    "core": "core evaluation results",
-    "sparse_probing": "sparse probing evaluation results",
-    "unlearning": "unlearning evaluation results",
-}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting: headline metrics with their directions, notes.txt entries
+# ----------------------------------------------------------------------------------------------
+
+LOWER = "lower is better"
+HIGHER = "higher is better"
+REFERENCE = "reference"
+
+TRAINING = "training results"  # stands for the "training results for layer {L}" block
+ABSORPTION = "absorption evaluation results"
+CORE = "core evaluation results"
+SPARSE_PROBING = "sparse probing evaluation results"
+UNLEARNING = "unlearning evaluation results"
+EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core",
+               SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    sources: tuple
+    """((block, key path), ...) tried in order; the first finite number wins."""
+    direction: str
+    """LOWER, HIGHER or REFERENCE (no better side)."""
+    note: str = ""
+    """Shown beside the value in notes and plots."""
+
+
+METRICS = (
+    Metric("absorption_full",
+           ((ABSORPTION, ("eval_result_metrics", "mean", "mean_full_absorption_score")),
+            # seed-era SAEBench: mean_absorption_score is the full-absorption rate
+            (ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_score"))),
+           LOWER),
+    Metric("absorption_fraction",
+           ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),),
+           LOWER),
+    Metric("explained_variance",
+           ((CORE, ("metrics", "reconstruction_quality", "explained_variance")),), HIGHER),
+    Metric("kl_div_score",
+           ((CORE, ("metrics", "model_behavior_preservation", "kl_div_score")),), HIGHER),
+    Metric("ce_loss_score",
+           ((CORE, ("metrics", "model_performance_preservation", "ce_loss_score")),), HIGHER),
+    Metric("l0",
+           ((CORE, ("metrics", "sparsity", "l0")),
+            (TRAINING, ("final_info", "l0"))),
+           REFERENCE, note="target k"),
+    Metric("sparse_probing_sae_top1",
+           ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),),
+           HIGHER),
+    Metric("sparse_probing_llm_top1",
+           ((SPARSE_PROBING, ("eval_result_metrics", "llm", "llm_top_1_test_accuracy")),),
+           REFERENCE, note="the LLM's own probe"),
+    Metric("unlearning_score",
+           ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),
+)
+
+
+def _one_line(text):
+    lines = str(text).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def info_training_key(info):
+    """The "training results for layer {L}" key of a final_info dict, or None."""
+    return next((k for k in info if k.startswith(TRAINING)), None)
+
+
+def _block(info, name):
+    key = info_training_key(info) if name == TRAINING else name
+    return info.get(key) if key is not None else None
+
+
+def block_status(block):
+    """"ok", "missing", "skipped: <reason>" or "error: <one line>" for one eval block."""
+    if block is None:
+        return "missing"
+    if not isinstance(block, dict):
+        return "error: block is not a JSON object"
+    if "error" in block:
+        return "error: " + _one_line(block["error"])
+    if "skipped" in block:
+        return "skipped: " + _one_line(block["skipped"])
+    return "ok"
+
+
+def _read(block, path):
+    """(status, value) for one key path inside one block of final_info."""
+    status = block_status(block)
+    if status != "ok":
+        return status, None
+    value = block
+    for key in path:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return "missing", None
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"error: {path[-1]} is not a number ({value!r})", None
+    if not math.isfinite(value):
+        return f"error: {path[-1]} is {value}", None
+    return "ok", float(value)
+
+
+def summarize(info):
+    """{metric name: {"value", "direction", "status"}} for every entry of METRICS.
+
+    status is "ok", "skipped: <reason>", "error: <one line>" or "missing"; value is None
+    unless status is "ok". A metric with several sources takes the first that is ok and
+    otherwise reports the status of the first source.
+    """
+    summary = {}
+    for metric in METRICS:
+        first_status, value = None, None
+        for block_name, path in metric.sources:
+            status, value = _read(_block(info, block_name), path)
+            if status == "ok":
+                break
+            first_status = first_status or status
+        summary[metric.name] = {"value": value, "direction": metric.direction,
+                                "status": "ok" if value is not None else first_status}
+    return summary
+
+
+def _source_used(info, metric):
+    """Index into metric.sources of the source summarize took, or -1."""
+    return next((i for i, (block_name, path) in enumerate(metric.sources)
+                 if _read(_block(info, block_name), path)[0] == "ok"), -1)
+
+
+def run_identity(info):
+    """{"profile", "variant", "layer", "lm_name", "config", "final_info"} of a final_info dict.
+
+    Seed-era files carry neither profile nor variant: the profile comes from lm_name and the
+    variant is "none" (plain TopK).
+    """
+    key = info_training_key(info)
+    block = info.get(key) if key else None
+    block = block if isinstance(block, dict) else {}
+    config = block.get("config") if isinstance(block.get("config"), dict) else {}
+    final = block.get("final_info") if isinstance(block.get("final_info"), dict) else {}
+    lm_name = str(config.get("lm_name", ""))
+    profile = config.get("profile")
+    if not profile:
+        base = lm_name.replace("\\", "/").rstrip("/").split("/")[-1].lower()
+        flat = base.replace("_", "-").replace("gemma3", "gemma-3").replace("gemma2", "gemma-2")
+        profile = next((p for p in ("gemma-2-2b", "gemma-3-270m") if p in flat), base or "unknown")
+    layer = config.get("layer")
+    if layer is None and key:
+        match = re.search(r"layer (\d+)", key)
+        layer = int(match.group(1)) if match else None
+    return {"profile": str(profile), "variant": str(config.get("variant") or "none"),
+            "layer": layer, "lm_name": lm_name, "config": config, "final_info": final}
+
+
+# ---------------------------------------------------------------- notes.txt entries
+
+KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
+"""Config fields every entry shows (those the run records)."""
+NOT_COMPARED = ("profile", "variant", "out_dir", "overwrite", "cache_dir")
+"""Config fields never listed as differing from the profile defaults."""
+
+
+def fmt(value):
+    """A number as it appears in notes and tables: 4 significant digits, ints plain."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e9):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _run_number(run_name):
+    base = os.path.basename(os.path.normpath(str(run_name)))
+    match = re.fullmatch(r"run_(\d+)", base)
+    if not match:
+        raise ValueError(f"run name must look like run_<i>, got {run_name!r}")
+    return int(match.group(1))
+
+
+def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
+    """The lines of one "## Run i: ..." entry, built only from what info holds."""
+    ident = run_identity(info)
+    config, final = ident["config"], ident["final_info"]
+    number = _run_number(run_name)
+    heading = title or f"{ident['profile']}, {ident['variant']}"
+    lines = [f"## Run {number}: {heading}",
+             f"Profile: {ident['profile']} ({ident['lm_name'] or 'lm_name not recorded'}, "
+             f"layer {fmt(ident['layer'])}); variant: {ident['variant']}"]
+    key = [f"{name}={fmt(config[name])}" for name in KEY_CONFIG if name in config]
+    lines.append("Config: " + (", ".join(key) if key else "not recorded"))
+    if defaults:
+        changed = [f"{name}={fmt(config[name])} (default {fmt(defaults[name])})"
+                   for name in sorted(config)
+                   if name in defaults and name not in NOT_COMPARED
+                   and config[name] != defaults[name]]
+        lines.append("Differs from profile defaults: " + (", ".join(changed) or "nothing"))
+    else:
+        lines.append("Differs from profile defaults: not compared (no defaults given)")
+
+    def rec(name, unit=""):
+        value = final.get(name)
+        return "not recorded" if value is None else fmt(value) + unit
+
+    lines.append(f"Training: steps {rec('training_steps')}, tokens {rec('tokens')}, "
+                 f"time {rec('seconds', ' s')}, final loss {rec('final_loss')}, "
+                 f"L0 {rec('l0')}, dead fraction {rec('dead_fraction')}")
+    lines.append("Headline metrics:")
+    summary = summarize(info)
+    for metric in METRICS:
+        entry = summary[metric.name]
+        note = f", {metric.note}" if metric.note else ""
+        if entry["status"] == "ok":
+            shown = fmt(entry["value"])
+            if metric.name == "l0" and "k" in config:
+                note = f", target k = {fmt(config['k'])}"
+            used = _source_used(info, metric)
+            if used > 0:
+                block_name, path = metric.sources[used]
+                where = "training" if block_name == TRAINING else EVAL_BLOCKS[block_name]
+                note += f"; read from {where} {path[-1]}"
+            lines.append(f"- {metric.name} = {shown} ({entry['direction']}{note})")
+        else:
+            lines.append(f"- {metric.name}: {entry['status']} ({entry['direction']}{note})")
+    problems, timings = [], []
+    for block_name, short in EVAL_BLOCKS.items():
+        block = info.get(block_name)
+        if block is None:
+            problems.append(f"- {short}: not run")
+            continue
+        status = block_status(block)
+        if status != "ok":
+            problems.append(f"- {short}: {status}")
+        if isinstance(block, dict) and isinstance(block.get("seconds"), (int, float)):
+            timings.append(f"{short} {fmt(block['seconds'])} s")
+    if problems:
+        lines.append("Evals not run, skipped or errored:")
+        lines.extend(problems)
+    if timings:
+        lines.append("Eval time: " + ", ".join(timings))
+    lines.append("Plots: " + (", ".join(plots) if plots else "none"))
+    lines.extend(remarks)
+    return lines
+
+
+def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, remarks=()):
+    """Write run_name's entry into notes_path, replacing an existing one for the same run.
+
+    defaults: the config defaults of this run's profile (flat dict); fields whose value
+    differs are listed. title replaces "<profile>, <variant>" in the heading; remarks are
+    extra lines appended verbatim. Everything else in the file (the header, other entries,
+    other "## " sections) is kept as is. The file is rewritten atomically.
+    """
+    number = _run_number(run_name)
+    entry = notes_entry(run_name, info, plots, defaults, title, remarks)
+    try:
+        with open(notes_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    own = re.compile(rf"## Run {number}:")
+    out, replaced, skipping = [], False, False
+    for line in lines:
+        if line.startswith("## "):
+            skipping = bool(own.match(line))
+            if skipping:
+                if not replaced:
+                    out.extend(entry + [""])
+                    replaced = True
+                continue
+        if not skipping:
+            out.append(line)
+    if not replaced:
+        while out and not out[-1].strip():
+            out.pop()
+        out.extend([""] if out else [])
+        out.extend(entry + [""])
+    while len(out) > 1 and not out[-1].strip() and not out[-2].strip():
+        out.pop()
+    directory = os.path.dirname(os.path.abspath(notes_path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".notes.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(out).rstrip("\n") + "\n")
+        os.replace(tmp, notes_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,618 @@
+"""Figures and a text table for SAE runs.
+
+    python plot.py run_1            # figures inside run_1/
+    python plot.py run_1 run_2 ...  # the same for each, plus comparison_<profile>.png here
+    python plot.py                  # every run_* directory here
+
+Per run (written into the run directory):
+    losses.png      loss terms over training, ortho share of the loss on a twin axis
+    schedule.png    the logged orthogonality weight λ2 and co-firing threshold against progress
+    separation.png  feature-separation measures against progress, early/middle/late shaded
+    metrics.png     headline eval metrics beside the baseline run of the same profile
+Runs are compared only within one profile: comparison_<profile>.png per profile with two or
+more runs. A run directory that is missing or unreadable gets one line on stderr and exit
+code 2; what exists for the other runs is still plotted.
+"""
+import json
+import math
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from experiment import METRICS, run_identity, summarize  # noqa: E402
+
+PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
+PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
+SEPARATION = (
+    ("sep_cos_mean", "mean |cos| of co-firing decoder pairs"),
+    ("sep_cos_p95", "95th pct |cos| of co-firing decoder pairs"),
+    ("sep_frac_above_thr", "fraction of co-firing pairs with n_ij > threshold"),
+    ("sep_pairs_penalized", "pairs with c_ij > 0 (count)"),
+)
+UNITS = {"absorption_full": "rate (0-1)", "absorption_fraction": "fraction (0-1)",
+         "explained_variance": "fraction of variance", "kl_div_score": "score (1 = no change)",
+         "ce_loss_score": "score (1 = no change)", "l0": "active latents per token",
+         "sparse_probing_sae_top1": "test accuracy", "sparse_probing_llm_top1": "test accuracy",
+         "unlearning_score": "score (0-1)"}
+EVAL_KEYS = ("absorption evaluation results", "core evaluation results",
+             "sparse probing evaluation results", "unlearning evaluation results")
+NAN = float("nan")
+
+
+class RunError(Exception):
+    """A run directory that cannot be read; the message is the one line shown."""
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    info: dict
+    log: list
+    bad_log_lines: int
+    profile: str
+    variant: str
+    config: dict
+    summary: dict
+
+    @property
+    def number(self):
+        match = re.fullmatch(r"run_(\d+)", self.name)
+        return int(match.group(1)) if match else 10**9
+
+    @property
+    def label(self):
+        return f"{self.name} ({self.variant})"
+
+
+def load_run(path):
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a directory")
+    info_path = path / "final_info.json"
+    if not info_path.is_file():
+        raise RunError(f"{path}: no final_info.json")
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{info_path}: not valid JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise RunError(f"{info_path}: not a JSON object")
+    if not any(isinstance(k, str) and k.startswith("training results") for k in info):
+        raise RunError(f"{info_path}: no 'training results for layer N' block")
+    log, bad = read_log(path / "training_log.jsonl")
+    ident = run_identity(info)
+    name = path.resolve().name
+    return Run(name, path, info, log, bad, ident["profile"], ident["variant"],
+               ident["config"], summarize(info))
+
+
+def read_log(path):
+    """(rows, number of unreadable lines); a missing log is an empty one."""
+    rows, bad = [], 0
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return rows, bad
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def series(log, key, scale=1.0):
+    """The logged values of key as floats, NaN where absent, null or not a number."""
+    out = []
+    for row in log:
+        value = row.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        out.append(float(value) * scale if ok and math.isfinite(value) else NAN)
+    return out
+
+
+def progress(log):
+    """Progress 0..1 per row: the logged value, else step / last step."""
+    p = series(log, "progress")
+    if all(math.isnan(v) for v in p):
+        steps = series(log, "step")
+        last = max((s for s in steps if not math.isnan(s)), default=NAN)
+        p = [s / last if last and last > 0 else NAN for s in steps]
+    return p
+
+
+def has_data(values):
+    return any(not math.isnan(v) for v in values)
+
+
+def phase_means(log, key):
+    """Mean of key over the rows of each third of training (None where nothing logged)."""
+    p, values = progress(log), series(log, key)
+    means = []
+    for i, (_, lo, hi) in enumerate(PHASES):
+        last = i == len(PHASES) - 1
+        chosen = [v for x, v in zip(p, values)
+                  if not math.isnan(v) and lo <= x and (x < hi or (last and x <= hi))]
+        means.append(sum(chosen) / len(chosen) if chosen else None)
+    return means
+
+
+def fmt(value):
+    if value is None or not math.isfinite(value):
+        return "n/a" if value is None or math.isnan(value) else str(value)
+    if float(value) == int(value) and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def log_scale_if_wide(ax, *value_lists, axis="y"):
+    """Log scale when the positive values span more than ~1.5 decades; True if set."""
+    positive = [v for values in value_lists for v in values if not math.isnan(v) and v > 0]
+    if len(positive) < 2 or max(positive) / min(positive) < 30:
+        return False
+    (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    return True
+
+
+def positive_only(values):
+    return [v if v > 0 else NAN for v in values]
+
+
+def shade_phases(ax, label=True, long=True):
+    """Shade the thirds of training; label them above the axes when label is True."""
+    transform = blended_transform_factory(ax.transData, ax.transAxes)
+    for (name, lo, hi), color in zip(PHASES, PHASE_COLORS):
+        ax.axvspan(lo, hi, color=color, zorder=0, lw=0)
+        if label:
+            text = f"{name} (p {lo:.2f}-{hi:.2f})" if long else name
+            ax.text((lo + hi) / 2, 1.01, text, transform=transform,
+                    ha="center", va="bottom", fontsize=9, fontweight="bold", color="#444444")
+    ax.set_xlim(0, 1)
+
+
+def headroom(ax, fraction=0.3):
+    """Raise the top of the y axis so text placed near the top does not cover data."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(lo, hi * (hi / lo) ** fraction)
+    else:
+        ax.set_ylim(lo, hi + (hi - lo) * fraction)
+
+
+def note_missing(ax, text):
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 40)), transform=ax.transAxes,
+            ha="center", va="center", fontsize=10, color="#777777")
+
+
+def save(fig, path):
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- per-run figures
+
+def plot_losses(run):
+    log = run.log
+    steps = series(log, "step")
+    fig, ax = plt.subplots(figsize=(9, 5.2))
+    curves = (("recon_loss", "reconstruction", "C0", "-"),
+              ("auxk_loss", "AuxK (as logged)", "C2", "-"),
+              ("ortho_loss", "ortho λ2·P", "C3", "-"),
+              ("loss", "total loss", "black", "--"))
+    plotted, absent = [], []
+    for key, label, color, style in curves:
+        values = series(log, key)
+        if has_data(values) and any(v != 0 for v in values if not math.isnan(v)):
+            ax.plot(steps, values, style, color=color, label=label, lw=1.6)
+            plotted.append(values)
+        else:
+            absent.append(f"{label}: {'0 throughout' if has_data(values) else 'not logged'}")
+    if log_scale_if_wide(ax, *plotted):
+        for line in ax.get_lines():
+            line.set_ydata(positive_only(list(line.get_ydata())))
+        ax.set_ylabel("loss (log scale)")
+    else:
+        ax.set_ylabel("loss")
+    ax.set_xlabel("training step")
+    ax.grid(alpha=0.3)
+    share = series(log, "ortho_share", scale=100.0)
+    handles, labels = ax.get_legend_handles_labels()
+    if has_data(share):
+        twin = ax.twinx()
+        (h,) = twin.plot(steps, share, ":", color="C1", lw=1.8, label="ortho share (right axis)")
+        twin.set_ylabel("ortho share of total loss (%)", color="C1")
+        twin.tick_params(axis="y", colors="C1")
+        twin.set_ylim(bottom=0)
+        handles.append(h)
+        labels.append(h.get_label())
+    else:
+        absent.append("ortho share: not logged")
+    for text in absent:
+        handles.append(plt.Line2D([], [], color="none"))
+        labels.append(text)
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
+              fontsize=9, frameon=False)
+    ax.set_title(f"{run.label}, {run.profile}: loss terms over training")
+    return save(fig, run.path / "losses.png")
+
+
+def plot_schedule(run):
+    log = run.log
+    p = progress(run.log)
+    lam, thr = series(log, "ortho_lambda"), series(log, "threshold")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    handles = []
+    if has_data(lam):
+        handles += ax.plot(p, lam, "-", color="C3", lw=2, label="λ2(p), left axis")
+    else:
+        note_missing(ax, "ortho_lambda not logged")
+    ax.set_xlabel("training progress p (fraction of steps)")
+    ax.set_ylabel("orthogonality weight λ2", color="C3")
+    ax.tick_params(axis="y", colors="C3")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    if has_data(thr):
+        handles += twin.plot(p, thr, "--", color="C0", lw=2, label="threshold thr(p), right axis")
+        twin.set_ylim(bottom=0)
+    else:
+        twin.text(0.5, 0.4, "threshold not logged", transform=twin.transAxes, ha="center",
+                  color="#777777")
+    twin.set_ylabel("co-firing threshold (normalized co-firing)", color="C0")
+    twin.tick_params(axis="y", colors="C0")
+    if has_data(lam) and all(v == 0 for v in lam if not math.isnan(v)):
+        ax.text(0.5, 0.55, "λ2 = 0 throughout: no orthogonality penalty",
+                transform=ax.transAxes, ha="center", color="C3")
+    headroom(ax)
+    headroom(twin)
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+    ax.set_title(f"{run.label}, {run.profile}: orthogonality schedule (as logged)")
+    return save(fig, run.path / "schedule.png")
+
+
+def separation_panels(axes, runs, colors, single):
+    """Draw the three separation panels for one run (single) or several, one color each."""
+    ax_cos, ax_frac, ax_pairs = axes
+    for i, ax in enumerate(axes):
+        shade_phases(ax, label=i == 0 or not single, long=single)
+        ax.grid(alpha=0.3)
+    pair_values, no_log = [], []
+    for run, color in zip(runs, colors):
+        if not run.log:
+            no_log.append(plt.Line2D([], [], color=color, lw=6, alpha=0.4,
+                                     label=f"{run.label}: no training log"))
+            continue
+        p = progress(run.log)
+        tag = "" if single else f"{run.label}: "
+        cos_mean, cos_p95 = series(run.log, "sep_cos_mean"), series(run.log, "sep_cos_p95")
+        ax_cos.plot(p, cos_mean, "-", color=color, lw=1.8, label=f"{tag}mean")
+        ax_cos.plot(p, cos_p95, "--", color="C1" if single else color, lw=1.5,
+                    label=f"{tag}95th percentile")
+        if not single:
+            ax_cos.lines[-1].set_label("_nolegend_")
+        ax_frac.plot(p, series(run.log, "sep_frac_above_thr"), "-", color=color, lw=1.8,
+                     label=run.label)
+        pairs = series(run.log, "sep_pairs_penalized")
+        pair_values.append(pairs)
+        ax_pairs.plot(p, pairs, "-", color=color, lw=1.8, label=run.label)
+    if log_scale_if_wide(ax_pairs, *pair_values):
+        for line in ax_pairs.get_lines():
+            line.set_ydata(positive_only(list(line.get_ydata())))
+    ax_cos.set_ylabel("|cos| between decoder\ndirections of co-firing pairs")
+    ax_cos.set_ylim(bottom=0)
+    ax_frac.set_ylabel("fraction of co-firing\npairs above threshold")
+    ax_frac.set_ylim(bottom=0)
+    ax_pairs.set_ylabel("penalized pairs\n(count, c_ij > 0)")
+    for ax in axes:
+        headroom(ax)
+    if single and any(has_data(series(runs[0].log, k)) for k in ("sep_cos_mean", "sep_cos_p95")):
+        ax_cos.legend(loc="best", fontsize=8, framealpha=0.9)
+    else:
+        handles = [h for h in ax_frac.get_lines()] + no_log
+        ax_frac.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
+    for ax, keys in ((ax_cos, ("sep_cos_mean", "sep_cos_p95")), (ax_frac, ("sep_frac_above_thr",)),
+                     (ax_pairs, ("sep_pairs_penalized",))):
+        if not any(has_data(series(run.log, k)) for run in runs for k in keys):
+            note_missing(ax, f"{', '.join(keys)} not logged")
+        elif single:
+            annotate_phase_means(ax, runs[0].log, keys)
+
+
+def annotate_phase_means(ax, log, keys):
+    transform = blended_transform_factory(ax.transData, ax.transAxes)
+    per_key = [phase_means(log, k) for k in keys]
+    for j, (_, lo, hi) in enumerate(PHASES):
+        parts = [f"{'p95' if k.endswith('p95') else 'mean'} {fmt(m[j])}" if len(keys) > 1
+                 else f"mean {fmt(m[j])}" for k, m in zip(keys, per_key)]
+        ax.text((lo + hi) / 2, 0.96, "\n".join(parts), transform=transform, ha="center",
+                va="top", fontsize=8, color="#333333",
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+
+
+def plot_separation(run):
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True)
+    separation_panels(axes, [run], ["C0"], single=True)
+    axes[-1].set_xlabel("training progress p (fraction of steps); boxes: phase means")
+    fig.suptitle(f"{run.label}, {run.profile}: feature separation across training phases")
+    fig.tight_layout()
+    return save(fig, run.path / "separation.png")
+
+
+def separation_table(runs):
+    """Per-phase means of the separation measures, one block of rows per run."""
+    header = f"{'run':<22}{'measure':<22}" + "".join(f"{n:>10}" for n, _, _ in PHASES)
+    lines = [header]
+    for run in runs:
+        for key, _ in SEPARATION:
+            means = phase_means(run.log, key)
+            lines.append(f"{run.label:<22}{key:<22}" + "".join(f"{fmt(m):>10}" for m in means))
+    return "\n".join(lines)
+
+
+def find_baseline(run, candidates):
+    """The `none` run of the same profile to show beside run: run_0 for gemma-2-2b when it
+    qualifies, else the one whose key config matches best, then the lowest number."""
+    same = [c for c in candidates if c.profile == run.profile and c.variant == "none"
+            and c.path.resolve() != run.path.resolve()]
+    if not same:
+        return None
+    if run.profile == "gemma-2-2b":
+        seed = [c for c in same if c.name == "run_0"]
+        if seed:
+            return seed[0]
+    keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name", "seed")
+    return min(same, key=lambda c: (sum(c.config.get(k) != run.config.get(k) for k in keys),
+                                    c.number))
+
+
+def eval_metric_ok(run):
+    """True when at least one eval block holds results (not skipped, not errored)."""
+    return any(isinstance(run.info.get(k), dict) and "skipped" not in run.info[k]
+               and "error" not in run.info[k] for k in EVAL_KEYS)
+
+
+def metric_title(metric):
+    if metric.direction == "reference":
+        return f"{metric.name}\n(reference{', ' + metric.note if metric.note else ''})"
+    return f"{metric.name}\n({metric.direction})"
+
+
+def metric_panels(axes, runs, colors):
+    """One small bar chart per headline metric, one bar per run."""
+    for ax, metric in zip(axes, METRICS):
+        names, values, bar_colors, notes = [], [], [], []
+        for run, color in zip(runs, colors):
+            entry = run.summary[metric.name]
+            names.append(run.name)
+            values.append(entry["value"] if entry["status"] == "ok" else 0.0)
+            bar_colors.append(color)
+            if entry["status"] != "ok":
+                notes.append(f"{run.name}: {entry['status']}")
+        x = range(len(runs))
+        bars = ax.bar(x, values, color=bar_colors, width=0.6)
+        for bar, run in zip(bars, runs):
+            entry = run.summary[metric.name]
+            text = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=9)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=30 if len(runs) > 3 else 0, fontsize=9)
+        ax.set_title(metric_title(metric), fontsize=10)
+        ax.set_ylabel(UNITS.get(metric.name, "value"), fontsize=9)
+        top = max(values + [0.0])
+        room = 1.25 + 0.15 * min(len(notes), 4)  # keep the status notes clear of the bars
+        ax.set_ylim(0, top * room if top > 0 else 1.0)
+        ax.grid(axis="y", alpha=0.3)
+        if notes:
+            ax.text(0.02, 0.96, "\n".join(textwrap.fill(textwrap.shorten(n, 100), 52)
+                                          for n in notes),
+                    transform=ax.transAxes, va="top", fontsize=7, color="#aa3333")
+
+
+def plot_metrics(run, baseline):
+    runs = [baseline, run] if baseline else [run]
+    colors = ["#999999", "C0"] if baseline else ["C0"]
+    rows = math.ceil(len(METRICS) / 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows))
+    axes = list(axes.flat)
+    metric_panels(axes, runs, colors)
+    for ax in axes[len(METRICS):]:
+        ax.axis("off")
+    if baseline:
+        against = f"grey: baseline {baseline.label}"
+    elif run.variant == "none":
+        against = "this run is a baseline (variant none)"
+    else:
+        against = f"no baseline (variant none) run of {run.profile} found"
+    fig.suptitle(f"{run.label}, {run.profile}: headline metrics; {against}")
+    fig.tight_layout()
+    return save(fig, run.path / "metrics.png")
+
+
+def eval_block_status(info, key):
+    block = info.get(key)
+    if block is None:
+        return "not run"
+    if not isinstance(block, dict):
+        return "error: not a JSON object"
+    for word in ("error", "skipped"):
+        if word in block:
+            return f"{word}: " + (str(block[word]).strip().splitlines() or [""])[0]
+    return "ok"
+
+
+def missing_report(run):
+    """One line per eval that did not give results, per metric absent from a run eval, and
+    per problem with the training log."""
+    lines = []
+    for key in EVAL_KEYS:
+        status = eval_block_status(run.info, key)
+        if status != "ok":
+            lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
+    for metric in METRICS:
+        status = run.summary[metric.name]["status"]
+        block = metric.sources[0][0]
+        if status != "ok" and (block not in EVAL_KEYS or
+                               eval_block_status(run.info, block) == "ok"):
+            lines.append(f"{metric.name}: {status}")
+    if not run.log:
+        lines.append("training_log.jsonl: missing or empty")
+    if run.bad_log_lines:
+        lines.append(f"training_log.jsonl: {run.bad_log_lines} unreadable line(s) skipped")
+    return lines
+
+
+def plot_run(run, candidates):
+    written = []
+    if run.log:
+        written += [plot_losses(run), plot_schedule(run), plot_separation(run)]
+    if eval_metric_ok(run):
+        written.append(plot_metrics(run, find_baseline(run, candidates)))
+    print(f"{run.path}: wrote {', '.join(p.name for p in written) or 'nothing'}")
+    for line in missing_report(run):
+        print(f"  missing: {line}")
+    if run.log:
+        print(f"  feature separation, per-phase means (thirds of training):")
+        print(textwrap.indent(separation_table([run]), "    "))
+    return written
+
+
+# ---------------------------------------------------------------- comparison within a profile
+
+def metrics_table(runs):
+    width = max([len(m.name) for m in METRICS] + [10]) + 2
+    directions = [m.direction + (f" ({m.note})" if m.note else "") for m in METRICS]
+    dwidth = max(len(d) for d in directions) + 2
+    cols = [max(len(run.label), 9) + 2 for run in runs]
+    lines = [f"{'metric':<{width}}{'direction':<{dwidth}}"
+             + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
+    for metric, direction in zip(METRICS, directions):
+        cells = []
+        for run, c in zip(runs, cols):
+            entry = run.summary[metric.name]
+            cell = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
+            cells.append(f"{cell:>{c}}")
+        lines.append(f"{metric.name:<{width}}{direction:<{dwidth}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def config_differences(runs):
+    """(fields recorded by every run with differing values, fields only some runs record)."""
+    keys = sorted({k for run in runs for k in run.config})
+    shared = [k for k in keys if all(k in run.config for run in runs)]
+    differ = [k for k in shared if len({json.dumps(run.config[k], sort_keys=True)
+                                        for run in runs}) > 1]
+    return differ, [k for k in keys if k not in shared]
+
+
+def plot_comparison(profile, runs, out_dir):
+    rows = 1 + math.ceil(len(METRICS) / 3)
+    fig = plt.figure(figsize=(15, 3.6 * rows + 0.6))
+    grid = fig.add_gridspec(rows, 3, height_ratios=[1.25] + [1] * (rows - 1))
+    sep_axes = [fig.add_subplot(grid[0, j]) for j in range(3)]
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    separation_panels(sep_axes, runs, colors, single=False)
+    for ax in sep_axes:
+        ax.set_xlabel("training progress p (fraction of steps)")
+    titles = ("co-firing decoder |cos|: mean (solid), p95 (dashed)",
+              "co-firing pairs above threshold (colors: runs)", "pairs penalized (c_ij > 0)")
+    for ax, title in zip(sep_axes, titles):
+        ax.set_title(title, fontsize=10, pad=18)
+    metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(len(METRICS))]
+    metric_panels(metric_axes, runs, colors)
+    differs = [k for k in config_differences(runs)[0] if k != "variant"]
+    subtitle = ("config differs in: " + ", ".join(differs[:8])
+                + (" ..." if len(differs) > 8 else "")) if differs else "same config apart from variant"
+    fig.suptitle(f"Profile {profile}: {', '.join(r.label for r in runs)}\n"
+                 f"(runs of other profiles are not comparable and are not shown; {subtitle})",
+                 fontsize=12)
+    fig.tight_layout()
+    return save(fig, Path(out_dir) / f"comparison_{profile}.png")
+
+
+def compare(runs, out_dir):
+    by_profile = {}
+    for run in runs:
+        by_profile.setdefault(run.profile, []).append(run)
+    for profile, group in sorted(by_profile.items()):
+        group.sort(key=lambda r: (r.number, r.name))
+        if len(group) < 2:
+            print(f"profile {profile}: only {group[0].name}; no comparison figure")
+            continue
+        path = plot_comparison(profile, group, out_dir)
+        print(f"\nprofile {profile}: wrote {path}")
+        print(metrics_table(group))
+        differs, partial = config_differences(group)
+        print("config fields that differ: " + (", ".join(differs) if differs else "none"))
+        if partial:
+            print("config fields only some runs record: " + ", ".join(partial))
+        print("feature separation, per-phase means (thirds of training):")
+        print(separation_table([r for r in group if r.log]))
+
+
+def run_dirs_here(cwd):
+    dirs = [p for p in Path(cwd).iterdir() if p.is_dir() and re.fullmatch(r"run_\d+", p.name)]
+    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
+
+
+def siblings(run_path, loaded):
+    """Loadable run_* directories next to run_path (for baselines); unreadable ones are skipped."""
+    out = []
+    for path in run_dirs_here(Path(run_path).resolve().parent):
+        key = path.resolve()
+        if key not in loaded:
+            try:
+                loaded[key] = load_run(path)
+            except RunError:
+                loaded[key] = None
+        if loaded[key] is not None:
+            out.append(loaded[key])
+    return out
+
+
+def main(argv):
+    paths = [Path(a) for a in argv] or run_dirs_here(Path.cwd())
+    if not paths:
+        print(f"plot.py: no run_* directories in {Path.cwd()}", file=sys.stderr)
+        return 2
+    runs, failed = [], False
+    for path in paths:
+        try:
+            runs.append(load_run(path))
+        except RunError as e:
+            print(f"plot.py: {e}", file=sys.stderr)
+            failed = True
+    loaded = {run.path.resolve(): run for run in runs}
+    for run in runs:
+        plot_run(run, siblings(run.path, loaded))
+    if len(runs) > 1:
+        compare(runs, Path.cwd())
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:  # output piped into head and the like
+        sys.stderr.close()
+        sys.exit(0)

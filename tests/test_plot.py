@@ -1,0 +1,348 @@
+"""plot.py and the reporting helpers on synthetic run directories."""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import plot  # noqa: E402
+from experiment import METRICS, summarize, update_notes  # noqa: E402
+
+REFERENCE = ROOT / "run_0" / "final_info.json"  # the seed's gemma-2-2b TopK results, verbatim
+EMBEDDED_DEFAULTS = {"profile": "gemma-3-270m", "variant": "progressive", "dict_size": 4096,
+                     "k": 64, "lr": 3e-4, "steps": 600, "seed": 0, "layer": 9,
+                     "lm_name": "google/gemma-3-270m", "ortho_lambda_max": 0.1,
+                     "ortho_base_threshold": 0.3}
+
+
+def training_log(variant, steps=600, rows=60, lam_max=0.1, base=0.3, seed=0):
+    """A plausible training log: decaying losses, the variant's schedule, separation curves."""
+    out = []
+    for i in range(rows):
+        step = int(steps * (i + 1) / rows)
+        p = step / steps
+        lam = {"progressive": lam_max * (1 - p) ** 2, "static": lam_max, "none": 0.0}[variant]
+        thr = {"progressive": base * (1 - p), "static": base, "none": base * (1 - p)}[variant]
+        recon = 0.2 + 2.0 * math.exp(-6 * p) + 0.01 * math.sin(i + seed)
+        auxk = 0.05 * math.exp(-3 * p)
+        penalty = 0.4 * math.exp(-2 * p) + 0.05
+        ortho = lam * penalty
+        loss = recon + auxk / 32 + ortho
+        cos_mean = 0.12 + 0.08 * math.exp(-3 * p) * (0.5 if variant != "none" else 1)
+        out.append({"step": step, "progress": p, "tokens": step * 2048, "elapsed_s": step * 0.5,
+                    "lr": 3e-4, "loss": loss, "recon_loss": recon, "auxk_loss": auxk,
+                    "ortho_penalty": penalty, "ortho_lambda": lam, "threshold": thr,
+                    "ortho_loss": ortho, "ortho_share": ortho / loss, "l0": 64.0,
+                    "dead_fraction": 0.2 * math.exp(-5 * p), "fvu": recon / 2.4,
+                    "sep_cos_mean": cos_mean, "sep_cos_p95": cos_mean * 2.5,
+                    "sep_frac_above_thr": min(1.0, 0.05 / max(thr, 0.01)),
+                    "sep_pairs_penalized": None if i == 0 else int(5000 * (1 - p) + 10)})
+    return out
+
+
+def final_info(variant="progressive", profile="gemma-3-270m", evals=True, **config):
+    cfg = dict(EMBEDDED_DEFAULTS, variant=variant, profile=profile, **config)
+    info = {f"training results for layer {cfg['layer']}": {
+        "config": cfg,
+        "final_info": {"training_steps": cfg["steps"], "final_loss": 0.25, "layer": cfg["layer"],
+                       "dict_size": cfg["dict_size"], "learning_rate": cfg["lr"],
+                       "tokens": cfg["steps"] * 2048, "seconds": 812.4, "l0": 64.0,
+                       "dead_fraction": 0.012}}}
+    if evals:
+        shift = {"none": 0.0, "static": 0.01, "progressive": 0.02}[variant]
+        info["absorption evaluation results"] = {"eval_result_metrics": {"mean": {
+            "mean_full_absorption_score": 0.30 - shift, "mean_absorption_fraction_score": 0.12,
+            "mean_num_split_features": 1.2}}, "seconds": 120.0}
+        info["core evaluation results"] = {"metrics": {
+            "reconstruction_quality": {"explained_variance": 0.81 + shift},
+            "model_behavior_preservation": {"kl_div_score": 0.93},
+            "model_performance_preservation": {"ce_loss_score": 0.91},
+            "sparsity": {"l0": 63.5}}}
+        info["sparse probing evaluation results"] = {"eval_result_metrics": {
+            "llm": {"llm_top_1_test_accuracy": 0.70},
+            "sae": {"sae_top_1_test_accuracy": 0.66 + shift}}}
+        info["unlearning evaluation results"] = {
+            "skipped": "needs gemma-2-2b-it and the gated WMDP forget corpus"}
+    info["summary"] = summarize(info)
+    return info
+
+
+def make_run(parent, name, info, log):
+    run = Path(parent) / name
+    run.mkdir(parents=True)
+    (run / "final_info.json").write_text(json.dumps(info, indent=1))
+    if log is not None:
+        (run / "training_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return run
+
+
+def run_plot_inprocess(cwd, monkeypatch, capsys, *args):
+    """plot.main in this process (fast); returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    code = plot.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_plot(cwd, *args):
+    return subprocess.run([sys.executable, str(ROOT / "plot.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg"))
+
+
+def assert_png(path, min_bytes=15_000):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert len(data) > min_bytes, f"{path}: only {len(data)} bytes"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return json.loads(REFERENCE.read_text())
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory, reference):
+    """run_0 seed copy, three embedded runs (none, progressive, static) and one gemma-2-2b run."""
+    d = tmp_path_factory.mktemp("runs")
+    make_run(d, "run_0", reference, None)
+    make_run(d, "run_1", final_info("none"), training_log("none"))
+    make_run(d, "run_2", final_info("progressive"), training_log("progressive"))
+    make_run(d, "run_3", final_info("static"), training_log("static"))
+    big = final_info("progressive", profile="gemma-2-2b", layer=12, dict_size=16384, k=320,
+                     lm_name="google/gemma-2-2b")
+    make_run(d, "run_4", big, training_log("progressive", steps=2441))
+    result = run_plot(d)
+    return d, result
+
+
+# ---------------------------------------------------------------- summarize / METRICS
+
+def test_summarize_reference_uses_seed_fallbacks(reference):
+    s = summarize(copy.deepcopy(reference))
+    assert [m.name for m in METRICS] == list(s)
+    assert s["absorption_full"]["status"] == "ok"
+    assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
+    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better",
+                                        "status": "missing"}
+    assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
+    assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
+    assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)
+    assert s["unlearning_score"]["value"] == pytest.approx(0.0637, abs=5e-4)
+    assert s["l0"]["value"] == 320.0
+    directions = {name: e["direction"] for name, e in s.items()}
+    assert directions == {
+        "absorption_full": "lower is better", "absorption_fraction": "lower is better",
+        "explained_variance": "higher is better", "kl_div_score": "higher is better",
+        "ce_loss_score": "higher is better", "l0": "reference",
+        "sparse_probing_sae_top1": "higher is better", "sparse_probing_llm_top1": "reference",
+        "unlearning_score": "higher is better"}
+
+
+def test_summarize_statuses_and_fallbacks():
+    info = final_info("progressive")
+    info["core evaluation results"] = {"error": "CUDA out of memory\nTraceback ..."}
+    info["sparse probing evaluation results"]["eval_result_metrics"]["sae"][
+        "sae_top_1_test_accuracy"] = float("nan")
+    del info["absorption evaluation results"]
+    s = summarize(info)
+    assert s["absorption_full"] == {"value": None, "direction": "lower is better",
+                                    "status": "missing"}
+    assert s["explained_variance"]["status"] == "error: CUDA out of memory"
+    assert s["explained_variance"]["value"] is None
+    # core errored, so l0 falls back to the training l0
+    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok"}
+    assert s["sparse_probing_sae_top1"]["value"] is None
+    assert s["sparse_probing_sae_top1"]["status"].startswith("error:")
+    assert s["unlearning_score"]["status"] == (
+        "skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")
+    # new-style absorption key wins over the seed-era one
+    info = final_info("none")
+    info["absorption evaluation results"]["eval_result_metrics"]["mean"][
+        "mean_absorption_score"] = 0.9
+    assert summarize(info)["absorption_full"]["value"] == pytest.approx(0.30)
+    json.dumps(summarize(info), allow_nan=False)  # stays valid JSON
+
+
+# ---------------------------------------------------------------- update_notes
+
+HEADER = "# Title: T\n# Experiment description: steps\n\n"
+
+
+def test_update_notes_replaces_not_duplicates(tmp_path, reference):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(HEADER)
+    update_notes(notes, "run_0", reference, [], {}, title="Baseline", remarks=["seed remark"])
+    update_notes(notes, "run_1", final_info("none"), ["run_1/losses.png"], EMBEDDED_DEFAULTS)
+    update_notes(notes, "run_10", final_info("static", lr=1e-3), [], EMBEDDED_DEFAULTS)
+    with open(notes, "a") as f:
+        f.write("\n## Analysis\nhand-written text stays\n")
+    before = notes.read_text()
+    # rerun run_1 with different results: replaced in place, nothing else touched
+    info = final_info("none")
+    info["core evaluation results"]["metrics"]["reconstruction_quality"]["explained_variance"] = 0.5
+    update_notes(notes, "run_1", info, ["run_1/losses.png", "run_1/metrics.png"],
+                 EMBEDDED_DEFAULTS)
+    after = notes.read_text()
+    assert after.startswith(HEADER)
+    assert after.count("## Run 1:") == 1 and after.count("## Run 10:") == 1
+    assert after.count("## Run 0: Baseline") == 1 and "seed remark" in after
+    assert "explained_variance = 0.5 (higher is better)" in after
+    assert "explained_variance = 0.81" not in after.split("## Run 10:")[0]
+    assert "run_1/metrics.png" in after
+    assert after.index("## Run 0:") < after.index("## Run 1:") < after.index("## Run 10:")
+    assert "hand-written text stays" in after
+    for other in ("## Run 0:", "## Run 10:", "## Analysis"):
+        block = lambda text: text[text.index(other):].split("\n## ")[0]  # noqa: E731
+        assert block(before) == block(after)
+    assert not list(tmp_path.glob(".notes.*"))  # no temp file left behind
+
+
+def test_update_notes_content(tmp_path, reference):
+    notes = tmp_path / "notes.txt"
+    info = final_info("static", lr=1e-3)
+    info["core evaluation results"] = {"error": "boom"}
+    update_notes(notes, "run_3", info, ["run_3/losses.png"], EMBEDDED_DEFAULTS)
+    text = notes.read_text()
+    assert text.startswith("## Run 3: gemma-3-270m, static\n")
+    assert "lr=0.001 (default 0.0003)" in text
+    assert "variant=" not in text.split("Differs from profile defaults:")[1].splitlines()[0]
+    assert "time 812.4 s" in text and "final loss 0.25" in text
+    assert "dead fraction 0.012" in text
+    assert "- absorption_full = 0.29 (lower is better)" in text
+    assert "- explained_variance: error: boom (higher is better)" in text
+    assert "- core: error: boom" in text
+    assert "- unlearning: skipped: needs gemma-2-2b-it" in text
+    assert "Plots: run_3/losses.png" in text
+    # the seed run: fallback source named, missing training fields said to be missing
+    update_notes(notes, "run_0", reference, [], {})
+    text = notes.read_text()
+    assert "## Run 0: gemma-2-2b, none" in text
+    assert "- absorption_full = 0.02959 (lower is better; read from absorption " \
+           "mean_absorption_score)" in text
+    assert "tokens not recorded" in text
+    with pytest.raises(ValueError):
+        update_notes(notes, "baseline", reference, [], {})
+
+
+# ---------------------------------------------------------------- plot.py
+
+def test_plot_all_runs(runs_dir):
+    d, result = runs_dir
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+    for name in ("run_1", "run_2", "run_3", "run_4"):
+        for png in ("losses", "schedule", "separation", "metrics"):
+            assert_png(d / name / f"{png}.png")
+    assert_png(d / "run_0" / "metrics.png")
+    assert not (d / "run_0" / "losses.png").exists()  # the seed copy has no training log
+    assert_png(d / "comparison_gemma-3-270m.png", 60_000)
+    assert_png(d / "comparison_gemma-2-2b.png", 60_000)
+    assert sorted(p.name for p in d.glob("comparison_*.png")) == [
+        "comparison_gemma-2-2b.png", "comparison_gemma-3-270m.png"]
+
+
+def test_plot_text_table(runs_dir):
+    d, result = runs_dir
+    out = result.stdout
+    embedded = out[out.index("profile gemma-3-270m: wrote"):]
+    embedded = embedded[:embedded.index("feature separation")]
+    header = embedded.splitlines()[1]
+    assert "run_1 (none)" in header and "run_2 (progressive)" in header
+    assert "run_0" not in embedded  # the seed run is never shown beside embedded runs
+    row = next(line for line in embedded.splitlines() if line.startswith("explained_variance"))
+    assert row.split()[1:] == ["higher", "is", "better", "0.81", "0.83", "0.82"]
+    row = next(line for line in embedded.splitlines() if line.startswith("unlearning_score"))
+    assert row.split()[-3:] == ["skipped"] * 3
+    assert "config fields that differ: variant" in out
+    big = out[out.index("profile gemma-2-2b: wrote"):]
+    row = next(line for line in big.splitlines() if line.startswith("absorption_full"))
+    assert "0.02959" in row and "lower is better" in row
+    # the per-phase means printed for the progressive run: cos falls from early to late
+    line = next(l for l in out.splitlines() if l.strip().startswith("run_2 (progressive)")
+                and "sep_cos_mean" in l)
+    early, middle, late = map(float, line.split()[-3:])
+    assert early > middle > late
+
+
+def test_baseline_choice(runs_dir):
+    d, _ = runs_dir
+    loaded = {}
+    runs = plot.siblings(d / "run_2", loaded)
+    by_name = {r.name: r for r in runs}
+    assert plot.find_baseline(by_name["run_2"], runs).name == "run_1"
+    assert plot.find_baseline(by_name["run_4"], runs).name == "run_0"
+    assert plot.find_baseline(by_name["run_1"], runs) is None  # only itself is `none`
+    means = plot.phase_means(by_name["run_2"].log, "ortho_lambda")
+    assert means[0] > means[1] > means[2] > 0
+
+
+def test_partial_runs_still_plot(tmp_path, monkeypatch, capsys):
+    info = final_info("progressive", evals=False)
+    info["core evaluation results"] = {"error": "RuntimeError: out of memory"}
+    make_run(tmp_path, "run_5", info, training_log("progressive"))
+    make_run(tmp_path, "run_6", final_info("static", evals=False), [])  # empty log
+    log = training_log("none")
+    for row in log:
+        for key in ("sep_cos_mean", "sep_cos_p95", "threshold", "ortho_share"):
+            row[key] = None
+    lines = "".join(json.dumps(r) + "\n" for r in log) + '{"step": 61, "trunc'
+    run7 = make_run(tmp_path, "run_7", final_info("none", evals=False), None)
+    (run7 / "training_log.jsonl").write_text(lines)
+    code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys,
+                                              "run_5", "run_6", "run_7")
+    assert code == 0, stderr
+    for png in ("losses", "schedule", "separation"):
+        assert_png(tmp_path / "run_5" / f"{png}.png")
+        assert_png(tmp_path / "run_7" / f"{png}.png")
+        assert not (tmp_path / "run_6" / f"{png}.png").exists()
+    assert not (tmp_path / "run_5" / "metrics.png").exists()  # no eval produced results
+    assert "missing: core eval: error: RuntimeError: out of memory" in stdout
+    assert "missing: sparse probing eval: not run" in stdout
+    assert "missing: training_log.jsonl: missing or empty" in stdout
+    assert "1 unreadable line(s) skipped" in stdout
+    assert_png(tmp_path / "comparison_gemma-3-270m.png")
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "not a directory"),
+    (lambda d: d.mkdir(), "no final_info.json"),
+    (lambda d: (d.mkdir(), (d / "final_info.json").write_text("{not json")), "not valid JSON"),
+    (lambda d: (d.mkdir(), (d / "final_info.json").write_text("[1, 2]")), "not a JSON object"),
+    (lambda d: (d.mkdir(), (d / "final_info.json").write_text('{"core evaluation results": {}}')),
+     "no 'training results for layer N' block"),
+])
+def test_bad_run_dir_exits_2_with_one_line(tmp_path, monkeypatch, capsys, setup, message):
+    setup(tmp_path / "run_9")
+    code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_9")
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "run_9" in lines[0], stderr
+    assert stdout == ""
+
+
+def test_bad_json_as_a_script(tmp_path):
+    """The real exit status and stderr of the script, not just main's return value."""
+    (tmp_path / "run_9").mkdir()
+    (tmp_path / "run_9" / "final_info.json").write_text('{"training results for layer 9": ')
+    result = run_plot(tmp_path, "run_9")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    result = run_plot(tmp_path / "run_9")  # no run_* directories here
+    assert result.returncode == 2 and "no run_* directories" in result.stderr
+
+
+def test_bad_dir_does_not_stop_good_ones(tmp_path, monkeypatch, capsys):
+    make_run(tmp_path, "run_1", final_info("none"), training_log("none"))
+    code, _, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_1", "run_8")
+    assert code == 2
+    assert stderr.strip().splitlines() == [f"plot.py: run_8: not a directory"]
+    assert_png(tmp_path / "run_1" / "metrics.png")
