@@ -416,13 +416,11 @@ def build_activation_cache(cfg: Config, device: torch.device, train_texts) -> Pa
     key = activation_key(cfg)
     if read_cache(path, key) is not None:
         return path
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
     print(f"activation cache: building {path}")
     model, tokenizer = load_language_model(cfg, device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = LanguageModel(model, tokenizer=tokenizer)
+    lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
     n_windows = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1
     windows = token_windows(train_texts, tokenizer, cfg.context_length, n_windows)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -4,3 +4,38 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest
+import torch
+
+
+def tiny_tokenizer():
+    """Character-level stand-in for the Gemma tokenizer, built offline: 0 pad, 1 eos, 2 bos, 3 unk."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    vocab.update({chr(c): 4 + c - 32 for c in range(32, 255)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def make_tiny_gemma3(seed=0):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
+                              max_position_embeddings=256, query_pre_attn_scalar=32)
+    return Gemma3ForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_lm(monkeypatch):
+    """experiment.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""
+    import experiment
+
+    model, tokenizer = make_tiny_gemma3(), tiny_tokenizer()
+    monkeypatch.setattr(experiment, "load_language_model", lambda cfg, device: (model, tokenizer))
+    return model, tokenizer
