@@ -94,6 +94,7 @@ class Config:
     threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
     decay_rate: float = knob(3.0, "rate of the exponential threshold schedule")
     threshold_floor: float = knob(1e-3, "thr(p) never goes below this, so p -> 1 stays finite")
+    ortho_every: int = knob(1, "apply the orthogonality term on every n-th step only (1 = every step)")
     # logging, checkpoints, evals
     log_every: int = knob(0, "steps between training_log.jsonl records; 0 = auto (about 100 records)")
     checkpoint_every: int = knob(200, "steps between checkpoints (an interrupt always writes one)")
@@ -202,6 +203,7 @@ def validate(cfg: Config) -> None:
         (not 0 < cfg.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {cfg.heldout_fraction}"),
         (cfg.llm_batch_size <= 0, f"llm_batch_size must be positive, got {cfg.llm_batch_size}"),
         (cfg.checkpoint_every <= 0, f"checkpoint_every must be positive, got {cfg.checkpoint_every}"),
+        (cfg.ortho_every <= 0, f"ortho_every must be positive, got {cfg.ortho_every}"),
         (cfg.log_every < 0, f"log_every must be >= 0, got {cfg.log_every}"),
         (not 0 <= cfg.lr_decay_start <= 1, f"lr_decay_start must be in [0, 1], got {cfg.lr_decay_start}"),
     ]
@@ -692,23 +694,29 @@ class TrainerTopK:
             return self.cfg.resolved_lr
         return self.cfg.resolved_lr * (self.total_steps - step) / max(1, self.total_steps - decay_from)
 
-    def loss(self, x_BD: torch.Tensor, step: int) -> dict:
-        """Named loss terms for a batch, plus what the step needs to update the dead counters."""
+    def loss(self, x_BD: torch.Tensor, step: int, measure_ortho: bool = False) -> dict:
+        """Named loss terms for a batch, plus what the step needs to update the dead counters. The
+        orthogonality term enters the loss on every ortho_every-th step; measure_ortho computes it
+        (for the log) on the other steps too, without adding it."""
         p = step / self.total_steps
         lam, thr = ortho_lambda(p, self.cfg), ortho_threshold(p, self.cfg)
+        applied = lam > 0 and step % self.cfg.ortho_every == 0
         out = self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16)
         residual_BD = x_BD - out.x_hat_BD
         recon = residual_BD.pow(2).sum(-1).mean()
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
         auxk = auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
-        ortho = orthogonality_penalty(self.sae.W_dec, active_BF, thr, self.dtype) if lam > 0 else recon.new_zeros(())
-        total = recon + self.cfg.auxk_alpha * auxk + lam * ortho
+        if applied or (measure_ortho and lam > 0):
+            ortho = orthogonality_penalty(self.sae.W_dec, active_BF, thr, self.dtype)
+        else:
+            ortho = recon.new_zeros(())
+        total = recon + self.cfg.auxk_alpha * auxk + (lam * ortho if applied else 0)
         return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=ortho, ortho_lambda=lam,
                     threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F)
 
-    def update(self, x_BD: torch.Tensor, step: int) -> dict:
-        terms = self.loss(x_BD, step)
+    def update(self, x_BD: torch.Tensor, step: int, measure_ortho: bool = False) -> dict:
+        terms = self.loss(x_BD, step, measure_ortho)
         for name in ("recon_loss", "auxk_loss", "ortho_penalty"):
             if not torch.isfinite(terms[name]):
                 raise NonFiniteLoss(f"{name} became {terms[name].item()} at step {step}")
@@ -1063,6 +1071,35 @@ def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, r
 EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING}
 
 
+def run_evaluations(cfg: Config, out: Path, info: dict, info_path: Path, heldout, device) -> list[str]:
+    """Run the evals that have no result yet (or errored), each isolated: a failure is recorded as
+    {"error": ...} and the others still run. final_info.json is rewritten after each. Returns the
+    names of the evals that failed."""
+    pending = [n for n in eval_names(cfg) if not eval_done(info.get(EVAL_KEYS[n]))]
+    if not pending:
+        return []
+    sae = load_sae(out / "sae", device)
+    ctx = eval_context(cfg, out, heldout, device)
+    tl_model = load_eval_model(cfg, device) if cfg.profile == "gemma-3-270m" else None
+    failed = []
+    for name in pending:
+        print(f"eval: {name} ...")
+        t0 = time.time()
+        try:
+            result = EVAL_FUNCTIONS[name](sae, tl_model, ctx)
+        except Exception as e:  # recorded, never fatal to the other evals or to training
+            lines = str(e).strip().splitlines()
+            result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
+            failed.append(name)
+        result["seconds"] = round(time.time() - t0, 1)
+        info[EVAL_KEYS[name]] = result
+        info["summary"] = summarize(info)
+        write_json_atomic(info_path, info)
+        status = block_status(result)
+        print(f"eval: {name} {status} in {result['seconds']:.0f} s")
+    return failed
+
+
 # ----------------------------------------------------------------------------------------------
 # Run directory: atomic writes, checkpoints, training loop
 # ----------------------------------------------------------------------------------------------
@@ -1162,13 +1199,14 @@ def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path
         with open(log_path, "a") as log:
             for step in bar:
                 x_BD = buffer.batch(step)
+                last = step == cfg.total_steps - 1
+                logging = step % log_every == 0 or last
                 try:
-                    terms = trainer.update(x_BD, step)
+                    terms = trainer.update(x_BD, step, measure_ortho=logging)
                 except NonFiniteLoss as e:
                     kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
                     raise UsageError(f"training stopped: {e}; {kept}") from None
-                last = step == cfg.total_steps - 1
-                if step % log_every == 0 or last:
+                if logging:
                     record = log_record(cfg, terms, x_BD, trainer, step, elapsed_before + time.time() - t0)
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -1276,7 +1314,33 @@ def main(argv: list[str]) -> int:
               f"{final['seconds']:.0f} s; SAE saved to {out / 'sae'}")
     else:
         print(f"{out}: training already finished; running the pending evals")
+    failed = run_evaluations(cfg, out, info, info_path, heldout, device)
+    info["summary"] = summarize(info)
+    write_json_atomic(info_path, info)
+    report(cfg, out, info)
+    if failed:
+        print(f"error: evals failed: {', '.join(failed)} (details in {info_path}); rerun the same command to retry them", file=sys.stderr)
+        return 1
     return 0
+
+
+def report(cfg: Config, out: Path, info: dict) -> None:
+    """Plots into the run dir, then the run's entry in notes.txt beside the run dirs."""
+    import plot
+
+    plots = [str(p.relative_to(out.parent)) for p in plot.plot_run(plot.load_run(out), [])]
+    notes = out.resolve().parent / "notes.txt"
+    if re.fullmatch(r"run_\d+", out.resolve().name):
+        update_notes(notes, out.resolve().name, info, plots, defaults=profile_defaults(cfg.profile))
+        print(f"notes: {notes} has the entry for {out.name}")
+    else:
+        print(f"notes: {notes} not updated ({out.name} is not named run_<i>)")
+
+
+def profile_defaults(profile: str) -> dict:
+    """The config a run of this profile records when nothing is overridden."""
+    cfg = Config(**PROFILES[profile], profile=profile)
+    return dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps)
 
 
 if __name__ == "__main__":

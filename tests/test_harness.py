@@ -108,7 +108,7 @@ def test_saved_sae_works_on_raw_activations(tmp_path):
 
 
 def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monkeypatch):
-    assert E.main(tiny_args(tmp_path, "run_a")) == 0
+    assert E.main(tiny_args(tmp_path, "run_11")) == 0
     original = E.TrainerTopK.update
 
     def interrupting(self, x, step):
@@ -118,22 +118,22 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
 
     monkeypatch.setattr(E.TrainerTopK, "update", interrupting)
     with pytest.raises(E.Interrupted, match="Resume with the same command"):
-        E.main(tiny_args(tmp_path, "run_b"))
-    assert (tmp_path / "run_b" / "checkpoint.pt").exists()
-    assert torch.load(tmp_path / "run_b" / "checkpoint.pt", weights_only=False)["step"] == 13
+        E.main(tiny_args(tmp_path, "run_12"))
+    assert (tmp_path / "run_12" / "checkpoint.pt").exists()
+    assert torch.load(tmp_path / "run_12" / "checkpoint.pt", weights_only=False)["step"] == 13
     monkeypatch.setattr(E.TrainerTopK, "update", original)
-    assert E.main(tiny_args(tmp_path, "run_b")) == 0
-    a, b = E.load_sae(tmp_path / "run_a" / "sae"), E.load_sae(tmp_path / "run_b" / "sae")
+    assert E.main(tiny_args(tmp_path, "run_12")) == 0
+    a, b = E.load_sae(tmp_path / "run_11" / "sae"), E.load_sae(tmp_path / "run_12" / "sae")
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-6)
-    log_a, log_b = read_log(tmp_path / "run_a"), read_log(tmp_path / "run_b")
+    log_a, log_b = read_log(tmp_path / "run_11"), read_log(tmp_path / "run_12")
     assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
     assert log_a[-1]["loss"] == pytest.approx(log_b[-1]["loss"], rel=1e-5)
 
 
 def test_same_seed_same_final_loss(tmp_path, tiny_lm):
-    E.main(tiny_args(tmp_path, "run_a"))
-    E.main(tiny_args(tmp_path, "run_b"))
+    E.main(tiny_args(tmp_path, "run_11"))
+    E.main(tiny_args(tmp_path, "run_12"))
     loss = [json.loads((tmp_path / r / "final_info.json").read_text())["training results for layer 1"]["final_info"]["final_loss"]
-            for r in ("run_a", "run_b")]
+            for r in ("run_11", "run_12")]
     assert loss[0] == loss[1]

@@ -188,3 +188,12 @@ def test_nonfinite_loss_names_step_and_term():
     x[0, 0] = float("nan")
     with pytest.raises(E.NonFiniteLoss, match="recon_loss .* at step 7"):
         trainer.update(x, 7)
+
+
+def test_ortho_every_applies_the_term_on_its_stride_only():
+    trainer = make_trainer("progressive", ortho_every=3)
+    x = torch.randn(32, 16)
+    on, off = trainer.loss(x, 3), trainer.loss(x, 4, measure_ortho=True)
+    assert on["ortho_penalty"].item() > 0 and off["ortho_penalty"].item() > 0  # measured either way
+    torch.testing.assert_close(on["loss"], on["recon_loss"] + trainer.cfg.auxk_alpha * on["auxk_loss"] + on["ortho_lambda"] * on["ortho_penalty"])
+    torch.testing.assert_close(off["loss"], off["recon_loss"] + trainer.cfg.auxk_alpha * off["auxk_loss"])

