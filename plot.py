@@ -492,7 +492,7 @@ def plot_run(run, candidates):
     for line in missing_report(run):
         print(f"  missing: {line}")
     if run.log:
-        print(f"  feature separation, per-phase means (thirds of training):")
+        print("  feature separation, per-phase means (thirds of training):")
         print(textwrap.indent(separation_table([run]), "    "))
     return written
 

@@ -8,8 +8,6 @@ Run it on an idle machine: on 2 cores, torch slows down many times when the othe
 Prints a table, then one JSON object as the last line.
 """
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -118,7 +118,7 @@ def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path,
         raise RuntimeError("probe exploded\nsecond line")
 
     monkeypatch.setattr(E, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": broken, "sparse_probing": fine("sparse_probing")})
-    monkeypatch.setattr(E, "load_eval_model", lambda cfg, device: None)
+    monkeypatch.setattr(E, "load_eval_model", lambda cfg, ctx: None)
     code, err = run_cli(capsys, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"])
     assert code == 1 and "core" in err[-1]
     assert calls == ["absorption", "core", "sparse_probing"]

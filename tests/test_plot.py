@@ -344,5 +344,5 @@ def test_bad_dir_does_not_stop_good_ones(tmp_path, monkeypatch, capsys):
     make_run(tmp_path, "run_1", final_info("none"), training_log("none"))
     code, _, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_1", "run_8")
     assert code == 2
-    assert stderr.strip().splitlines() == [f"plot.py: run_8: not a directory"]
+    assert stderr.strip().splitlines() == ["plot.py: run_8: not a directory"]
     assert_png(tmp_path / "run_1" / "metrics.png")
