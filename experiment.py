@@ -565,14 +565,18 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def cofire_counts(mask_BC: torch.Tensor, mask_BA: torch.Tensor) -> torch.Tensor:
-    """Exact |m_i & m_j| for 0/1 masks (C, A) as float32. In bfloat16 the products are summed over
-    blocks of 256 rows, so each partial count (<= 256) is an exactly representable integer."""
-    if mask_BC.dtype == torch.float32:
-        return mask_BC.T @ mask_BA
-    counts_CA = torch.zeros(mask_BC.shape[1], mask_BA.shape[1], device=mask_BA.device)
-    for b in range(0, mask_BA.shape[0], 256):
-        counts_CA += (mask_BC[b:b + 256].T @ mask_BA[b:b + 256]).float()
+def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor) -> torch.Tensor:
+    """Exact |m_i & m_j| (C, A) as float32 from 0/1 firing masks laid out latent-major (C, B) and
+    (A, B). Low-precision products are exact; the sums are kept exact by accumulating in float32
+    (CUDA), or, on CPU, by summing bfloat16 blocks of 256 tokens (every partial count <= 256 is
+    representable) in float32."""
+    if mask_AB.dtype == torch.float32:
+        return mask_CB @ mask_AB.T
+    if mask_AB.is_cuda and "out_dtype" in torch.mm.__doc__:
+        return torch.mm(mask_CB, mask_AB.T, out_dtype=torch.float32)
+    counts_CA = torch.zeros(len(mask_CB), len(mask_AB), device=mask_AB.device)
+    for b in range(0, mask_AB.shape[1], 256):
+        counts_CA += (mask_CB[:, b:b + 256] @ mask_AB[:, b:b + 256].T).float()
     return counts_CA
 
 
@@ -584,20 +588,20 @@ def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
     (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
     cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|)."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
-    mask_BA = active_BF[:, fired_A].to(dtype)
-    count_A = active_BF[:, fired_A].sum(0).float()
+    mask_AB = active_BF[:, fired_A].T.contiguous()
+    count_A = mask_AB.sum(1).float()
+    mask_AB = mask_AB.to(dtype)
     for start in range(0, len(fired_A), ORTHO_BLOCK):
         stop = min(start + ORTHO_BLOCK, len(fired_A))
-        cofire_CA = cofire_counts(mask_BA[:, start:stop], mask_BA)
+        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB)
         n_CA = cofire_CA / torch.minimum(count_A[start:stop, None], count_A[None, :])
         yield fired_A, start, cofire_CA, n_CA
 
 
 def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
-    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0."""
-    c_CA = ((n_CA - threshold) / threshold).clamp_(0, 1)
-    r = torch.arange(len(c_CA), device=c_CA.device)
-    c_CA[r, start + r] = 0
+    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0 (in place on n)."""
+    c_CA = n_CA.sub_(threshold).div_(threshold).clamp_(0, 1)
+    c_CA.diagonal(start).zero_()
     return c_CA
 
 
@@ -611,10 +615,11 @@ def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, thresh
         if start == 0:
             W_AD = W_hat_FD[fired_A].to(dtype)
         rows = slice(start, start + len(n_CA))
-        c_CA = cofire_weights(n_CA, threshold, start)
+        T_CA = cofire_weights(n_CA, threshold, start)  # c ...
         cos_CA = (W_AD[rows] @ W_AD.T).float()
-        value += (c_CA * cos_CA.abs()).sum()
-        grad_FD[fired_A[rows]] = 2 * ((c_CA * cos_CA.sign()).to(dtype) @ W_AD).float()
+        T_CA.mul_(cos_CA.sign())  # ... times sign(cos)
+        value += torch.dot(T_CA.view(-1), cos_CA.view(-1))  # sum c |cos|
+        grad_FD.index_copy_(0, fired_A[rows], 2 * (T_CA.to(dtype) @ W_AD).float())
     return value, grad_FD
 
 

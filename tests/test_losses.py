@@ -56,8 +56,8 @@ def test_penalty_bfloat16_close_and_counts_exact_beyond_256():
     expected = brute_force_penalty(W.double(), active, 0.8).item()
     got = E.orthogonality_penalty(W, active, 0.8, torch.bfloat16).item()
     assert got == pytest.approx(expected, rel=2e-2)
-    mask = active.to(torch.bfloat16)
-    assert torch.equal(E.cofire_counts(mask, mask), (active.float().T @ active.float()))
+    mask_FB = active.T.contiguous().to(torch.bfloat16)
+    assert torch.equal(E.cofire_counts(mask_FB, mask_FB), active.float().T @ active.float())
 
 
 def test_penalty_zero_when_nothing_cofires_above_threshold():
