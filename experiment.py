@@ -91,7 +91,7 @@ class Config:
     sae_bf16: bool = knob(True, "encoder matmul in bfloat16 (master weights stay float32)")
     # orthogonality
     variant: str = knob("progressive", "progressive | static (lambda, threshold fixed at p=0) | none (TopK baseline)")
-    ortho_lambda_max: float = knob(0.04, "lambda2 at p=0")
+    ortho_lambda_max: float = knob(1.0, "lambda2 at p=0 (about 5% of the loss at p=0, 10-20% mid-training, embedded)")
     ortho_base_threshold: float = knob(0.25, "co-firing threshold thr at p=0")
     weight_schedule: str = knob("quadratic", "lambda2(p): quadratic = max*(1-p)^2 | constant")
     threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
