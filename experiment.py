@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+# beartype before nnsight: nnsight adds `save` to `object`, which beartype (imported later by
+# SAEBench's probes) cannot hash if it loads after nnsight.
+import beartype  # noqa: F401
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -1484,8 +1487,8 @@ NOT_COMPARED = ("profile", "variant", "out_dir", "overwrite", "cache_dir")
 
 
 def fmt(value):
-    """A number as it appears in notes and tables: 4 significant digits, ints plain."""
-    if value is None:
+    """A number as it appears in notes and tables: 4 significant digits, ints plain, n/a for none/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)

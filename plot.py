@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from experiment import METRICS, run_identity, summarize  # noqa: E402
+from experiment import METRICS, fmt, run_identity, summarize  # noqa: E402
 
 PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
@@ -151,14 +151,6 @@ def phase_means(log, key):
                   if not math.isnan(v) and lo <= x and (x < hi or (last and x <= hi))]
         means.append(sum(chosen) / len(chosen) if chosen else None)
     return means
-
-
-def fmt(value):
-    if value is None or not math.isfinite(value):
-        return "n/a" if value is None or math.isnan(value) else str(value)
-    if float(value) == int(value) and abs(value) < 1e9:
-        return str(int(value))
-    return f"{value:.4g}"
 
 
 def log_scale_if_wide(ax, *value_lists, axis="y"):

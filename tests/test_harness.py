@@ -111,10 +111,10 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
     assert E.main(tiny_args(tmp_path, "run_11")) == 0
     original = E.TrainerTopK.update
 
-    def interrupting(self, x, step):
+    def interrupting(self, x, step, measure_ortho=False):
         if step == 12:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, step)
+        return original(self, x, step, measure_ortho)
 
     monkeypatch.setattr(E.TrainerTopK, "update", interrupting)
     with pytest.raises(E.Interrupted, match="Resume with the same command"):

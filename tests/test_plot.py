@@ -61,7 +61,7 @@ def final_info(variant="progressive", profile="gemma-3-270m", evals=True, **conf
             "mean_full_absorption_score": 0.30 - shift, "mean_absorption_fraction_score": 0.12,
             "mean_num_split_features": 1.2}}, "seconds": 120.0}
         info["core evaluation results"] = {"metrics": {
-            "reconstruction_quality": {"explained_variance": 0.81 + shift},
+            "reconstruction_quality": {"explained_variance": 0.99, "explained_variance_legacy": 0.81 + shift},
             "model_behavior_preservation": {"kl_div_score": 0.93},
             "model_performance_preservation": {"ce_loss_score": 0.91},
             "sparsity": {"l0": 63.5}}}
@@ -187,7 +187,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     before = notes.read_text()
     # rerun run_1 with different results: replaced in place, nothing else touched
     info = final_info("none")
-    info["core evaluation results"]["metrics"]["reconstruction_quality"]["explained_variance"] = 0.5
+    info["core evaluation results"]["metrics"]["reconstruction_quality"]["explained_variance_legacy"] = 0.5
     update_notes(notes, "run_1", info, ["run_1/losses.png", "run_1/metrics.png"],
                  EMBEDDED_DEFAULTS)
     after = notes.read_text()
