@@ -194,7 +194,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     assert after.startswith(HEADER)
     assert after.count("## Run 1:") == 1 and after.count("## Run 10:") == 1
     assert after.count("## Run 0: Baseline") == 1 and "seed remark" in after
-    assert "explained_variance = 0.5 (higher is better)" in after
+    assert "explained_variance = 0.5 (higher is better" in after
     assert "explained_variance = 0.81" not in after.split("## Run 10:")[0]
     assert "run_1/metrics.png" in after
     assert after.index("## Run 0:") < after.index("## Run 1:") < after.index("## Run 10:")
@@ -346,3 +346,18 @@ def test_bad_dir_does_not_stop_good_ones(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert stderr.strip().splitlines() == ["plot.py: run_8: not a directory"]
     assert_png(tmp_path / "run_1" / "metrics.png")
+
+
+def test_summarize_reads_saebench_06_core_layout():
+    """SAEBench 0.6.0 saves core metrics under eval_result_metrics; its new explained_variance is
+    not the one reported (broken at large activation norms), explained_variance_legacy is."""
+    info = {"core evaluation results": {"eval_result_metrics": {
+        "reconstruction_quality": {"explained_variance": 1.00006, "explained_variance_legacy": 0.8248},
+        "model_behavior_preservation": {"kl_div_score": 0.8856},
+        "model_performance_preservation": {"ce_loss_score": 0.8834},
+        "sparsity": {"l0": 64.0}}}}
+    s = summarize(info)
+    assert s["explained_variance"]["value"] == pytest.approx(0.8248)
+    assert s["kl_div_score"]["value"] == pytest.approx(0.8856)
+    assert s["ce_loss_score"]["value"] == pytest.approx(0.8834)
+    assert s["l0"]["value"] == 64.0
