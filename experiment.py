@@ -99,7 +99,7 @@ class Config:
     threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
     decay_rate: float = knob(3.0, "rate of the exponential threshold schedule")
     threshold_floor: float = knob(1e-3, "thr(p) never goes below this, so p -> 1 stays finite")
-    ortho_every: int = knob(1, "apply the orthogonality term on every n-th step only (1 = every step)")
+    ortho_every: int = knob(1, "apply the orthogonality term on every n-th step only, weighted n * lambda2 (same expected gradient; 1 = every step)")
     # logging, checkpoints, evals
     log_every: int = knob(0, "steps between training_log.jsonl records; 0 = auto (about 100 records)")
     checkpoint_every: int = knob(200, "steps between checkpoints (an interrupt always writes one)")
@@ -566,6 +566,17 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+# Two routes compute the same co-firing counts and the same term. On CUDA, dense bfloat16 matmuls
+# over row blocks of the fired latents (tensor cores make A x A x (B + 2D) cheap). On CPU, sparse:
+# the firing masks hold only k of F latents per token, so the counts come from a sparse x sparse
+# product (B * k^2 work instead of A^2 * B), and cos and the gradient are computed only for the
+# penalised pairs (c_ij > 0, a few percent of A^2 for most of a run).
+
+
+def ortho_route(device: torch.device) -> str:
+    return "dense" if device.type == "cuda" else "sparse"
+
+
 def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor) -> torch.Tensor:
     """Exact |m_i & m_j| (C, A) as float32 from 0/1 firing masks laid out latent-major (C, B) and
     (A, B). Low-precision products are exact; the sums are kept exact by accumulating in float32
@@ -581,11 +592,11 @@ def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor) -> torch.Tensor:
     return counts_CA
 
 
-ORTHO_BLOCK = 1024  # rows per block in the co-firing / Gram passes: memory is O(ORTHO_BLOCK * fired latents)
+ORTHO_BLOCK = 1024  # rows per block in the dense route: memory is O(ORTHO_BLOCK * fired latents)
 
 
 def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
-    """Over the latents that fired only, in row blocks (never an F x F matrix): yields
+    """Dense route. Over the latents that fired only, in row blocks (never an F x F matrix): yields
     (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
     cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|)."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
@@ -599,17 +610,66 @@ def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
         yield fired_A, start, cofire_CA, n_CA
 
 
+class CofiringPairs(NamedTuple):
+    fired_A: torch.Tensor  # the latents that fired in the batch (ids into F)
+    count_A: torch.Tensor  # |m_i|, float32
+    row_P: torch.Tensor  # ordered pairs (i, j) that fire together at least once (i == j included),
+    col_P: torch.Tensor  # as indices into fired_A, grouped by row (in a fixed order within a row)
+    cofire_P: torch.Tensor  # |m_i & m_j|, float32, exact
+
+    def n(self) -> torch.Tensor:
+        """n_ij = |m_i & m_j| / min(|m_i|, |m_j|)."""
+        return self.cofire_P / torch.minimum(self.count_A[self.row_P], self.count_A[self.col_P])
+
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # the CSR ops used here are tested
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
+
+
+def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=row_sorted.device)
+    crow[1:] = torch.bincount(row_sorted, minlength=n_rows).cumsum(0)
+    return crow
+
+
+def cofiring_pairs(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dtype = torch.float32) -> CofiringPairs:
+    """Every pair of latents that fires together in the batch, with exact counts. Sparse route: the
+    counts are M M^T, M the (A, B) firing mask as a sparse matrix (float32 ones: products and sums
+    of integers <= B are exact). Dense route: the nonzeros of cofiring_blocks."""
+    if route == "dense":
+        rows, cols, cofires = [], [], []
+        for fired_A, start, cofire_CA, _ in cofiring_blocks(active_BF, dtype):
+            r, a = cofire_CA.nonzero(as_tuple=True)
+            rows.append(start + r), cols.append(a), cofires.append(cofire_CA[r, a])
+        if not rows:
+            return CofiringPairs(*(active_BF.new_zeros(0, dtype=t) for t in (torch.long, torch.float32, torch.long, torch.long, torch.float32)))
+        return CofiringPairs(fired_A, active_BF[:, fired_A].sum(0).float(), torch.cat(rows), torch.cat(cols), torch.cat(cofires))
+    B = len(active_BF)
+    b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
+    fired_A, a_N = torch.unique(f_N, return_inverse=True)
+    A = len(fired_A)
+    count_A = torch.bincount(a_N, minlength=A)
+    ones_N = torch.ones(len(b_N), device=active_BF.device)
+    by_latent = a_N.argsort(stable=True)
+    M_BA = _csr(_crow(b_N, B), a_N, ones_N, (B, A))
+    M_AB = _csr(_crow(a_N[by_latent], A), b_N[by_latent], ones_N, (A, B))
+    C_AA = M_AB @ M_BA  # CSR: only pairs that co-fire at least once; columns within a row in first-seen order
+    crow, col_P, cofire_P = C_AA.crow_indices(), C_AA.col_indices(), C_AA.values()
+    row_P = torch.repeat_interleave(torch.arange(A, device=crow.device), crow.diff())
+    return CofiringPairs(fired_A, count_A.float(), row_P, col_P, cofire_P)
+
+
 def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
-    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0 (in place on n)."""
+    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0 (in place on n; dense route)."""
     c_CA = n_CA.sub_(threshold).div_(threshold).clamp_(0, 1)
     c_CA.diagonal(start).zero_()
     return c_CA
 
 
-@torch.no_grad()
-def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
-    """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass over row
-    blocks of the fired latents (c is symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j)."""
+def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
     for fired_A, start, cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
@@ -624,28 +684,60 @@ def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, thresh
     return value, grad_FD
 
 
+def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float):
+    value = W_hat_FD.new_zeros((), dtype=torch.float32)
+    grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
+    pairs = cofiring_pairs(active_BF)
+    c_P = pairs.n().sub_(threshold).div_(threshold)
+    keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
+    if len(keep) == 0:
+        return value, grad_FD
+    row, col, c_P = pairs.row_P[keep], pairs.col_P[keep], c_P[keep].clamp_(max=1)
+    A = len(pairs.fired_A)
+    crow = _crow(row, A)
+    W_AD = W_hat_FD[pairs.fired_A].float()
+    cos_P = torch.sparse.sampled_addmm(_csr(crow, col, c_P, (A, A)), W_AD, W_AD.T, beta=0.0).values()  # w_i . w_j on the pairs only
+    T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+    value += torch.dot(T_P, cos_P)  # sum c |cos|
+    grad_FD[pairs.fired_A] = 2 * (_csr(crow, col, T_P, (A, A)) @ W_AD)
+    return value, grad_FD
+
+
+@torch.no_grad()
+def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype,
+                         route: str | None = None):
+    """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
+    symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
+    dtype; the sparse route works in float32."""
+    if (route or ortho_route(W_hat_FD.device)) == "dense":
+        return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
+    return _ortho_sparse(W_hat_FD, active_BF, threshold)
+
+
 class _OrthoPenalty(torch.autograd.Function):
     """The value and the gradient come out of the same pass; backward only scales the gradient."""
 
     @staticmethod
-    def forward(ctx, W_hat_FD, active_BF, threshold, dtype):
-        value, grad_FD = ortho_value_and_grad(W_hat_FD.detach(), active_BF, threshold, dtype)
+    def forward(ctx, W_hat_FD, active_BF, threshold, dtype, route):
+        value, grad_FD = ortho_value_and_grad(W_hat_FD.detach(), active_BF, threshold, dtype, route)
         ctx.save_for_backward(grad_FD)
         return value
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad_FD,) = ctx.saved_tensors
-        return grad_out * grad_FD.to(grad_out.dtype), None, None, None
+        return grad_out * grad_FD.to(grad_out.dtype), None, None, None, None
 
 
-def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None,
+                          route: str | None = None) -> torch.Tensor:
     """P = (1/F) * sum_{i != j} c_ij * |w_i . w_j|, w = unit-normalised decoder rows,
     c_ij = clamp((n_ij - thr) / thr, 0, 1), n_ij = |m_i & m_j| / min(|m_i|, |m_j|) over the batch
     (0 where either never fired). c carries no gradient; the gradient flows to W_dec only.
-    Work is over the fired latents in row blocks; dtype (default: W_dec's) is the matmul dtype."""
+    Work is over the fired latents only; route is "dense" or "sparse" (default: by device, see
+    ortho_route); dtype (default: W_dec's) is the dense route's matmul dtype."""
     W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
-    return _OrthoPenalty.apply(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype) / W_dec_FD.shape[0]
+    return _OrthoPenalty.apply(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route) / W_dec_FD.shape[0]
 
 
 def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor, W_dec_FD: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -704,11 +796,14 @@ class TrainerTopK:
 
     def loss(self, x_BD: torch.Tensor, step: int, measure_ortho: bool = False) -> dict:
         """Named loss terms for a batch, plus what the step needs to update the dead counters. The
-        orthogonality term enters the loss on every ortho_every-th step; measure_ortho computes it
-        (for the log) on the other steps too, without adding it."""
+        orthogonality term enters the loss on every n-th step (n = ortho_every) with weight
+        n * lambda2(p), so that its expected contribution per step is lambda2(p) * P: a stride is an
+        unbiased sample of the every-step term. measure_ortho computes P (for the log) on the other
+        steps too, without adding it."""
         p = step / self.total_steps
         lam, thr = ortho_lambda(p, self.cfg), ortho_threshold(p, self.cfg)
-        applied = lam > 0 and step % self.cfg.ortho_every == 0
+        every = self.cfg.ortho_every
+        applied = lam > 0 and step % every == 0
         out = self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16)
         residual_BD = x_BD - out.x_hat_BD
         recon = residual_BD.pow(2).sum(-1).mean()
@@ -719,7 +814,7 @@ class TrainerTopK:
             ortho = orthogonality_penalty(self.sae.W_dec, active_BF, thr, self.dtype)
         else:
             ortho = recon.new_zeros(())
-        total = recon + self.cfg.auxk_alpha * auxk + (lam * ortho if applied else 0)
+        total = recon + self.cfg.auxk_alpha * auxk + (every * lam * ortho if applied else 0)
         return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=ortho, ortho_lambda=lam,
                     threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F)
 
@@ -760,21 +855,17 @@ def feature_separation(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshol
     this batch: mean and 95th-percentile |cos| (over a seeded sample of at most max_pairs pairs),
     the fraction of co-firing pairs with n_ij above the threshold, and the number of pairs with
     c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr)."""
-    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
-    n_cofiring = n_above = 0
-    pairs_i, pairs_j = [], []
-    for fired_A, start, cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
-        r, a = cofire_CA.triu_(start + 1).nonzero(as_tuple=True)
-        n_cofiring += len(r)
-        n_above += int((n_CA[r, a] > threshold).sum())
-        pairs_i.append(fired_A[start + r])
-        pairs_j.append(fired_A[a])
+    pairs = cofiring_pairs(active_BF, ortho_route(W_dec_FD.device), dtype)
+    upper = pairs.row_P < pairs.col_P
+    n_cofiring = int(upper.sum())
     if n_cofiring == 0:
         return dict(sep_cos_mean=None, sep_cos_p95=None, sep_frac_above_thr=None, sep_pairs_penalized=0)
-    i_P, j_P = torch.cat(pairs_i), torch.cat(pairs_j)
+    n_above = int((pairs.n()[upper] > threshold).sum())
+    i_P, j_P = pairs.fired_A[pairs.row_P[upper]], pairs.fired_A[pairs.col_P[upper]]
     if len(i_P) > max_pairs:
         pick = torch.randperm(len(i_P), generator=torch.Generator().manual_seed(seed))[:max_pairs].to(i_P.device)
         i_P, j_P = i_P[pick], j_P[pick]
+    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
     cos_P = (W_hat_FD[i_P] * W_hat_FD[j_P]).sum(-1).abs().float()
     return dict(sep_cos_mean=cos_P.mean().item(), sep_cos_p95=torch.quantile(cos_P, 0.95).item(),
                 sep_frac_above_thr=n_above / n_cofiring, sep_pairs_penalized=n_above)
@@ -1776,13 +1867,14 @@ def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path
 def log_record(cfg: Config, terms: dict, x_BD: torch.Tensor, trainer: TrainerTopK, step: int, elapsed: float) -> dict:
     """One training_log.jsonl line: loss terms, sparsity, dead latents, feature separation."""
     loss = terms["loss"].item()
-    ortho_loss = terms["ortho_lambda"] * terms["ortho_penalty"].item()
+    ortho_loss = terms["ortho_lambda"] * terms["ortho_penalty"].item()  # its expected share per step, whatever the stride
+    expected_loss = terms["recon_loss"].item() + cfg.auxk_alpha * terms["auxk_loss"].item() + ortho_loss
     variance = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item()
     record = dict(
         step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3),
         lr=trainer.lr_at(step), loss=loss, recon_loss=terms["recon_loss"].item(), auxk_loss=terms["auxk_loss"].item(),
         ortho_penalty=terms["ortho_penalty"].item(), ortho_lambda=terms["ortho_lambda"], threshold=terms["threshold"],
-        ortho_loss=ortho_loss, ortho_share=ortho_loss / loss if loss else None,
+        ortho_loss=ortho_loss, ortho_share=ortho_loss / expected_loss if expected_loss else None,
         l0=terms["active_BF"].sum(-1).float().mean().item(), dead_fraction=terms["dead_F"].float().mean().item(),
         fvu=terms["recon_loss"].item() / variance,
     )

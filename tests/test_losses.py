@@ -37,13 +37,17 @@ def random_case(seed, B=40, F=24, D=8, p=0.25):
     return W, active
 
 
+ROUTES = ["dense", "sparse"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_penalty_matches_brute_force(threshold, seed, monkeypatch):
+def test_penalty_matches_brute_force(threshold, seed, route, monkeypatch):
     monkeypatch.setattr(E, "ORTHO_BLOCK", 5)  # several row blocks, a ragged last one
     W, active = random_case(seed)
     expected = brute_force_penalty(W.double(), active, threshold)
-    got = E.orthogonality_penalty(W, active, threshold)
+    got = E.orthogonality_penalty(W, active, threshold, route=route)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
     assert expected.item() > 0 or threshold == 1.0
 
@@ -60,19 +64,64 @@ def test_penalty_bfloat16_close_and_counts_exact_beyond_256():
     assert torch.equal(E.cofire_counts(mask_FB, mask_FB), active.float().T @ active.float())
 
 
-def test_penalty_zero_when_nothing_cofires_above_threshold():
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_zero_when_nothing_cofires_above_threshold(route):
     W = torch.randn(6, 4)
     active = torch.zeros(10, 6, dtype=torch.bool)
-    assert E.orthogonality_penalty(W, active, 0.1).item() == 0.0
+    assert E.orthogonality_penalty(W, active, 0.1, route=route).item() == 0.0
     active[:, 0] = True  # a latent alone: no pair
-    assert E.orthogonality_penalty(W, active, 0.1).item() == 0.0
+    assert E.orthogonality_penalty(W, active, 0.1, route=route).item() == 0.0
+    active[:5, 1] = active[5:, 2] = True  # pairs with latent 0, but 1 and 2 never co-fire: n = 1 ...
+    W1 = W.clone().requires_grad_()
+    E.orthogonality_penalty(W1, active, 1.0, route=route).backward()  # ... not above thr = 1
+    assert W1.grad.abs().sum() == 0
 
 
-def test_penalty_gradient_equals_constant_c_reference():
+@pytest.mark.parametrize("route", ROUTES)
+def test_cofiring_pairs_match_brute_force(route, monkeypatch):
+    monkeypatch.setattr(E, "ORTHO_BLOCK", 7)
+    _, active = random_case(4, B=300, F=30)
+    m = active.double()
+    pairs = E.cofiring_pairs(active, route)
+    fired = m.sum(0).nonzero().squeeze(1)
+    assert torch.equal(pairs.fired_A, fired)
+    assert torch.equal(pairs.count_A, m.sum(0)[fired].float())
+    counts = (m.T @ m)[fired][:, fired]  # the diagonal is |m_i|
+    r, c = counts.nonzero(as_tuple=True)
+    assert (pairs.row_P.diff() >= 0).all()  # grouped by row (columns within a row in any order)
+    order = (pairs.row_P * 1000 + pairs.col_P).argsort()
+    row, col = pairs.row_P[order], pairs.col_P[order]
+    assert torch.equal(row, r) and torch.equal(col, c)
+    assert torch.equal(pairs.cofire_P[order], counts[r, c].float())
+    n = counts[r, c] / torch.minimum(m.sum(0)[fired][r], m.sum(0)[fired][c])
+    torch.testing.assert_close(pairs.n()[order], n.float())
+
+
+def test_feature_separation_matches_brute_force():
+    W, active = random_case(6, B=60, F=20)
+    W_hat = W / W.norm(dim=-1, keepdim=True)
+    m = active.float()
+    cos, above = [], 0
+    for i in range(20):
+        for j in range(i + 1, 20):
+            co = (m[:, i] * m[:, j]).sum().item()
+            if co >= 1:
+                cos.append((W_hat[i] @ W_hat[j]).abs().item())
+                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > 0.3
+    got = E.feature_separation(W, active, 0.3, torch.float32)
+    assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
+    assert got["sep_cos_p95"] == pytest.approx(torch.quantile(torch.tensor(cos), 0.95).item(), rel=1e-5)
+    assert got["sep_pairs_penalized"] == above and got["sep_frac_above_thr"] == pytest.approx(above / len(cos))
+    sampled = E.feature_separation(W, active, 0.3, torch.float32, max_pairs=10)
+    assert sampled["sep_pairs_penalized"] == above and sampled["sep_cos_mean"] != got["sep_cos_mean"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_gradient_equals_constant_c_reference(route):
     W, active = random_case(5)
     threshold = 0.2
     W1 = W.clone().requires_grad_()
-    E.orthogonality_penalty(W1, active, threshold).backward()
+    E.orthogonality_penalty(W1, active, threshold, route=route).backward()
     W2 = W.double().clone().requires_grad_()
     brute_force_penalty(W2, active, threshold).backward()  # c_ij are Python floats: constants
     torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
@@ -190,10 +239,10 @@ def test_nonfinite_loss_names_step_and_term():
         trainer.update(x, 7)
 
 
-def test_ortho_every_applies_the_term_on_its_stride_only():
+def test_ortho_every_applies_the_term_on_its_stride_only_with_n_times_the_weight():
     trainer = make_trainer("progressive", ortho_every=3)
     x = torch.randn(32, 16)
     on, off = trainer.loss(x, 3), trainer.loss(x, 4, measure_ortho=True)
     assert on["ortho_penalty"].item() > 0 and off["ortho_penalty"].item() > 0  # measured either way
-    torch.testing.assert_close(on["loss"], on["recon_loss"] + trainer.cfg.auxk_alpha * on["auxk_loss"] + on["ortho_lambda"] * on["ortho_penalty"])
+    torch.testing.assert_close(on["loss"], on["recon_loss"] + trainer.cfg.auxk_alpha * on["auxk_loss"] + 3 * on["ortho_lambda"] * on["ortho_penalty"])
     torch.testing.assert_close(off["loss"], off["recon_loss"] + trainer.cfg.auxk_alpha * off["auxk_loss"])
