@@ -99,7 +99,7 @@ class Config:
     threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
     decay_rate: float = knob(3.0, "rate of the exponential threshold schedule")
     threshold_floor: float = knob(1e-3, "thr(p) never goes below this, so p -> 1 stays finite")
-    ortho_every: int = knob(1, "apply the orthogonality term on every n-th step only, weighted n * lambda2 (same expected gradient; 1 = every step)")
+    ortho_every: int = knob(4, "compute the orthogonality term on every n-th step and reuse its gradient in between (1 = every step)")
     # logging, checkpoints, evals
     log_every: int = knob(0, "steps between training_log.jsonl records; 0 = auto (about 100 records)")
     checkpoint_every: int = knob(200, "steps between checkpoints (an interrupt always writes one)")
@@ -625,6 +625,16 @@ class CofiringPairs(NamedTuple):
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # the CSR ops used here are tested
 
 
+def pair_cos(W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor, crow: torch.Tensor | None = None) -> torch.Tensor:
+    """w_i . w_j for pairs grouped by row (float32 W): a sampled sparse matmul on CPU, which never
+    gathers a P x D copy of the rows; a gather on CUDA."""
+    if W_AD.is_cuda:
+        return (W_AD[row_P] * W_AD[col_P]).sum(-1)
+    crow = _crow(row_P, len(W_AD)) if crow is None else crow
+    pattern = _csr(crow, col_P, W_AD.new_ones(len(col_P)), (len(W_AD), len(W_AD)))
+    return torch.sparse.sampled_addmm(pattern, W_AD, W_AD.T, beta=0.0).values()
+
+
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
 
@@ -684,10 +694,10 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     return value, grad_FD
 
 
-def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float):
+def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, pairs: CofiringPairs | None):
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
-    pairs = cofiring_pairs(active_BF)
+    pairs = pairs or cofiring_pairs(active_BF)
     c_P = pairs.n().sub_(threshold).div_(threshold)
     keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
     if len(keep) == 0:
@@ -696,7 +706,7 @@ def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: fl
     A = len(pairs.fired_A)
     crow = _crow(row, A)
     W_AD = W_hat_FD[pairs.fired_A].float()
-    cos_P = torch.sparse.sampled_addmm(_csr(crow, col, c_P, (A, A)), W_AD, W_AD.T, beta=0.0).values()  # w_i . w_j on the pairs only
+    cos_P = pair_cos(W_AD, row, col, crow)  # w_i . w_j on the pairs only
     T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
     value += torch.dot(T_P, cos_P)  # sum c |cos|
     grad_FD[pairs.fired_A] = 2 * (_csr(crow, col, T_P, (A, A)) @ W_AD)
@@ -705,28 +715,28 @@ def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: fl
 
 @torch.no_grad()
 def ortho_value_and_grad(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype,
-                         route: str | None = None):
+                         route: str | None = None, pairs: CofiringPairs | None = None):
     """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
     symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
     dtype; the sparse route works in float32."""
     if (route or ortho_route(W_hat_FD.device)) == "dense":
         return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
-    return _ortho_sparse(W_hat_FD, active_BF, threshold)
+    return _ortho_sparse(W_hat_FD, active_BF, threshold, pairs)
 
 
 class _OrthoPenalty(torch.autograd.Function):
-    """The value and the gradient come out of the same pass; backward only scales the gradient."""
+    """A value and its gradient with respect to W_hat, computed together beforehand, as a node of
+    the autograd graph: backward only scales the gradient."""
 
     @staticmethod
-    def forward(ctx, W_hat_FD, active_BF, threshold, dtype, route):
-        value, grad_FD = ortho_value_and_grad(W_hat_FD.detach(), active_BF, threshold, dtype, route)
+    def forward(ctx, W_hat_FD, value, grad_FD):
         ctx.save_for_backward(grad_FD)
-        return value
+        return value.clone()
 
     @staticmethod
     def backward(ctx, grad_out):
         (grad_FD,) = ctx.saved_tensors
-        return grad_out * grad_FD.to(grad_out.dtype), None, None, None, None
+        return grad_out * grad_FD.to(grad_out.dtype), None, None
 
 
 def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None,
@@ -736,8 +746,19 @@ def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thres
     (0 where either never fired). c carries no gradient; the gradient flows to W_dec only.
     Work is over the fired latents only; route is "dense" or "sparse" (default: by device, see
     ortho_route); dtype (default: W_dec's) is the dense route's matmul dtype."""
-    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
-    return _OrthoPenalty.apply(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route) / W_dec_FD.shape[0]
+    held = ortho_value_and_grad(unit_rows(W_dec_FD).detach(), active_BF, threshold, dtype or W_dec_FD.dtype, route)
+    return apply_held_penalty(W_dec_FD, held)
+
+
+def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
+    return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+
+
+def apply_held_penalty(W_dec_FD: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """P from a (value, gradient with respect to W_hat) pair from ortho_value_and_grad, possibly
+    computed a few steps earlier, with the gradient flowing to W_dec through the normalisation."""
+    value, grad_FD = held
+    return _OrthoPenalty.apply(unit_rows(W_dec_FD), value, grad_FD) / W_dec_FD.shape[0]
 
 
 def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor, W_dec_FD: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -787,6 +808,7 @@ class TrainerTopK:
         self.tokens_since_fired_F = torch.zeros(cfg.dict_size, dtype=torch.long, device=sae.W_dec.device)
         self.k_aux = sae.cfg.d_in // 2
         self.dtype = fast_dtype(sae.W_dec.device) if cfg.sae_bf16 else torch.float32  # of the ortho matmuls
+        self.held_ortho = None  # (P * F, dP*F/dW_hat) from the last step that computed it
 
     def lr_at(self, step: int) -> float:
         decay_from = int(self.cfg.lr_decay_start * self.total_steps)
@@ -795,28 +817,31 @@ class TrainerTopK:
         return self.cfg.resolved_lr * (self.total_steps - step) / max(1, self.total_steps - decay_from)
 
     def loss(self, x_BD: torch.Tensor, step: int, measure_ortho: bool = False) -> dict:
-        """Named loss terms for a batch, plus what the step needs to update the dead counters. The
-        orthogonality term enters the loss on every n-th step (n = ortho_every) with weight
-        n * lambda2(p), so that its expected contribution per step is lambda2(p) * P: a stride is an
-        unbiased sample of the every-step term. measure_ortho computes P (for the log) on the other
-        steps too, without adding it."""
+        """Named loss terms for a batch, plus what the step needs to update the dead counters.
+        The orthogonality term's value and gradient are computed on every n-th step (n =
+        ortho_every) and held: every step adds lambda2(p) * P with the held gradient. With n > 1
+        the gradient is that of a batch at most n - 1 steps old. measure_ortho replaces the
+        reported P (not the one in the loss) by this batch's on the steps in between."""
         p = step / self.total_steps
         lam, thr = ortho_lambda(p, self.cfg), ortho_threshold(p, self.cfg)
-        every = self.cfg.ortho_every
-        applied = lam > 0 and step % every == 0
+        fresh = lam > 0 and (step % self.cfg.ortho_every == 0 or self.held_ortho is None)
         out = self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16)
         residual_BD = x_BD - out.x_hat_BD
         recon = residual_BD.pow(2).sum(-1).mean()
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
         auxk = auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
-        if applied or (measure_ortho and lam > 0):
-            ortho = orthogonality_penalty(self.sae.W_dec, active_BF, thr, self.dtype)
-        else:
-            ortho = recon.new_zeros(())
-        total = recon + self.cfg.auxk_alpha * auxk + (every * lam * ortho if applied else 0)
-        return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=ortho, ortho_lambda=lam,
-                    threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F)
+        measured = measure_ortho and lam > 0 and not fresh
+        pairs = cofiring_pairs(active_BF) if (fresh or measured) and ortho_route(x_BD.device) == "sparse" else None
+        if fresh:
+            self.held_ortho = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)
+        ortho = apply_held_penalty(self.sae.W_dec, self.held_ortho) if lam > 0 else recon.new_zeros(())
+        total = recon + self.cfg.auxk_alpha * auxk + lam * ortho
+        reported = ortho
+        if measured:
+            reported = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)[0] / self.cfg.dict_size
+        return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=reported, ortho_lambda=lam,
+                    threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F, pairs=pairs)
 
     def update(self, x_BD: torch.Tensor, step: int, measure_ortho: bool = False) -> dict:
         terms = self.loss(x_BD, step, measure_ortho)
@@ -840,33 +865,35 @@ class TrainerTopK:
         return terms
 
     def state_dict(self) -> dict:
-        return dict(sae=self.sae.state_dict(), optimizer=self.optimizer.state_dict(), tokens_since_fired=self.tokens_since_fired_F)
+        return dict(sae=self.sae.state_dict(), optimizer=self.optimizer.state_dict(), tokens_since_fired=self.tokens_since_fired_F,
+                    held_ortho=self.held_ortho)
 
     def load_state_dict(self, state: dict) -> None:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
+        self.held_ortho = state.get("held_ortho")
 
 
 @torch.no_grad()
 def feature_separation(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype,
-                       max_pairs: int = 50_000, seed: int = 0) -> dict:
+                       max_pairs: int = 50_000, seed: int = 0, pairs: CofiringPairs | None = None) -> dict:
     """How separated the decoder directions of co-firing latents (|m_i & m_j| >= 1, i < j) are in
     this batch: mean and 95th-percentile |cos| (over a seeded sample of at most max_pairs pairs),
     the fraction of co-firing pairs with n_ij above the threshold, and the number of pairs with
     c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr)."""
-    pairs = cofiring_pairs(active_BF, ortho_route(W_dec_FD.device), dtype)
-    upper = pairs.row_P < pairs.col_P
-    n_cofiring = int(upper.sum())
+    pairs = pairs or cofiring_pairs(active_BF, ortho_route(W_dec_FD.device), dtype)
+    off = pairs.row_P != pairs.col_P
+    n_cofiring = int(off.sum()) // 2  # each pair appears as (i, j) and (j, i)
     if n_cofiring == 0:
         return dict(sep_cos_mean=None, sep_cos_p95=None, sep_frac_above_thr=None, sep_pairs_penalized=0)
-    n_above = int((pairs.n()[upper] > threshold).sum())
-    i_P, j_P = pairs.fired_A[pairs.row_P[upper]], pairs.fired_A[pairs.col_P[upper]]
-    if len(i_P) > max_pairs:
-        pick = torch.randperm(len(i_P), generator=torch.Generator().manual_seed(seed))[:max_pairs].to(i_P.device)
-        i_P, j_P = i_P[pick], j_P[pick]
-    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
-    cos_P = (W_hat_FD[i_P] * W_hat_FD[j_P]).sum(-1).abs().float()
+    n_above = int(((pairs.n() > threshold) & off).sum()) // 2
+    upper = (pairs.row_P < pairs.col_P).nonzero().squeeze(1)
+    if len(upper) > max_pairs:  # a seeded sample, kept in pair order (grouped by row)
+        pick = torch.randperm(len(upper), generator=torch.Generator().manual_seed(seed))[:max_pairs].sort().values
+        upper = upper[pick.to(upper.device)]
+    row_P, col_P = pairs.row_P[upper], pairs.col_P[upper]
+    cos_P = pair_cos(unit_rows(W_dec_FD)[pairs.fired_A].float(), row_P, col_P).abs()
     return dict(sep_cos_mean=cos_P.mean().item(), sep_cos_p95=torch.quantile(cos_P, 0.95).item(),
                 sep_frac_above_thr=n_above / n_cofiring, sep_pairs_penalized=n_above)
 
@@ -1829,7 +1856,7 @@ def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path
 
     stop = {}
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    log_every = cfg.log_every or max(1, cfg.total_steps // 100)
+    log_every = cfg.log_every or cfg.ortho_every * math.ceil(cfg.total_steps / (100 * cfg.ortho_every))  # <= 100 records, on the stride
     t0 = time.time()
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="training", file=sys.stdout, dynamic_ncols=True)
     try:
@@ -1867,18 +1894,17 @@ def train(cfg: Config, buffer: ActivationBuffer, device: torch.device, out: Path
 def log_record(cfg: Config, terms: dict, x_BD: torch.Tensor, trainer: TrainerTopK, step: int, elapsed: float) -> dict:
     """One training_log.jsonl line: loss terms, sparsity, dead latents, feature separation."""
     loss = terms["loss"].item()
-    ortho_loss = terms["ortho_lambda"] * terms["ortho_penalty"].item()  # its expected share per step, whatever the stride
-    expected_loss = terms["recon_loss"].item() + cfg.auxk_alpha * terms["auxk_loss"].item() + ortho_loss
+    ortho_loss = terms["ortho_lambda"] * terms["ortho_penalty"].item()
     variance = (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item()
     record = dict(
         step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3),
         lr=trainer.lr_at(step), loss=loss, recon_loss=terms["recon_loss"].item(), auxk_loss=terms["auxk_loss"].item(),
         ortho_penalty=terms["ortho_penalty"].item(), ortho_lambda=terms["ortho_lambda"], threshold=terms["threshold"],
-        ortho_loss=ortho_loss, ortho_share=ortho_loss / expected_loss if expected_loss else None,
+        ortho_loss=ortho_loss, ortho_share=ortho_loss / loss if loss else None,
         l0=terms["active_BF"].sum(-1).float().mean().item(), dead_fraction=terms["dead_F"].float().mean().item(),
         fvu=terms["recon_loss"].item() / variance,
     )
-    record.update(feature_separation(trainer.sae.W_dec, terms["active_BF"], terms["threshold"], trainer.dtype, seed=step))
+    record.update(feature_separation(trainer.sae.W_dec, terms["active_BF"], terms["threshold"], trainer.dtype, seed=step, pairs=terms["pairs"]))
     return record
 
 

@@ -7,6 +7,8 @@
 Run it on an idle machine: on 2 cores, torch slows down many times when the other core is busy.
 Prints a table, then one JSON object as the last line.
 """
+import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -37,26 +39,51 @@ def timed(fn, repeat: int, device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def trained_trainer(d_model, dict_size, k, batch_size, variant, device, data_BD, warm_steps):
-    """A TrainerTopK after a few steps on the data, so firing patterns are not those of a random init."""
-    cfg = E.Config(out_dir="bench", dict_size=dict_size, k=k, batch_size=batch_size, variant=variant,
-                   tokens=batch_size * 1000, device=device.type)
+def make_trainer(cfg, d_model, device):
     torch.manual_seed(0)
-    sae = E.AutoEncoderTopK(d_model, dict_size, k, "bench", 0, device="cpu", seed=0).to(device=device)
-    trainer = E.TrainerTopK(cfg, sae)
+    sae = E.AutoEncoderTopK(d_model, cfg.dict_size, cfg.k, "bench", 0, device="cpu", seed=0).to(device=device)
+    return E.TrainerTopK(cfg, sae)
+
+
+def warm_state(cfg, d_model, device, batch, warm_steps):
+    """The trainer's state after warm_steps default (progressive) steps: right after init few
+    latents fire and the term is nearly free; after a few hundred steps nearly all do, as through
+    most of a real run."""
+    trainer = make_trainer(cfg, d_model, device)
     for step in range(warm_steps):
-        trainer.update(data_BD[step % len(data_BD)], step)
-    return trainer
+        trainer.update(batch(step), step)
+    return copy.deepcopy(trainer.state_dict())
 
 
-def step_ratio(d_model, dict_size, k, batch_size, device, data_BD, repeat, warm_steps=20):
-    """Seconds per TopK training step with and without the orthogonality term, at p = 0."""
-    out = {}
-    for variant in ("none", "progressive"):
-        trainer = trained_trainer(d_model, dict_size, k, batch_size, variant, device, data_BD, warm_steps)
-        x = data_BD[0]
-        out[variant] = timed(lambda: trainer.update(x, 0), repeat, device)
-    return out["progressive"] / out["none"], out
+def seconds_per_step(cfg, d_model, device, batch, state, points, n_steps):
+    """Mean seconds of a training step from `state`, over n_steps consecutive steps starting at
+    each progress point p (so a stride is averaged over), on batches not seen in warm-up."""
+    trainer = make_trainer(cfg, d_model, device)
+    total = 0.0
+    for p in points:
+        trainer.load_state_dict(copy.deepcopy(state))
+        first = int(p * cfg.total_steps) // 16 * 16
+        trainer.update(batch(10_000 + first), first + 1)  # warm-up step off the stride
+        for step in range(first, first + n_steps):
+            x = batch(10_000 + step)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            trainer.update(x, step)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total += time.perf_counter() - t
+    return total / (len(points) * n_steps)
+
+
+def step_ratios(d_model, dict_size, k, batch_size, device, batch, warm_steps, points, n_steps):
+    """Seconds per step of plain TopK, of the default config (its ortho_every included), and of
+    the term applied on every step, from the same warmed-up state."""
+    base = E.Config(out_dir="bench", dict_size=dict_size, k=k, batch_size=batch_size, device=device.type)
+    state = warm_state(base, d_model, device, batch, warm_steps)
+    t = {name: seconds_per_step(dataclasses.replace(base, **kw), d_model, device, batch, state, points, n_steps)
+         for name, kw in (("none", dict(variant="none")), ("default", {}), ("every_step", dict(ortho_every=1)))}
+    return t, state
 
 
 def dense_reference_penalty(W_dec_FD, active_BF, threshold):
@@ -173,37 +200,49 @@ def main(argv):
 
     # embedded dims: real activations when the default cache exists, else Gaussian stand-ins
     cfg = E.Config(out_dir="bench")
-    found = E.read_cache(E.cache_path(cfg), E.activation_key(cfg))
-    if found:
+    if E.read_cache(E.cache_path(cfg), E.activation_key(cfg)):
         buf = E.ActivationBuffer(E.cache_path(cfg), E.activation_key(cfg), cfg.batch_size, 0, device)
-        data = [buf.batch(s) for s in range(20)]
+        batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
+        source = "cached activations"
     else:
-        data = [torch.randn(cfg.batch_size, 640, device=device) for _ in range(20)]
-    # 150 warm-up steps: right after init few latents fire and the term is nearly free; by then
-    # most do, as through most of a real run
-    ratio, t = step_ratio(640, cfg.dict_size, cfg.k, cfg.batch_size, device, data, repeat=10, warm_steps=150)
-    results["ortho_step_ratio"] = ratio
-    rows.append(("train step, embedded dims (B=%d, D=640, F=%d, k=%d)" % (cfg.batch_size, cfg.dict_size, cfg.k),
-                 f"{t['none'] * 1e3:.1f} ms plain, {t['progressive'] * 1e3:.1f} ms with ortho", f"ratio {ratio:.3f}"))
+        batch = lambda i: torch.randn(cfg.batch_size, 640, device=device, generator=torch.Generator(device).manual_seed(i))  # noqa: E731
+        source = "Gaussian stand-ins (no activation cache)"
+    points = (0.0, 0.25, 0.5, 0.75)
+    t, state = step_ratios(640, cfg.dict_size, cfg.k, cfg.batch_size, device, batch, warm_steps=300, points=points, n_steps=16)
+    results["ortho_step_ratio"] = t["default"] / t["none"]
+    results["ortho_every"] = cfg.ortho_every
+    results["ortho_applied_step_ratio"] = t["every_step"] / t["none"]
+    dims = f"B={cfg.batch_size}, D=640, F={cfg.dict_size}, k={cfg.k}"
+    rows.append((f"train step, embedded dims ({dims}), {source}, after 300 steps, mean over p in {points}",
+                 f"{t['none'] * 1e3:.1f} ms plain, {t['default'] * 1e3:.1f} ms default (ortho_every {cfg.ortho_every})",
+                 f"ortho_step_ratio {results['ortho_step_ratio']:.3f}"))
+    rows.append(("  the same, the term on every step", f"{t['every_step'] * 1e3:.1f} ms",
+                 f"ortho_applied_step_ratio {results['ortho_applied_step_ratio']:.3f}"))
 
-    # the naive dense form at embedded dims, for scale
-    trainer = trained_trainer(640, cfg.dict_size, cfg.k, cfg.batch_size, "progressive", device, data, 150)
-    out = trainer.sae.forward_train(data[0], bf16=True)
+    # the naive dense form at embedded dims, for scale (at p = 0.5)
+    trainer = make_trainer(cfg, 640, device)
+    trainer.load_state_dict(state)
+    out = trainer.sae.forward_train(batch(20_000), bf16=True)
     active = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
     W = trainer.sae.W_dec.detach().clone().requires_grad_()
-    t_dense = timed(lambda: dense_reference_penalty(W, active, 0.25).backward(), 5, device)
-    t_fast = timed(lambda: E.orthogonality_penalty(W, active, 0.25, trainer.dtype).backward(), 5, device)
+    thr = E.ortho_threshold(0.5, cfg)
+    t_dense = timed(lambda: dense_reference_penalty(W, active, thr).backward(), 5, device)
+    t_fast = timed(lambda: E.orthogonality_penalty(W, active, thr, trainer.dtype).backward(), 5, device)
     results["dense_vs_optimized_ratio"] = t_dense / t_fast
-    rows.append(("ortho term fwd+bwd, embedded dims", f"{t_dense * 1e3:.1f} ms dense F x F, {t_fast * 1e3:.1f} ms ours", f"ratio {t_dense / t_fast:.2f}"))
+    rows.append((f"ortho term fwd+bwd, embedded dims, {int(active.any(0).sum())} latents fired, thr {thr:.3f}",
+                 f"{t_dense * 1e3:.1f} ms dense F x F, {t_fast * 1e3:.1f} ms ours ({E.ortho_route(device)} route)", f"ratio {t_dense / t_fast:.2f}"))
 
     # gemma-2-2b dims (Gaussian inputs); on CPU the batch is reduced
     B2 = 2048 if device.type == "cuda" else 256
-    data2 = [torch.randn(B2, 2304, device=device) for _ in range(4)]
-    ratio2, t2 = step_ratio(2304, 16384, 320, B2, device, data2, repeat=3 if device.type == "cpu" else 10, warm_steps=4)
-    results["ortho_step_ratio_gemma2"] = ratio2
+    data2 = [torch.randn(B2, 2304, device=device) for _ in range(8)]
+    t2, _ = step_ratios(2304, 16384, 320, B2, device, lambda i: data2[i % len(data2)], warm_steps=4, points=(0.0,),
+                        n_steps=max(cfg.ortho_every, 2))
+    results["ortho_step_ratio_gemma2"] = t2["default"] / t2["none"]
+    results["ortho_applied_step_ratio_gemma2"] = t2["every_step"] / t2["none"]
     results["gemma2_batch_size"] = B2
-    rows.append((f"train step, gemma-2-2b dims (B={B2}, D=2304, F=16384, k=320)",
-                 f"{t2['none'] * 1e3:.1f} ms plain, {t2['progressive'] * 1e3:.1f} ms with ortho", f"ratio {ratio2:.3f}"))
+    rows.append((f"train step, gemma-2-2b dims (B={B2}, D=2304, F=16384, k=320), Gaussian inputs",
+                 f"{t2['none'] * 1e3:.1f} ms plain, {t2['default'] * 1e3:.1f} ms default, {t2['every_step'] * 1e3:.1f} ms every step",
+                 f"ratio {results['ortho_step_ratio_gemma2']:.3f} (every step {results['ortho_applied_step_ratio_gemma2']:.3f})"))
     mem = ortho_memory_gemma2(device, B2)
     results["ortho_peak_mem_mb_gemma2"] = mem
     rows.append((f"ortho term extra memory, gemma-2-2b dims (B={B2})", f"{mem:.0f} MB", "target well under 2048 MB"))

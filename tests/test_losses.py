@@ -1,4 +1,5 @@
 """The loss terms against brute-force references on random inputs."""
+import copy
 import math
 
 import pytest
@@ -52,13 +53,14 @@ def test_penalty_matches_brute_force(threshold, seed, route, monkeypatch):
     assert expected.item() > 0 or threshold == 1.0
 
 
-def test_penalty_bfloat16_close_and_counts_exact_beyond_256():
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_bfloat16_close_and_counts_exact_beyond_256(route):
     W, active = random_case(3, B=700, F=16, D=32, p=0.6)
     active[:, 4] = active[:, 5] = True  # 700 co-firings: not representable in one bf16 sum
     active[:, 6] = True
     active[:, 6][::7] = False  # 600 of 700, n(4,6) = 1 > any thr
     expected = brute_force_penalty(W.double(), active, 0.8).item()
-    got = E.orthogonality_penalty(W, active, 0.8, torch.bfloat16).item()
+    got = E.orthogonality_penalty(W, active, 0.8, torch.bfloat16, route=route).item()
     assert got == pytest.approx(expected, rel=2e-2)
     mask_FB = active.T.contiguous().to(torch.bfloat16)
     assert torch.equal(E.cofire_counts(mask_FB, mask_FB), active.float().T @ active.float())
@@ -239,10 +241,35 @@ def test_nonfinite_loss_names_step_and_term():
         trainer.update(x, 7)
 
 
-def test_ortho_every_applies_the_term_on_its_stride_only_with_n_times_the_weight():
+def test_ortho_every_computes_on_its_stride_and_holds_the_gradient_in_between():
     trainer = make_trainer("progressive", ortho_every=3)
-    x = torch.randn(32, 16)
-    on, off = trainer.loss(x, 3), trainer.loss(x, 4, measure_ortho=True)
-    assert on["ortho_penalty"].item() > 0 and off["ortho_penalty"].item() > 0  # measured either way
-    torch.testing.assert_close(on["loss"], on["recon_loss"] + trainer.cfg.auxk_alpha * on["auxk_loss"] + 3 * on["ortho_lambda"] * on["ortho_penalty"])
-    torch.testing.assert_close(off["loss"], off["recon_loss"] + trainer.cfg.auxk_alpha * off["auxk_loss"])
+    x3, x4 = torch.randn(32, 16), torch.randn(32, 16)
+    on = trainer.loss(x3, 3)
+    held = trainer.held_ortho
+    off = trainer.loss(x4, 4)  # not on the stride: the held value and gradient
+    assert trainer.held_ortho is held
+    torch.testing.assert_close(off["ortho_penalty"], on["ortho_penalty"])
+    for terms in (on, off):
+        torch.testing.assert_close(terms["loss"], terms["recon_loss"] + trainer.cfg.auxk_alpha * terms["auxk_loss"]
+                                   + terms["ortho_lambda"] * terms["ortho_penalty"])
+    grad = torch.autograd.grad(off["ortho_penalty"], trainer.sae.W_dec)[0]
+    W_hat = E.unit_rows(trainer.sae.W_dec.detach())
+    expected = held[1] / 64  # d/dW = (1/F) dP/dW_hat projected off the (unit) rows
+    torch.testing.assert_close(grad, expected - (expected * W_hat).sum(-1, keepdim=True) * W_hat, rtol=1e-4, atol=1e-7)
+    measured = trainer.loss(x4, 4, measure_ortho=True)  # the log gets this batch's P; the loss keeps the held one
+    torch.testing.assert_close(measured["loss"], off["loss"])
+    fresh = E.orthogonality_penalty(trainer.sae.W_dec.detach(), measured["active_BF"], measured["threshold"], trainer.dtype)
+    torch.testing.assert_close(measured["ortho_penalty"], fresh)
+    assert measured["ortho_penalty"].item() != pytest.approx(on["ortho_penalty"].item())
+
+
+def test_held_gradient_survives_a_checkpoint():
+    trainer = make_trainer("progressive", ortho_every=4)
+    for step in range(6):
+        trainer.update(torch.randn(32, 16, generator=torch.Generator().manual_seed(step)), step)
+    state = copy.deepcopy(trainer.state_dict())  # as through torch.save / torch.load
+    resumed = make_trainer("progressive", ortho_every=4)
+    resumed.load_state_dict(state)
+    for t in (trainer, resumed):
+        t.update(torch.randn(32, 16, generator=torch.Generator().manual_seed(6)), 6)  # off the stride
+    torch.testing.assert_close(resumed.sae.W_dec, trainer.sae.W_dec, rtol=0, atol=0)
