@@ -747,18 +747,18 @@ def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thres
     Work is over the fired latents only; route is "dense" or "sparse" (default: by device, see
     ortho_route); dtype (default: W_dec's) is the dense route's matmul dtype."""
     held = ortho_value_and_grad(unit_rows(W_dec_FD).detach(), active_BF, threshold, dtype or W_dec_FD.dtype, route)
-    return apply_held_penalty(W_dec_FD, held)
+    return apply_held_penalty(unit_rows(W_dec_FD), held, W_dec_FD.shape[0])
 
 
 def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
     return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
 
 
-def apply_held_penalty(W_dec_FD: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def apply_held_penalty(W_hat_FD: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor], n_latents: int) -> torch.Tensor:
     """P from a (value, gradient with respect to W_hat) pair from ortho_value_and_grad, possibly
-    computed a few steps earlier, with the gradient flowing to W_dec through the normalisation."""
+    computed a few steps earlier, as a node whose gradient flows to W_hat."""
     value, grad_FD = held
-    return _OrthoPenalty.apply(unit_rows(W_dec_FD), value, grad_FD) / W_dec_FD.shape[0]
+    return _OrthoPenalty.apply(W_hat_FD, value, grad_FD) / n_latents
 
 
 def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor, W_dec_FD: torch.Tensor, k_aux: int) -> torch.Tensor:
@@ -835,7 +835,9 @@ class TrainerTopK:
         pairs = cofiring_pairs(active_BF) if (fresh or measured) and ortho_route(x_BD.device) == "sparse" else None
         if fresh:
             self.held_ortho = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)
-        ortho = apply_held_penalty(self.sae.W_dec, self.held_ortho) if lam > 0 else recon.new_zeros(())
+        # W_dec's rows are unit and update() removes the gradient along them, which is the
+        # normalisation's Jacobian: the held gradient attaches to W_dec directly
+        ortho = apply_held_penalty(self.sae.W_dec, self.held_ortho, self.cfg.dict_size) if lam > 0 else recon.new_zeros(())
         total = recon + self.cfg.auxk_alpha * auxk + lam * ortho
         reported = ortho
         if measured:
