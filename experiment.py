@@ -99,7 +99,7 @@ class Config:
     threshold_schedule: str = knob("linear", "thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant")
     decay_rate: float = knob(3.0, "rate of the exponential threshold schedule")
     threshold_floor: float = knob(1e-3, "thr(p) never goes below this, so p -> 1 stays finite")
-    ortho_every: int = knob(4, "compute the orthogonality term on every n-th step and reuse its gradient in between (1 = every step)")
+    ortho_every: int = knob(5, "compute the orthogonality term on every n-th step and reuse its gradient in between (1 = every step)")
     # logging, checkpoints, evals
     log_every: int = knob(0, "steps between training_log.jsonl records; 0 = auto (about 100 records)")
     checkpoint_every: int = knob(200, "steps between checkpoints (an interrupt always writes one)")

@@ -77,7 +77,7 @@ def test_main_end_to_end_writes_results_log_and_saelens_sae(tmp_path, tiny_lm):
     assert final["training_steps"] == 30 and final["tokens"] == 3000 and final["seconds"] > 0
     assert block["config"]["profile"] == "gemma-3-270m" and block["config"]["variant"] == "progressive"
     log = read_log(run)
-    assert [r["step"] for r in log] == list(range(0, 30, 4)) + [29]  # on the ortho_every stride (4), and the last step
+    assert [r["step"] for r in log] == list(range(0, 30, 5)) + [29]  # on the ortho_every stride (5), and the last step
     for key in ("step", "progress", "tokens", "loss", "recon_loss", "auxk_loss", "ortho_penalty", "ortho_lambda",
                 "threshold", "l0", "dead_fraction", "sep_cos_mean", "sep_cos_p95", "sep_frac_above_thr", "sep_pairs_penalized", "ortho_share"):
         assert key in log[0], key
