@@ -746,8 +746,9 @@ def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thres
     (0 where either never fired). c carries no gradient; the gradient flows to W_dec only.
     Work is over the fired latents only; route is "dense" or "sparse" (default: by device, see
     ortho_route); dtype (default: W_dec's) is the dense route's matmul dtype."""
-    held = ortho_value_and_grad(unit_rows(W_dec_FD).detach(), active_BF, threshold, dtype or W_dec_FD.dtype, route)
-    return apply_held_penalty(unit_rows(W_dec_FD), held, W_dec_FD.shape[0])
+    W_hat_FD = unit_rows(W_dec_FD)
+    held = ortho_value_and_grad(W_hat_FD.detach(), active_BF, threshold, dtype or W_dec_FD.dtype, route)
+    return apply_held_penalty(W_hat_FD, held, W_dec_FD.shape[0])
 
 
 def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
@@ -832,16 +833,18 @@ class TrainerTopK:
         auxk = auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         measured = measure_ortho and lam > 0 and not fresh
-        pairs = cofiring_pairs(active_BF) if (fresh or measured) and ortho_route(x_BD.device) == "sparse" else None
+        pairs = computed = None
+        if fresh or measured:  # this batch's value and gradient
+            if ortho_route(x_BD.device) == "sparse":
+                pairs = cofiring_pairs(active_BF)
+            computed = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)
         if fresh:
-            self.held_ortho = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)
+            self.held_ortho = computed
         # W_dec's rows are unit and update() removes the gradient along them, which is the
         # normalisation's Jacobian: the held gradient attaches to W_dec directly
         ortho = apply_held_penalty(self.sae.W_dec, self.held_ortho, self.cfg.dict_size) if lam > 0 else recon.new_zeros(())
         total = recon + self.cfg.auxk_alpha * auxk + lam * ortho
-        reported = ortho
-        if measured:
-            reported = ortho_value_and_grad(unit_rows(self.sae.W_dec).detach(), active_BF, thr, self.dtype, pairs=pairs)[0] / self.cfg.dict_size
+        reported = computed[0] / self.cfg.dict_size if measured else ortho
         return dict(loss=total, recon_loss=recon, auxk_loss=auxk, ortho_penalty=reported, ortho_lambda=lam,
                     threshold=thr, active_BF=active_BF, residual_BD=residual_BD, dead_F=dead_F, pairs=pairs)
 
