@@ -13,9 +13,9 @@ Runs are compared only within one profile: comparison_<profile>.png per profile 
 more runs. A run directory that is missing or unreadable gets one line on stderr and exit
 code 2; what exists for the other runs is still plotted.
 """
+
 import json
 import math
-import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -27,7 +27,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from experiment import METRICS, fmt, run_identity, summarize  # noqa: E402
+from sae_harness.schema import EVAL_KEYS, METRICS, block_status, fmt, run_identity, run_number, summarize  # noqa: E402
+
+EVAL_BLOCKS = tuple(EVAL_KEYS.values())
 
 PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
@@ -37,13 +39,17 @@ SEPARATION = (
     ("sep_frac_above_thr", "fraction of co-firing pairs with n_ij > threshold"),
     ("sep_pairs_penalized", "pairs with c_ij > 0 (count)"),
 )
-UNITS = {"absorption_full": "rate (0-1)", "absorption_fraction": "fraction (0-1)",
-         "explained_variance": "fraction of variance", "kl_div_score": "score (1 = no change)",
-         "ce_loss_score": "score (1 = no change)", "l0": "active latents per token",
-         "sparse_probing_sae_top1": "test accuracy", "sparse_probing_llm_top1": "test accuracy",
-         "unlearning_score": "score (0-1)"}
-EVAL_KEYS = ("absorption evaluation results", "core evaluation results",
-             "sparse probing evaluation results", "unlearning evaluation results")
+UNITS = {
+    "absorption_full": "rate (0-1)",
+    "absorption_fraction": "fraction (0-1)",
+    "explained_variance": "fraction of variance",
+    "kl_div_score": "score (1 = no change)",
+    "ce_loss_score": "score (1 = no change)",
+    "l0": "active latents per token",
+    "sparse_probing_sae_top1": "test accuracy",
+    "sparse_probing_llm_top1": "test accuracy",
+    "unlearning_score": "score (0-1)",
+}
 NAN = float("nan")
 
 
@@ -65,8 +71,8 @@ class Run:
 
     @property
     def number(self):
-        match = re.fullmatch(r"run_(\d+)", self.name)
-        return int(match.group(1)) if match else 10**9
+        number = run_number(self.name)
+        return 10**9 if number is None else number
 
     @property
     def label(self):
@@ -91,8 +97,7 @@ def load_run(path):
     log, bad = read_log(path / "training_log.jsonl")
     ident = run_identity(info)
     name = path.resolve().name
-    return Run(name, path, info, log, bad, ident["profile"], ident["variant"],
-               ident["config"], summarize(info))
+    return Run(name, path, info, log, bad, ident["profile"], ident["variant"], ident["config"], summarize(info))
 
 
 def read_log(path):
@@ -147,8 +152,7 @@ def phase_means(log, key):
     means = []
     for i, (_, lo, hi) in enumerate(PHASES):
         last = i == len(PHASES) - 1
-        chosen = [v for x, v in zip(p, values)
-                  if not math.isnan(v) and lo <= x and (x < hi or (last and x <= hi))]
+        chosen = [v for x, v in zip(p, values) if not math.isnan(v) and lo <= x and (x < hi or (last and x <= hi))]
         means.append(sum(chosen) / len(chosen) if chosen else None)
     return means
 
@@ -173,8 +177,9 @@ def shade_phases(ax, label=True, long=True):
         ax.axvspan(lo, hi, color=color, zorder=0, lw=0)
         if label:
             text = f"{name} (p {lo:.2f}-{hi:.2f})" if long else name
-            ax.text((lo + hi) / 2, 1.01, text, transform=transform,
-                    ha="center", va="bottom", fontsize=9, fontweight="bold", color="#444444")
+            ax.text(
+                (lo + hi) / 2, 1.01, text, transform=transform, ha="center", va="bottom", fontsize=9, fontweight="bold", color="#444444"
+            )
     ax.set_xlim(0, 1)
 
 
@@ -188,8 +193,7 @@ def headroom(ax, fraction=0.3):
 
 
 def note_missing(ax, text):
-    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 40)), transform=ax.transAxes,
-            ha="center", va="center", fontsize=10, color="#777777")
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 40)), transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#777777")
 
 
 def save(fig, path):
@@ -200,14 +204,17 @@ def save(fig, path):
 
 # ---------------------------------------------------------------- per-run figures
 
+
 def plot_losses(run):
     log = run.log
     steps = series(log, "step")
     fig, ax = plt.subplots(figsize=(9, 5.2))
-    curves = (("recon_loss", "reconstruction", "C0", "-"),
-              ("auxk_loss", "AuxK (as logged)", "C2", "-"),
-              ("ortho_loss", "ortho λ2·P", "C3", "-"),
-              ("loss", "total loss", "black", "--"))
+    curves = (
+        ("recon_loss", "reconstruction", "C0", "-"),
+        ("auxk_loss", "AuxK (as logged)", "C2", "-"),
+        ("ortho_loss", "ortho λ2·P", "C3", "-"),
+        ("loss", "total loss", "black", "--"),
+    )
     plotted, absent = [], []
     for key, label, color, style in curves:
         values = series(log, key)
@@ -239,8 +246,7 @@ def plot_losses(run):
     for text in absent:
         handles.append(plt.Line2D([], [], color="none"))
         labels.append(text)
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3,
-              fontsize=9, frameon=False)
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=9, frameon=False)
     ax.set_title(f"{run.label}, {run.profile}: loss terms over training")
     return save(fig, run.path / "losses.png")
 
@@ -266,13 +272,11 @@ def plot_schedule(run):
         handles += twin.plot(p, thr, "--", color="C0", lw=2, label="threshold thr(p), right axis")
         twin.set_ylim(bottom=0)
     else:
-        twin.text(0.5, 0.4, "threshold not logged", transform=twin.transAxes, ha="center",
-                  color="#777777")
+        twin.text(0.5, 0.4, "threshold not logged", transform=twin.transAxes, ha="center", color="#777777")
     twin.set_ylabel("co-firing threshold (normalized co-firing)", color="C0")
     twin.tick_params(axis="y", colors="C0")
     if has_data(lam) and all(v == 0 for v in lam if not math.isnan(v)):
-        ax.text(0.5, 0.55, "λ2 = 0 throughout: no orthogonality penalty",
-                transform=ax.transAxes, ha="center", color="C3")
+        ax.text(0.5, 0.55, "λ2 = 0 throughout: no orthogonality penalty", transform=ax.transAxes, ha="center", color="C3")
     headroom(ax)
     headroom(twin)
     if handles:
@@ -290,19 +294,16 @@ def separation_panels(axes, runs, colors, single):
     pair_values, no_log = [], []
     for run, color in zip(runs, colors):
         if not run.log:
-            no_log.append(plt.Line2D([], [], color=color, lw=6, alpha=0.4,
-                                     label=f"{run.label}: no training log"))
+            no_log.append(plt.Line2D([], [], color=color, lw=6, alpha=0.4, label=f"{run.label}: no training log"))
             continue
         p = progress(run.log)
         tag = "" if single else f"{run.label}: "
         cos_mean, cos_p95 = series(run.log, "sep_cos_mean"), series(run.log, "sep_cos_p95")
         ax_cos.plot(p, cos_mean, "-", color=color, lw=1.8, label=f"{tag}mean")
-        ax_cos.plot(p, cos_p95, "--", color="C1" if single else color, lw=1.5,
-                    label=f"{tag}95th percentile")
+        ax_cos.plot(p, cos_p95, "--", color="C1" if single else color, lw=1.5, label=f"{tag}95th percentile")
         if not single:
             ax_cos.lines[-1].set_label("_nolegend_")
-        ax_frac.plot(p, series(run.log, "sep_frac_above_thr"), "-", color=color, lw=1.8,
-                     label=run.label)
+        ax_frac.plot(p, series(run.log, "sep_frac_above_thr"), "-", color=color, lw=1.8, label=run.label)
         pairs = series(run.log, "sep_pairs_penalized")
         pair_values.append(pairs)
         ax_pairs.plot(p, pairs, "-", color=color, lw=1.8, label=run.label)
@@ -321,8 +322,7 @@ def separation_panels(axes, runs, colors, single):
     else:
         handles = [h for h in ax_frac.get_lines()] + no_log
         ax_frac.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
-    for ax, keys in ((ax_cos, ("sep_cos_mean", "sep_cos_p95")), (ax_frac, ("sep_frac_above_thr",)),
-                     (ax_pairs, ("sep_pairs_penalized",))):
+    for ax, keys in ((ax_cos, ("sep_cos_mean", "sep_cos_p95")), (ax_frac, ("sep_frac_above_thr",)), (ax_pairs, ("sep_pairs_penalized",))):
         if not any(has_data(series(run.log, k)) for run in runs for k in keys):
             note_missing(ax, f"{', '.join(keys)} not logged")
         elif single:
@@ -333,11 +333,20 @@ def annotate_phase_means(ax, log, keys):
     transform = blended_transform_factory(ax.transData, ax.transAxes)
     per_key = [phase_means(log, k) for k in keys]
     for j, (_, lo, hi) in enumerate(PHASES):
-        parts = [f"{'p95' if k.endswith('p95') else 'mean'} {fmt(m[j])}" if len(keys) > 1
-                 else f"mean {fmt(m[j])}" for k, m in zip(keys, per_key)]
-        ax.text((lo + hi) / 2, 0.96, "\n".join(parts), transform=transform, ha="center",
-                va="top", fontsize=8, color="#333333",
-                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+        parts = [
+            f"{'p95' if k.endswith('p95') else 'mean'} {fmt(m[j])}" if len(keys) > 1 else f"mean {fmt(m[j])}" for k, m in zip(keys, per_key)
+        ]
+        ax.text(
+            (lo + hi) / 2,
+            0.96,
+            "\n".join(parts),
+            transform=transform,
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="#333333",
+            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
+        )
 
 
 def plot_separation(run):
@@ -363,8 +372,7 @@ def separation_table(runs):
 def find_baseline(run, candidates):
     """The `none` run of the same profile to show beside run: run_0 for gemma-2-2b when it
     qualifies, else the one whose key config matches best, then the lowest number."""
-    same = [c for c in candidates if c.profile == run.profile and c.variant == "none"
-            and c.path.resolve() != run.path.resolve()]
+    same = [c for c in candidates if c.profile == run.profile and c.variant == "none" and c.path.resolve() != run.path.resolve()]
     if not same:
         return None
     if run.profile == "gemma-2-2b":
@@ -372,14 +380,12 @@ def find_baseline(run, candidates):
         if seed:
             return seed[0]
     keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name", "seed")
-    return min(same, key=lambda c: (sum(c.config.get(k) != run.config.get(k) for k in keys),
-                                    c.number))
+    return min(same, key=lambda c: (sum(c.config.get(k) != run.config.get(k) for k in keys), c.number))
 
 
 def eval_metric_ok(run):
     """True when at least one eval block holds results (not skipped, not errored)."""
-    return any(isinstance(run.info.get(k), dict) and "skipped" not in run.info[k]
-               and "error" not in run.info[k] for k in EVAL_KEYS)
+    return any(isinstance(run.info.get(k), dict) and "skipped" not in run.info[k] and "error" not in run.info[k] for k in EVAL_BLOCKS)
 
 
 def metric_title(metric):
@@ -404,9 +410,15 @@ def metric_panels(axes, runs, colors):
         for bar, run in zip(bars, runs):
             entry = run.summary[metric.name]
             text = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
-                        fontsize=9)
+            ax.annotate(
+                text,
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, rotation=30 if len(runs) > 3 else 0, fontsize=9)
         ax.set_title(metric_title(metric), fontsize=10)
@@ -416,9 +428,15 @@ def metric_panels(axes, runs, colors):
         ax.set_ylim(0, top * room if top > 0 else 1.0)
         ax.grid(axis="y", alpha=0.3)
         if notes:
-            ax.text(0.02, 0.96, "\n".join(textwrap.fill(textwrap.shorten(n, 100), 52)
-                                          for n in notes),
-                    transform=ax.transAxes, va="top", fontsize=7, color="#aa3333")
+            ax.text(
+                0.02,
+                0.96,
+                "\n".join(textwrap.fill(textwrap.shorten(n, 100), 52) for n in notes),
+                transform=ax.transAxes,
+                va="top",
+                fontsize=7,
+                color="#aa3333",
+            )
 
 
 def plot_metrics(run, baseline):
@@ -428,7 +446,7 @@ def plot_metrics(run, baseline):
     fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows))
     axes = list(axes.flat)
     metric_panels(axes, runs, colors)
-    for ax in axes[len(METRICS):]:
+    for ax in axes[len(METRICS) :]:
         ax.axis("off")
     if baseline:
         against = f"grey: baseline {baseline.label}"
@@ -442,30 +460,22 @@ def plot_metrics(run, baseline):
 
 
 def eval_block_status(info, key):
-    block = info.get(key)
-    if block is None:
-        return "not run"
-    if not isinstance(block, dict):
-        return "error: not a JSON object"
-    for word in ("error", "skipped"):
-        if word in block:
-            return f"{word}: " + (str(block[word]).strip().splitlines() or [""])[0]
-    return "ok"
+    status = block_status(info.get(key))
+    return "not run" if status == "missing" else status
 
 
 def missing_report(run):
     """One line per eval that did not give results, per metric absent from a run eval, and
     per problem with the training log."""
     lines = []
-    for key in EVAL_KEYS:
+    for key in EVAL_BLOCKS:
         status = eval_block_status(run.info, key)
         if status != "ok":
             lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
     for metric in METRICS:
         status = run.summary[metric.name]["status"]
         block = metric.sources[0][0]
-        if status != "ok" and (block not in EVAL_KEYS or
-                               eval_block_status(run.info, block) == "ok"):
+        if status != "ok" and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
             lines.append(f"{metric.name}: {status}")
     if not run.log:
         lines.append("training_log.jsonl: missing or empty")
@@ -491,13 +501,13 @@ def plot_run(run, candidates):
 
 # ---------------------------------------------------------------- comparison within a profile
 
+
 def metrics_table(runs):
     width = max([len(m.name) for m in METRICS] + [10]) + 2
     directions = [m.direction + (f" ({m.note})" if m.note else "") for m in METRICS]
     dwidth = max(len(d) for d in directions) + 2
     cols = [max(len(run.label), 9) + 2 for run in runs]
-    lines = [f"{'metric':<{width}}{'direction':<{dwidth}}"
-             + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
+    lines = [f"{'metric':<{width}}{'direction':<{dwidth}}" + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
     for metric, direction in zip(METRICS, directions):
         cells = []
         for run, c in zip(runs, cols):
@@ -512,8 +522,7 @@ def config_differences(runs):
     """(fields recorded by every run with differing values, fields only some runs record)."""
     keys = sorted({k for run in runs for k in run.config})
     shared = [k for k in keys if all(k in run.config for run in runs)]
-    differ = [k for k in shared if len({json.dumps(run.config[k], sort_keys=True)
-                                        for run in runs}) > 1]
+    differ = [k for k in shared if len({json.dumps(run.config[k], sort_keys=True) for run in runs}) > 1]
     return differ, [k for k in keys if k not in shared]
 
 
@@ -526,18 +535,25 @@ def plot_comparison(profile, runs, out_dir):
     separation_panels(sep_axes, runs, colors, single=False)
     for ax in sep_axes:
         ax.set_xlabel("training progress p (fraction of steps)")
-    titles = ("co-firing decoder |cos|: mean (solid), p95 (dashed)",
-              "co-firing pairs above threshold (colors: runs)", "pairs penalized (c_ij > 0)")
+    titles = (
+        "co-firing decoder |cos|: mean (solid), p95 (dashed)",
+        "co-firing pairs above threshold (colors: runs)",
+        "pairs penalized (c_ij > 0)",
+    )
     for ax, title in zip(sep_axes, titles):
         ax.set_title(title, fontsize=10, pad=18)
     metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(len(METRICS))]
     metric_panels(metric_axes, runs, colors)
     differs = [k for k in config_differences(runs)[0] if k != "variant"]
-    subtitle = ("config differs in: " + ", ".join(differs[:8])
-                + (" ..." if len(differs) > 8 else "")) if differs else "same config apart from variant"
-    fig.suptitle(f"Profile {profile}: {', '.join(r.label for r in runs)}\n"
-                 f"(runs of other profiles are not comparable and are not shown; {subtitle})",
-                 fontsize=12)
+    subtitle = (
+        ("config differs in: " + ", ".join(differs[:8]) + (" ..." if len(differs) > 8 else ""))
+        if differs
+        else "same config apart from variant"
+    )
+    fig.suptitle(
+        f"Profile {profile}: {', '.join(r.label for r in runs)}\n(runs of other profiles are not comparable and are not shown; {subtitle})",
+        fontsize=12,
+    )
     fig.tight_layout()
     return save(fig, Path(out_dir) / f"comparison_{profile}.png")
 
@@ -563,7 +579,7 @@ def compare(runs, out_dir):
 
 
 def run_dirs_here(cwd):
-    dirs = [p for p in Path(cwd).iterdir() if p.is_dir() and re.fullmatch(r"run_\d+", p.name)]
+    dirs = [p for p in Path(cwd).iterdir() if p.is_dir() and run_number(p.name) is not None]
     return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
 
 

@@ -8,6 +8,7 @@
 Run it on an idle machine: on 2 cores, torch slows down many times when the other core is busy.
 Prints a table, then one JSON object as the last line.
 """
+
 import copy
 import dataclasses
 import json
@@ -24,6 +25,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import experiment as E  # noqa: E402
+from sae_harness import cli, data  # noqa: E402
+from sae_harness import ortho_fast as O  # noqa: E402
+from sae_harness.tracking import Tracker  # noqa: E402
+
+
+def embedded_config(**overrides):
+    """The embedded profile's default config, with overrides."""
+    return cli.apply_profile(E.Config(out_dir="bench", profile="gemma-3-270m", **overrides), E.PROFILES, cuda_available=False)
 
 
 def timed(fn, repeat: int, device) -> float:
@@ -83,19 +92,21 @@ def seconds_per_step(cfg, d_model, device, batch, state, points, n_steps):
 def step_ratios(d_model, dict_size, k, batch_size, device, batch, warm_steps, points, n_steps):
     """Seconds per step of plain TopK, of the default config (its ortho_every included), and of
     the term applied on every step, from the same warmed-up state."""
-    base = E.Config(out_dir="bench", dict_size=dict_size, k=k, batch_size=batch_size, device=device.type)
+    base = embedded_config(dict_size=dict_size, k=k, batch_size=batch_size, device=device.type)
     state = warm_state(base, d_model, device, batch, warm_steps)
-    t = {name: seconds_per_step(dataclasses.replace(base, **kw), d_model, device, batch, state, points, n_steps)
-         for name, kw in (("none", dict(variant="none")), ("default", {}), ("every_step", dict(ortho_every=1)))}
+    t = {
+        name: seconds_per_step(dataclasses.replace(base, **kw), d_model, device, batch, state, points, n_steps)
+        for name, kw in (("none", dict(variant="none")), ("default", {}), ("every_step", dict(ortho_every=1)))
+    }
     return t, state
 
 
 def whole_run_seconds(cfg, device) -> float:
     """Training seconds of a whole run (experiment.train, logging and checkpoints included) on the
     cached activations."""
-    buf = E.ActivationBuffer(E.cache_path(cfg), E.activation_key(cfg), cfg.batch_size, cfg.seed, device)
+    buf = data.ActivationBuffer(data.cache_path(cfg), data.activation_key(cfg), cfg.batch_size, cfg.seed, device)
     with tempfile.TemporaryDirectory() as tmp:
-        _, final = E.train(cfg, buf, device, Path(tmp))
+        _, final = E.train(cfg, buf, device, Path(tmp), Tracker("", "", {}, tmp))
     return final["seconds"]
 
 
@@ -137,10 +148,10 @@ def ortho_memory_gemma2(device, batch_size):
     W = torch.nn.functional.normalize(torch.randn(F_, D, device=device), dim=-1).requires_grad_()
     logits = torch.randn(batch_size, F_, device=device) + torch.linspace(2, -2, F_, device=device)
     active = torch.zeros(batch_size, F_, dtype=torch.bool, device=device).scatter_(1, logits.topk(K, dim=-1).indices, True)
-    dtype = E.fast_dtype(device)
+    dtype = O.fast_dtype(device)
 
     def run():
-        E.orthogonality_penalty(W, active, 0.25, dtype).backward()
+        O.orthogonality_penalty_fast(W, active, 0.25, dtype).backward()
 
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -159,15 +170,17 @@ def extraction_ratio(device, n_batches=6):
     divided by a bare forward of the same model truncated at the hook layer."""
     from nnsight import TransformersModel
 
-    cfg = E.Config(out_dir="bench", device=device.type)
-    model, tok = E.load_language_model(cfg, device)
-    articles = [t for _, _, t in E.load_bbc_articles()[:200]]
-    windows = list(E.token_windows(articles, tok, cfg.context_length, n_batches * cfg.llm_batch_size))
+    cfg = embedded_config(device=device.type)
+    model, tok = data.load_language_model(cfg, device)
+    articles = [t for _, _, t in data.load_bbc_articles()[:200]]
+    windows = list(data.token_windows(articles, tok, cfg.context_length, n_batches * cfg.llm_batch_size))
     n_rows = len(windows) * (cfg.context_length - 1)
     lm = TransformersModel(model, task="text-generation", tokenizer=tok)
     with tempfile.TemporaryDirectory() as tmp:
+
         def buffer_pass():
-            E.extract_activations(lm, tok, iter(windows), cfg.layer, n_rows, Path(tmp) / "a.npy", cfg.llm_batch_size, device)
+            data.extract_activations(lm, tok, iter(windows), cfg.layer, n_rows, Path(tmp) / "a.npy", cfg.llm_batch_size, device)
+
         t_buffer = timed(buffer_pass, 2, device)
     layers = model.model.layers
     model.model.layers = layers[: cfg.layer + 1]  # the bare forward: embeddings and layers 0..L only
@@ -175,7 +188,7 @@ def extraction_ratio(device, n_batches=6):
     @torch.no_grad()
     def bare_pass():
         for b in range(0, len(windows), cfg.llm_batch_size):
-            model.model(torch.tensor(windows[b:b + cfg.llm_batch_size], device=device))
+            model.model(torch.tensor(windows[b : b + cfg.llm_batch_size], device=device))
 
     t_bare = timed(bare_pass, 2, device)
     model.model.layers = layers
@@ -187,9 +200,9 @@ def cached_start_seconds() -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run_1"
         cmd = [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(out), "--evals", "none", "--profile", "gemma-3-270m"]
-        if E.read_cache(E.cache_path(E.Config(out_dir="x")), E.activation_key(E.Config(out_dir="x"))) is None:
+        if data.read_cache(data.cache_path(embedded_config()), data.activation_key(embedded_config())) is None:
             print("building the default activation cache first ...", flush=True)
-            subprocess.run(cmd + ["--tokens", str(E.Config.tokens)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd + ["--tokens", str(embedded_config().tokens)], check=True, stdout=subprocess.DEVNULL)
             for f in out.iterdir():
                 subprocess.run(["rm", "-rf", str(f)])
         t0 = time.time()
@@ -212,31 +225,54 @@ def main(argv):
     torch.manual_seed(0)
 
     # embedded dims: real activations when the default cache exists, else Gaussian stand-ins
-    cfg = E.Config(out_dir="bench")
-    if E.read_cache(E.cache_path(cfg), E.activation_key(cfg)):
-        buf = E.ActivationBuffer(E.cache_path(cfg), E.activation_key(cfg), cfg.batch_size, 0, device)
+    cfg = embedded_config()
+    if data.read_cache(data.cache_path(cfg), data.activation_key(cfg)):
+        buf = data.ActivationBuffer(data.cache_path(cfg), data.activation_key(cfg), cfg.batch_size, 0, device)
         batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
         source = "cached activations"
     else:
         batch = lambda i: torch.randn(cfg.batch_size, 640, device=device, generator=torch.Generator(device).manual_seed(i))  # noqa: E731
         source = "Gaussian stand-ins (no activation cache)"
     points = (0.0, 0.25, 0.5, 0.75)
-    t, state = step_ratios(640, cfg.dict_size, cfg.k, cfg.batch_size, device, batch, warm_steps=300, points=points,
-                           n_steps=cfg.ortho_every * math.ceil(16 / cfg.ortho_every))
+    t, state = step_ratios(
+        640,
+        cfg.dict_size,
+        cfg.k,
+        cfg.batch_size,
+        device,
+        batch,
+        warm_steps=300,
+        points=points,
+        n_steps=cfg.ortho_every * math.ceil(16 / cfg.ortho_every),
+    )
     results["ortho_every"] = cfg.ortho_every
     if not quick and source == "cached activations":  # the mean step over a real run: the headline number
         plain, default = whole_run_seconds(dataclasses.replace(cfg, variant="none"), device), whole_run_seconds(cfg, device)
         results["ortho_step_ratio"] = default / plain
-        rows.append((f"whole default run, training only ({cfg.total_steps} steps)", f"{plain:.1f} s plain, {default:.1f} s default",
-                     f"ortho_step_ratio {results['ortho_step_ratio']:.3f}"))
+        rows.append(
+            (
+                f"whole default run, training only ({cfg.total_steps} steps)",
+                f"{plain:.1f} s plain, {default:.1f} s default",
+                f"ortho_step_ratio {results['ortho_step_ratio']:.3f}",
+            )
+        )
     results["ortho_step_ratio_trained_state"] = t["default"] / t["none"]
     results["ortho_applied_step_ratio"] = t["every_step"] / t["none"]
     dims = f"B={cfg.batch_size}, D=640, F={cfg.dict_size}, k={cfg.k}"
-    rows.append((f"train step from a trained state (all latents firing), embedded dims ({dims}), {source}, mean over p in {points}",
-                 f"{t['none'] * 1e3:.1f} ms plain, {t['default'] * 1e3:.1f} ms default (ortho_every {cfg.ortho_every})",
-                 f"ratio {results['ortho_step_ratio_trained_state']:.3f}"))
-    rows.append(("  the same, the term computed on every step", f"{t['every_step'] * 1e3:.1f} ms",
-                 f"ortho_applied_step_ratio {results['ortho_applied_step_ratio']:.3f}"))
+    rows.append(
+        (
+            f"train step from a trained state (all latents firing), embedded dims ({dims}), {source}, mean over p in {points}",
+            f"{t['none'] * 1e3:.1f} ms plain, {t['default'] * 1e3:.1f} ms default (ortho_every {cfg.ortho_every})",
+            f"ratio {results['ortho_step_ratio_trained_state']:.3f}",
+        )
+    )
+    rows.append(
+        (
+            "  the same, the term computed on every step",
+            f"{t['every_step'] * 1e3:.1f} ms",
+            f"ortho_applied_step_ratio {results['ortho_applied_step_ratio']:.3f}",
+        )
+    )
 
     # the naive dense form at embedded dims, for scale (at p = 0.5)
     trainer = make_trainer(cfg, 640, device)
@@ -246,22 +282,32 @@ def main(argv):
     W = trainer.sae.W_dec.detach().clone().requires_grad_()
     thr = E.ortho_threshold(0.5, cfg)
     t_dense = timed(lambda: dense_reference_penalty(W, active, thr).backward(), 5, device)
-    t_fast = timed(lambda: E.orthogonality_penalty(W, active, thr, trainer.dtype).backward(), 5, device)
+    t_fast = timed(lambda: O.orthogonality_penalty_fast(W, active, thr, trainer.dtype).backward(), 5, device)
     results["dense_vs_optimized_ratio"] = t_dense / t_fast
-    rows.append((f"ortho term fwd+bwd, embedded dims, {int(active.any(0).sum())} latents fired, thr {thr:.3f}",
-                 f"{t_dense * 1e3:.1f} ms dense F x F, {t_fast * 1e3:.1f} ms ours ({E.ortho_route(device)} route)", f"ratio {t_dense / t_fast:.2f}"))
+    rows.append(
+        (
+            f"ortho term fwd+bwd, embedded dims, {int(active.any(0).sum())} latents fired, thr {thr:.3f}",
+            f"{t_dense * 1e3:.1f} ms dense F x F, {t_fast * 1e3:.1f} ms ours ({O.ortho_route(device)} route)",
+            f"ratio {t_dense / t_fast:.2f}",
+        )
+    )
 
     # gemma-2-2b dims (Gaussian inputs); on CPU the batch is reduced
     B2 = 2048 if device.type == "cuda" else 256
     data2 = [torch.randn(B2, 2304, device=device) for _ in range(8)]
-    t2, _ = step_ratios(2304, 16384, 320, B2, device, lambda i: data2[i % len(data2)], warm_steps=4, points=(0.0,),
-                        n_steps=max(cfg.ortho_every, 2))
+    t2, _ = step_ratios(
+        2304, 16384, 320, B2, device, lambda i: data2[i % len(data2)], warm_steps=4, points=(0.0,), n_steps=max(cfg.ortho_every, 2)
+    )
     results["ortho_step_ratio_gemma2"] = t2["default"] / t2["none"]
     results["ortho_applied_step_ratio_gemma2"] = t2["every_step"] / t2["none"]
     results["gemma2_batch_size"] = B2
-    rows.append((f"train step, gemma-2-2b dims (B={B2}, D=2304, F=16384, k=320), Gaussian inputs",
-                 f"{t2['none'] * 1e3:.1f} ms plain, {t2['default'] * 1e3:.1f} ms default, {t2['every_step'] * 1e3:.1f} ms every step",
-                 f"ratio {results['ortho_step_ratio_gemma2']:.3f} (every step {results['ortho_applied_step_ratio_gemma2']:.3f})"))
+    rows.append(
+        (
+            f"train step, gemma-2-2b dims (B={B2}, D=2304, F=16384, k=320), Gaussian inputs",
+            f"{t2['none'] * 1e3:.1f} ms plain, {t2['default'] * 1e3:.1f} ms default, {t2['every_step'] * 1e3:.1f} ms every step",
+            f"ratio {results['ortho_step_ratio_gemma2']:.3f} (every step {results['ortho_applied_step_ratio_gemma2']:.3f})",
+        )
+    )
     mem = ortho_memory_gemma2(device, B2)
     results["ortho_peak_mem_mb_gemma2"] = mem
     rows.append((f"ortho term extra memory, gemma-2-2b dims (B={B2})", f"{mem:.0f} MB", "target well under 2048 MB"))
@@ -269,7 +315,13 @@ def main(argv):
     if not quick:
         r, t3 = extraction_ratio(device)
         results["extraction_ratio"] = r
-        rows.append(("activation buffer vs bare truncated forward", f"{t3['tokens'] / t3['buffer_s']:.0f} vs {t3['tokens'] / t3['bare_s']:.0f} tok/s", f"ratio {r:.3f}"))
+        rows.append(
+            (
+                "activation buffer vs bare truncated forward",
+                f"{t3['tokens'] / t3['buffer_s']:.0f} vs {t3['tokens'] / t3['bare_s']:.0f} tok/s",
+                f"ratio {r:.3f}",
+            )
+        )
         s = cached_start_seconds()
         results["cached_start_s"] = s
         rows.append(("process start to first training step, cache hit", f"{s:.1f} s", "target <= 10 s"))

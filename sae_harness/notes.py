@@ -1,0 +1,128 @@
+"""notes.txt entries: one "## Run i: ..." section per run, built only from what final_info holds,
+written atomically and replaced (not duplicated) when the same run directory runs again."""
+
+import re
+from pathlib import Path
+
+from sae_harness.rundir import write_atomic
+from sae_harness.schema import EVAL_BLOCKS, METRICS, TRAINING, _source_used, block_status, fmt, run_identity, run_number, summarize
+
+KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
+"""Config fields every entry shows (those the run records)."""
+NOT_COMPARED = ("profile", "variant", "out_dir", "overwrite", "cache_dir")
+"""Config fields never listed as differing from the profile defaults."""
+
+
+def _require_run_number(run_name) -> int:
+    number = run_number(run_name)
+    if number is None:
+        raise ValueError(f"run name must look like run_<i>, got {run_name!r}")
+    return number
+
+
+def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
+    """The lines of one "## Run i: ..." entry, built only from what info holds."""
+    ident = run_identity(info)
+    config, final = ident["config"], ident["final_info"]
+    number = _require_run_number(run_name)
+    heading = title or f"{ident['profile']}, {ident['variant']}"
+    lines = [
+        f"## Run {number}: {heading}",
+        f"Profile: {ident['profile']} ({ident['lm_name'] or 'lm_name not recorded'}, "
+        f"layer {fmt(ident['layer'])}); variant: {ident['variant']}",
+    ]
+    key = [f"{name}={fmt(config[name])}" for name in KEY_CONFIG if name in config]
+    lines.append("Config: " + (", ".join(key) if key else "not recorded"))
+    if defaults:
+        changed = [
+            f"{name}={fmt(config[name])} (default {fmt(defaults[name])})"
+            for name in sorted(config)
+            if name in defaults and name not in NOT_COMPARED and config[name] != defaults[name]
+        ]
+        lines.append("Differs from profile defaults: " + (", ".join(changed) or "nothing"))
+    else:
+        lines.append("Differs from profile defaults: not compared (no defaults given)")
+
+    def rec(name, unit=""):
+        value = final.get(name)
+        return "not recorded" if value is None else fmt(value) + unit
+
+    lines.append(
+        f"Training: steps {rec('training_steps')}, tokens {rec('tokens')}, "
+        f"time {rec('seconds', ' s')}, final loss {rec('final_loss')}, "
+        f"L0 {rec('l0')}, dead fraction {rec('dead_fraction')}"
+    )
+    lines.append("Headline metrics:")
+    summary = summarize(info)
+    for metric in METRICS:
+        entry = summary[metric.name]
+        note = f", {metric.note}" if metric.note else ""
+        if entry["status"] == "ok":
+            shown = fmt(entry["value"])
+            if metric.name == "l0" and "k" in config:
+                note = f", target k = {fmt(config['k'])}"
+            used = _source_used(info, metric)
+            if used > 0:
+                block_name, path = metric.sources[used]
+                where = "training" if block_name == TRAINING else EVAL_BLOCKS[block_name]
+                note += f"; read from {where} {path[-1]}"
+            lines.append(f"- {metric.name} = {shown} ({entry['direction']}{note})")
+        else:
+            lines.append(f"- {metric.name}: {entry['status']} ({entry['direction']}{note})")
+    problems, timings = [], []
+    for block_name, short in EVAL_BLOCKS.items():
+        block = info.get(block_name)
+        if block is None:
+            problems.append(f"- {short}: not run")
+            continue
+        status = block_status(block)
+        if status != "ok":
+            problems.append(f"- {short}: {status}")
+        if isinstance(block, dict) and isinstance(block.get("seconds"), (int, float)):
+            timings.append(f"{short} {fmt(block['seconds'])} s")
+    if problems:
+        lines.append("Evals not run, skipped or errored:")
+        lines.extend(problems)
+    if timings:
+        lines.append("Eval time: " + ", ".join(timings))
+    lines.append("Plots: " + (", ".join(plots) if plots else "none"))
+    lines.extend(remarks)
+    return lines
+
+
+def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, remarks=()):
+    """Write run_name's entry into notes_path, replacing an existing one for the same run.
+
+    defaults: the config defaults of this run's profile (flat dict); fields whose value
+    differs are listed. title replaces "<profile>, <variant>" in the heading; remarks are
+    extra lines appended verbatim. Everything else in the file (the header, other entries,
+    other "## " sections) is kept as is. The file is rewritten atomically.
+    """
+    number = _require_run_number(run_name)
+    entry = notes_entry(run_name, info, plots, defaults, title, remarks)
+    try:
+        with open(notes_path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    own = re.compile(rf"## Run {number}:")
+    out, replaced, skipping = [], False, False
+    for line in lines:
+        if line.startswith("## "):
+            skipping = bool(own.match(line))
+            if skipping:
+                if not replaced:
+                    out.extend(entry + [""])
+                    replaced = True
+                continue
+        if not skipping:
+            out.append(line)
+    if not replaced:
+        while out and not out[-1].strip():
+            out.pop()
+        out.extend([""] if out else [])
+        out.extend(entry + [""])
+    while len(out) > 1 and not out[-1].strip() and not out[-2].strip():
+        out.pop()
+    text = "\n".join(out).rstrip("\n") + "\n"
+    write_atomic(Path(notes_path), lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,302 @@
+"""The fast implementation of the orthogonality term that experiment.orthogonality_penalty defines
+(selected by --ortho_impl fast, the default), and the training-batch separation diagnostics.
+
+Same math as the reference, tested against it (value and gradient) and against a brute-force
+loop on random inputs. Two routes compute the same co-firing counts and the same term:
+
+- dense (CUDA): bfloat16 matmuls over row blocks of the fired latents (tensor cores make
+  A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix.
+- sparse (CPU): each token has only k of F latents on, so the counts are one sparse x sparse
+  product of the firing masks (B * k^2 work instead of A^2 * B), and cos and the gradient are
+  computed only for the penalised pairs (c_ij > 0, a few percent of A^2 for most of a run).
+
+Shape suffixes as in experiment.py: B batch, D model width, F latents, A latents that fired,
+C a row block of them, P pairs.
+"""
+
+import warnings
+from typing import NamedTuple
+
+import torch
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where matmuls are fast in it (CUDA; CPUs with AMX/AVX-512), else float32."""
+    if device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def ortho_route(device: torch.device) -> str:
+    return "dense" if device.type == "cuda" else "sparse"
+
+
+def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor) -> torch.Tensor:
+    """Exact |m_i & m_j| (C, A) as float32 from 0/1 firing masks laid out latent-major (C, B) and
+    (A, B). Low-precision products are exact; the sums are kept exact by accumulating in float32
+    (CUDA), or, on CPU, by summing bfloat16 blocks of 256 tokens (every partial count <= 256 is
+    representable) in float32."""
+    if mask_AB.dtype == torch.float32:
+        return mask_CB @ mask_AB.T
+    if mask_AB.is_cuda and "out_dtype" in torch.mm.__doc__:
+        return torch.mm(mask_CB, mask_AB.T, out_dtype=torch.float32)
+    counts_CA = torch.zeros(len(mask_CB), len(mask_AB), device=mask_AB.device)
+    for b in range(0, mask_AB.shape[1], 256):
+        counts_CA += (mask_CB[:, b : b + 256] @ mask_AB[:, b : b + 256].T).float()
+    return counts_CA
+
+
+ORTHO_BLOCK = 1024  # rows per block in the dense route: memory is O(ORTHO_BLOCK * fired latents)
+
+
+def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
+    """Dense route. Over the latents that fired only, in row blocks (never an F x F matrix): yields
+    (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
+    cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|)."""
+    fired_A = active_BF.any(0).nonzero().squeeze(1)
+    mask_AB = active_BF[:, fired_A].T.contiguous()
+    count_A = mask_AB.sum(1).float()
+    mask_AB = mask_AB.to(dtype)
+    for start in range(0, len(fired_A), ORTHO_BLOCK):
+        stop = min(start + ORTHO_BLOCK, len(fired_A))
+        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB)
+        n_CA = cofire_CA / torch.minimum(count_A[start:stop, None], count_A[None, :])
+        yield fired_A, start, cofire_CA, n_CA
+
+
+class CofiringPairs(NamedTuple):
+    fired_A: torch.Tensor  # the latents that fired in the batch (ids into F)
+    count_A: torch.Tensor  # |m_i|, float32
+    row_P: torch.Tensor  # ordered pairs (i, j) that fire together at least once (i == j included),
+    col_P: torch.Tensor  # as indices into fired_A, grouped by row (in a fixed order within a row)
+    cofire_P: torch.Tensor  # |m_i & m_j|, float32, exact
+
+    def n(self) -> torch.Tensor:
+        """n_ij = |m_i & m_j| / min(|m_i|, |m_j|)."""
+        return self.cofire_P / torch.minimum(self.count_A[self.row_P], self.count_A[self.col_P])
+
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # the CSR ops used here are tested
+
+
+def pair_cos(W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor, crow: torch.Tensor | None = None) -> torch.Tensor:
+    """w_i . w_j for pairs grouped by row (float32 W): a sampled sparse matmul on CPU, which never
+    gathers a P x D copy of the rows; a gather on CUDA."""
+    if W_AD.is_cuda:
+        return (W_AD[row_P] * W_AD[col_P]).sum(-1)
+    crow = _crow(row_P, len(W_AD)) if crow is None else crow
+    pattern = _csr(crow, col_P, W_AD.new_ones(len(col_P)), (len(W_AD), len(W_AD)))
+    return torch.sparse.sampled_addmm(pattern, W_AD, W_AD.T, beta=0.0).values()
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
+
+
+def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=row_sorted.device)
+    crow[1:] = torch.bincount(row_sorted, minlength=n_rows).cumsum(0)
+    return crow
+
+
+def cofiring_pairs(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dtype = torch.float32) -> CofiringPairs:
+    """Every pair of latents that fires together in the batch, with exact counts. Sparse route: the
+    counts are M M^T, M the (A, B) firing mask as a sparse matrix (float32 ones: products and sums
+    of integers <= B are exact). Dense route: the nonzeros of cofiring_blocks."""
+    if route == "dense":
+        rows, cols, cofires = [], [], []
+        for fired_A, start, cofire_CA, _ in cofiring_blocks(active_BF, dtype):  # noqa: B007 (fired_A is used after the loop)
+            r, a = cofire_CA.nonzero(as_tuple=True)
+            rows.append(start + r), cols.append(a), cofires.append(cofire_CA[r, a])
+        if not rows:
+            return CofiringPairs(
+                *(active_BF.new_zeros(0, dtype=t) for t in (torch.long, torch.float32, torch.long, torch.long, torch.float32))
+            )
+        return CofiringPairs(fired_A, active_BF[:, fired_A].sum(0).float(), torch.cat(rows), torch.cat(cols), torch.cat(cofires))
+    B = len(active_BF)
+    b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
+    fired_A, a_N = torch.unique(f_N, return_inverse=True)
+    A = len(fired_A)
+    count_A = torch.bincount(a_N, minlength=A)
+    ones_N = torch.ones(len(b_N), device=active_BF.device)
+    by_latent = a_N.argsort(stable=True)
+    M_BA = _csr(_crow(b_N, B), a_N, ones_N, (B, A))
+    M_AB = _csr(_crow(a_N[by_latent], A), b_N[by_latent], ones_N, (A, B))
+    C_AA = M_AB @ M_BA  # CSR: only pairs that co-fire at least once; columns within a row in first-seen order
+    crow, col_P, cofire_P = C_AA.crow_indices(), C_AA.col_indices(), C_AA.values()
+    row_P = torch.repeat_interleave(torch.arange(A, device=crow.device), crow.diff())
+    return CofiringPairs(fired_A, count_A.float(), row_P, col_P, cofire_P)
+
+
+def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
+    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0 (in place on n; dense route)."""
+    c_CA = n_CA.sub_(threshold).div_(threshold).clamp_(0, 1)
+    c_CA.diagonal(start).zero_()
+    return c_CA
+
+
+def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
+    value = W_hat_FD.new_zeros((), dtype=torch.float32)
+    grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
+    for fired_A, start, _cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
+        if start == 0:
+            W_AD = W_hat_FD[fired_A].to(dtype)
+        rows = slice(start, start + len(n_CA))
+        T_CA = cofire_weights(n_CA, threshold, start)  # c ...
+        cos_CA = (W_AD[rows] @ W_AD.T).float()
+        T_CA.mul_(cos_CA.sign())  # ... times sign(cos)
+        value += torch.dot(T_CA.view(-1), cos_CA.view(-1))  # sum c |cos|
+        grad_FD.index_copy_(0, fired_A[rows], 2 * (T_CA.to(dtype) @ W_AD).float())
+    return value, grad_FD
+
+
+def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, pairs: CofiringPairs | None):
+    value = W_hat_FD.new_zeros((), dtype=torch.float32)
+    grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
+    pairs = pairs or cofiring_pairs(active_BF)
+    c_P = pairs.n().sub_(threshold).div_(threshold)
+    keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
+    if len(keep) == 0:
+        return value, grad_FD
+    row, col, c_P = pairs.row_P[keep], pairs.col_P[keep], c_P[keep].clamp_(max=1)
+    A = len(pairs.fired_A)
+    crow = _crow(row, A)
+    W_AD = W_hat_FD[pairs.fired_A].float()
+    cos_P = pair_cos(W_AD, row, col, crow)  # w_i . w_j on the pairs only
+    T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+    value += torch.dot(T_P, cos_P)  # sum c |cos|
+    grad_FD[pairs.fired_A] = 2 * (_csr(crow, col, T_P, (A, A)) @ W_AD)
+    return value, grad_FD
+
+
+@torch.no_grad()
+def ortho_value_and_grad(
+    W_hat_FD: torch.Tensor,
+    active_BF: torch.Tensor,
+    threshold: float,
+    dtype: torch.dtype,
+    route: str | None = None,
+    pairs: CofiringPairs | None = None,
+):
+    """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
+    symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
+    dtype; the sparse route works in float32."""
+    if (route or ortho_route(W_hat_FD.device)) == "dense":
+        return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
+    return _ortho_sparse(W_hat_FD, active_BF, threshold, pairs)
+
+
+def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
+    return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+
+
+_last_pairs: list = [None, None]  # (active_BF, CofiringPairs) of the last sparse computation
+
+
+def cofiring_pairs_of(active_BF: torch.Tensor) -> CofiringPairs:
+    """cofiring_pairs(active_BF), reusing the last result for the same mask tensor: a logged step
+    measures separation on the pairs its penalty already found."""
+    if _last_pairs[0] is not active_BF:
+        _last_pairs[:] = [active_BF, cofiring_pairs(active_BF)]
+    return _last_pairs[1]
+
+
+def penalty_value_and_grad(
+    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None, route: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, dP/dW_dec) for P as experiment.orthogonality_penalty defines it, without autograd.
+    route: "dense" or "sparse" (default: by device); dtype: the dense route's matmul dtype
+    (default W_dec's); the sparse route works in float32."""
+    W_dec_FD = W_dec_FD.detach()
+    norm_F1 = W_dec_FD.norm(dim=-1, keepdim=True)
+    W_hat_FD = W_dec_FD / norm_F1
+    route = route or ortho_route(W_dec_FD.device)
+    pairs = cofiring_pairs_of(active_BF) if route == "sparse" else None
+    value, grad_hat_FD = ortho_value_and_grad(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route, pairs)
+    # through w_hat = w / |w|: remove the radial component and divide by |w|
+    grad_FD = (grad_hat_FD - (grad_hat_FD * W_hat_FD).sum(-1, keepdim=True) * W_hat_FD) / norm_F1
+    n_latents = W_dec_FD.shape[0]
+    return value / n_latents, grad_FD / n_latents
+
+
+class _HeldPenalty(torch.autograd.Function):
+    """A value and its gradient, computed beforehand, as a node of the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, W_FD, value, grad_FD):
+        ctx.save_for_backward(grad_FD)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_FD,) = ctx.saved_tensors
+        return grad_out * grad_FD.to(grad_out.dtype), None, None
+
+
+def attach(W_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> torch.Tensor:
+    """value as a function of W whose gradient is grad_FD (computed now or a few steps earlier)."""
+    return _HeldPenalty.apply(W_FD, value, grad_FD)
+
+
+def orthogonality_penalty_fast(
+    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None, route: str | None = None
+) -> torch.Tensor:
+    """The fast implementation with experiment.orthogonality_penalty's signature and gradient."""
+    return attach(W_dec_FD, *penalty_value_and_grad(W_dec_FD, active_BF, threshold, dtype, route))
+
+
+@torch.no_grad()
+def feature_separation(
+    W_dec_FD: torch.Tensor,
+    active_BF: torch.Tensor,
+    threshold: float,
+    dtype: torch.dtype,
+    max_pairs: int = 50_000,
+    seed: int = 0,
+    pairs: CofiringPairs | None = None,
+) -> dict:
+    """How separated the decoder directions of co-firing latents (|m_i & m_j| >= 1, i < j) are in
+    this batch: mean and 95th-percentile |cos| (over a seeded sample of at most max_pairs pairs),
+    the fraction of co-firing pairs with n_ij above the threshold, and the number of pairs with
+    c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr)."""
+    if pairs is None:
+        pairs = cofiring_pairs_of(active_BF) if ortho_route(W_dec_FD.device) == "sparse" else cofiring_pairs(active_BF, "dense", dtype)
+    off = pairs.row_P != pairs.col_P
+    n_cofiring = int(off.sum()) // 2  # each pair appears as (i, j) and (j, i)
+    if n_cofiring == 0:
+        return dict(sep_cos_mean=None, sep_cos_p95=None, sep_frac_above_thr=None, sep_pairs_penalized=0)
+    n_above = int(((pairs.n() > threshold) & off).sum()) // 2
+    upper = (pairs.row_P < pairs.col_P).nonzero().squeeze(1)
+    if len(upper) > max_pairs:  # a seeded sample, kept in pair order (grouped by row)
+        pick = torch.randperm(len(upper), generator=torch.Generator().manual_seed(seed))[:max_pairs].sort().values
+        upper = upper[pick.to(upper.device)]
+    row_P, col_P = pairs.row_P[upper], pairs.col_P[upper]
+    cos_P = pair_cos(unit_rows(W_dec_FD)[pairs.fired_A].float(), row_P, col_P).abs()
+    return dict(
+        sep_cos_mean=cos_P.mean().item(),
+        sep_cos_p95=torch.quantile(cos_P, 0.95).item(),
+        sep_frac_above_thr=n_above / n_cofiring,
+        sep_pairs_penalized=n_above,
+    )
+
+
+def check_against_reference(reference, W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype) -> str:
+    """Compare this implementation with the reference definition (experiment.orthogonality_penalty,
+    which a researcher may have edited) on one batch: value within 1e-3 relative and gradient
+    cosine >= 0.95 (the bf16 dense route differs from float32 in sign flips at cos ~ 0). Returns
+    "fast" when they agree, else prints one line and returns "reference"."""
+    W_FD = W_dec_FD.detach().clone().requires_grad_()
+    value_ref = reference(W_FD, active_BF, threshold)
+    (grad_ref,) = torch.autograd.grad(value_ref, W_FD)
+    value, grad = penalty_value_and_grad(W_dec_FD, active_BF, threshold, dtype)
+    value_ref, value = value_ref.item(), value.item()
+    cos = torch.nn.functional.cosine_similarity(grad.flatten().double(), grad_ref.flatten().double(), dim=0).item()
+    same_value = abs(value - value_ref) <= 1e-3 * max(abs(value_ref), 1e-8)
+    zero_grads = grad.abs().max().item() == 0 and grad_ref.abs().max().item() == 0
+    if same_value and (zero_grads or cos >= 0.95):
+        return "fast"
+    print(
+        f"ortho_impl: the reference orthogonality_penalty no longer matches sae_harness/ortho_fast.py on the first batch "
+        f"(P {value_ref:.6g} vs {value:.6g}, gradient cosine {cos:.3f}); using the reference (as --ortho_impl reference)"
+    )
+    return "reference"

@@ -1,0 +1,145 @@
+"""The run directory: atomic writes, the run's state (new / resume / finished), checkpoints, the
+saved SAE, and stopping on Ctrl-C / SIGTERM with a checkpoint."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from sae_harness.schema import EVAL_KEYS, eval_done, training_key
+
+
+class UsageError(Exception):
+    """Bad input: the CLI prints the message as one line and exits with status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM; the message says what was kept and how to continue."""
+
+
+class TrainingFailed(Exception):
+    """A non-finite loss; the message names the step, the term and the checkpoint kept."""
+
+
+def write_atomic(path: Path, write) -> None:
+    """write(tmp_path) then rename: a reader never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=float)))
+
+
+def run_state(out: Path, layer: int, evals: list[str]) -> str:
+    """'new', 'resume' (checkpoint or pending evals) or 'finished'. Rejects unusable out_dirs."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is a file, not a directory")
+    parent = out if out.exists() else out.parent
+    if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
+        raise UsageError(f"out_dir {out} is not writable")
+    info_path = out / "final_info.json"
+    if not info_path.exists():
+        return "resume" if (out / "checkpoint.pt").exists() else "new"
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError:
+        raise UsageError(f"{info_path} is not valid JSON; move it away or pass --overwrite") from None
+    trained = "final_info" in info.get(training_key(layer), {})
+    if trained and all(eval_done(info.get(EVAL_KEYS[n])) for n in evals):
+        return "finished"
+    return "resume"
+
+
+def read_info(out: Path) -> dict:
+    path = out / "final_info.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run wrote (only our own files)."""
+    for name in ("final_info.json", "training_log.jsonl", "checkpoint.pt", "split.json"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("sae", "evals"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for png in out.glob("*.png"):
+        png.unlink()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, device) -> dict | None:
+    import torch
+
+    return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+
+
+def save_sae(lens_sae, out: Path) -> Path:
+    """A sae_lens SAE into out/sae (SAELens's on-disk format: cfg.json + sae_weights.safetensors)."""
+    target = out / "sae"
+    tmp = out / f".sae.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    lens_sae.save_model(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def load_lens_sae(path: Path):
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(path), device="cpu")
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Within the block, SIGINT / SIGTERM set stop["signal"] instead of raising, so the loop can
+    finish its step and write a checkpoint."""
+    stop: dict = {}
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.setdefault("signal", signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def read_log(path: Path, before_step: int) -> list[dict]:
+    """The training_log.jsonl records of steps before before_step (what a resume keeps)."""
+    if not path.exists() or before_step == 0:
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] < before_step]
+
+
+def rewrite_log(path: Path, records: list[dict]) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
+
+
+def resume_hint() -> str:
+    import sys
+
+    return (
+        f"python {' '.join(['experiment.py', *sys.argv[1:]]) if sys.argv[0].endswith('experiment.py') else 'experiment.py <same options>'}"
+    )
+
+
+@contextlib.contextmanager
+def stage(doing: str, kept: str):
+    """Ctrl-C inside the block becomes Interrupted, saying what was being done, what is kept,
+    and that the same command continues."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while {doing}; {kept}. The same command continues: {resume_hint()}") from None

@@ -1,0 +1,180 @@
+"""The fast orthogonality term (sae_harness/ortho_fast.py) against a brute-force loop and against
+the reference definition in experiment.py, value and gradient, on random inputs."""
+
+import pytest
+import torch
+
+import experiment as E
+from sae_harness import ortho_fast as O
+
+
+def brute_force_penalty(W_dec_FD, active_BF, threshold):
+    """The definition, one pair at a time."""
+    F_, _ = W_dec_FD.shape
+    W_hat = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+    m = active_BF.float()
+    total = W_dec_FD.new_zeros(())
+    for i in range(F_):
+        for j in range(F_):
+            if i == j:
+                continue
+            ci, cj = m[:, i].sum().item(), m[:, j].sum().item()
+            if ci == 0 or cj == 0:
+                continue
+            n = (m[:, i] * m[:, j]).sum().item() / min(ci, cj)
+            c = min(max((n - threshold) / threshold, 0.0), 1.0)
+            total = total + c * (W_hat[i] @ W_hat[j]).abs()
+    return total / F_
+
+
+def random_case(seed, B=40, F=24, D=8, p=0.25):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(F, D, generator=g) * (0.5 + torch.rand(F, 1, generator=g))  # rows not unit
+    active = torch.rand(B, F, generator=g) < p
+    active[:, 0] = False  # never fires
+    active[:, 1] = False
+    active[:, 2] = active[:, 3] = torch.rand(B, generator=g) < 0.5  # always co-fire
+    active[0, 2] = active[0, 3] = True
+    return W, active
+
+
+ROUTES = ["dense", "sparse"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_penalty_matches_brute_force(threshold, seed, route, monkeypatch):
+    monkeypatch.setattr(O, "ORTHO_BLOCK", 5)  # several row blocks, a ragged last one
+    W, active = random_case(seed)
+    expected = brute_force_penalty(W.double(), active, threshold)
+    got = O.orthogonality_penalty_fast(W, active, threshold, route=route)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    assert expected.item() > 0 or threshold == 1.0
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_bfloat16_close_and_counts_exact_beyond_256(route):
+    W, active = random_case(3, B=700, F=16, D=32, p=0.6)
+    active[:, 4] = active[:, 5] = True  # 700 co-firings: not representable in one bf16 sum
+    active[:, 6] = True
+    active[:, 6][::7] = False  # 600 of 700, n(4,6) = 1 > any thr
+    expected = brute_force_penalty(W.double(), active, 0.8).item()
+    got = O.orthogonality_penalty_fast(W, active, 0.8, torch.bfloat16, route=route).item()
+    assert got == pytest.approx(expected, rel=2e-2)
+    mask_FB = active.T.contiguous().to(torch.bfloat16)
+    assert torch.equal(O.cofire_counts(mask_FB, mask_FB), active.float().T @ active.float())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_zero_when_nothing_cofires_above_threshold(route):
+    W = torch.randn(6, 4)
+    active = torch.zeros(10, 6, dtype=torch.bool)
+    assert O.orthogonality_penalty_fast(W, active, 0.1, route=route).item() == 0.0
+    active[:, 0] = True  # a latent alone: no pair
+    assert O.orthogonality_penalty_fast(W, active, 0.1, route=route).item() == 0.0
+    active[:5, 1] = active[5:, 2] = True  # pairs with latent 0, but 1 and 2 never co-fire: n = 1 ...
+    W1 = W.clone().requires_grad_()
+    O.orthogonality_penalty_fast(W1, active, 1.0, route=route).backward()  # ... not above thr = 1
+    assert W1.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_cofiring_pairs_match_brute_force(route, monkeypatch):
+    monkeypatch.setattr(O, "ORTHO_BLOCK", 7)
+    _, active = random_case(4, B=300, F=30)
+    m = active.double()
+    pairs = O.cofiring_pairs(active, route)
+    fired = m.sum(0).nonzero().squeeze(1)
+    assert torch.equal(pairs.fired_A, fired)
+    assert torch.equal(pairs.count_A, m.sum(0)[fired].float())
+    counts = (m.T @ m)[fired][:, fired]  # the diagonal is |m_i|
+    r, c = counts.nonzero(as_tuple=True)
+    assert (pairs.row_P.diff() >= 0).all()  # grouped by row (columns within a row in any order)
+    order = (pairs.row_P * 1000 + pairs.col_P).argsort()
+    row, col = pairs.row_P[order], pairs.col_P[order]
+    assert torch.equal(row, r) and torch.equal(col, c)
+    assert torch.equal(pairs.cofire_P[order], counts[r, c].float())
+    n = counts[r, c] / torch.minimum(m.sum(0)[fired][r], m.sum(0)[fired][c])
+    torch.testing.assert_close(pairs.n()[order], n.float())
+
+
+def test_feature_separation_matches_brute_force():
+    W, active = random_case(6, B=60, F=20)
+    W_hat = W / W.norm(dim=-1, keepdim=True)
+    m = active.float()
+    cos, above = [], 0
+    for i in range(20):
+        for j in range(i + 1, 20):
+            co = (m[:, i] * m[:, j]).sum().item()
+            if co >= 1:
+                cos.append((W_hat[i] @ W_hat[j]).abs().item())
+                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > 0.3
+    got = O.feature_separation(W, active, 0.3, torch.float32)
+    assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
+    assert got["sep_cos_p95"] == pytest.approx(torch.quantile(torch.tensor(cos), 0.95).item(), rel=1e-5)
+    assert got["sep_pairs_penalized"] == above and got["sep_frac_above_thr"] == pytest.approx(above / len(cos))
+    sampled = O.feature_separation(W, active, 0.3, torch.float32, max_pairs=10)
+    assert sampled["sep_pairs_penalized"] == above and sampled["sep_cos_mean"] != got["sep_cos_mean"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_penalty_gradient_equals_constant_c_reference(route):
+    W, active = random_case(5)
+    threshold = 0.2
+    W1 = W.clone().requires_grad_()
+    O.orthogonality_penalty_fast(W1, active, threshold, route=route).backward()
+    W2 = W.double().clone().requires_grad_()
+    brute_force_penalty(W2, active, threshold).backward()  # c_ij are Python floats: constants
+    torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
+    assert W1.grad[0].abs().sum() == 0 and W1.grad[1].abs().sum() == 0  # never fired: no push
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reference_matches_brute_force(threshold, seed):
+    W, active = random_case(seed)
+    W1 = W.clone().requires_grad_()
+    got = E.orthogonality_penalty(W1, active, threshold)
+    W2 = W.double().clone().requires_grad_()
+    expected = brute_force_penalty(W2, active, threshold)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    got.backward()
+    expected.backward()
+    torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_equals_reference_value_and_gradient(route, seed, monkeypatch):
+    monkeypatch.setattr(O, "ORTHO_BLOCK", 9)
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(60, 12, generator=g) * (0.5 + torch.rand(60, 1, generator=g))
+    active = torch.rand(200, 60, generator=g) < torch.rand(60, generator=g) * 0.3
+    thr = 0.1 + 0.2 * seed
+    W_ref = W.clone().requires_grad_()
+    ref = E.orthogonality_penalty(W_ref, active, thr)
+    (grad_ref,) = torch.autograd.grad(ref, W_ref)
+    value, grad = O.penalty_value_and_grad(W, active, thr, torch.float32, route)
+    assert ref.item() > 0
+    assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_check_against_reference_accepts_the_definition_and_catches_an_edit(capsys):
+    W, active = random_case(7, B=100, F=40, D=8)
+    assert O.check_against_reference(E.orthogonality_penalty, W, active, 0.2, torch.float32) == "fast"
+    assert capsys.readouterr().out == ""
+
+    def squared(W_dec_FD, active_BF, threshold):  # a researcher's edit: |cos| -> cos^2
+        fired = active_BF.any(0).nonzero().squeeze(1)
+        m = active_BF[:, fired].float()
+        co = m.T @ m
+        n = co / torch.minimum(co.diagonal()[:, None], co.diagonal()[None, :])
+        c = ((n - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
+        Wh = W_dec_FD[fired] / W_dec_FD[fired].norm(dim=-1, keepdim=True)
+        return (c * (Wh @ Wh.T).pow(2)).sum() / W_dec_FD.shape[0]
+
+    assert O.check_against_reference(squared, W, active, 0.2, torch.float32) == "reference"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "no longer matches" in lines[0] and "using the reference" in lines[0]
