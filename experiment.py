@@ -61,7 +61,9 @@ class Config:
     overwrite: bool = False
     """replace a finished run in out_dir instead of refusing"""
     seed: int = 42
-    """seed for the text split, SAE init and batch order"""
+    """seed of the SAE: its initialisation and the order of training batches"""
+    data_seed: int = 42
+    """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """where the model and the SAE run (profile)"""
     # text and model

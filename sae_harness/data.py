@@ -138,7 +138,7 @@ def activation_key(cfg) -> dict:
         heldout_fraction=cfg.heldout_fraction if cfg.text_source == "bbc" else None,
         tokens=cfg.tokens,
         context_length=cfg.context_length,
-        seed=cfg.seed,
+        seed=cfg.data_seed,  # named "seed" in the key so caches built before data_seed existed stay valid
         dtype="bfloat16",
     )
 
@@ -275,9 +275,9 @@ def check_model_available(lm_name: str) -> None:
 def text_split(cfg):
     """(training texts, held-out (topic, id, text) articles, split record for split.json)."""
     if cfg.text_source == "bbc":
-        train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.seed)
+        train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.data_seed)
         split = dict(
-            rule=f"per topic, random.Random('{cfg.seed}-<topic>').shuffle, first {cfg.heldout_fraction:.0%} held out",
+            rule=f"per topic, random.Random('{cfg.data_seed}-<topic>').shuffle, first {cfg.heldout_fraction:.0%} held out",
             train_articles=len(train_articles),
             heldout_articles=len(heldout),
             heldout_ids=[a[1] for a in heldout],
