@@ -40,6 +40,17 @@ def make_tiny_gemma3(seed=0):
     return Gemma3ForCausalLM(config).eval()
 
 
+TINY = [
+    "--tokens", "3000", "--dict_size", "128", "--k", "8", "--batch_size", "100", "--layer", "1",
+    "--context_length", "32", "--llm_batch_size", "4", "--evals", "none", "--checkpoint_every", "7",
+]  # fmt: skip
+
+
+def tiny_args(tmp_path, out="run_1", *extra):
+    """experiment.py options for a 30-step run on the tiny model (tiny_lm), its own cache dir."""
+    return ["--out_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / "cache"), *TINY, *extra]
+
+
 @pytest.fixture
 def tiny_lm(monkeypatch):
     """sae_harness.data.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""

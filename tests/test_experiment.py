@@ -1,85 +1,16 @@
-"""Activations, the run directory, resume and end-to-end behaviour on a tiny model."""
+"""experiment.main end to end on a tiny model: the run directory, the SAELens SAE, resume after an
+interrupt, same-seed reproducibility, profiles, wandb, interrupts during the evals."""
 
 import json
 import os
 import signal
 
-import numpy as np
 import pytest
 import torch
+from conftest import tiny_args
 
 import experiment as E
-from sae_harness import data
-
-TINY = [
-    "--tokens",
-    "3000",
-    "--dict_size",
-    "128",
-    "--k",
-    "8",
-    "--batch_size",
-    "100",
-    "--layer",
-    "1",
-    "--context_length",
-    "32",
-    "--llm_batch_size",
-    "4",
-    "--evals",
-    "none",
-    "--checkpoint_every",
-    "7",
-]
-
-
-def tiny_args(tmp_path, out="run_1", *extra):
-    return ["--out_dir", str(tmp_path / out), "--cache_dir", str(tmp_path / "cache"), *TINY, *extra]
-
-
-def test_buffer_activations_equal_plain_forward(tmp_path, tiny_lm):
-    from nnsight import TransformersModel
-
-    model, tok = tiny_lm
-    texts = ["The quick brown fox jumps over the lazy dog. " * 5, "Markets rallied on Tuesday."]
-    windows = list(data.token_windows(texts, tok, 16, 100))
-    assert all(w[0] == tok.bos_token_id and len(w) == 16 for w in windows)
-    n_rows = len(windows) * 15
-    data.extract_activations(
-        TransformersModel(model, task="text-generation", tokenizer=tok), tok, iter(windows), 2, n_rows, tmp_path / "a.npy", 3, "cpu"
-    )
-    import numpy as np
-
-    got = torch.from_numpy(np.load(tmp_path / "a.npy")).view(torch.bfloat16).float()
-    with torch.no_grad():
-        hidden = model(torch.tensor(windows), output_hidden_states=True).hidden_states[3]  # output of layer 2
-    expected = hidden[:, 1:].reshape(-1, hidden.shape[-1]).to(torch.bfloat16).float()  # BOS dropped
-    torch.testing.assert_close(got, expected)
-
-
-def test_buffer_batches_are_a_seeded_permutation(tmp_path, tiny_lm):
-    cfg = E.parse_args(tiny_args(tmp_path))
-    path = data.build_activation_cache(cfg, torch.device("cpu"), (t for _, _, t in data.load_bbc_articles()[:20]))
-    buf = data.ActivationBuffer(path, data.activation_key(cfg), 100, seed=3, device=torch.device("cpu"))
-    rows = torch.cat([buf.batch(s) for s in range(cfg.tokens // 100)])
-    all_rows = torch.from_numpy(np.array(buf.acts)).view(torch.bfloat16).float() / buf.scale
-    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, all_rows.tolist()))
-    assert not torch.equal(rows, all_rows)  # shuffled
-    assert torch.equal(buf.batch(5), data.ActivationBuffer(path, data.activation_key(cfg), 100, 3, torch.device("cpu")).batch(5))
-    assert abs(rows.pow(2).sum(-1).mean().item() / buf.d_model - 1) < 0.05  # E||x||^2 = D after scaling
-
-
-def test_corrupt_cache_is_rebuilt_not_used(tmp_path, tiny_lm):
-    cfg = E.parse_args(tiny_args(tmp_path))
-    texts = [t for _, _, t in data.load_bbc_articles()[:20]]
-    path = data.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
-    assert data.read_cache(path, data.activation_key(cfg)) is not None
-    with open(path / "acts.npy", "r+b") as f:  # truncated write
-        f.truncate(os.path.getsize(path / "acts.npy") // 2)
-    assert data.read_cache(path, data.activation_key(cfg)) is None
-    data.build_activation_cache(cfg, torch.device("cpu"), iter(texts))
-    assert data.read_cache(path, data.activation_key(cfg)) is not None
-    assert not list(path.parent.glob("*.tmp*"))
+from sae_harness import cli, evals
 
 
 def read_log(run):
@@ -190,3 +121,63 @@ def test_same_seed_same_final_loss(tmp_path, tiny_lm):
         for r in ("run_11", "run_12")
     ]
     assert loss[0] == loss[1]
+
+
+def test_profile_fills_only_the_fields_left_at_none(capsys):
+    cfg = E.parse_args(["--out_dir", "x", "--profile", "gemma-3-270m", "--layer", "3"])
+    out = capsys.readouterr().out
+    assert cfg.layer == 3 and cfg.dict_size == E.PROFILES["gemma-3-270m"]["dict_size"]
+    assert "profile: gemma-3-270m; it set " in out and "dict_size=4096" in out and "layer=" not in out
+    edited = cli.apply_profile(E.Config(out_dir="x", profile="gemma-2-2b", k=7), E.PROFILES, cuda_available=False)
+    assert edited.k == 7 and edited.dict_size == 16384  # a value set in Config (an edited default) is never overridden
+
+
+def test_ortho_impl_reference_runs_end_to_end(tmp_path, tiny_lm):
+    assert E.main(tiny_args(tmp_path, "run_1", "--ortho_impl", "reference")) == 0
+    assert E.main(tiny_args(tmp_path, "run_2")) == 0
+    a, b = (read_log(tmp_path / r) for r in ("run_1", "run_2"))
+    assert a[0]["ortho_penalty"] == pytest.approx(b[0]["ortho_penalty"], rel=1e-4)  # the same term, two implementations
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    assert info["training results for layer 1"]["final_info"]["ortho_impl"] == "reference"
+
+
+def test_wandb_offline_writes_a_run(tmp_path, tiny_lm, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert E.main(tiny_args(tmp_path, "run_1", "--wandb_project", "sae-test")) == 0
+    runs = list((tmp_path / "run_1" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_wandb_unreachable_is_one_warning_and_the_run_goes_on(tmp_path):
+    """No API key and no network: wandb refuses; the tracker warns once and every call is a no-op."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sae_harness.tracking import Tracker\n"
+        f"t = Tracker('sae-test', 'run_1', {{}}, {str(tmp_path)!r})\n"
+        "t.log({'step': 0, 'loss': 1.0}); t.summary({'m': {'value': 1.0}}); t.images([]); t.finish()\n"
+        "print('run went on')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"WANDB_MODE": "online"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd=E.HERE)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0 and lines[-1] == "run went on"
+    assert sum(line.startswith("warning: wandb is off for this run") for line in lines) == 1
+
+
+def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues(tmp_path, tiny_lm, monkeypatch, capsys):
+    def interrupted(sae, tl_model, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
+    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": interrupted})
+    args = tiny_args(tmp_path) + ["--evals", "core"]
+    assert cli.run(E.main, args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted while running the evals" in err[0]
+    assert "trained SAE" in err[0] and "are kept" in err[0] and "The same command continues" in err[0]
+    assert (tmp_path / "run_1" / "sae").exists()
+    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": lambda sae, tl_model, ctx: {"eval_result_metrics": {}}})
+    assert cli.run(E.main, args) == 0
+    assert "training already finished" in capsys.readouterr().out
