@@ -9,8 +9,10 @@ import pytest
 import torch
 
 
-def tiny_tokenizer():
-    """Character-level stand-in for the Gemma tokenizer, built offline: 0 pad, 1 eos, 2 bos, 3 unk."""
+def tiny_tokenizer(add_bos: bool = False):
+    """Character-level stand-in for the Gemma tokenizer, built offline: 0 pad, 1 eos, 2 bos, 3 unk.
+    add_bos: encoding prepends BOS, as Gemma's tokenizer does (TransformerLens needs it to adopt the
+    tokenizer as it is)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -18,7 +20,9 @@ def tiny_tokenizer():
     vocab.update({chr(c): 4 + c - 32 for c in range(32, 255)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    special = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    extra = dict(add_bos_token=True, name_or_path="tiny-bytes") if add_bos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special, **extra)
 
 
 def make_tiny_gemma3(seed=0):
@@ -38,6 +42,37 @@ def make_tiny_gemma3(seed=0):
         query_pre_attn_scalar=32,
     )
     return Gemma3ForCausalLM(config).eval()
+
+
+def make_tiny_gemma2(seed=0, **overrides):
+    """A random Gemma 2 small enough for a test, with what sets Gemma 2 apart switched on at the
+    tiny scale: a sliding window (8) shorter than the test contexts on alternate layers, attention
+    and final-logit soft-caps low enough to bite at these logit sizes, a query scale that is not
+    head_dim, and random (not 1-centred) RMSNorm gains."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = dict(
+        vocab_size=259,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=8,
+        max_position_embeddings=256,
+        query_pre_attn_scalar=8,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0,
+        initializer_range=0.2,
+    )
+    model = Gemma2ForCausalLM(Gemma2Config(**{**config, **overrides})).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(0, 0.3)
+    return model
 
 
 TINY = [
