@@ -177,7 +177,7 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert [m.name for m in METRICS] == list(s)
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
-    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better", "status": "missing"}
+    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better", "status": "missing", "std": None, "n": 0, "values": []}
     assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
     assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
     assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)
@@ -194,6 +194,9 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
         "sparse_probing_sae_top1": "higher is better",
         "sparse_probing_llm_top1": "reference",
         "unlearning_score": "higher is better",
+        "heldout_cofire_cos_mean": "lower is better",
+        "heldout_cofire_cos_p95": "lower is better",
+        "heldout_nn_cos_above_half": "lower is better",
     }
 
 
@@ -203,11 +206,11 @@ def test_summarize_statuses_and_fallbacks():
     info["sparse probing evaluation results"]["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] = float("nan")
     del info["absorption evaluation results"]
     s = summarize(info)
-    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing"}
+    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing", "std": None, "n": 0, "values": []}
     assert s["explained_variance"]["status"] == "error: CUDA out of memory"
     assert s["explained_variance"]["value"] is None
     # core errored, so l0 falls back to the training l0
-    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok"}
+    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok", "std": None, "n": 1, "values": [64.0]}
     assert s["sparse_probing_sae_top1"]["value"] is None
     assert s["sparse_probing_sae_top1"]["status"].startswith("error:")
     assert s["unlearning_score"]["status"] == ("skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")
@@ -240,7 +243,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     assert after.startswith(HEADER)
     assert after.count("## Run 1:") == 1 and after.count("## Run 10:") == 1
     assert after.count("## Run 0: Baseline") == 1 and "seed remark" in after
-    assert "explained_variance = 0.5 (higher is better" in after
+    assert "explained_variance = 0.5 (n=1) (higher is better" in after
     assert "explained_variance = 0.81" not in after.split("## Run 10:")[0]
     assert "run_1/metrics.png" in after
     assert after.index("## Run 0:") < after.index("## Run 1:") < after.index("## Run 10:")
@@ -261,7 +264,7 @@ def test_update_notes_content(tmp_path, reference):
     assert "variant=" not in text.split("Differs from profile defaults:")[1].splitlines()[0]
     assert "time 812.4 s" in text and "final loss 0.25" in text
     assert "dead fraction 0.012" in text
-    assert "- absorption_full = 0.29 (lower is better)" in text
+    assert "- absorption_full = 0.29 (n=1) (lower is better)" in text
     assert "- explained_variance: error: boom (higher is better)" in text
     assert "- core: error: boom" in text
     assert "- unlearning: skipped: needs gemma-2-2b-it" in text
