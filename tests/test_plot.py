@@ -273,7 +273,7 @@ def test_update_notes_content(tmp_path, reference):
     update_notes(notes, "run_0", reference, [], {})
     text = notes.read_text()
     assert "## Run 0: gemma-2-2b, none" in text
-    assert "- absorption_full = 0.02959 (lower is better; read from absorption mean_absorption_score)" in text
+    assert "- absorption_full = 0.02959 (n=1) (lower is better; read from absorption mean_absorption_score)" in text
     assert "tokens not recorded" in text
     with pytest.raises(ValueError):
         update_notes(notes, "baseline", reference, [], {})
