@@ -236,7 +236,7 @@ def fmt(value):
     return f"{value:.4g}"
 
 
-EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING}
+EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING, "separation": SEPARATION}
 """Eval name (as in --evals) -> its final_info.json block."""
 
 
