@@ -177,7 +177,14 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert [m.name for m in METRICS] == list(s)
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
-    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better", "status": "missing", "std": None, "n": 0, "values": []}
+    assert s["absorption_fraction"] == {
+        "value": None,
+        "direction": "lower is better",
+        "status": "missing",
+        "std": None,
+        "n": 0,
+        "values": [],
+    }
     assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
     assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
     assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)

@@ -8,12 +8,11 @@ import random
 
 import pytest
 import torch
+from test_harness import tiny_args
 
 import experiment as E
 from sae_harness import cli, separation
 from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize, welch_interval
-
-from test_harness import tiny_args
 
 # ---------------------------------------------------------------- seeds
 
@@ -32,13 +31,18 @@ def test_bad_seeds_are_one_line_usage_errors(spec):
 
 
 def info_with(absorption=None, ev=None, seed=42, error=None):
-    info = {"training results for layer 9": {"config": {"seed": seed, "profile": "gemma-3-270m", "variant": "none"}, "final_info": {"l0": 64}}}
+    info = {
+        "training results for layer 9": {"config": {"seed": seed, "profile": "gemma-3-270m", "variant": "none"}, "final_info": {"l0": 64}}
+    }
     if absorption is not None:
         info["absorption evaluation results"] = {"eval_result_metrics": {"mean": {"mean_full_absorption_score": absorption}}, "seconds": 10}
     if error:
         info["core evaluation results"] = {"error": error}
     elif ev is not None:
-        info["core evaluation results"] = {"eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": ev}}, "name": "x"}
+        info["core evaluation results"] = {
+            "eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": ev}},
+            "name": "x",
+        }
     return info
 
 
