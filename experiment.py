@@ -595,9 +595,10 @@ def main(argv: list[str]) -> int:
             print(f"seed {seed} ({len(failed)} evals failed so far): {run}")
         info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
-    if len(seeds) > 1:  # the run's final_info: mean, std, n and per-seed values of each metric
-        info = aggregate({seed: rundir.read_info(run) for seed, run in runs.items()}, {seed: run.name for seed, run in runs.items()})
-        rundir.write_json_atomic(out / "final_info.json", info)
+        if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
+            info = aggregate({s: rundir.read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
+            rundir.write_json_atomic(out / "final_info.json", info)
+    if len(seeds) > 1:
         report(cfg, out, info, None)
     if failed:
         print(

@@ -214,7 +214,9 @@ def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, ti
         E.main(args)
     run = tmp_path / "run_1"
     first = (run / "seed_42" / "final_info.json").stat().st_mtime_ns
-    assert (run / "seed_43" / "checkpoint.pt").exists() and not (run / "final_info.json").exists()
+    assert (run / "seed_43" / "checkpoint.pt").exists()
+    partial = json.loads((run / "final_info.json").read_text())  # written after each seed: seed 42's results so far
+    assert partial["summary"]["heldout_cofire_cos_mean"]["n"] == 1 and partial["seeds"]["values"] == [42, 43]
     monkeypatch.setattr(E.TrainerTopK, "update", original)
     assert E.main(args) == 0
     assert (run / "seed_42" / "final_info.json").stat().st_mtime_ns == first  # the finished seed was left alone
