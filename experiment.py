@@ -582,6 +582,8 @@ def main(argv: list[str]) -> int:
     device = resolve_device(cfg)
     out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
     runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is a file, not a directory")
     states = [rundir.run_state(run, cfg.layer, cli.eval_names(cfg)) for run in runs.values()]
     if all(state == "finished" for state in states) and not cfg.overwrite:
         raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
@@ -590,9 +592,9 @@ def main(argv: list[str]) -> int:
             rundir.clear_run(run)
     data.check_model_available(cfg.lm_name)
     failed = []
-    for seed, run in runs.items():
+    for i, (seed, run) in enumerate(runs.items()):
         if len(seeds) > 1:
-            print(f"seed {seed} ({len(failed)} evals failed so far): {run}")
+            print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
         info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric

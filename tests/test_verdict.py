@@ -259,3 +259,9 @@ def test_lm_name_accepts_a_local_model_folder(tmp_path):
     model, tok = data.load_language_model(cfg, torch.device("cpu"))
     assert model.config.hidden_size == 64 and tok("ab")["input_ids"][-2:] == [4 + ord("a") - 32, 4 + ord("b") - 32]
     assert data.cache_path(cfg).name.startswith("acts-tiny-gemma-L1-")
+
+
+def test_multi_seed_out_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "run_3").write_text("not a run")
+    with pytest.raises(E.UsageError, match="is a file"):
+        E.main(tiny_args(tmp_path, "run_3", "--seeds", "2"))
