@@ -100,6 +100,11 @@ def parse(argv):
     parser.add_argument("--gpus_per_node", type=int, default=0, help="GPUs per job (SLURM; the gemma-2-2b profile wants 1)")
     parser.add_argument("--cpus_per_task", type=int, default=0, help="CPUs per job (SLURM; 0 = the cluster's default)")
     parser.add_argument("--mem_gb", type=int, default=0, help="memory per job (SLURM; 0 = the cluster's default)")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="compare with this arm directory of another sweep (e.g. sweeps/ablation/none) when this sweep has no plain none arm",
+    )
     parser.add_argument("--collect", action="store_true", help="submit nothing: rebuild the results from the run directories")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and their state, submit nothing")
     args, passthrough = parser.parse_known_args(argv)
@@ -256,8 +261,18 @@ def collect(args, runs):
     result_arms = {}
     for arm, entry in arms.items():
         info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
-        write_json_atomic(Path(entry["run_dir"]) / "final_info.json", info)
+        if Path(entry["run_dir"]).is_dir():
+            write_json_atomic(Path(entry["run_dir"]) / "final_info.json", info)
         result_arms[arm] = entry | dict(summary=info["summary"])
+    if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
+        try:
+            summary = summarize(read_info(Path(args.baseline)))
+        except ValueError:
+            raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
+        if not any(entry["n"] for entry in summary.values()):
+            raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
+        baseline_arm = f"baseline: {args.baseline}"
+        result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
     for arm, entry in result_arms.items():
         if baseline_arm and arm != baseline_arm:
             entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])

@@ -18,7 +18,8 @@ def sweep(tmp_path, *extra):
         "--batch_size", "100", "--context_length", "32", "--llm_batch_size", "4", "--evals", "separation",
         "--heldout_tokens", "1500", "--cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip
-    command = [sys.executable, "sweep.py", "--variants", "none,progressive", "--seeds", "2", "--executor", "local"]
+    command = [sys.executable, "sweep.py", "--seeds", "2", "--executor", "local"]
+    command += [] if "--variants" in extra else ["--variants", "none,progressive"]
     command += ["--runs_dir", str(tmp_path / "sweeps"), "--results", str(tmp_path / "results"), *tiny, *extra]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
 
@@ -61,3 +62,10 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     # other options for finished runs: refused with one line, nothing submitted
     other = sweep(tmp_path, "--k", "4")
     assert other.returncode == 2 and other.stderr.count("\n") == 1 and "other options" in other.stderr
+
+    # an arm of another sweep as the baseline (e.g. a lambda sweep of progressive against the ablation's none)
+    alone = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", str(tmp_path / "sweeps" / "ablation" / "none"))
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert result["baseline"].endswith("ablation/none") and list(result["arms"])[1:] == ["progressive"]
+    assert result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]["delta"] == pytest.approx(vs["delta"])
