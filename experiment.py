@@ -8,7 +8,8 @@ A TopK sparse autoencoder is trained on residual-stream activations with
 
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
 training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
-the threshold at their p=0 values.
+the threshold at their p=0 values, `--variant static_matched` holds them too with lambda2 at the
+progressive schedule's mean (the same dose, integral of lambda2 dp).
 
     python experiment.py --out_dir=run_1            # train + evaluate, writes run_1/final_info.json
     python experiment.py --out_dir=run_2 --variant none --k 32
@@ -38,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, rundir
-from sae_harness.notes import update_notes
+from sae_harness import cli, data, evals, ortho_fast, rundir, separation
+from sae_harness.notes import baseline_beside, update_notes
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
-from sae_harness.schema import run_number, summarize, training_key
+from sae_harness.schema import aggregate, run_number, summarize, training_key
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -62,6 +63,8 @@ class Config:
     """replace a finished run in out_dir instead of refusing"""
     seed: int = 42
     """seed of the SAE: its initialisation and the order of training batches"""
+    seeds: str = "1"
+    """SAEs trained and evaluated in this run: a count N (seeds seed .. seed+N-1) or a comma list (42,43); several go into out_dir/seed_<s>/"""
     data_seed: int = 42
     """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
     device: Literal["auto", "cpu", "cuda"] | None = None
@@ -75,6 +78,8 @@ class Config:
     """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) (profile)"""
     heldout_fraction: float = 0.3
     """share of BBC articles per topic held out for evals"""
+    heldout_tokens: int = 65_536
+    """held-out tokens for the separation eval, extracted once into a small cache beside the training one"""
     context_length: int = 128
     """tokens per context window (BOS first; BOS is not trained on)"""
     tokens: int | None = None
@@ -105,8 +110,8 @@ class Config:
     sae_bf16: bool = True
     """encoder matmul in bfloat16 (master weights stay float32)"""
     # orthogonality
-    variant: Literal["progressive", "static", "none"] = "progressive"
-    """progressive | static (lambda, threshold fixed at p=0) | none (the plain TopK baseline)"""
+    variant: Literal["progressive", "static", "static_matched", "none"] = "progressive"
+    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK)"""
     ortho_lambda_max: float = 1.0
     """lambda2 at p=0 (on the embedded profile the term is about 5 percent of the loss at p=0, 10-20 percent mid-training)"""
     ortho_base_threshold: float = 0.25
@@ -128,8 +133,8 @@ class Config:
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
     checkpoint_every: int = 200
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str = "absorption,core,sparse_probing,unlearning"
-    """comma list of evals to run after training, or none"""
+    evals: str = "separation,absorption,core,sparse_probing,unlearning"
+    """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text)"""
     wandb_project: str = ""
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
 
@@ -267,16 +272,20 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 
 
 def ortho_lambda(p: float, cfg: Config) -> float:
-    """lambda2(p); static holds p at 0, none is 0."""
+    """lambda2(p); static holds p at 0; static_matched is constant at the schedule's mean over p
+    (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
     if cfg.variant == "none":
         return 0.0
+    quadratic = cfg.weight_schedule == "quadratic"
+    if cfg.variant == "static_matched":
+        return cfg.ortho_lambda_max / 3 if quadratic else cfg.ortho_lambda_max
     p = 0.0 if cfg.variant == "static" else p
-    return cfg.ortho_lambda_max * (1 - p) ** 2 if cfg.weight_schedule == "quadratic" else cfg.ortho_lambda_max
+    return cfg.ortho_lambda_max * (1 - p) ** 2 if quadratic else cfg.ortho_lambda_max
 
 
 def ortho_threshold(p: float, cfg: Config) -> float:
-    """thr(p), never below threshold_floor; static holds p at 0."""
-    p = 0.0 if cfg.variant == "static" else p
+    """thr(p), never below threshold_floor; static and static_matched hold p at 0."""
+    p = 0.0 if cfg.variant in ("static", "static_matched") else p
     base = cfg.ortho_base_threshold
     thr = {"linear": base * (1 - p), "exponential": base * math.exp(-cfg.decay_rate * p), "constant": base}[cfg.threshold_schedule]
     return max(thr, cfg.threshold_floor)
@@ -571,13 +580,42 @@ def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     cli.validate(cfg)
     device = resolve_device(cfg)
-    out = Path(cfg.out_dir)
-    state = rundir.run_state(out, cfg.layer, cli.eval_names(cfg))
-    if state == "finished" and not cfg.overwrite:
+    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
+    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"out_dir {out} is a file, not a directory")
+    states = [rundir.run_state(run, cfg.layer, cli.eval_names(cfg)) for run in runs.values()]
+    if all(state == "finished" for state in states) and not cfg.overwrite:
         raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
     if cfg.overwrite and out.exists():
-        rundir.clear_run(out)
+        for run in {out, *runs.values()}:
+            rundir.clear_run(run)
     data.check_model_available(cfg.lm_name)
+    failed = []
+    for i, (seed, run) in enumerate(runs.items()):
+        if len(seeds) > 1:
+            print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
+        info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, notes=len(seeds) == 1)
+        failed += [f"{name} (seed {seed})" for name in seed_failed]
+        if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
+            info = aggregate({s: rundir.read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
+            rundir.write_json_atomic(out / "final_info.json", info)
+    if len(seeds) > 1:
+        report(cfg, out, info, None)
+    if failed:
+        print(
+            f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
+        )
+        return 1
+    return 0
+
+
+def run_seed(cfg: Config, out: Path, device: torch.device, notes: bool) -> tuple[dict, list[str]]:
+    """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
+    A finished one is left as it is."""
+    if rundir.run_state(out, cfg.layer, cli.eval_names(cfg)) == "finished":
+        print(f"{out}: finished already")
+        return rundir.read_info(out), []
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     train_texts, heldout, split = data.text_split(cfg)
@@ -608,34 +646,35 @@ def main(argv: list[str]) -> int:
         )
     else:
         print(f"{out}: training already finished; running the pending evals")
+    names = cli.eval_names(cfg)
     with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {info_path} are kept"):
-        failed = evals.run_evaluations(
-            cfg, cli.eval_names(cfg), lambda: load_sae(out / "sae", device), out, info, info_path, heldout, device
-        )
+        failed = separation.run_pending(cfg, names, lambda: load_sae(out / "sae", device), info, info_path, heldout, device)
+        names = [name for name in names if name != "separation"]
+        failed += evals.run_evaluations(cfg, names, lambda: load_sae(out / "sae", device), out, info, info_path, heldout, device)
     info["summary"] = summarize(info)
     rundir.write_json_atomic(info_path, info)
-    report(cfg, out, info, tracker)
-    if failed:
-        print(f"error: evals failed: {', '.join(failed)} (details in {info_path}); rerun the same command to retry them", file=sys.stderr)
-        return 1
-    return 0
+    report(cfg, out, info, tracker, notes)
+    return info, failed
 
 
-def report(cfg: Config, out: Path, info: dict, tracker: Tracker) -> None:
-    """Plots into the run dir, the run's entry in notes.txt beside the run dirs, wandb's summary."""
+def report(cfg: Config, out: Path, info: dict, tracker: Tracker | None, notes: bool = True) -> None:
+    """Plots into the run dir, the run's entry in notes.txt beside the run dirs (with the Δ vs the
+    baseline run of the same profile), wandb's summary."""
     import plot
 
-    pngs = plot.plot_run(plot.load_run(out), [])
+    pngs = plot.plot_run(plot.load_run(out), plot.siblings(out, {}))
     plots = [str(p.relative_to(out.parent)) for p in pngs]
-    notes = out.resolve().parent / "notes.txt"
-    if run_number(out.resolve().name) is not None:
-        update_notes(notes, out.resolve().name, info, plots, defaults=profile_defaults(cfg.profile))
-        print(f"notes: {notes} has the entry for {out.name}")
-    else:
-        print(f"notes: {notes} not updated ({out.name} is not named run_<i>)")
-    tracker.summary(info["summary"])
-    tracker.images(pngs)
-    tracker.finish()
+    notes_path = out.resolve().parent / "notes.txt"
+    if notes and run_number(out.resolve().name) is not None:
+        baseline = baseline_beside(out, info)
+        update_notes(notes_path, out.resolve().name, info, plots, defaults=profile_defaults(cfg.profile), baseline=baseline)
+        print(f"notes: {notes_path} has the entry for {out.name}")
+    elif notes:
+        print(f"notes: {notes_path} not updated ({out.name} is not named run_<i>)")
+    if tracker is not None:
+        tracker.summary(info["summary"])
+        tracker.images(pngs)
+        tracker.finish()
 
 
 def profile_defaults(profile: str) -> dict:

@@ -7,8 +7,13 @@
 Per run (written into the run directory):
     losses.png      loss terms over training, ortho share of the loss on a twin axis
     schedule.png    the logged orthogonality weight λ2 and co-firing threshold against progress
-    separation.png  feature-separation measures against progress, early/middle/late shaded
-    metrics.png     headline eval metrics beside the baseline run of the same profile
+    separation.png  training-batch separation diagnostics (what the term minimises) against
+                    progress, early/middle/late shaded
+    metrics.png     headline eval metrics beside the baseline run of the same profile: mean over
+                    seeds, error bars ± std, dots per seed; "within noise" where the 95% Welch
+                    interval of the difference from the baseline includes 0
+A run with several seeds (--seeds) has its training curves in run_i/seed_<s>/; its own figures
+show the metrics, and comparisons draw its first seed's curves.
 Runs are compared only within one profile: comparison_<profile>.png per profile with two or
 more runs. A run directory that is missing or unreadable gets one line on stderr and exit
 code 2; what exists for the other runs is still plotted.
@@ -27,7 +32,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae_harness.schema import EVAL_KEYS, METRICS, block_status, fmt, run_identity, run_number, summarize  # noqa: E402
+from sae_harness.schema import (  # noqa: E402
+    EVAL_KEYS,
+    METRICS,
+    SEEDS,
+    block_status,
+    compare_summaries,
+    fmt,
+    fmt_delta,
+    fmt_spread,
+    pick_baseline,
+    run_identity,
+    run_number,
+    summarize,
+)
 
 EVAL_BLOCKS = tuple(EVAL_KEYS.values())
 
@@ -49,6 +67,9 @@ UNITS = {
     "sparse_probing_sae_top1": "test accuracy",
     "sparse_probing_llm_top1": "test accuracy",
     "unlearning_score": "score (0-1)",
+    "heldout_cofire_cos_mean": "|cos| (held-out)",
+    "heldout_cofire_cos_p95": "|cos| (held-out)",
+    "heldout_nn_cos_above_half": "fraction of latents",
 }
 NAN = float("nan")
 
@@ -68,6 +89,7 @@ class Run:
     variant: str
     config: dict
     summary: dict
+    seeds: list
 
     @property
     def number(self):
@@ -76,7 +98,7 @@ class Run:
 
     @property
     def label(self):
-        return f"{self.name} ({self.variant})"
+        return f"{self.name} ({self.variant}{f', {len(self.seeds)} seeds' if len(self.seeds) > 1 else ''})"
 
 
 def load_run(path):
@@ -94,10 +116,15 @@ def load_run(path):
         raise RunError(f"{info_path}: not a JSON object")
     if not any(isinstance(k, str) and k.startswith("training results") for k in info):
         raise RunError(f"{info_path}: no 'training results for layer N' block")
-    log, bad = read_log(path / "training_log.jsonl")
+    seeds = info.get(SEEDS, {}).get("values", []) if isinstance(info.get(SEEDS), dict) else []
+    log_path = path / "training_log.jsonl"
+    if not log_path.exists() and seeds:  # several seeds: the first seed's curves
+        first = info[SEEDS].get("per_seed", {}).get(str(seeds[0]), {})
+        log_path = path / first.get("dir", f"seed_{seeds[0]}") / "training_log.jsonl"
+    log, bad = read_log(log_path)
     ident = run_identity(info)
     name = path.resolve().name
-    return Run(name, path, info, log, bad, ident["profile"], ident["variant"], ident["config"], summarize(info))
+    return Run(name, path, info, log, bad, ident["profile"], ident["variant"], ident["config"], summarize(info), seeds)
 
 
 def read_log(path):
@@ -353,7 +380,7 @@ def plot_separation(run):
     fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True)
     separation_panels(axes, [run], ["C0"], single=True)
     axes[-1].set_xlabel("training progress p (fraction of steps); boxes: phase means")
-    fig.suptitle(f"{run.label}, {run.profile}: feature separation across training phases")
+    fig.suptitle(f"{run.label}, {run.profile}: separation on training batches (a diagnostic: the term minimises it)")
     fig.tight_layout()
     return save(fig, run.path / "separation.png")
 
@@ -370,17 +397,11 @@ def separation_table(runs):
 
 
 def find_baseline(run, candidates):
-    """The `none` run of the same profile to show beside run: run_0 for gemma-2-2b when it
-    qualifies, else the one whose key config matches best, then the lowest number."""
-    same = [c for c in candidates if c.profile == run.profile and c.variant == "none" and c.path.resolve() != run.path.resolve()]
-    if not same:
-        return None
-    if run.profile == "gemma-2-2b":
-        seed = [c for c in same if c.name == "run_0"]
-        if seed:
-            return seed[0]
-    keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name", "seed")
-    return min(same, key=lambda c: (sum(c.config.get(k) != run.config.get(k) for k in keys), c.number))
+    """The `none` run of the same profile to show beside run (schema.pick_baseline): run_0 for
+    gemma-2-2b when it qualifies, else the one whose key config matches best, then the lowest number."""
+    by_name = {c.name: c for c in candidates if c.path.resolve() != run.path.resolve()}
+    picked = pick_baseline(run.name, run.info, [(c.name, c.info) for c in by_name.values()])
+    return by_name[picked[0]] if picked else None
 
 
 def eval_metric_ok(run):
@@ -394,37 +415,48 @@ def metric_title(metric):
     return f"{metric.name}\n({metric.direction})"
 
 
-def metric_panels(axes, runs, colors):
-    """One small bar chart per headline metric, one bar per run."""
+def metric_panels(axes, items, colors, baseline=None):
+    """One small bar chart per headline metric, one bar per (name, summary) item: the mean over
+    seeds, error bar ± std (sample, n - 1), a dot per seed. Against the baseline summary (None for
+    none), each other bar says Δ and whether its 95% Welch interval includes 0 ("within noise")."""
     for ax, metric in zip(axes, METRICS):
-        names, values, bar_colors, notes = [], [], [], []
-        for run, color in zip(runs, colors):
-            entry = run.summary[metric.name]
-            names.append(run.name)
-            values.append(entry["value"] if entry["status"] == "ok" else 0.0)
-            bar_colors.append(color)
-            if entry["status"] != "ok":
-                notes.append(f"{run.name}: {entry['status']}")
-        x = range(len(runs))
-        bars = ax.bar(x, values, color=bar_colors, width=0.6)
-        for bar, run in zip(bars, runs):
-            entry = run.summary[metric.name]
-            text = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
+        values, notes, tops = [], [], [0.0]
+        for i, ((name, summary), color) in enumerate(zip(items, colors)):
+            entry = summary[metric.name]
+            ok = entry["status"] == "ok"
+            value, std = (entry["value"], entry.get("std")) if ok else (0.0, None)
+            values.append(value)
+            if not ok:
+                notes.append(f"{name}: {entry['status']}")
+            ax.bar(i, value, color=color, width=0.6, yerr=std if std else None, capsize=4, ecolor="#333333")
+            seeds = entry.get("values") or []
+            if len(seeds) > 1:
+                ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
+            tops.append(max([value + (std or 0)] + seeds))
+            text = fmt(entry["value"]) if ok else entry["status"].split(":")[0]
+            if ok and std:
+                text += f"\n± {fmt(std)} (n={entry['n']})"
+            if ok and baseline is not None and summary is not baseline:
+                cmp = compare_summaries({metric.name: entry}, {metric.name: baseline[metric.name]}).get(metric.name)
+                if cmp is not None:
+                    text += f"\nΔ {cmp['delta']:+.3g}" + (
+                        "" if cmp["within_noise"] is None else (" within noise" if cmp["within_noise"] else " (95% CI excl. 0)")
+                    )
             ax.annotate(
                 text,
-                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                (i, max(value + (std or 0), max(seeds, default=0))),
                 xytext=(0, 2),
                 textcoords="offset points",
                 ha="center",
                 va="bottom",
-                fontsize=9,
+                fontsize=8,
             )
-        ax.set_xticks(list(x))
-        ax.set_xticklabels(names, rotation=30 if len(runs) > 3 else 0, fontsize=9)
+        ax.set_xticks(list(range(len(items))))
+        ax.set_xticklabels([name for name, _ in items], rotation=30 if len(items) > 3 else 0, fontsize=9)
         ax.set_title(metric_title(metric), fontsize=10)
         ax.set_ylabel(UNITS.get(metric.name, "value"), fontsize=9)
-        top = max(values + [0.0])
-        room = 1.25 + 0.15 * min(len(notes), 4)  # keep the status notes clear of the bars
+        top = max(tops)
+        room = 1.45 + 0.15 * min(len(notes), 4)  # keep the labels and status notes clear of the bars
         ax.set_ylim(0, top * room if top > 0 else 1.0)
         ax.grid(axis="y", alpha=0.3)
         if notes:
@@ -445,7 +477,7 @@ def plot_metrics(run, baseline):
     rows = math.ceil(len(METRICS) / 3)
     fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows))
     axes = list(axes.flat)
-    metric_panels(axes, runs, colors)
+    metric_panels(axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
     for ax in axes[len(METRICS) :]:
         ax.axis("off")
     if baseline:
@@ -486,7 +518,7 @@ def missing_report(run):
 
 def plot_run(run, candidates):
     written = []
-    if run.log:
+    if run.log and len(run.seeds) <= 1:  # several seeds: the curves are in each seed_<s>/
         written += [plot_losses(run), plot_schedule(run), plot_separation(run)]
     if eval_metric_ok(run):
         written.append(plot_metrics(run, find_baseline(run, candidates)))
@@ -506,13 +538,14 @@ def metrics_table(runs):
     width = max([len(m.name) for m in METRICS] + [10]) + 2
     directions = [m.direction + (f" ({m.note})" if m.note else "") for m in METRICS]
     dwidth = max(len(d) for d in directions) + 2
-    cols = [max(len(run.label), 9) + 2 for run in runs]
+    cols = [max(len(run.label), 17) + 2 for run in runs]
     lines = [f"{'metric':<{width}}{'direction':<{dwidth}}" + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
     for metric, direction in zip(METRICS, directions):
         cells = []
         for run, c in zip(runs, cols):
             entry = run.summary[metric.name]
             cell = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
+            cell += f"±{fmt(entry['std'])}" if entry["status"] == "ok" and entry.get("std") else ""
             cells.append(f"{cell:>{c}}")
         lines.append(f"{metric.name:<{width}}{direction:<{dwidth}}" + "".join(cells))
     return "\n".join(lines)
@@ -536,14 +569,15 @@ def plot_comparison(profile, runs, out_dir):
     for ax in sep_axes:
         ax.set_xlabel("training progress p (fraction of steps)")
     titles = (
-        "co-firing decoder |cos|: mean (solid), p95 (dashed)",
+        "training batches (diagnostic: what the term minimises)\nco-firing decoder |cos|: mean (solid), p95 (dashed)",
         "co-firing pairs above threshold (colors: runs)",
         "pairs penalized (c_ij > 0)",
     )
     for ax, title in zip(sep_axes, titles):
         ax.set_title(title, fontsize=10, pad=18)
     metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(len(METRICS))]
-    metric_panels(metric_axes, runs, colors)
+    baseline = next((r for r in runs if r.variant == "none"), None)
+    metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
     differs = [k for k in config_differences(runs)[0] if k != "variant"]
     subtitle = (
         ("config differs in: " + ", ".join(differs[:8]) + (" ..." if len(differs) > 8 else ""))
@@ -556,6 +590,42 @@ def plot_comparison(profile, runs, out_dir):
     )
     fig.tight_layout()
     return save(fig, Path(out_dir) / f"comparison_{profile}.png")
+
+
+def plot_summaries(items, baseline, path, title):
+    """The comparison figure of a sweep: one panel per headline metric, one bar per (name, summary)
+    item (mean, ± std, a dot per seed, Δ vs baseline and whether it is within noise)."""
+    rows = math.ceil(len(METRICS) / 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(max(12, 1.6 * 3 * len(items)), 3.6 * rows))
+    axes = list(axes.flat)
+    colors = ["#999999" if summary is baseline else f"C{i % 10}" for i, (_, summary) in enumerate(items)]
+    metric_panels(axes, items, colors, baseline)
+    for ax in axes[len(METRICS) :]:
+        ax.axis("off")
+    fig.suptitle(textwrap.fill(title, 140), fontsize=11)
+    fig.tight_layout()
+    return save(fig, Path(path))
+
+
+def summaries_table(items, baseline_name=None):
+    """Text table: mean ± std (n) per metric and item, then Δ vs the baseline with its 95% Welch
+    interval, "within noise" where the interval includes 0."""
+    width = max(len(m.name) for m in METRICS) + 2
+    names = [name for name, _ in items]
+    cols = [max(len(n), 24) + 3 for n in names]
+    lines = [f"{'metric (direction)':<{width + 20}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols))]
+    for metric in METRICS:
+        cells = [fmt_spread(summary[metric.name]) for _, summary in items]
+        lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells, cols)))
+    base = dict(items).get(baseline_name)
+    if base is not None:
+        lines.append(f"Δ vs {baseline_name} (Welch's t 95% interval):")
+        for name, summary in items:
+            if name == baseline_name:
+                continue
+            for metric_name, cmp in compare_summaries(summary, base).items():
+                lines.append(f"  {name:<28}{metric_name:<{width}}{fmt_delta(cmp)}")
+    return "\n".join(lines)
 
 
 def compare(runs, out_dir):

@@ -11,7 +11,7 @@ import simple_parsing
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
-EVALS = ("absorption", "core", "sparse_probing", "unlearning")
+EVALS = ("separation", "absorption", "core", "sparse_probing", "unlearning")
 
 
 class _Parser(simple_parsing.ArgumentParser):
@@ -62,6 +62,24 @@ def eval_names(cfg) -> list[str]:
     return [] if names == ["none"] else names
 
 
+def seed_list(cfg) -> list[int]:
+    """The seeds of a run from --seeds: a count N gives seed, seed+1, .., seed+N-1; a comma list
+    (42,43 or 7,) gives those seeds."""
+    spec = str(cfg.seeds).strip()
+    try:
+        if "," not in spec:
+            count = int(spec)
+            if count < 1:
+                raise ValueError
+            return list(range(cfg.seed, cfg.seed + count))
+        seeds = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds takes a count (5) or a comma list of seeds (42,43), got {spec!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds lists no seed or a seed twice: {spec!r}")
+    return seeds
+
+
 def validate(cfg) -> None:
     """Reject impossible configs with one sentence, before anything heavy loads."""
     checks = [
@@ -79,6 +97,7 @@ def validate(cfg) -> None:
             cfg.tokens <= 0 or cfg.tokens // cfg.batch_size <= 0,
             f"tokens ({cfg.tokens}) must give at least one step of batch_size {cfg.batch_size}",
         ),
+        (cfg.heldout_tokens <= 0, f"heldout_tokens must be positive, got {cfg.heldout_tokens}"),
         (cfg.context_length < 2, f"context_length must be >= 2, got {cfg.context_length}"),
         (not 0 < cfg.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {cfg.heldout_fraction}"),
         (cfg.llm_batch_size <= 0, f"llm_batch_size must be positive, got {cfg.llm_batch_size}"),
@@ -97,6 +116,7 @@ def validate(cfg) -> None:
     for bad, message in checks:
         if bad:
             raise UsageError(message)
+    seed_list(cfg)
 
 
 def run(main, argv: list[str]) -> int:

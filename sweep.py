@@ -1,0 +1,336 @@
+"""Run an ablation: every arm (variant, optionally crossed with a grid of other options) at every
+seed, each (arm, seed) as its own run directory and its own job through submitit: local processes
+on one machine, a SLURM job array on a cluster. Then results/<name>.json (every run's config,
+seed and headline metrics; each arm's mean, std, n and per-seed values; each arm's difference
+from `none` with Welch's t 95% interval) and results/<name>.png (the comparison figure).
+
+    python sweep.py --variants none,static,static_matched,progressive --seeds 5
+    python sweep.py --name lambda --variants progressive --grid ortho_lambda_max=0.3,1,3 --seeds 2
+    python sweep.py --collect                     # only rebuild results/ablation.* from the runs
+
+Any other option is an experiment.py option, passed to every run (--evals, --tokens, ...).
+Resumable: a finished run is skipped (its recorded config must match), an interrupted one resumes
+from its checkpoint and pending evals (experiment.py does that); rerun the same command.
+Run directories: <runs_dir>/<name>/<arm>/seed_<s>/, each arm laid out as a multi-seed run of
+experiment.py (its final_info.json aggregates the seeds), so plot.py reads an arm directory too.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import submitit
+
+ROOT = Path(__file__).resolve().parent
+VARIANTS = ("none", "static", "static_matched", "progressive")
+SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
+_CHILD = {}  # the experiment.py process of the running job (so a requeue can stop it cleanly)
+
+
+class ExperimentRun(submitit.helpers.Checkpointable):
+    """One job: `python experiment.py <argv>` in the repository, its output in the job's log.
+    Returns the exit status (0 done, 1 an eval failed, 2 bad input, 3 training failed, 130
+    interrupted). On a SLURM timeout or preemption submitit calls checkpoint(): the experiment gets
+    SIGTERM (it writes a checkpoint) and the job is requeued, resuming where it stopped."""
+
+    def __init__(self, argv: list[str], threads: int = 0):
+        self.argv = argv
+        self.threads = threads
+
+    def __call__(self) -> int:
+        env = dict(os.environ) | ({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})
+        print("running: python experiment.py " + " ".join(self.argv), flush=True)
+        _CHILD["process"] = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), *self.argv], cwd=ROOT, env=env)
+        return _CHILD["process"].wait()
+
+    def checkpoint(self, *args, **kwargs):
+        process = _CHILD.get("process")
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return super().checkpoint(*args, **kwargs)
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every other option goes to experiment.py (see python experiment.py --help).",
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of arms' variants ({', '.join(VARIANTS)})")
+    parser.add_argument("--seeds", default="5", help="seeds per arm: a count N (seed .. seed+N-1) or a comma list (default 5)")
+    parser.add_argument("--seed", type=int, default=42, help="first seed when --seeds is a count (default 42)")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="also cross every variant with these values of an experiment option (repeatable: all combinations)",
+    )
+    parser.add_argument("--name", default="ablation", help="the sweep's name: <runs_dir>/<name>/ and <results>/<name>.json, .png")
+    parser.add_argument("--runs_dir", default=str(ROOT / "sweeps"), help="where the run directories go (default ./sweeps)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="where <name>.json and <name>.png go (default ./results)")
+    parser.add_argument(
+        "--executor",
+        choices=("auto", "local", "slurm"),
+        default="auto",
+        help="submitit executor: slurm (a job array) when sbatch is on PATH, else local processes (auto)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="jobs running at once: local processes, or the SLURM array's parallelism. Default 1: on a "
+        "2-core CPU two training jobs side by side ran 3.5x slower each (the sparse ortho term collapses "
+        "under contention), so one at a time finishes first; with N > 1 locally each job gets cores/N torch threads",
+    )
+    parser.add_argument("--timeout_min", type=int, default=240, help="per job (SLURM requeues a timed-out job, which resumes)")
+    parser.add_argument("--partition", default="", help="SLURM partition")
+    parser.add_argument("--gpus_per_node", type=int, default=0, help="GPUs per job (SLURM; the gemma-2-2b profile wants 1)")
+    parser.add_argument("--cpus_per_task", type=int, default=0, help="CPUs per job (SLURM; 0 = the cluster's default)")
+    parser.add_argument("--mem_gb", type=int, default=0, help="memory per job (SLURM; 0 = the cluster's default)")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="compare with this arm directory of another sweep (e.g. sweeps/ablation/none) when this sweep has no plain none arm",
+    )
+    parser.add_argument("--collect", action="store_true", help="submit nothing: rebuild the results from the run directories")
+    parser.add_argument("--dry_run", action="store_true", help="print the runs and their state, submit nothing")
+    args, passthrough = parser.parse_known_args(argv)
+    return args, passthrough
+
+
+class SweepError(Exception):
+    """Bad input or an unusable run directory: one line, exit status 2."""
+
+
+def arms_of(args) -> list[tuple[str, str, dict]]:
+    """(arm name, variant, {option: value}) for every variant x grid combination."""
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise SweepError(f"--variants: unknown {unknown or 'empty'}; choose from {', '.join(VARIANTS)}")
+    axes = []
+    for item in args.grid:
+        field, _, values = item.partition("=")
+        if not field or not values or field in SET_BY_SWEEP:
+            raise SweepError(f"--grid takes FIELD=V1,V2 with an experiment option other than {', '.join(SET_BY_SWEEP)}; got {item!r}")
+        axes.append([(field, v.strip()) for v in values.split(",") if v.strip()])
+    arms = []
+    for variant, combo in itertools.product(variants, itertools.product(*axes)):
+        name = "_".join([variant] + [f"{f}={v}" for f, v in combo])
+        arms.append((name, variant, dict(combo)))
+    return arms
+
+
+def plan(args, passthrough):
+    """[(arm, variant, overrides, seed, out_dir, argv, cfg)] with each run's experiment config parsed."""
+    import experiment as E
+    from sae_harness import cli
+    from sae_harness.rundir import UsageError
+
+    for option in passthrough:
+        name = option.lstrip("-").split("=")[0].replace("-", "_")
+        if option.startswith("--") and name in SET_BY_SWEEP:
+            raise SweepError(f"--{name} is set by the sweep for each run; use --variants / --seeds / --seed / --name instead")
+    try:
+        seeds = cli.seed_list(E.Config(seeds=args.seeds, seed=args.seed))
+    except UsageError as e:
+        raise SweepError(str(e)) from None
+    runs = []
+    for arm, variant, overrides in arms_of(args):
+        for seed in seeds:
+            out = Path(args.runs_dir) / args.name / arm / f"seed_{seed}"
+            argv = ["--out_dir", str(out), "--variant", variant, "--seed", str(seed), "--seeds", "1"]
+            argv += [x for field, value in overrides.items() for x in (f"--{field}", value)] + passthrough
+            try:
+                with contextlib.redirect_stdout(io.StringIO()) if runs else contextlib.nullcontext():  # the profile line once
+                    cfg = E.parse_args(argv)
+                cli.validate(cfg)
+            except UsageError as e:
+                raise SweepError(f"experiment options: {e}") from None
+            runs.append((arm, variant, overrides, seed, out, argv, cfg))
+    return runs
+
+
+def compared_config(cfg) -> dict:
+    """The config a run records (experiment.py writes the resolved lr), less what may differ between clones."""
+    return {k: v for k, v in (dataclasses.asdict(cfg) | {"lr": cfg.resolved_lr}).items() if k not in ("out_dir", "overwrite", "cache_dir")}
+
+
+def run_status(out: Path, cfg) -> str:
+    """'new', 'resume' or 'finished'; a finished run recorded with other options is refused."""
+    from sae_harness import cli, rundir
+    from sae_harness.rundir import UsageError
+    from sae_harness.schema import training_key
+
+    try:
+        state = rundir.run_state(out, cfg.layer, cli.eval_names(cfg))
+    except UsageError as e:
+        raise SweepError(str(e)) from None
+    if state == "finished":
+        recorded = rundir.read_info(out)[training_key(cfg.layer)]["config"]
+        wanted = compared_config(cfg)
+        differ = [k for k, v in wanted.items() if k in recorded and recorded[k] != v]
+        if differ:
+            raise SweepError(
+                f"{out} holds a run with other options ({', '.join(f'{k}: {recorded[k]!r} there, {wanted[k]!r} now' for k in differ[:3])}); "
+                "use another --name, or move that directory away"
+            )
+    return state
+
+
+def executor_for(args, folder: Path):
+    cluster = None if args.executor == "auto" else args.executor
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params = dict(timeout_min=args.timeout_min, name="sae-sweep", slurm_array_parallelism=max(1, args.parallel))
+    params.update(
+        {k: v for k, v in dict(gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb).items() if v}
+    )
+    if args.partition:
+        params["slurm_partition"] = args.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def launch(args, todo):
+    """Submit the runs in todo. The first goes alone (it builds the shared activation caches that
+    all runs read); the rest as one job array (SLURM) or in waves of --parallel processes (local)."""
+    folder = Path(args.runs_dir) / args.name / "submitit"
+    executor = executor_for(args, folder)
+    local = executor.cluster in ("local", "debug")
+    threads = max(1, (os.cpu_count() or 1) // args.parallel) if local and args.parallel > 1 else 0
+    print(f"submitit: {executor.cluster} executor, {len(todo)} runs, {args.parallel} at a time; job logs in {folder}")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # the jobs import this file
+    waves = [todo[:1]] + (
+        [todo[i : i + args.parallel] for i in range(1, len(todo), args.parallel)] if local else ([todo[1:]] if todo[1:] else [])
+    )
+    codes = {}
+    for wave in waves:
+        with executor.batch():
+            jobs = [executor.submit(ExperimentRun(run[5], threads)) for run in wave]
+        for run, job in zip(wave, jobs):
+            try:
+                codes[run[4]] = job.result()
+            except Exception as e:  # the job itself failed (killed, node lost): its log says why
+                codes[run[4]] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+            print(f"  {run[0]} seed {run[3]}: {describe(codes[run[4]])} (log: {job.paths.stdout})")
+    return codes
+
+
+def describe(code) -> str:
+    return {0: "done", 1: "done, an eval failed (rerun to retry it)", 2: "bad input", 3: "training failed", 130: "interrupted"}.get(
+        code, str(code)
+    )
+
+
+def collect(args, runs):
+    """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
+    import plot
+    from sae_harness.rundir import read_info, write_json_atomic
+    from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
+
+    arms, records = {}, []
+    for arm, variant, overrides, seed, out, _, cfg in runs:
+        info = read_info(out) if (out / "final_info.json").exists() else {}
+        arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=str(out.parent), per_seed={}))["per_seed"][seed] = info
+        block = info.get(training_key(cfg.layer), {})
+        records.append(
+            dict(
+                arm=arm,
+                variant=variant,
+                seed=seed,
+                run_dir=str(out),
+                state=run_status(out, cfg) if out.exists() else "new",
+                config=block.get("config") or compared_config(cfg),
+                summary=summarize(info),
+            )
+        )
+    baseline_arm = next((a for a, v in arms.items() if v["variant"] == "none" and not v["overrides"]), None)
+    result_arms = {}
+    for arm, entry in arms.items():
+        info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
+        if Path(entry["run_dir"]).is_dir():
+            write_json_atomic(Path(entry["run_dir"]) / "final_info.json", info)
+        result_arms[arm] = entry | dict(summary=info["summary"])
+    if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
+        try:
+            summary = summarize(read_info(Path(args.baseline)))
+        except ValueError:
+            raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
+        if not any(entry["n"] for entry in summary.values()):
+            raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
+        baseline_arm = f"baseline: {args.baseline}"
+        result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
+    for arm, entry in result_arms.items():
+        if baseline_arm and arm != baseline_arm:
+            entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])
+    profile = next((r["config"].get("profile") for r in records if r["config"].get("profile")), None)
+    result = dict(
+        name=args.name,
+        written=time.strftime("%Y-%m-%d %H:%M:%S"),
+        command="python sweep.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sweep.py") else None,
+        profile=profile,
+        baseline=baseline_arm,
+        interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
+        spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
+        directions={m.name: m.direction for m in METRICS},
+        arms=result_arms,
+        runs=records,
+    )
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results / f"{args.name}.json", result)
+    figure = plot.plot_summaries(
+        [(arm, entry["summary"]) for arm, entry in result_arms.items()],
+        result_arms[baseline_arm]["summary"] if baseline_arm else None,
+        results / f"{args.name}.png",
+        f"{args.name}: {profile or 'unknown profile'}; mean ± std over seeds, dots per seed"
+        + (f"; Δ vs {baseline_arm}, 'within noise' = 95% Welch interval includes 0" if baseline_arm else ""),
+    )
+    print(f"wrote {results / f'{args.name}.json'} and {figure}")
+    print(plot.summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
+    return result
+
+
+def main(argv) -> int:
+    args, passthrough = parse(argv)
+    if args.parallel < 1:
+        raise SweepError(f"--parallel must be >= 1, got {args.parallel}")
+    runs = plan(args, passthrough)
+    states = {run[4]: run_status(run[4], run[6]) for run in runs}
+    todo = [run for run in runs if states[run[4]] != "finished"]
+    print(f"sweep {args.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
+    for run in runs:
+        print(f"  {run[0]} seed {run[3]}: {states[run[4]]} ({run[4]})")
+    if args.dry_run:
+        return 0
+    codes = launch(args, todo) if todo and not args.collect else {}
+    collect(args, runs)
+    failed = [f"{out} ({describe(code)})" for out, code in codes.items() if code != 0]
+    if failed:
+        print(f"error: {len(failed)} runs did not finish: {'; '.join(failed)}. Rerun the same command to resume them.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except SweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished runs are kept and running ones resume: run the same command again", file=sys.stderr)
+        sys.exit(130)

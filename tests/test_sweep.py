@@ -1,0 +1,71 @@
+"""sweep.py end to end through submitit's local executor: a two-arm, two-seed sweep of a tiny
+Gemma 3 saved as a local model folder (the jobs are subprocesses, so nothing is monkeypatched)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sweep(tmp_path, *extra):
+    tiny = [
+        "--lm_name", str(tmp_path / "tiny-gemma"), "--layer", "1", "--tokens", "3000", "--dict_size", "128", "--k", "8",
+        "--batch_size", "100", "--context_length", "32", "--llm_batch_size", "4", "--evals", "separation",
+        "--heldout_tokens", "1500", "--cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    command = [sys.executable, "sweep.py", "--seeds", "2", "--executor", "local"]
+    command += [] if "--variants" in extra else ["--variants", "none,progressive"]
+    command += ["--runs_dir", str(tmp_path / "sweeps"), "--results", str(tmp_path / "results"), *tiny, *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+
+
+def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
+    from conftest import make_tiny_gemma3, tiny_tokenizer
+
+    make_tiny_gemma3().save_pretrained(tmp_path / "tiny-gemma")
+    tiny_tokenizer().save_pretrained(tmp_path / "tiny-gemma")
+    done = sweep(tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "4 to run" in done.stdout and "submitit: local executor" in done.stdout
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert (tmp_path / "results" / "ablation.png").stat().st_size > 0
+    assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("none", 42), ("none", 43), ("progressive", 42), ("progressive", 43)]
+    for record in result["runs"]:
+        assert record["config"]["variant"] == record["arm"] and record["config"]["seed"] == record["seed"]
+        assert record["summary"]["heldout_cofire_cos_mean"]["status"] == "ok"
+        assert (Path(record["run_dir"]) / "sae").is_dir()
+    arm = result["arms"]["progressive"]["summary"]["heldout_cofire_cos_mean"]
+    per_seed = [r["summary"]["heldout_cofire_cos_mean"]["value"] for r in result["runs"] if r["arm"] == "progressive"]
+    assert arm["n"] == 2 and arm["values"] == pytest.approx(per_seed) and arm["value"] == pytest.approx(sum(per_seed) / 2)
+    vs = result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]
+    base = result["arms"]["none"]["summary"]["heldout_cofire_cos_mean"]["value"]
+    assert vs["delta"] == pytest.approx(arm["value"] - base) and vs["lo"] <= vs["delta"] <= vs["hi"]
+    assert result["baseline"] == "none" and result["directions"]["heldout_cofire_cos_mean"] == "lower is better"
+    arm_info = json.loads((tmp_path / "sweeps" / "ablation" / "none" / "final_info.json").read_text())
+    assert arm_info["seeds"]["values"] == [42, 43]  # each arm reads like a multi-seed run of experiment.py
+
+    # one run lost its eval (as if interrupted): only that run goes through the engine again
+    lost = tmp_path / "sweeps" / "ablation" / "none" / "seed_43" / "final_info.json"
+    info = json.loads(lost.read_text())
+    del info["separation evaluation results"]
+    lost.write_text(json.dumps(info))
+    again = sweep(tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "3 finished, 1 to run" in again.stdout and "none seed 43: resume" in again.stdout
+    assert "separation evaluation results" in json.loads(lost.read_text())
+
+    # other options for finished runs: refused with one line, nothing submitted
+    other = sweep(tmp_path, "--k", "4")
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "other options" in other.stderr
+
+    # an arm of another sweep as the baseline (e.g. a lambda sweep of progressive against the ablation's none)
+    alone = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", str(tmp_path / "sweeps" / "ablation" / "none"))
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert result["baseline"].endswith("ablation/none") and list(result["arms"])[1:] == ["progressive"]
+    assert result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]["delta"] == pytest.approx(vs["delta"])
