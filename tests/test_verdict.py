@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from test_harness import tiny_args
+from conftest import tiny_args
 
 import experiment as E
 from sae_harness import cli, separation
