@@ -200,9 +200,8 @@ def tl_config_dict(model_name: str, hf_config) -> dict:
         attn_scores_soft_cap=c.attn_logit_softcapping or -1.0,  # -1: off
         output_logits_soft_cap=c.final_logit_softcapping or -1.0,
         rotary_base=rope_global["rope_theta"],
+        rotary_base_local=rope_local["rope_theta"] if rope_local["rope_theta"] != rope_global["rope_theta"] else None,  # None: one base
     )
-    if rope_local["rope_theta"] != rope_global["rope_theta"]:
-        cfg["rotary_base_local"] = rope_local["rope_theta"]
     return cfg
 
 

@@ -23,8 +23,9 @@ TEXTS = [
     "Shares in the carmaker fell 4% as sales slowed in Europe and the company warned on profits.",
 ]
 
-# The published config.json of google/gemma-2-2b (the fields a Gemma2Config reads), and the config
-# of the embedded Gemma 3 270M as transformers reads it from the GGUF package.
+# google/gemma-2-2b's config.json, the fields a Gemma2Config reads (the hub is not reachable here: these
+# are the values transformers' Gemma2Config defaults to and TransformerLens's own table states), and
+# the embedded Gemma 3 270M's config as transformers reads it from the GGUF package (printed here).
 GEMMA_2_2B = dict(
     attn_logit_softcapping=50.0,
     final_logit_softcapping=30.0,
