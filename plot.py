@@ -618,7 +618,7 @@ def summaries_table(items, baseline_name=None):
         cells = [fmt_spread(summary[metric.name]) for _, summary in items]
         lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells, cols)))
     base = dict(items).get(baseline_name)
-    if base is not None:
+    if base is not None and len(items) > 1:
         lines.append(f"Δ vs {baseline_name} (Welch's t 95% interval):")
         for name, summary in items:
             if name == baseline_name:

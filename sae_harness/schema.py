@@ -266,12 +266,8 @@ def combine_summaries(summaries):
         entries = [s.get(metric.name) or {} for s in summaries]
         values = [e["value"] for e in entries if e.get("status") == "ok" and e.get("value") is not None]
         mean, std = mean_std(values)
-        if values and len(values) == len(entries):
-            status = "ok"
-        elif values:
-            status = "ok"  # partial: n < number of seeds says so
-        else:
-            status = next((e.get("status") for e in entries if e.get("status")), "missing")
+        # ok when any seed has it (n < the number of seeds says some lack it), else the first seed's status
+        status = "ok" if values else next((e.get("status") for e in entries if e.get("status")), "missing")
         combined[metric.name] = {
             "value": mean,
             "direction": metric.direction,
