@@ -64,6 +64,8 @@ class Config:
     """seed of the SAE: its initialisation and the order of training batches"""
     data_seed: int = 42
     """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
+    eval_seed: int = 42
+    """seed of the evals: absorption's word sample, the probes' train / test splits, every eval stage's RNG"""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """where the model and the SAE run (profile)"""
     # text and model

@@ -58,7 +58,7 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=()):
         entry = summary[metric.name]
         note = f", {metric.note}" if metric.note else ""
         if entry["status"] == "ok":
-            shown = fmt(entry["value"])
+            shown = fmt(entry["value"]) + (f" ± {fmt(entry['se'])}" if entry.get("se") is not None else "")
             if metric.name == "l0" and "k" in config:
                 note = f", target k = {fmt(config['k'])}"
             used = _source_used(info, metric)

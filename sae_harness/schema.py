@@ -146,22 +146,35 @@ def _read(block, path):
     return "ok", float(value)
 
 
+def _standard_error(block, name):
+    """The eval's own standard error of a headline metric: block["standard_errors"][name], or None."""
+    se = block.get("standard_errors", {}).get(name) if isinstance(block, dict) else None
+    return float(se) if isinstance(se, (int, float)) and not isinstance(se, bool) and math.isfinite(se) else None
+
+
 def summarize(info):
-    """{metric name: {"value", "direction", "status"}} for every entry of METRICS.
+    """{metric name: {"value", "se", "direction", "status"}} for every entry of METRICS.
 
     status is "ok", "skipped: <reason>", "error: <one line>" or "missing"; value is None
-    unless status is "ok". A metric with several sources takes the first that is ok and
-    otherwise reports the status of the first source.
+    unless status is "ok". se is the eval's standard error of the value from its own samples
+    (the block's "standard_errors"), or None. A metric with several sources takes the first that
+    is ok and otherwise reports the status of the first source.
     """
     summary = {}
     for metric in METRICS:
-        first_status, value = None, None
+        first_status, value, se = None, None, None
         for block_name, path in metric.sources:
             status, value = _read(_block(info, block_name), path)
             if status == "ok":
+                se = _standard_error(_block(info, block_name), metric.name)
                 break
             first_status = first_status or status
-        summary[metric.name] = {"value": value, "direction": metric.direction, "status": "ok" if value is not None else first_status}
+        summary[metric.name] = {
+            "value": value,
+            "se": se,
+            "direction": metric.direction,
+            "status": "ok" if value is not None else first_status,
+        }
     return summary
 
 
