@@ -201,6 +201,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def _stage_timers(timings: dict, targets: list[tuple[object, str]]):
+    """Record the seconds spent in each module.function of targets into timings (a profile of the
+    eval's stages kept in its result); behaviour unchanged."""
+    from unittest import mock
+
+    def timed(fn, label):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            t0 = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings[label] = round(timings.get(label, 0.0) + time.time() - t0, 1)
+
+        return call
+
+    with contextlib.ExitStack() as stack:
+        for module, name in targets:
+            stack.enter_context(mock.patch.object(module, name, timed(getattr(module, name), name)))
+        yield timings
+
+
 def _reseeded(fn, seed: int, **fixed):
     """fn with `fixed` keyword arguments, every global RNG reseeded at each call: a stage then draws
     the same numbers whether or not an earlier stage's work came from the cache."""
@@ -292,7 +315,7 @@ class _PromptActsCache:
 
     def __init__(self, model, hook_name: str, pos: int, store: dict):
         self._model, self._hook_name, self._pos, self.store = model, hook_name, pos, store
-        self.added = 0
+        self.added, self.llm_seconds = 0, 0.0
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -301,9 +324,11 @@ class _PromptActsCache:
         if names_filter != [self._hook_name] or kwargs:
             return self._model.run_with_cache(prompts, names_filter=names_filter, **kwargs)
         if not all(p in self.store for p in prompts):
+            t0 = time.time()
             acts_BD = self._model.run_with_cache(prompts, names_filter=names_filter)[1][self._hook_name][:, self._pos, :]
             self.store.update({p: a.detach().clone() for p, a in zip(prompts, acts_BD)})
             self.added += len(prompts)
+            self.llm_seconds += time.time() - t0
         acts_BD = torch.stack([self.store[p] for p in prompts])
         width = self._pos + 1 if self._pos >= 0 else -self._pos
         acts_BTD = acts_BD.new_zeros(len(prompts), width, acts_BD.shape[-1])
@@ -333,6 +358,7 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     import pandas as pd
     import sae_bench.evals.absorption.common as absorption_common
     import sae_bench.evals.absorption.feature_absorption as absorption_feature
+    import sae_bench.evals.absorption.k_sparse_probing as absorption_k_sparse
     import sae_bench.evals.absorption.main as absorption_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
     from sae_bench.sae_bench_utils import general_utils
@@ -385,7 +411,9 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
             )
 
     cache = EvalCache(ctx.cache_dir, ctx.work_dir)
+    t0 = time.time()
     entry, probe_hit = cache.entry("absorption", key, build_probe)
+    timings = {"llm_probe (cache miss: prompts, LLM activations, probe training)": round(time.time() - t0, 1)}
     acts_path = entry / "absorption_prompt_acts.pt"
     try:
         store = torch.load(acts_path) if acts_path.exists() else {}
@@ -416,8 +444,18 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
             ),
         ),
         contextlib.chdir(out_dir),  # run_eval writes ./artifacts/absorption/<name>_k_sparse_probing.json
+        _stage_timers(
+            timings,
+            [
+                (absorption_k_sparse, "train_k_sparse_probes"),
+                (absorption_k_sparse, "eval_probe_and_sae_k_sparse_raw_scores"),
+                (absorption_k_sparse, "build_metrics_df"),
+                (absorption_feature, "calculate_projection_and_cos_sims"),
+            ],
+        ),
     ):
         results = absorption_main.run_eval(config, [(ctx.sae_name, sae)], ctx.device, ".", force_rerun=True)
+    timings["of which LLM forwards of the absorption prompts"] = round(prompt_model.llm_seconds, 1)
     if prompt_model.added and ctx.cache_dir is not None:
         save_atomic(acts_path, lambda tmp: torch.save(prompt_model.store, tmp))
     cache_info = dict(probe_hit=probe_hit, prompt_acts_hit=prompt_model.added == 0, entry=str(entry))
@@ -438,6 +476,7 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     result["standard_errors"] = _absorption_se(raw_df, letters)
     result["n_test_words"] = int(sum(d["num_probe_true_positives"] for d in result["eval_result_details"]))
     result["cache"] = cache_info
+    result["stage_seconds"] = timings
     return result
 
 
