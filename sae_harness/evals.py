@@ -61,6 +61,8 @@ class EvalContext:
     train / test splits (SAEBench's absorption ignores its own seed). Separate from the SAE's seed."""
     cache_dir: Path | None = None
     """Shared eval cache directory (a run uses <its cache_dir>/evals); None: nothing is kept between runs."""
+    cache_max_mb: float = 4096
+    """LLM activations bigger than this are not cached (core's and sparse probing's on gemma-2-2b: 19 and ~24 GB)."""
     llm_batch_size: int = 8
     """Prompts per LLM forward in absorption and sparse probing."""
     context_size: int = 128
@@ -85,8 +87,6 @@ class EvalContext:
     """Batches for KL / CE (three full forwards with 262k-wide logits each: the slow part)."""
     core_sparsity_variance_batches: int = 48
     """Batches for explained variance, L0, L1, shrinkage and feature density."""
-    core_cache_max_mb: float = 2048
-    """Cache the sparsity / variance batches' layer activations only up to this size (gemma-2-2b's would be ~19 GB)."""
 
     # sparse probing
     sparse_probing_datasets: list[str] = field(default_factory=lambda: [HELDOUT_DATASET])
@@ -645,7 +645,7 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
         sae_bench=sae_bench_version(),
     )
     acts_mb = ctx.core_sparsity_variance_batches * ctx.core_batch_prompts * ctx.context_size * tl_model.cfg.d_model * 4 / 2**20
-    cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.core_cache_max_mb else None, ctx.work_dir)
+    cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.cache_max_mb else None, ctx.work_dir)
     path = cache.path("core", key)
     cached = None
     if cache.root is not None and cache.is_complete(path, key):
@@ -823,7 +823,13 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
                 artifacts_path=str(artifacts),
             )
 
-    cache = EvalCache(ctx.cache_dir, ctx.work_dir)
+    n_docs = config.probe_train_set_size + config.probe_test_set_size
+    if heldout_split is None:  # SAEBench's datasets: sizes per class of each dataset, counted generously (2 classes each)
+        n_docs *= 2 * len(ctx.sparse_probing_datasets)
+    bytes_per_value = 4 if ctx.llm_dtype == "float32" else 2
+    d_model = tl_model.cfg.d_model if tl_model is not None else 2304
+    acts_mb = n_docs * ctx.context_size * d_model * bytes_per_value / 2**20
+    cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.cache_max_mb else None, ctx.work_dir)
     if cache.root is None:
         run(ctx.work_dir / "artifacts", save=False)  # would write ~0.3 MB per document into the run dir
         path, hit = None, False
@@ -846,7 +852,7 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
         name: _accuracy_se({d: per_class[f"{d}_results"][f"{who}_top_1_test_accuracy"] for d in ctx.sparse_probing_datasets}, test_sizes)
         for name, who in (("sparse_probing_sae_top1", "sae"), ("sparse_probing_llm_top1", "llm"))
     }
-    result["cache"] = dict(llm_hit=hit, entry=str(path) if path else "off")
+    result["cache"] = dict(llm_hit=hit, entry=str(path) if path else f"off (LLM activations ~{acts_mb:.0f} MB)")
     return result
 
 
