@@ -502,9 +502,15 @@ class _CoreRecorder:
     model: stands in for the model in run_evals (its run_with_cache is the sparsity / variance pass);
     recons_loss: stands in for core.main.get_recons_loss."""
 
-    def __init__(self, tl_model, sae, hook_name: str, ignore_tokens: set, cached: list | None):
+    def __init__(self, tl_model, sae, hook_name: str, ignore_tokens: set, cached: dict | None):
+        from transformer_lens.utilities.activation_functions import softcap_enabled
+
         self.tl_model, self.sae, self.hook_name, self.ignore_tokens = tl_model, sae, hook_name, ignore_tokens
-        self.cached, self.calls, self.missed = cached, [], 0
+        cached = cached or {}
+        self.cached, self.calls, self.missed = cached.get("sparsity_variance"), [], 0
+        self.cached_clean, self.clean, self.clean_missed = cached.get("reconstruction"), [], 0
+        # the KL shortcut needs logits linear in the unembedding input: no soft-cap (Gemma 3 has none; Gemma 2 has one)
+        self.shortcut = not softcap_enabled(tl_model.cfg.output_logits_soft_cap)
         self.recons_rows, self.variance_rows = [], []  # per sequence: sums of the per-token metrics, token count
 
     def _mask(self, tokens_BT):
@@ -548,9 +554,89 @@ class _CoreRecorder:
                 self.variance_rows.append((ev_N[sel].double().sum().item(), int(sel.sum())))
         return None, {self.hook_name: acts_BTD}
 
+    @torch.no_grad()
+    def clean_statistics(self, tokens_BT) -> dict:
+        """What SAEBench's get_recons_loss computes without the SAE, per token: the clean and the
+        zero-ablated model's losses, KL(clean || ablated) (SAEBench's formula), and of the clean
+        next-token distribution p: sum p log p, u = W_U p and b_U . p, with which
+        KL(p || softmax(z)) = sum p log p - (h . u + b_U . p - sum p * logsumexp(z)) for z = h W_U + b_U."""
+        model = self.tl_model
+        logits_p, ce_clean = model(tokens_BT, return_type="both", loss_per_token=True)
+        logits_abl, ce_abl = model.run_with_hooks(
+            tokens_BT, return_type="both", fwd_hooks=[(self.hook_name, lambda acts, hook: torch.zeros_like(acts))], loss_per_token=True
+        )
+        p = torch.nn.functional.softmax(logits_p, dim=-1)
+        log_p = torch.log(p)
+        q_abl = torch.nn.functional.softmax(logits_abl, dim=-1)
+        kl_abl = (p * (log_p - torch.log(q_abl))).sum(dim=-1)  # core.main.get_recons_loss's kl(), verbatim
+        del logits_abl, q_abl
+        return dict(
+            tokens=tokens_BT.cpu(),
+            ce_clean=ce_clean.cpu(),
+            ce_abl=ce_abl.cpu(),
+            kl_abl=kl_abl.cpu(),
+            p_log_p=(p * log_p).sum(-1).cpu(),
+            p_sum=p.sum(-1).cpu(),
+            u=(p @ model.W_U.T.to(p.dtype)).cpu(),
+            b_dot_p=(p @ model.b_U.to(p.dtype)).cpu(),
+        )
+
+    @torch.no_grad()
+    def shortcut_recons_loss(
+        self,
+        sae,
+        model,
+        batch_tokens,
+        activation_store,
+        compute_kl,
+        compute_ce_loss,
+        ignore_tokens=None,
+        exclude_special_tokens_from_reconstruction=False,
+        model_kwargs=None,
+    ):
+        """core.main.get_recons_loss with the SAE-independent parts from the cache: one forward with
+        the SAE spliced in (SAEBench's replacement hook) instead of three. ce_loss_with_sae is
+        SAEBench's own; kl_div_with_sae is the same KL by the identity in clean_statistics."""
+        i = len(self.clean)
+        if self.cached_clean is not None and i < len(self.cached_clean) and torch.equal(self.cached_clean[i]["tokens"], batch_tokens.cpu()):
+            clean = self.cached_clean[i]
+        else:
+            clean = self.clean_statistics(batch_tokens)
+            self.clean_missed += 1
+        self.clean.append(clean)
+        mask = self._mask(batch_tokens) if exclude_special_tokens_from_reconstruction else torch.ones_like(batch_tokens, dtype=torch.bool)
+
+        def replacement_hook(activations, hook):  # core.main.get_recons_loss's standard_replacement_hook
+            reconstructed = sae.decode(sae.encode(activations.to(sae.device))).to(activations.dtype)
+            return torch.where(mask[..., None], reconstructed, activations.to(sae.device)).to(activations.device)
+
+        saved = {}
+
+        def save_unembed_input(h, hook):
+            saved["h"] = h
+
+        logits_q, ce_sae = model.run_with_hooks(
+            batch_tokens,
+            return_type="both",
+            fwd_hooks=[(self.hook_name, replacement_hook), ("unembed.hook_in", save_unembed_input)],
+            loss_per_token=True,
+            **(model_kwargs or {}),
+        )
+        dev = logits_q.device
+        p_log_q = (
+            (saved["h"] * clean["u"].to(dev)).sum(-1) + clean["b_dot_p"].to(dev) - clean["p_sum"].to(dev) * torch.logsumexp(logits_q, -1)
+        )
+        return {
+            "kl_div_with_sae": clean["p_log_p"].to(dev) - p_log_q,
+            "kl_div_with_ablation": clean["kl_abl"].to(dev),
+            "ce_loss_with_sae": ce_sae,
+            "ce_loss_without_sae": clean["ce_clean"].to(dev),
+            "ce_loss_with_ablation": clean["ce_abl"].to(dev),
+        }
+
     def recons_loss(self, original):
         def call(sae, model, batch_tokens, *args, **kwargs):
-            metrics = original(sae, model, batch_tokens, *args, **kwargs)
+            metrics = (self.shortcut_recons_loss if self.shortcut else original)(sae, model, batch_tokens, *args, **kwargs)
             mask_BT = self._mask(batch_tokens)
             for b in range(len(batch_tokens)):
                 m, m_ce = mask_BT[b], mask_BT[b, :-1]
@@ -579,9 +665,12 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
     """SAEBench core metrics: KL / CE with the SAE spliced in, explained variance, L0, shrinkage,
     feature density; BOS / EOS / PAD excluded. Same steps as core.main.multiple_evals, but on a
     given model and an in-memory dataset, and errors raise instead of being logged away.
-    Cached per key: the layer activations of the sparsity / variance batches (when they fit
-    ctx.core_cache_max_mb). Standard errors: delete-one-sequence jackknife of SAEBench's own per-token
-    values (explained_variance_legacy, and the KL / CE scores as ratios of token means).
+    Cached per key (up to ctx.cache_max_mb): the layer activations of the sparsity / variance
+    batches, and for the KL / CE batches what the clean and the zero-ablated model give per token
+    (_CoreRecorder.clean_statistics), so a run does one forward per batch (with the SAE) instead of
+    three; without a logit soft-cap only (else SAEBench's get_recons_loss runs as it is).
+    Standard errors: delete-one-sequence jackknife of the per-token values (explained_variance_legacy,
+    and the KL / CE scores as ratios of token means).
     SAEBench 0.6.0 caveats (its numbers, reported as they are):
     - reconstruction_quality.explained_variance subtracts (E||x||^2 / D)^2 where it means sum_d E[x_d]^2;
       harmless at gemma-2-2b's norms (~150), but at Gemma 3 270M layer 9 (~6.6k) the "variance" turns
@@ -644,13 +733,14 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
         sparsity_variance_batches=ctx.core_sparsity_variance_batches,
         sae_bench=sae_bench_version(),
     )
-    acts_mb = ctx.core_sparsity_variance_batches * ctx.core_batch_prompts * ctx.context_size * tl_model.cfg.d_model * 4 / 2**20
+    batches = ctx.core_sparsity_variance_batches + ctx.core_reconstruction_batches  # both keep ~d_model floats per token
+    acts_mb = batches * ctx.core_batch_prompts * ctx.context_size * (tl_model.cfg.d_model + 8) * 4 / 2**20
     cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.cache_max_mb else None, ctx.work_dir)
     path = cache.path("core", key)
     cached = None
     if cache.root is not None and cache.is_complete(path, key):
         try:
-            cached = torch.load(path / "sparsity_variance_acts.pt")
+            cached = torch.load(path / "core_llm.pt")
         except Exception:  # damaged: recomputed and rewritten below
             cached = None
     tokenizer = tl_model.tokenizer
@@ -683,13 +773,14 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
             json_path=general_utils.get_results_filepath(str(out_dir), ctx.sae_name, SAE_ID),
             sae=sae,
         )
-    if recorder.missed and cache.root is not None:
-        cache.write("core", key, lambda tmp: torch.save(recorder.calls, tmp / "sparsity_variance_acts.pt"))
+    if (recorder.missed or recorder.clean_missed) and cache.root is not None:
+        llm = dict(sparsity_variance=recorder.calls, reconstruction=recorder.clean if recorder.shortcut else None)
+        cache.write("core", key, lambda tmp: torch.save(llm, tmp / "core_llm.pt"))
     result = _result(out_dir, ctx)
     result["standard_errors"] = recorder.standard_errors()
     result["cache"] = dict(
         sparsity_variance_hit=cache.root is not None and recorder.missed == 0,
-        reconstruction="not cached (needs the clean model's full next-token distributions)",
+        reconstruction_hit=cache.root is not None and recorder.shortcut and recorder.clean_missed == 0,
         entry=str(path) if cache.root is not None else f"off: the activations would take {acts_mb:.0f} MB",
     )
     return result

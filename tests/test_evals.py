@@ -286,6 +286,7 @@ def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
     first = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "a"))
     second = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "b"))
     assert first["cache"]["sparsity_variance_hit"] is False and second["cache"]["sparsity_variance_hit"] is True
+    assert first["cache"]["reconstruction_hit"] is False and second["cache"]["reconstruction_hit"] is True
     assert first["eval_result_metrics"] == second["eval_result_metrics"]
     assert first["eval_result_details"] == second["eval_result_details"]
     se = first["standard_errors"]
@@ -305,6 +306,35 @@ def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
     loo = np.array([kl_score(np.delete(rows, i, 0)) for i in range(len(rows))])
     brute = np.sqrt((len(loo) - 1) / len(loo) * ((loo - loo.mean()) ** 2).sum())
     assert se["kl_div_score"] == pytest.approx(brute, rel=1e-9)
+
+
+def test_core_shortcut_matches_saebench_recons_loss(tl_model):
+    """One forward with cached clean statistics gives SAEBench's get_recons_loss per token: the
+    losses and KL(clean || ablated) exactly, KL(clean || with SAE) to float rounding."""
+    import sae_bench.evals.core.main as core_main
+
+    sae = random_sae()
+    tokens = torch.randint(1000, 5000, (3, 24), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = tl_model.tokenizer.bos_token_id
+    ignore = {tl_model.tokenizer.bos_token_id, tl_model.tokenizer.pad_token_id, tl_model.tokenizer.eos_token_id}
+    sae.cfg.hook_name = f"blocks.{LAYER}.hook_resid_post"
+    args = dict(
+        activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
+    )
+    ref = core_main.get_recons_loss(sae, tl_model, tokens, **args)
+    rec = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
+    assert rec.shortcut
+    ours = rec.shortcut_recons_loss(sae, tl_model, tokens, **args)
+    again = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
+        sae, tl_model, tokens, **args
+    )
+    for name in ("kl_div_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation"):
+        assert torch.equal(ours[name], ref[name]), name
+    # KL is a difference of two ~12-nat sums here (262k-token vocab): fp32 rounding is ~1e-6
+    assert torch.allclose(ours["kl_div_with_sae"], ref["kl_div_with_sae"], rtol=1e-4, atol=1e-5)
+    assert ref["kl_div_with_sae"].abs().max() > 1e-3  # a random SAE does change the model
+    for name in ours:
+        assert torch.equal(ours[name], again[name]), name  # from the cache: the same numbers
 
 
 def test_jackknife_se_of_a_mean_is_the_classical_se():
