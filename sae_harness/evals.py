@@ -502,10 +502,11 @@ class _CoreRecorder:
     model: stands in for the model in run_evals (its run_with_cache is the sparsity / variance pass);
     recons_loss: stands in for core.main.get_recons_loss."""
 
-    def __init__(self, tl_model, sae, hook_name: str, ignore_tokens: set, cached: dict | None):
+    def __init__(self, tl_model, sae, hook_name: str, ignore_tokens: set, cached: dict | None, keep: bool = True):
         from transformer_lens.utilities.activation_functions import softcap_enabled
 
         self.tl_model, self.sae, self.hook_name, self.ignore_tokens = tl_model, sae, hook_name, ignore_tokens
+        self.keep = keep  # hold what the LLM gave, to be cached (gemma-2-2b's would not fit in memory)
         cached = cached or {}
         self.cached, self.calls, self.missed = cached.get("sparsity_variance"), [], 0
         self.cached_clean, self.clean, self.clean_missed = cached.get("reconstruction"), [], 0
@@ -542,7 +543,7 @@ class _CoreRecorder:
         else:
             acts_BTD = self.tl_model.run_with_cache(tokens_BT, **kwargs)[1][self.hook_name]
             self.missed += 1
-        self.calls.append((tokens_BT.cpu(), acts_BTD.detach().cpu()))
+        self.calls.append((tokens_BT.cpu(), acts_BTD.detach().cpu()) if self.keep else None)
         with torch.no_grad():  # explained_variance_legacy per token, as SAEBench computes it per batch
             mask_BT = self._mask(tokens_BT)
             x_ND = acts_BTD[mask_BT].to(self.sae.device)
@@ -603,7 +604,7 @@ class _CoreRecorder:
         else:
             clean = self.clean_statistics(batch_tokens)
             self.clean_missed += 1
-        self.clean.append(clean)
+        self.clean.append(clean if self.keep else None)
         mask = self._mask(batch_tokens) if exclude_special_tokens_from_reconstruction else torch.ones_like(batch_tokens, dtype=torch.bool)
 
         def replacement_hook(activations, hook):  # core.main.get_recons_loss's standard_replacement_hook
@@ -758,7 +759,7 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
             device=ctx.device,
         )
         store.shuffle_input_dataset(seed=ctx.eval_seed)
-        recorder = _CoreRecorder(tl_model, sae, ctx.hook_name, ignore_tokens, cached)
+        recorder = _CoreRecorder(tl_model, sae, ctx.hook_name, ignore_tokens, cached, keep=cache.root is not None)
         with mock.patch.object(core_main, "get_recons_loss", recorder.recons_loss(core_main.get_recons_loss)):
             metrics, feature_metrics = core_main.run_evals(sae, store, recorder.model, config, ignore_tokens=ignore_tokens)
         metrics["misc_metrics"] = core_main.calculate_misc_metrics(feature_metrics)
@@ -1060,11 +1061,12 @@ def run_evaluations(cfg, evals: list[str], load_sae, out: Path, info: dict, info
             result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
             failed.append(name)
         result["seconds"] = round(time.time() - t0, 1)
+        if (hit := cache_hit(result)) is not None:
+            result["cache_hit"] = hit
         info[EVAL_KEYS[name]] = result
         info["summary"] = summarize(info)
         write_json_atomic(info_path, info)
         status = block_status(result)
-        hit = cache_hit(result)
         print(
             f"eval: {name} {status} in {result['seconds']:.0f} s" + (f" (eval cache {'hit' if hit else 'miss'})" if hit is not None else "")
         )
