@@ -67,6 +67,8 @@ class Config:
     """SAEs trained and evaluated in this run: a count N (seeds seed .. seed+N-1) or a comma list (42,43); several go into out_dir/seed_<s>/"""
     data_seed: int = 42
     """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
+    eval_seed: int = 42
+    """seed of the evals: absorption's word sample, the probes' train / test splits, every eval stage's RNG"""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """where the model and the SAE run (profile)"""
     # text and model

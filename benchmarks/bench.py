@@ -4,6 +4,8 @@
                                           # cached_start_s need the default run's activation cache;
                                           # it is built on first use for cached_start_s)
     python benchmarks/bench.py --quick    # step and ortho-term numbers only (no whole runs)
+    python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
+                                              # (two default runs on an empty eval cache, ~15 minutes)
 
 Run it on an idle machine: on 2 cores, torch slows down many times when the other core is busy.
 Prints a table, then one JSON object as the last line.
@@ -26,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import experiment as E  # noqa: E402
 from sae_harness import cli, data  # noqa: E402
+from sae_harness import evals as evals_module  # noqa: E402
 from sae_harness import ortho_fast as O  # noqa: E402
+from sae_harness.schema import EVAL_KEYS  # noqa: E402
 from sae_harness.tracking import Tracker  # noqa: E402
 
 
@@ -218,7 +222,37 @@ def cached_start_seconds() -> float:
         return elapsed
 
 
+def eval_cache_seconds(seed: int = 42) -> dict:
+    """Eval seconds of two default runs in a row (seeds `seed` and seed + 1) on an empty eval cache:
+    the first computes and caches the LLM's side of every eval, the second reuses it. Both share the
+    default run's activation cache (linked into a temporary cache_dir, so nothing real is touched).
+    Returns each run's per-eval seconds and cache hits, and the sums."""
+    cfg = embedded_config()
+    acts = data.cache_path(cfg)
+    if data.read_cache(acts, data.activation_key(cfg)) is None:
+        raise SystemExit(f"the default activation cache {acts} is missing: run `python experiment.py --out_dir run_1` once first")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cache").mkdir()
+        (Path(tmp) / "cache" / acts.name).symlink_to(acts.resolve())
+        for i, run_seed in enumerate((seed, seed + 1)):
+            out = Path(tmp) / f"run_{i + 1}"
+            cmd = [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(out), "--profile", "gemma-3-270m"]
+            subprocess.run(cmd + ["--cache_dir", str(Path(tmp) / "cache"), "--seed", str(run_seed)], check=True, stdout=subprocess.DEVNULL)
+            info = json.loads((out / "final_info.json").read_text())
+            blocks = {name: info.get(key, {}) for name, key in EVAL_KEYS.items() if name in cli.eval_names(cfg)}
+            runs.append({name: dict(seconds=b.get("seconds", 0.0), hit=evals_module.cache_hit(b)) for name, b in blocks.items()})
+    first, cached = (sum(r["seconds"] for r in run.values()) for run in runs)
+    return dict(first=runs[0], cached=runs[1], eval_first_s=first, eval_cached_s=cached, eval_cached_ratio=cached / first)
+
+
 def main(argv):
+    if "--evals-only" in argv:  # only the eval-cache measurement (two default runs, about 15 minutes)
+        r = eval_cache_seconds()
+        for label, run in (("first run (empty eval cache)", r["first"]), ("second run (eval cache)", r["cached"])):
+            print(f"{label}: " + ", ".join(f"{n} {v['seconds']:.0f} s ({'hit' if v['hit'] else 'miss'})" for n, v in run.items()))
+        print(json.dumps({k: round(r[k], 4) for k in ("eval_first_s", "eval_cached_s", "eval_cached_ratio")}))
+        return
     quick = "--quick" in argv
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, rows = {}, []
@@ -325,6 +359,15 @@ def main(argv):
         s = cached_start_seconds()
         results["cached_start_s"] = s
         rows.append(("process start to first training step, cache hit", f"{s:.1f} s", "target <= 10 s"))
+        r = eval_cache_seconds()
+        results.update({k: r[k] for k in ("eval_first_s", "eval_cached_s", "eval_cached_ratio")})
+        rows.append(
+            (
+                "evals of a default run: first (empty eval cache) vs second (cached)",
+                f"{r['eval_first_s']:.0f} s vs {r['eval_cached_s']:.0f} s",
+                f"eval_cached_ratio {r['eval_cached_ratio']:.3f} (target <= 0.25)",
+            )
+        )
 
     results["device"] = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
     width = max(len(r[0]) for r in rows)

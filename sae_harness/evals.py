@@ -5,7 +5,11 @@ eval, or {"skipped": "<what to fetch and where>"}; real errors raise (run_evalua
 The embedded profile hands the locally built model to SAEBench (load_tl_model) and uses the
 held-out BBC articles; the gemma-2-2b profile lets SAEBench load models and datasets from the
 hub with the seed's settings (gemma2_eval_settings). Everything SAEBench writes goes under
-run_i/evals/. SAEBench is imported inside the functions, so training starts without it.
+run_i/evals/, except the work that does not depend on the SAE (the LLM's activations and probes),
+which goes into the shared eval cache (eval_cache.py) and is reused by later runs. Every eval seeds
+Python, NumPy and torch with ctx.eval_seed before each of its stages, so a cached and an uncached
+eval of the same SAE give the same numbers. SAEBench is imported inside the functions, so training
+starts without it.
 """
 
 import contextlib
@@ -13,6 +17,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from sae_harness import data
+from sae_harness.eval_cache import EvalCache, digest, sae_bench_version, save_atomic, texts_digest
 from sae_harness.rundir import write_json_atomic
 from sae_harness.schema import EVAL_KEYS, block_status, eval_done, summarize
 
@@ -50,8 +56,13 @@ class EvalContext:
     """Folder inside the run dir for every SAEBench result, probe and cache."""
     heldout: list[tuple[str, str]] = field(default_factory=list)
     """Held-out (label, text) articles: the text for core and sparse probing (embedded profile)."""
-    seed: int = 42
-    """Seeds Python, NumPy and torch before each eval (SAEBench's absorption ignores its own seed)."""
+    eval_seed: int = 42
+    """Seeds Python, NumPy and torch before each eval stage, the absorption word sample and the probe
+    train / test splits (SAEBench's absorption ignores its own seed). Separate from the SAE's seed."""
+    cache_dir: Path | None = None
+    """Shared eval cache directory (a run uses <its cache_dir>/evals); None: nothing is kept between runs."""
+    cache_max_mb: float = 4096
+    """LLM activations bigger than this are not cached (core's and sparse probing's on gemma-2-2b: 19 and ~24 GB)."""
     llm_batch_size: int = 8
     """Prompts per LLM forward in absorption and sparse probing."""
     context_size: int = 128
@@ -80,10 +91,13 @@ class EvalContext:
     # sparse probing
     sparse_probing_datasets: list[str] = field(default_factory=lambda: [HELDOUT_DATASET])
     """SAEBench dataset names, or HELDOUT_DATASET for one-vs-rest over ctx.heldout's labels."""
-    sparse_probing_train_size: int = 50
-    """Probe training documents per one-vs-rest task (half of them the positive class), as in SAEBench."""
-    sparse_probing_test_size: int = 26
-    """Probe test documents per one-vs-rest task (half of them the positive class)."""
+    sparse_probing_train_size: int | None = None
+    """Probe training documents per one-vs-rest task (half of them the positive class), as in SAEBench;
+    None (embedded): every held-out article, sparse_probing_train_fraction of each label for training."""
+    sparse_probing_test_size: int | None = None
+    """Probe test documents per one-vs-rest task (half of them the positive class); None: the rest."""
+    sparse_probing_train_fraction: float = 0.5
+    """Share of each label's held-out articles that trains the probes when the sizes are None."""
     sparse_probing_k_values: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 50])
     """Top-k latents / LLM dims for the k-sparse probes (the seed's list)."""
     sae_batch_size: int = 125
@@ -103,7 +117,7 @@ class EvalContext:
 
 def gemma2_eval_settings() -> dict:
     """EvalContext overrides for the seed's gemma-2-2b run (the eval_config blocks of its results,
-    run_0/final_info.json); pass with sae_name, work_dir, seed."""
+    run_0/final_info.json); pass with sae_name, work_dir, eval_seed, cache_dir."""
     from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
 
     return dict(
@@ -234,15 +248,54 @@ class _StopAtLayer:
 # shared plumbing
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _stage_timers(timings: dict, targets: list[tuple[object, str]]):
+    """Record the seconds spent in each module.function of targets into timings (a profile of the
+    eval's stages kept in its result); behaviour unchanged."""
+    from unittest import mock
+
+    def timed(fn, label):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            t0 = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timings[label] = round(timings.get(label, 0.0) + time.time() - t0, 1)
+
+        return call
+
+    with contextlib.ExitStack() as stack:
+        for module, name in targets:
+            stack.enter_context(mock.patch.object(module, name, timed(getattr(module, name), name)))
+        yield timings
+
+
+def _reseeded(fn, seed: int, **fixed):
+    """fn with `fixed` keyword arguments, every global RNG reseeded at each call: a stage then draws
+    the same numbers whether or not an earlier stage's work came from the cache."""
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        seed_everything(seed)
+        return fn(*args, **{**kwargs, **fixed})
+
+    return call
+
+
 @contextlib.contextmanager
 def _sae_bench_call(sae, module, tl_model, ctx: EvalContext):
     """Around one SAEBench entry point: seed, point its model loader at tl_model (if given), and
     undo what SAEBench leaves behind (it casts the SAE in place, and absorption turns grad on)."""
     from unittest import mock
 
-    random.seed(ctx.seed)
-    np.random.seed(ctx.seed)
-    torch.manual_seed(ctx.seed)
+    seed_everything(ctx.eval_seed)
     dtype, device, grad = sae.dtype, sae.device, torch.is_grad_enabled()
     patch = mock.patch.object(module, "HookedTransformer", _GivenModel(tl_model)) if tl_model is not None else contextlib.nullcontext()
     try:
@@ -291,74 +344,174 @@ def _heldout_by_label(ctx: EvalContext) -> dict[str, list[str]]:
 def _absorption_vocab(tokenizer, ctx: EvalContext, prompt_template: str) -> list[str]:
     """SAEBench's alphabetic single-token words, minus those that merge with their neighbours once
     prompted (3 on Gemma 3: ' yyyy', ' YYYY', ' diffformul'; they crash "All prompts must have the
-    same token length"), then a seeded sample of ctx.absorption_vocab_size of them."""
+    same token length"), sorted (the tokenizer's own order changes from process to process), then a
+    sample of ctx.absorption_vocab_size of them seeded by ctx.eval_seed."""
     from collections import Counter
 
     from sae_bench.evals.absorption.vocab import get_alpha_tokens
 
-    words = get_alpha_tokens(tokenizer)
+    words = sorted(set(get_alpha_tokens(tokenizer)))
     prompts = ["\n" + prompt_template.format(word=w) for w in words]
     n_tokens = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
     usual = Counter(n_tokens).most_common(1)[0][0]
     words = [w for w, n in zip(words, n_tokens) if n == usual]
     if ctx.absorption_vocab_size is not None and ctx.absorption_vocab_size < len(words):
-        words = random.Random(ctx.seed).sample(words, ctx.absorption_vocab_size)
+        words = random.Random(ctx.eval_seed).sample(words, ctx.absorption_vocab_size)
     return words
 
 
+class _PromptActsCache:
+    """The model as SAEBench's absorption stage sees it: run_with_cache on a batch of prompts returns
+    the hook's activations at one position, from `store` (prompt -> activation) when every prompt of
+    the batch is there, else from the model (the whole batch, as an uncached run batches it), adding
+    them to the store. Only [:, pos, :] of the returned activations is meaningful."""
+
+    def __init__(self, model, hook_name: str, pos: int, store: dict):
+        self._model, self._hook_name, self._pos, self.store = model, hook_name, pos, store
+        self.added, self.llm_seconds = 0, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def run_with_cache(self, prompts, names_filter=None, **kwargs):
+        if names_filter != [self._hook_name] or kwargs:
+            return self._model.run_with_cache(prompts, names_filter=names_filter, **kwargs)
+        if not all(p in self.store for p in prompts):
+            t0 = time.time()
+            acts_BD = self._model.run_with_cache(prompts, names_filter=names_filter)[1][self._hook_name][:, self._pos, :]
+            self.store.update({p: a.detach().clone() for p, a in zip(prompts, acts_BD)})
+            self.added += len(prompts)
+            self.llm_seconds += time.time() - t0
+        acts_BD = torch.stack([self.store[p] for p in prompts])
+        width = self._pos + 1 if self._pos >= 0 else -self._pos
+        acts_BTD = acts_BD.new_zeros(len(prompts), width, acts_BD.shape[-1])
+        acts_BTD[:, self._pos] = acts_BD
+        return None, {self._hook_name: acts_BTD}
+
+
+def _absorption_se(raw_df, letters: set[str]) -> dict:
+    """Standard errors of SAEBench's two absorption means from its own samples, the probe's true
+    positive words: each letter's rate is a mean over its words, the score a mean over letters, so
+    SE = sqrt(sum_l var_l / n_l) / L (letters fixed, words sampled)."""
+    out = {}
+    rows = raw_df[raw_df["letter"].isin(letters)]
+    for score, column in (("absorption_full", "is_full_absorption"), ("absorption_fraction", "absorption_fraction")):
+        groups = rows.groupby("letter")[column]
+        var_over_n = (groups.var(ddof=1).fillna(0) / groups.count()).sum()
+        out[score] = float(np.sqrt(var_over_n) / len(letters)) if letters else None
+    return out
+
+
 def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
-    """SAEBench first-letter absorption (k-sparse probing, then absorption of the split latents)."""
+    """SAEBench first-letter absorption (k-sparse probing, then absorption of the split latents).
+    Cached per key: the LLM's first-letter probe with its word-prompt activations (SAEBench's probe
+    files) and the LLM activations of the absorption stage's in-context prompts."""
     from unittest import mock
 
+    import pandas as pd
     import sae_bench.evals.absorption.common as absorption_common
     import sae_bench.evals.absorption.feature_absorption as absorption_feature
+    import sae_bench.evals.absorption.k_sparse_probing as absorption_k_sparse
     import sae_bench.evals.absorption.main as absorption_main
     from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
-    from transformers import AutoTokenizer
+    from sae_bench.sae_bench_utils import general_utils
+    from transformer_lens import HookedTransformer
 
-    if tl_model is None and (skip := _hub_skip(ctx, ctx.model_name)):
-        return skip
+    if tl_model is None:
+        if skip := _hub_skip(ctx, ctx.model_name):
+            return skip
+        tl_model = HookedTransformer.from_pretrained_no_processing(
+            ctx.model_name, device=ctx.device, dtype=general_utils.str_to_dtype(ctx.llm_dtype)
+        )
     out_dir = ctx.work_dir / "absorption"
-    experiments_dir = out_dir / "artifacts"  # k-sparse probing / absorption parquet files and the LLM probe
+    experiments_dir = out_dir / "artifacts"  # k-sparse probing / absorption parquet files
     out_dir.mkdir(parents=True, exist_ok=True)  # run_eval does not create it and crashes at the very end
     config = AbsorptionEvalConfig(
         model_name=ctx.model_name,
-        random_seed=ctx.seed,
+        random_seed=ctx.eval_seed,
         llm_batch_size=ctx.llm_batch_size,
         llm_dtype=ctx.llm_dtype,
         min_GT_probe_f1=ctx.absorption_min_probe_f1,
         min_feats_for_eval=ctx.absorption_min_letters,
         precalc_k_sparse_probe_sae_acts=ctx.absorption_precalc_sae_acts,
     )
-    if tl_model is None:  # SAEBench loads the model by name; the vocabulary comes from its tokenizer
-        model, tokenizer = None, AutoTokenizer.from_pretrained(ctx.model_name)
-    else:
-        model, tokenizer = _StopAtLayer(tl_model, ctx.layer), tl_model.tokenizer
-    vocab = _absorption_vocab(tokenizer, ctx, config.prompt_template)
-    dirs = dict(probes_dir=experiments_dir / "probes")  # probes are cached by model name + layer only
-    # run_eval does not pass directories through, so fix them on the two experiments it calls
-    with (
-        _sae_bench_call(sae, absorption_main, model, ctx),
+    model = _StopAtLayer(tl_model, ctx.layer)
+    vocab = _absorption_vocab(tl_model.tokenizer, ctx, config.prompt_template)
+    key = dict(
+        eval="absorption",
+        model=ctx.model_name,
+        layer=ctx.layer,
+        llm_dtype=ctx.llm_dtype,
+        device=torch.device(ctx.device).type,
+        eval_seed=ctx.eval_seed,
+        words=digest(vocab),
+        n_words=len(vocab),
+        prompt_template=config.prompt_template,
+        prompt_token_pos=config.prompt_token_pos,
+        llm_batch_size=ctx.llm_batch_size,
+        sae_bench=sae_bench_version(),
+    )
+    vocab_patches = (
         mock.patch.object(absorption_common, "get_alpha_tokens", lambda *a, **k: vocab),  # LLM probe words
         mock.patch.object(absorption_feature, "get_alpha_tokens", lambda *a, **k: vocab),  # in-context examples
+    )
+
+    def build_probe(tmp: Path) -> None:  # SAEBench's own probe training, as its k-sparse stage would run it
+        with vocab_patches[0], vocab_patches[1]:
+            seed_everything(ctx.eval_seed)
+            absorption_common.train_and_save_probes(
+                model, [ctx.layer], config.prompt_template, config.prompt_token_pos, probes_dir=tmp / "probes", device=ctx.device
+            )
+
+    cache = EvalCache(ctx.cache_dir, ctx.work_dir)
+    t0 = time.time()
+    entry, probe_hit = cache.entry("absorption", key, build_probe)
+    timings = {"llm_probe (cache miss: prompts, LLM activations, probe training)": round(time.time() - t0, 1)}
+    acts_path = entry / "absorption_prompt_acts.pt"
+    try:
+        store = torch.load(acts_path) if acts_path.exists() else {}
+    except Exception:  # a damaged file: rebuilt below
+        store = {}
+    prompt_model = _PromptActsCache(model, ctx.hook_name, config.prompt_token_pos, store)
+    dirs = dict(probes_dir=entry / "probes")  # SAEBench keys its probe by model name + layer only: ours is keyed above
+    with (
+        _sae_bench_call(sae, absorption_main, prompt_model, ctx),
+        vocab_patches[0],
+        vocab_patches[1],
         mock.patch.object(
             absorption_main,
             "run_k_sparse_probing_experiment",
-            functools.partial(absorption_main.run_k_sparse_probing_experiment, experiment_dir=experiments_dir / "k_sparse_probing", **dirs),
+            _reseeded(
+                absorption_main.run_k_sparse_probing_experiment, ctx.eval_seed, experiment_dir=experiments_dir / "k_sparse_probing", **dirs
+            ),
         ),
         mock.patch.object(
             absorption_main,
             "run_feature_absortion_experiment",
-            functools.partial(
+            _reseeded(
                 absorption_main.run_feature_absortion_experiment,
+                ctx.eval_seed,
                 experiment_dir=experiments_dir / "feature_absorption",
                 sparse_probing_experiment_dir=experiments_dir / "k_sparse_probing",
                 **dirs,
             ),
         ),
         contextlib.chdir(out_dir),  # run_eval writes ./artifacts/absorption/<name>_k_sparse_probing.json
+        _stage_timers(
+            timings,
+            [
+                (absorption_k_sparse, "train_k_sparse_probes"),
+                (absorption_k_sparse, "eval_probe_and_sae_k_sparse_raw_scores"),
+                (absorption_k_sparse, "build_metrics_df"),
+                (absorption_feature, "calculate_projection_and_cos_sims"),
+            ],
+        ),
     ):
         results = absorption_main.run_eval(config, [(ctx.sae_name, sae)], ctx.device, ".", force_rerun=True)
+    timings["of which LLM forwards of the absorption prompts"] = round(prompt_model.llm_seconds, 1)
+    if prompt_model.added and ctx.cache_dir is not None:
+        save_atomic(acts_path, lambda tmp: torch.save(prompt_model.store, tmp))
+    cache_info = dict(probe_hit=probe_hit, prompt_acts_hit=prompt_model.added == 0, entry=str(entry))
     if not results:  # the gate failed: SAEBench printed "Cannot evaluate absorption" and wrote nothing
         probe_path = out_dir / "artifacts" / "absorption" / f"{ctx.sae_name}_{SAE_ID}_k_sparse_probing.json".replace("/", "_")
         f1 = [row["f1_probe"] for row in json.loads(probe_path.read_text())]
@@ -370,6 +523,13 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
         }
     result = _result(out_dir, ctx)
     result["eval_config"]["absorption_vocab_size"] = len(vocab)  # not an SAEBench field: words actually used
+    name = f"{ctx.sae_name}_{SAE_ID}"
+    raw_df = pd.read_parquet(experiments_dir / "feature_absorption" / name / f"layer_{ctx.layer}_{name}.parquet")
+    letters = {d["first_letter"] for d in result["eval_result_details"]}
+    result["standard_errors"] = _absorption_se(raw_df, letters)
+    result["n_test_words"] = int(sum(d["num_probe_true_positives"] for d in result["eval_result_details"]))
+    result["cache"] = cache_info
+    result["stage_seconds"] = timings
     return result
 
 
@@ -377,10 +537,194 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
 # core
 
 
+def jackknife_se(sums_NM: np.ndarray, metric) -> float | None:
+    """Delete-one jackknife standard error of metric(column totals) over the N rows (clusters,
+    here sequences: tokens of one sequence are not independent)."""
+    sums_NM = np.asarray(sums_NM, dtype=np.float64)
+    n = len(sums_NM)
+    if n < 2:
+        return None
+    loo_N = np.array([metric(row) for row in sums_NM.sum(0) - sums_NM])
+    value = float(np.sqrt((n - 1) / n * ((loo_N - loo_N.mean()) ** 2).sum()))
+    return value if np.isfinite(value) else None
+
+
+class _CoreRecorder:
+    """What SAEBench's core computes per token, kept per sequence for the standard errors, and the
+    SAE-independent layer activations of its sparsity / variance batches, served from the cache.
+    model: stands in for the model in run_evals (its run_with_cache is the sparsity / variance pass);
+    recons_loss: stands in for core.main.get_recons_loss."""
+
+    def __init__(self, tl_model, sae, hook_name: str, ignore_tokens: set, cached: dict | None, keep: bool = True):
+        from transformer_lens.utilities.activation_functions import softcap_enabled
+
+        self.tl_model, self.sae, self.hook_name, self.ignore_tokens = tl_model, sae, hook_name, ignore_tokens
+        self.keep = keep  # hold what the LLM gave, to be cached (gemma-2-2b's would not fit in memory)
+        cached = cached or {}
+        self.cached, self.calls, self.missed = cached.get("sparsity_variance"), [], 0
+        self.cached_clean, self.clean, self.clean_missed = cached.get("reconstruction"), [], 0
+        # the KL shortcut needs logits linear in the unembedding input: no soft-cap (Gemma 3 has none; Gemma 2 has one)
+        self.shortcut = not softcap_enabled(tl_model.cfg.output_logits_soft_cap)
+        self.recons_rows, self.variance_rows = [], []  # per sequence: sums of the per-token metrics, token count
+
+    def _mask(self, tokens_BT):
+        mask_BT = torch.ones_like(tokens_BT, dtype=torch.bool)
+        for t in self.ignore_tokens:
+            mask_BT &= tokens_BT != t
+        return mask_BT
+
+    @property
+    def model(self):
+        recorder = self
+
+        class Model:
+            def __getattr__(self, name):
+                return getattr(recorder.tl_model, name)
+
+            def __call__(self, *args, **kwargs):
+                return recorder.tl_model(*args, **kwargs)
+
+            def run_with_cache(self, tokens_BT, **kwargs):
+                return recorder.run_with_cache(tokens_BT, **kwargs)
+
+        return Model()
+
+    def run_with_cache(self, tokens_BT, **kwargs):
+        i = len(self.calls)
+        if self.cached is not None and i < len(self.cached) and torch.equal(self.cached[i][0], tokens_BT.cpu()):
+            acts_BTD = self.cached[i][1].to(tokens_BT.device)
+        else:
+            acts_BTD = self.tl_model.run_with_cache(tokens_BT, **kwargs)[1][self.hook_name]
+            self.missed += 1
+        self.calls.append((tokens_BT.cpu(), acts_BTD.detach().cpu()) if self.keep else None)
+        with torch.no_grad():  # explained_variance_legacy per token, as SAEBench computes it per batch
+            mask_BT = self._mask(tokens_BT)
+            x_ND = acts_BTD[mask_BT].to(self.sae.device)
+            x_hat_ND = self.sae.decode(self.sae.encode(x_ND)).to(x_ND.dtype)
+            ev_N = 1 - (x_ND - x_hat_ND).pow(2).sum(-1) / (x_ND - x_ND.mean(0)).pow(2).sum(-1)
+            seq_N = mask_BT.nonzero()[:, 0]
+            for b in range(len(tokens_BT)):
+                sel = seq_N == b
+                self.variance_rows.append((ev_N[sel].double().sum().item(), int(sel.sum())))
+        return None, {self.hook_name: acts_BTD}
+
+    @torch.no_grad()
+    def clean_statistics(self, tokens_BT) -> dict:
+        """What SAEBench's get_recons_loss computes without the SAE, per token: the clean and the
+        zero-ablated model's losses, KL(clean || ablated) (SAEBench's formula), and of the clean
+        next-token distribution p: sum p log p, u = W_U p and b_U . p, with which
+        KL(p || softmax(z)) = sum p log p - (h . u + b_U . p - sum p * logsumexp(z)) for z = h W_U + b_U."""
+        model = self.tl_model
+        logits_p, ce_clean = model(tokens_BT, return_type="both", loss_per_token=True)
+        logits_abl, ce_abl = model.run_with_hooks(
+            tokens_BT, return_type="both", fwd_hooks=[(self.hook_name, lambda acts, hook: torch.zeros_like(acts))], loss_per_token=True
+        )
+        p = torch.nn.functional.softmax(logits_p, dim=-1)
+        log_p = torch.log(p)
+        q_abl = torch.nn.functional.softmax(logits_abl, dim=-1)
+        kl_abl = (p * (log_p - torch.log(q_abl))).sum(dim=-1)  # core.main.get_recons_loss's kl(), verbatim
+        del logits_abl, q_abl
+        return dict(
+            tokens=tokens_BT.cpu(),
+            ce_clean=ce_clean.cpu(),
+            ce_abl=ce_abl.cpu(),
+            kl_abl=kl_abl.cpu(),
+            p_log_p=(p * log_p).sum(-1).cpu(),
+            p_sum=p.sum(-1).cpu(),
+            u=(p @ model.W_U.T.to(p.dtype)).cpu(),
+            b_dot_p=(p @ model.b_U.to(p.dtype)).cpu(),
+        )
+
+    @torch.no_grad()
+    def shortcut_recons_loss(
+        self,
+        sae,
+        model,
+        batch_tokens,
+        activation_store,
+        compute_kl,
+        compute_ce_loss,
+        ignore_tokens=None,
+        exclude_special_tokens_from_reconstruction=False,
+        model_kwargs=None,
+    ):
+        """core.main.get_recons_loss with the SAE-independent parts from the cache: one forward with
+        the SAE spliced in (SAEBench's replacement hook) instead of three. ce_loss_with_sae is
+        SAEBench's own; kl_div_with_sae is the same KL by the identity in clean_statistics."""
+        i = len(self.clean)
+        if self.cached_clean is not None and i < len(self.cached_clean) and torch.equal(self.cached_clean[i]["tokens"], batch_tokens.cpu()):
+            clean = self.cached_clean[i]
+        else:
+            clean = self.clean_statistics(batch_tokens)
+            self.clean_missed += 1
+        self.clean.append(clean if self.keep else None)
+        mask = self._mask(batch_tokens) if exclude_special_tokens_from_reconstruction else torch.ones_like(batch_tokens, dtype=torch.bool)
+
+        def replacement_hook(activations, hook):  # core.main.get_recons_loss's standard_replacement_hook
+            reconstructed = sae.decode(sae.encode(activations.to(sae.device))).to(activations.dtype)
+            return torch.where(mask[..., None], reconstructed, activations.to(sae.device)).to(activations.device)
+
+        saved = {}
+
+        def save_unembed_input(h, hook):
+            saved["h"] = h
+
+        logits_q, ce_sae = model.run_with_hooks(
+            batch_tokens,
+            return_type="both",
+            fwd_hooks=[(self.hook_name, replacement_hook), ("unembed.hook_in", save_unembed_input)],
+            loss_per_token=True,
+            **(model_kwargs or {}),
+        )
+        dev = logits_q.device
+        p_log_q = (
+            (saved["h"] * clean["u"].to(dev)).sum(-1) + clean["b_dot_p"].to(dev) - clean["p_sum"].to(dev) * torch.logsumexp(logits_q, -1)
+        )
+        return {
+            "kl_div_with_sae": clean["p_log_p"].to(dev) - p_log_q,
+            "kl_div_with_ablation": clean["kl_abl"].to(dev),
+            "ce_loss_with_sae": ce_sae,
+            "ce_loss_without_sae": clean["ce_clean"].to(dev),
+            "ce_loss_with_ablation": clean["ce_abl"].to(dev),
+        }
+
+    def recons_loss(self, original):
+        def call(sae, model, batch_tokens, *args, **kwargs):
+            metrics = (self.shortcut_recons_loss if self.shortcut else original)(sae, model, batch_tokens, *args, **kwargs)
+            mask_BT = self._mask(batch_tokens)
+            for b in range(len(batch_tokens)):
+                m, m_ce = mask_BT[b], mask_BT[b, :-1]
+                row = [metrics[name][b][m].double().sum().item() for name in ("kl_div_with_sae", "kl_div_with_ablation")]
+                row += [
+                    metrics[name][b][m_ce].double().sum().item()
+                    for name in ("ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation")
+                ]
+                self.recons_rows.append(row)
+            return metrics
+
+        return call
+
+    def standard_errors(self) -> dict:
+        out = {}
+        if self.recons_rows:
+            rows = np.array(self.recons_rows)  # kl_sae, kl_abl, ce_sae, ce_clean, ce_abl (sums; the counts cancel)
+            out["kl_div_score"] = jackknife_se(rows, lambda t: (t[1] - t[0]) / t[1])
+            out["ce_loss_score"] = jackknife_se(rows, lambda t: (t[4] - t[2]) / (t[4] - t[3]))
+        if self.variance_rows:
+            out["explained_variance"] = jackknife_se(np.array(self.variance_rows), lambda t: t[0] / t[1])
+        return out
+
+
 def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
     """SAEBench core metrics: KL / CE with the SAE spliced in, explained variance, L0, shrinkage,
     feature density; BOS / EOS / PAD excluded. Same steps as core.main.multiple_evals, but on a
     given model and an in-memory dataset, and errors raise instead of being logged away.
+    Cached per key (up to ctx.cache_max_mb): the layer activations of the sparsity / variance
+    batches, and for the KL / CE batches what the clean and the zero-ablated model give per token
+    (_CoreRecorder.clean_statistics), so a run does one forward per batch (with the SAE) instead of
+    three; without a logit soft-cap only (else SAEBench's get_recons_loss runs as it is).
+    Standard errors: delete-one-sequence jackknife of the per-token values (explained_variance_legacy,
+    and the KL / CE scores as ratios of token means).
     SAEBench 0.6.0 caveats (its numbers, reported as they are):
     - reconstruction_quality.explained_variance subtracts (E||x||^2 / D)^2 where it means sum_d E[x_d]^2;
       harmless at gemma-2-2b's norms (~150), but at Gemma 3 270M layer 9 (~6.6k) the "variance" turns
@@ -390,6 +734,8 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
     - KL is computed as p * (log softmax_p - log softmax_q) without log_softmax: Gemma 3 has no logit
       soft-cap, so a bad reconstruction can underflow q to 0 and give kl_div_with_sae = inf
       (kl_div_score = -inf), as a random SAE does."""
+    from unittest import mock
+
     import datasets
     import sae_bench.evals.core.main as core_main
     from sae_bench.evals.core.eval_config import CoreEvalConfig
@@ -404,9 +750,10 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
             ctx.model_name, device=ctx.device, dtype=general_utils.str_to_dtype(ctx.llm_dtype)
         )
     if ctx.core_dataset == HELDOUT_DATASET:
-        dataset = datasets.Dataset.from_dict({"text": [text for text in _heldout_by_label(ctx).values() for text in text]})
+        texts = [text for text in _heldout_by_label(ctx).values() for text in text]
+        dataset, dataset_id = datasets.Dataset.from_dict({"text": texts}), texts_digest(texts)
     else:
-        dataset = ctx.core_dataset  # streamed from the hub
+        dataset = dataset_id = ctx.core_dataset  # streamed from the hub
     out_dir = ctx.work_dir / "core"
     out_dir.mkdir(parents=True, exist_ok=True)
     config = CoreEvalConfig(
@@ -426,6 +773,32 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
         compute_featurewise_weight_based_metrics=True,  # result fails validation (misc_metrics)
         exclude_special_tokens_from_reconstruction=True,
     )
+    key = dict(
+        eval="core",
+        model=ctx.model_name,
+        layer=ctx.layer,
+        llm_dtype=ctx.llm_dtype,
+        device=torch.device(ctx.device).type,
+        eval_seed=ctx.eval_seed,
+        dataset=dataset_id,
+        context_size=ctx.context_size,
+        batch_prompts=ctx.core_batch_prompts,
+        reconstruction_batches=ctx.core_reconstruction_batches,
+        sparsity_variance_batches=ctx.core_sparsity_variance_batches,
+        sae_bench=sae_bench_version(),
+    )
+    batches = ctx.core_sparsity_variance_batches + ctx.core_reconstruction_batches  # both keep ~d_model floats per token
+    acts_mb = batches * ctx.core_batch_prompts * ctx.context_size * (tl_model.cfg.d_model + 8) * 4 / 2**20
+    cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.cache_max_mb else None, ctx.work_dir)
+    path = cache.path("core", key)
+    cached = None
+    if cache.root is not None and cache.is_complete(path, key):
+        try:
+            cached = torch.load(path / "core_llm.pt")
+        except Exception:  # damaged: recomputed and rewritten below
+            cached = None
+    tokenizer = tl_model.tokenizer
+    ignore_tokens = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}
     with _sae_bench_call(sae, core_main, None, ctx):
         _, sae, _ = general_utils.load_and_format_sae(ctx.sae_name, sae, ctx.device)  # fills cfg.metadata
         sae.to(device=ctx.device, dtype=general_utils.str_to_dtype(ctx.llm_dtype))
@@ -438,15 +811,10 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
             store_batch_size_prompts=ctx.core_batch_prompts,
             device=ctx.device,
         )
-        store.shuffle_input_dataset(seed=ctx.seed)
-        tokenizer = tl_model.tokenizer
-        metrics, feature_metrics = core_main.run_evals(
-            sae,
-            store,
-            tl_model,
-            config,
-            ignore_tokens={tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id},
-        )
+        store.shuffle_input_dataset(seed=ctx.eval_seed)
+        recorder = _CoreRecorder(tl_model, sae, ctx.hook_name, ignore_tokens, cached, keep=cache.root is not None)
+        with mock.patch.object(core_main, "get_recons_loss", recorder.recons_loss(core_main.get_recons_loss)):
+            metrics, feature_metrics = core_main.run_evals(sae, store, recorder.model, config, ignore_tokens=ignore_tokens)
         metrics["misc_metrics"] = core_main.calculate_misc_metrics(feature_metrics)
         result = core_main.replace_nans_with_negative_one(
             {"eval_cfg": config, "sae_set": ctx.sae_name, "sae_id": SAE_ID, "metrics": metrics, "feature_metrics": feature_metrics}
@@ -459,7 +827,17 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
             json_path=general_utils.get_results_filepath(str(out_dir), ctx.sae_name, SAE_ID),
             sae=sae,
         )
-    return _result(out_dir, ctx)
+    if (recorder.missed or recorder.clean_missed) and cache.root is not None:
+        llm = dict(sparsity_variance=recorder.calls, reconstruction=recorder.clean if recorder.shortcut else None)
+        cache.write("core", key, lambda tmp: torch.save(llm, tmp / "core_llm.pt"))
+    result = _result(out_dir, ctx)
+    result["standard_errors"] = recorder.standard_errors()
+    result["cache"] = dict(
+        sparsity_variance_hit=cache.root is not None and recorder.missed == 0,
+        reconstruction_hit=cache.root is not None and recorder.shortcut and recorder.clean_missed == 0,
+        entry=str(path) if cache.root is not None else f"off: the activations would take {acts_mb:.0f} MB",
+    )
+    return result
 
 
 # -----------------------------------------------------------------------------
@@ -467,27 +845,59 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
 
 
 def _heldout_train_test(ctx: EvalContext) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Seeded per-label split of the held-out articles into SAEBench's {label: [text]} train / test
-    dicts; sizes follow SAEBench (a one-vs-rest task has half positives, so size // 2 per label)."""
-    n_train, n_test = ctx.sparse_probing_train_size // 2, ctx.sparse_probing_test_size // 2
+    """Per-label split of the held-out articles (seeded by ctx.eval_seed) into SAEBench's
+    {label: [text]} train / test dicts. With the sizes None: every article, a share
+    sparse_probing_train_fraction of each label for training; else SAEBench's sizes (a one-vs-rest
+    task has half positives, so size // 2 per label)."""
     train, test = {}, {}
     for label, texts in sorted(_heldout_by_label(ctx).items()):
-        if len(texts) < n_train + n_test:
+        if ctx.sparse_probing_train_size is None:
+            n_train = round(len(texts) * ctx.sparse_probing_train_fraction)
+            n_test = len(texts) - n_train if ctx.sparse_probing_test_size is None else ctx.sparse_probing_test_size // 2
+        else:
+            n_train, n_test = ctx.sparse_probing_train_size // 2, ctx.sparse_probing_test_size // 2
+        if len(texts) < n_train + n_test or min(n_train, n_test) < 1:
             raise ValueError(
                 f"held-out label {label!r} has {len(texts)} articles, sparse probing needs {n_train} + {n_test}: "
                 f"lower sparse_probing_train_size / sparse_probing_test_size"
             )
-        texts = random.Random(ctx.seed).sample(texts, n_train + n_test)
+        texts = random.Random(ctx.eval_seed).sample(texts, n_train + n_test)
         train[label], test[label] = texts[:n_train], texts[n_train:]
     return train, test
 
 
+def _one_vs_rest_sizes(per_label: dict[str, int]) -> dict[str, int]:
+    """Documents in each label's one-vs-rest set as SAEBench builds it (probe_training.prepare_probe_data):
+    all of the label, and ceil(n / (labels - 1)) of each other label (fewer where it has fewer)."""
+    sizes = {}
+    for label, n in per_label.items():
+        others = [m for other, m in per_label.items() if other != label]
+        each = math.ceil(n / len(others))
+        sizes[label] = n + sum(min(each, m) for m in others)
+    return sizes
+
+
+def _accuracy_se(per_dataset: dict[str, dict[str, float]], test_sizes: dict[str, dict[str, int]]) -> float | None:
+    """SE of SAEBench's mean test accuracy (mean over datasets of the mean over one-vs-rest tasks),
+    each task's accuracy binomial over its test documents."""
+    variances = []
+    for dataset, accuracies in per_dataset.items():
+        if not accuracies:
+            return None
+        var = sum(a * (1 - a) / test_sizes[dataset][label] for label, a in accuracies.items()) / len(accuracies) ** 2
+        variances.append(var)
+    return float(math.sqrt(sum(variances)) / len(variances)) if variances else None
+
+
 def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
     """SAEBench sparse probing: one-vs-rest probes per class on mean-pooled LLM residuals and on
-    SAE latents, full and restricted to the top-k dims (k in ctx.sparse_probing_k_values)."""
+    SAE latents, full and restricted to the top-k dims (k in ctx.sparse_probing_k_values).
+    Cached per key: the LLM's activations on the probe documents and the LLM's own probe results
+    (SAEBench's save_activations file)."""
     from unittest import mock
 
     import sae_bench.evals.sparse_probing.main as sparse_probing_main
+    import sae_bench.sae_bench_utils.activation_collection as activation_collection
     import sae_bench.sae_bench_utils.dataset_info as dataset_info
     import sae_bench.sae_bench_utils.dataset_utils as dataset_utils
     from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
@@ -495,11 +905,15 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
     if tl_model is None and (skip := _hub_skip(ctx, f"{ctx.model_name} and {', '.join(ctx.sparse_probing_datasets)}")):
         return skip
     out_dir = ctx.work_dir / "sparse_probing"
+    heldout_split = _heldout_train_test(ctx) if HELDOUT_DATASET in ctx.sparse_probing_datasets else None
+    if heldout_split is not None:
+        train_n = sum(len(v) for v in heldout_split[0].values())
+        test_n = sum(len(v) for v in heldout_split[1].values())
     config = SparseProbingEvalConfig(
-        random_seed=ctx.seed,
+        random_seed=ctx.eval_seed,
         dataset_names=ctx.sparse_probing_datasets,
-        probe_train_set_size=ctx.sparse_probing_train_size,
-        probe_test_set_size=ctx.sparse_probing_test_size,
+        probe_train_set_size=ctx.sparse_probing_train_size or train_n,
+        probe_test_set_size=ctx.sparse_probing_test_size or test_n,
         context_length=ctx.context_size,
         sae_batch_size=ctx.sae_batch_size,
         llm_batch_size=ctx.llm_batch_size,
@@ -510,25 +924,81 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
     load_saebench_data = dataset_utils.get_multi_label_train_test_data
 
     def load_data(dataset_name, *args):  # the held-out articles, registered as one more SAEBench dataset
-        return _heldout_train_test(ctx) if dataset_name == HELDOUT_DATASET else load_saebench_data(dataset_name, *args)
+        return heldout_split if dataset_name == HELDOUT_DATASET else load_saebench_data(dataset_name, *args)
 
     labels = sorted({label for label, _ in ctx.heldout})
-    with (
-        _sae_bench_call(sae, sparse_probing_main, tl_model, ctx),
-        mock.patch.object(dataset_utils, "get_multi_label_train_test_data", load_data),
-        mock.patch.dict(dataset_info.chosen_classes_per_dataset, {HELDOUT_DATASET: labels}),
-        _jaxtyping_disabled(),
-    ):
-        sparse_probing_main.run_eval(
-            config,
-            [(ctx.sae_name, sae)],
-            ctx.device,
-            str(out_dir),
-            force_rerun=True,
-            save_activations=False,  # would write ~0.3 MB per document
-            artifacts_path=str(ctx.work_dir / "artifacts"),
-        )
-    return _result(out_dir, ctx)
+    key = dict(
+        eval="sparse_probing",
+        model=ctx.model_name,
+        layer=ctx.layer,
+        llm_dtype=ctx.llm_dtype,
+        device=torch.device(ctx.device).type,
+        eval_seed=ctx.eval_seed,
+        datasets=ctx.sparse_probing_datasets,
+        heldout=texts_digest(ctx.heldout) if heldout_split is not None else None,
+        train_size=config.probe_train_set_size,
+        test_size=config.probe_test_set_size,
+        train_fraction=ctx.sparse_probing_train_fraction,
+        context_size=ctx.context_size,
+        llm_batch_size=ctx.llm_batch_size,
+        k_values=ctx.sparse_probing_k_values,
+        sae_bench=sae_bench_version(),
+    )
+
+    def run(artifacts: Path, save: bool) -> None:
+        with (
+            _sae_bench_call(sae, sparse_probing_main, tl_model, ctx),
+            mock.patch.object(dataset_utils, "get_multi_label_train_test_data", load_data),
+            mock.patch.dict(dataset_info.chosen_classes_per_dataset, {HELDOUT_DATASET: labels}),
+            # the SAE's probes draw the same numbers whether the LLM's side was computed or loaded
+            mock.patch.object(
+                activation_collection,
+                "get_sae_meaned_activations",
+                _reseeded(activation_collection.get_sae_meaned_activations, ctx.eval_seed),
+            ),
+            _jaxtyping_disabled(),
+        ):
+            sparse_probing_main.run_eval(
+                config,
+                [(ctx.sae_name, sae)],
+                ctx.device,
+                str(out_dir),
+                force_rerun=True,
+                save_activations=save,
+                artifacts_path=str(artifacts),
+            )
+
+    n_docs = config.probe_train_set_size + config.probe_test_set_size
+    if heldout_split is None:  # SAEBench's datasets: sizes per class of each dataset, counted generously (2 classes each)
+        n_docs *= 2 * len(ctx.sparse_probing_datasets)
+    bytes_per_value = 4 if ctx.llm_dtype == "float32" else 2
+    d_model = tl_model.cfg.d_model if tl_model is not None else 2304
+    acts_mb = n_docs * ctx.context_size * d_model * bytes_per_value / 2**20
+    cache = EvalCache(ctx.cache_dir if acts_mb <= ctx.cache_max_mb else None, ctx.work_dir)
+    if cache.root is None:
+        run(ctx.work_dir / "artifacts", save=False)  # would write ~0.3 MB per document into the run dir
+        path, hit = None, False
+    else:
+        path, hit = cache.entry("sparse_probing", key, lambda tmp: run(tmp, save=True))  # a miss runs the eval inside
+        if hit:
+            run(path, save=True)
+    result = _result(out_dir, ctx)
+    per_class = result["eval_result_unstructured"]
+    test_sizes = {}
+    for dataset in ctx.sparse_probing_datasets:
+        if dataset == HELDOUT_DATASET:
+            test_sizes[dataset] = _one_vs_rest_sizes({label: len(t) for label, t in heldout_split[1].items()})
+        else:  # SAEBench's datasets: probe_test_set_size documents per task
+            test_sizes[dataset] = {
+                label: config.probe_test_set_size for label in per_class[f"{dataset}_results"]["sae_top_1_test_accuracy"]
+            }
+    result["test_documents_per_task"] = test_sizes
+    result["standard_errors"] = {
+        name: _accuracy_se({d: per_class[f"{d}_results"][f"{who}_top_1_test_accuracy"] for d in ctx.sparse_probing_datasets}, test_sizes)
+        for name, who in (("sparse_probing_sae_top1", "sae"), ("sparse_probing_llm_top1", "llm"))
+    }
+    result["cache"] = dict(llm_hit=hit, entry=str(path) if path else f"off (LLM activations ~{acts_mb:.0f} MB)")
+    return result
 
 
 @contextlib.contextmanager
@@ -570,7 +1040,7 @@ def eval_unlearning(sae, tl_model, ctx: EvalContext) -> dict:
         }
     out_dir = ctx.work_dir / "unlearning"
     config = UnlearningEvalConfig(
-        random_seed=ctx.seed,
+        random_seed=ctx.eval_seed,
         model_name=ctx.unlearning_model_name,
         llm_batch_size=ctx.llm_batch_size,
         llm_dtype=ctx.llm_dtype,
@@ -592,8 +1062,9 @@ EVAL_FUNCTIONS = {"absorption": eval_absorption, "core": eval_core, "sparse_prob
 
 def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
     """The eval settings of this run: the profile's SAEBench settings, this run's model, layer and
-    held-out text, a unique SAE name, and a work dir inside the run dir."""
-    digest = hashlib.sha256(f"{out.resolve()}-{time.time()}".encode()).hexdigest()[:8]
+    held-out text, its eval seed, a unique SAE name, a work dir inside the run dir, and the shared
+    eval cache beside the activation cache."""
+    name_digest = hashlib.sha256(f"{out.resolve()}-{time.time()}".encode()).hexdigest()[:8]
     settings = gemma2_eval_settings() if cfg.profile == "gemma-2-2b" else {}
     return EvalContext(
         **{
@@ -604,8 +1075,9 @@ def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
                 layer=cfg.layer,
                 hook_name=cfg.hook_name,
                 device=device.type,
-                seed=cfg.seed,
-                sae_name=f"{cfg.lm_name.split('/')[-1]}_{out.resolve().name}_{digest}",
+                eval_seed=cfg.eval_seed,
+                cache_dir=Path(cfg.cache_dir) / "evals",
+                sae_name=f"{cfg.lm_name.split('/')[-1]}_{out.resolve().name}_{name_digest}",
                 work_dir=out / "evals",
                 heldout=[(topic, text) for topic, _, text in heldout],
             ),
@@ -624,12 +1096,13 @@ def run_evaluations(cfg, evals: list[str], load_sae, out: Path, info: dict, info
     {"error": ...} and the others still run. final_info.json is rewritten after each. load_sae()
     returns the trained SAE (loaded only when an eval is pending). Returns the names of the evals
     that failed."""
-    pending = [n for n in evals if not eval_done(info.get(EVAL_KEYS[n]))]
+    pending = [n for n in evals if n in EVAL_FUNCTIONS and not eval_done(info.get(EVAL_KEYS[n]))]  # separation runs in separation.py
     if not pending:
         return []
     sae = load_sae()
     ctx = eval_context(cfg, out, heldout, device)
     tl_model = load_eval_model(cfg, ctx) if cfg.profile == "gemma-3-270m" else None
+    print(EvalCache(ctx.cache_dir, ctx.work_dir).describe())
     failed = []
     for name in pending:
         print(f"eval: {name} ...")
@@ -641,9 +1114,20 @@ def run_evaluations(cfg, evals: list[str], load_sae, out: Path, info: dict, info
             result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
             failed.append(name)
         result["seconds"] = round(time.time() - t0, 1)
+        if (hit := cache_hit(result)) is not None:
+            result["cache_hit"] = hit
         info[EVAL_KEYS[name]] = result
         info["summary"] = summarize(info)
         write_json_atomic(info_path, info)
         status = block_status(result)
-        print(f"eval: {name} {status} in {result['seconds']:.0f} s")
+        print(
+            f"eval: {name} {status} in {result['seconds']:.0f} s" + (f" (eval cache {'hit' if hit else 'miss'})" if hit is not None else "")
+        )
+    print(EvalCache(ctx.cache_dir, ctx.work_dir).describe())
     return failed
+
+
+def cache_hit(result: dict) -> bool | None:
+    """Whether every cached part of an eval came from the eval cache; None when it has none."""
+    flags = [v for k, v in result.get("cache", {}).items() if k.endswith("hit")]
+    return all(flags) if flags else None

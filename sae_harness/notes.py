@@ -111,7 +111,8 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
         if status != "ok":
             problems.append(f"- {short}: {status}")
         if isinstance(block, dict) and isinstance(block.get("seconds"), (int, float)):
-            timings.append(f"{short} {fmt(block['seconds'])} s")
+            cached = {True: " (eval cache hit)", False: " (eval cache miss)"}.get(block.get("cache_hit"), "")
+            timings.append(f"{short} {fmt(block['seconds'])} s{cached}")
     if problems:
         lines.append("Evals not run, skipped or errored:")
         lines.extend(problems)

@@ -157,13 +157,20 @@ def _read(block, path):
     return "ok", float(value)
 
 
+def _standard_error(block, name):
+    """The eval's own standard error of a headline metric: block["standard_errors"][name], or None."""
+    se = block.get("standard_errors", {}).get(name) if isinstance(block, dict) else None
+    return float(se) if isinstance(se, (int, float)) and not isinstance(se, bool) and math.isfinite(se) else None
+
+
 def summarize(info):
-    """{metric name: {"value", "direction", "status", "std", "n", "values"}} for every entry of METRICS.
+    """{metric name: {"value", "se", "direction", "status", "std", "n", "values"}} for every entry of METRICS.
 
     status is "ok", "skipped: <reason>", "error: <one line>" or "missing"; value is None
-    unless status is "ok". A metric with several sources takes the first that is ok and
-    otherwise reports the status of the first source. A single-seed run has n 1 (0 when not
-    ok), std None and values [value]; a multi-seed run (a SEEDS block) combines its seeds'
+    unless status is "ok". se is the eval's standard error of the value from its own samples
+    (the block's "standard_errors"), or None. A metric with several sources takes the first that
+    is ok and otherwise reports the status of the first source. A single-seed run has n 1 (0 when
+    not ok), std None and values [value]; a multi-seed run (a SEEDS block) combines its seeds'
     summaries (combine_summaries).
     """
     seeds = info.get(SEEDS)
@@ -171,15 +178,17 @@ def summarize(info):
         return combine_summaries([run.get("summary") or {} for run in seeds["per_seed"].values()])
     summary = {}
     for metric in METRICS:
-        first_status, value = None, None
+        first_status, value, se = None, None, None
         for block_name, path in metric.sources:
             status, value = _read(_block(info, block_name), path)
             if status == "ok":
+                se = _standard_error(_block(info, block_name), metric.name)
                 break
             first_status = first_status or status
         ok = value is not None
         summary[metric.name] = {
             "value": value,
+            "se": se,
             "direction": metric.direction,
             "status": "ok" if ok else first_status,
             "std": None,
@@ -264,12 +273,16 @@ def combine_summaries(summaries):
     combined = {}
     for metric in METRICS:
         entries = [s.get(metric.name) or {} for s in summaries]
-        values = [e["value"] for e in entries if e.get("status") == "ok" and e.get("value") is not None]
+        ok = [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
+        values = [e["value"] for e in ok]
         mean, std = mean_std(values)
+        ses = [e.get("se") for e in ok]  # the evals' own noise in the mean: sqrt(sum se_i^2) / n
+        se = math.sqrt(sum(x * x for x in ses)) / len(ses) if ses and all(isinstance(x, (int, float)) for x in ses) else None
         # ok when any seed has it (n < the number of seeds says some lack it), else the first seed's status
         status = "ok" if values else next((e.get("status") for e in entries if e.get("status")), "missing")
         combined[metric.name] = {
             "value": mean,
+            "se": se,
             "direction": metric.direction,
             "status": status,
             "std": std,
@@ -378,12 +391,15 @@ def compare_summaries(summary, baseline):
 
 
 def fmt_spread(entry):
-    """ "mean ± std (n=N)" of a summary entry; just the value for one seed."""
+    """ "mean ± std (std over seeds, n=N; eval SE s)" of a summary entry; for one seed
+    "value ± se (eval SE, n=1)", the eval's own standard error."""
     if entry.get("status") != "ok" or entry.get("value") is None:
         return entry.get("status") or "missing"
+    se = entry.get("se")
     if (entry.get("n") or 1) < 2 or entry.get("std") is None:
-        return f"{fmt(entry['value'])} (n=1)"
-    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (n={entry['n']})"
+        return f"{fmt(entry['value'])} ± {fmt(se)} (eval SE, n=1)" if se is not None else f"{fmt(entry['value'])} (n=1)"
+    eval_se = f"; eval SE {fmt(se)}" if se is not None else ""
+    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (std over seeds, n={entry['n']}{eval_se})"
 
 
 def fmt_delta(cmp):

@@ -117,7 +117,9 @@ def test_core_random_sae(tl_model, tmp_path):
     assert cfg["exclude_special_tokens_from_reconstruction"] is True
     assert r["sae_cfg_dict"]["hook_name"] == ctx.hook_name
     result_file = tmp_path / "core" / f"{ctx.sae_name}_{E.SAE_ID}_eval_results.json"
-    assert json.loads(result_file.read_text()) == r
+    ours = {"standard_errors", "cache"}  # added beside SAEBench's own result
+    assert json.loads(result_file.read_text()) == {k: v for k, v in r.items() if k not in ours}
+    assert ours <= set(r)
     assert sae.dtype == torch.float32 and sae.W_enc.dtype == torch.float32
 
 
@@ -211,3 +213,235 @@ def test_gemma2_skips_without_hub(tmp_path, monkeypatch):
     for fn in (E.eval_absorption, E.eval_core, E.eval_sparse_probing, E.eval_unlearning):
         r = fn(sae, None, ctx)
         assert set(r) == {"skipped"} and "hub" in r["skipped"]
+
+
+# -----------------------------------------------------------------------------
+# the eval cache: a cached eval equals an uncached one; standard errors
+
+
+def cached_ctx(tmp_path, name, cache=True, **kw):
+    work = tmp_path / name
+    return make_ctx(work, cache_dir=(tmp_path / "cache") if cache else None, **kw)
+
+
+ABSORPTION_SMALL = dict(absorption_vocab_size=400, absorption_min_probe_f1=0.0, absorption_min_letters=1)
+
+
+def strip_run_specific(result):
+    """The parts of a result that legitimately differ between two evaluations of the same SAE."""
+    drop = {"eval_id", "datetime_epoch_millis", "sae_lens_release_id", "seconds", "cache", "sae_cfg_dict"}
+    return {k: v for k, v in result.items() if k not in drop}
+
+
+def test_absorption_cached_equals_uncached(tl_model, tmp_path):
+    sae = random_sae()
+    first = E.eval_absorption(sae, tl_model, cached_ctx(tmp_path, "a", **ABSORPTION_SMALL))
+    second = E.eval_absorption(sae, tl_model, cached_ctx(tmp_path, "b", **ABSORPTION_SMALL))
+    uncached = E.eval_absorption(sae, tl_model, cached_ctx(tmp_path, "c", cache=False, **ABSORPTION_SMALL))
+    assert first["cache"]["probe_hit"] is False and first["cache"]["prompt_acts_hit"] is False
+    assert second["cache"]["probe_hit"] is True and second["cache"]["prompt_acts_hit"] is True
+    assert first["eval_result_metrics"] == second["eval_result_metrics"] == uncached["eval_result_metrics"]
+    assert first["eval_result_details"] == second["eval_result_details"] == uncached["eval_result_details"]
+    assert first["standard_errors"] == second["standard_errors"]
+    assert first["standard_errors"]["absorption_full"] > 0
+    assert len(list((tmp_path / "cache").glob("absorption-*"))) == 1
+
+
+def test_absorption_other_seed_other_entry(tl_model, tmp_path):
+    ctx = cached_ctx(tmp_path, "a", **ABSORPTION_SMALL)
+    words = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    other = E._absorption_vocab(
+        tl_model.tokenizer, cached_ctx(tmp_path, "b", eval_seed=7, **ABSORPTION_SMALL), "{word} has the first letter:"
+    )
+    assert words != other and len(words) == len(other) == 400
+
+
+def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatch):
+    """The tokenizer's vocab order differs from process to process; the sample must not."""
+    import random
+
+    import sae_bench.evals.absorption.vocab as vocab_module
+
+    ctx = make_ctx(tmp_path, absorption_vocab_size=300)
+    reference = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    original = vocab_module.get_alpha_tokens
+
+    def shuffled(tokenizer):
+        words = original(tokenizer)
+        random.Random(1).shuffle(words)
+        return words
+
+    monkeypatch.setattr(vocab_module, "get_alpha_tokens", shuffled)
+    assert E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:") == reference
+
+
+def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
+    """A second eval hits the cache and gives the same metrics; the recorded per-sequence sums
+    reproduce SAEBench's means, and the jackknife SE of the KL score equals one computed by deleting
+    each sequence and recomputing the score from scratch."""
+    import numpy as np
+
+    recorders = []
+    original = E._CoreRecorder.standard_errors
+    monkeypatch.setattr(E._CoreRecorder, "standard_errors", lambda self: recorders.append(self) or original(self))
+    sae = random_sae()
+    first = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "a"))
+    second = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "b"))
+    assert first["cache"]["sparsity_variance_hit"] is False and second["cache"]["sparsity_variance_hit"] is True
+    assert first["cache"]["reconstruction_hit"] is False and second["cache"]["reconstruction_hit"] is True
+    assert first["eval_result_metrics"] == second["eval_result_metrics"]
+    assert first["eval_result_details"] == second["eval_result_details"]
+    se = first["standard_errors"]
+    assert se == second["standard_errors"]
+    assert all(se[k] > 0 for k in ("explained_variance", "kl_div_score", "ce_loss_score"))
+
+    m = first["eval_result_metrics"]
+    ev = np.array(recorders[0].variance_rows)
+    assert ev[:, 0].sum() / ev[:, 1].sum() == pytest.approx(m["reconstruction_quality"]["explained_variance_legacy"], rel=1e-5)
+    rows = np.array(recorders[0].recons_rows)
+    assert len(rows) == 2 * 4  # one row per sequence of the reconstruction batches
+
+    def kl_score(r):
+        return (r[:, 1].sum() - r[:, 0].sum()) / r[:, 1].sum()
+
+    assert kl_score(rows) == pytest.approx(m["model_behavior_preservation"]["kl_div_score"], rel=1e-5)
+    loo = np.array([kl_score(np.delete(rows, i, 0)) for i in range(len(rows))])
+    brute = np.sqrt((len(loo) - 1) / len(loo) * ((loo - loo.mean()) ** 2).sum())
+    assert se["kl_div_score"] == pytest.approx(brute, rel=1e-9)
+
+
+def test_core_shortcut_matches_saebench_recons_loss(tl_model):
+    """One forward with cached clean statistics gives SAEBench's get_recons_loss per token: the
+    losses and KL(clean || ablated) exactly, KL(clean || with SAE) to float rounding."""
+    import sae_bench.evals.core.main as core_main
+
+    sae = random_sae()
+    tokens = torch.randint(1000, 5000, (3, 24), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = tl_model.tokenizer.bos_token_id
+    ignore = {tl_model.tokenizer.bos_token_id, tl_model.tokenizer.pad_token_id, tl_model.tokenizer.eos_token_id}
+    sae.cfg.hook_name = f"blocks.{LAYER}.hook_resid_post"
+    args = dict(
+        activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
+    )
+    ref = core_main.get_recons_loss(sae, tl_model, tokens, **args)
+    rec = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
+    assert rec.shortcut
+    ours = rec.shortcut_recons_loss(sae, tl_model, tokens, **args)
+    again = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
+        sae, tl_model, tokens, **args
+    )
+    for name in ("kl_div_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation"):
+        assert torch.equal(ours[name], ref[name]), name
+    # KL is a difference of two ~12-nat sums here (262k-token vocab): fp32 rounding is ~1e-6
+    assert torch.allclose(ours["kl_div_with_sae"], ref["kl_div_with_sae"], rtol=1e-4, atol=1e-5)
+    assert ref["kl_div_with_sae"].abs().max() > 1e-3  # a random SAE does change the model
+    for name in ours:
+        assert torch.equal(ours[name], again[name]), name  # from the cache: the same numbers
+
+
+def test_jackknife_se_of_a_mean_is_the_classical_se():
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=50)
+    rows = np.stack([x, np.ones_like(x)], 1)
+    se = E.jackknife_se(rows, lambda t: t[0] / t[1])
+    assert se == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=1e-9)
+    assert E.jackknife_se(rows[:1], lambda t: t[0]) is None
+
+
+def test_sparse_probing_cached_equals_uncached(tl_model, tmp_path):
+    sae = random_sae()
+    first = E.eval_sparse_probing(sae, tl_model, cached_ctx(tmp_path, "a"))
+    second = E.eval_sparse_probing(sae, tl_model, cached_ctx(tmp_path, "b"))
+    assert first["cache"]["llm_hit"] is False and second["cache"]["llm_hit"] is True
+    assert first["eval_result_metrics"] == second["eval_result_metrics"]
+    assert first["eval_result_unstructured"] == second["eval_result_unstructured"]
+    assert first["standard_errors"]["sparse_probing_sae_top1"] > 0
+
+
+def test_sparse_probing_uses_every_heldout_article(tl_model, tmp_path):
+    ctx = make_ctx(tmp_path, sparse_probing_train_size=None, sparse_probing_test_size=None)  # 20 per label
+    train, test = E._heldout_train_test(ctx)
+    assert {k: len(v) for k, v in train.items()} == {k: 10 for k in TOPICS}
+    assert {k: len(v) for k, v in test.items()} == {k: 10 for k in TOPICS}
+    texts = [t for _, t in ctx.heldout]
+    assert sorted(t for v in [*train.values(), *test.values()] for t in v) == sorted(texts)
+    r = E.eval_sparse_probing(random_sae(), tl_model, ctx)
+    # one-vs-rest: 10 positives + ceil(10 / 2) from each of the 2 other labels
+    assert r["test_documents_per_task"] == {E.HELDOUT_DATASET: {k: 20 for k in TOPICS}}
+    assert (r["eval_config"]["probe_train_set_size"], r["eval_config"]["probe_test_set_size"]) == (30, 30)
+
+
+def test_accuracy_se_brute_force():
+    acc = {"x": {"a": 0.9, "b": 0.6}, "y": {"c": 0.75}}
+    n = {"x": {"a": 40, "b": 20}, "y": {"c": 100}}
+    var_x = (0.9 * 0.1 / 40 + 0.6 * 0.4 / 20) / 4
+    var_y = 0.75 * 0.25 / 100
+    assert E._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
+
+
+def test_absorption_se_brute_force():
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(
+        {
+            "letter": list("a" * 12 + "b" * 7 + "c" * 5),
+            "is_full_absorption": rng.random(24) < 0.3,
+            "absorption_fraction": rng.random(24),
+        }
+    )
+    se = E._absorption_se(df, {"a", "b"})
+    a, b = df[df.letter == "a"].absorption_fraction, df[df.letter == "b"].absorption_fraction
+    assert se["absorption_fraction"] == pytest.approx(np.sqrt(a.var() / 12 + b.var() / 7) / 2)
+
+
+def test_eval_cache_rebuilds_partial_entries(tmp_path):
+    from sae_harness.eval_cache import EvalCache
+
+    cache = EvalCache(tmp_path / "evals", tmp_path)
+    builds = []
+
+    def build(tmp):
+        builds.append(tmp)
+        (tmp / "data.txt").write_text("complete")
+
+    key = {"model": "m", "layer": 1}
+    path, hit = cache.entry("x", key, build)
+    assert not hit and (path / "data.txt").read_text() == "complete"
+    assert cache.entry("x", key, build) == (path, True) and len(builds) == 1
+    (path / "key.json").unlink()  # interrupted before the key was written: partial
+    assert cache.entry("x", key, build) == (path, False) and len(builds) == 2
+    (path / "key.json").write_text("{not json")
+    assert cache.entry("x", key, build)[1] is False and len(builds) == 3
+
+    def fail(tmp):
+        (tmp / "data.txt").write_text("half")
+        raise RuntimeError("interrupted")
+
+    other = {"model": "m", "layer": 2}
+    with pytest.raises(RuntimeError):
+        cache.entry("x", other, fail)
+    assert not cache.is_complete(cache.path("x", other), other)
+    assert not list((tmp_path / "evals").glob("*.tmp*"))  # the temporary directory was removed
+    assert cache.path("x", key) != cache.path("x", other)
+    assert "rm -r" in cache.describe()
+
+
+def test_summary_and_notes_carry_the_standard_error(tmp_path):
+    from sae_harness.notes import notes_entry
+    from sae_harness.schema import CORE, summarize
+
+    info = {
+        "training results for layer 9": {"config": {"lm_name": "google/gemma-3-270m", "layer": 9}, "final_info": {}},
+        CORE: {
+            "eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": 0.8}},
+            "standard_errors": {"explained_variance": 0.0015},
+        },
+    }
+    entry = summarize(info)["explained_variance"]
+    assert entry["value"] == 0.8 and entry["se"] == 0.0015
+    assert summarize(info)["kl_div_score"]["se"] is None
+    lines = notes_entry("run_1", info, [], {})
+    assert any("explained_variance = 0.8 ± 0.0015" in line for line in lines)

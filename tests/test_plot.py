@@ -179,6 +179,7 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
     assert s["absorption_fraction"] == {
         "value": None,
+        "se": None,
         "direction": "lower is better",
         "status": "missing",
         "std": None,
@@ -213,11 +214,19 @@ def test_summarize_statuses_and_fallbacks():
     info["sparse probing evaluation results"]["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] = float("nan")
     del info["absorption evaluation results"]
     s = summarize(info)
-    assert s["absorption_full"] == {"value": None, "direction": "lower is better", "status": "missing", "std": None, "n": 0, "values": []}
+    assert s["absorption_full"] == {
+        "value": None,
+        "se": None,
+        "direction": "lower is better",
+        "status": "missing",
+        "std": None,
+        "n": 0,
+        "values": [],
+    }
     assert s["explained_variance"]["status"] == "error: CUDA out of memory"
     assert s["explained_variance"]["value"] is None
     # core errored, so l0 falls back to the training l0
-    assert s["l0"] == {"value": 64.0, "direction": "reference", "status": "ok", "std": None, "n": 1, "values": [64.0]}
+    assert s["l0"] == {"value": 64.0, "se": None, "direction": "reference", "status": "ok", "std": None, "n": 1, "values": [64.0]}
     assert s["sparse_probing_sae_top1"]["value"] is None
     assert s["sparse_probing_sae_top1"]["status"].startswith("error:")
     assert s["unlearning_score"]["status"] == ("skipped: needs gemma-2-2b-it and the gated WMDP forget corpus")

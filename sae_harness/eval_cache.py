@@ -1,0 +1,102 @@
+"""The shared eval cache: the work of each eval that does not depend on the SAE (the LLM's
+activations on the eval's prompts and texts, the LLM's own probes), computed once and reused by
+every later run with the same key.
+
+Layout: <cache_dir>/evals/<name>-<digest>/, one directory per entry; key.json inside it holds the
+key (everything that determines the entry) and is written last, so a directory without a matching
+key.json is partial or stale and is rebuilt. An entry is built in <dir>.tmp<pid> and renamed into
+place when complete. A cached file inside an entry is written to a temporary name and renamed too.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+FORMAT = 1
+"""Bump when what an entry holds changes: old entries then miss instead of being misread."""
+
+
+def digest(obj) -> str:
+    """A short, stable hash of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def texts_digest(texts) -> str:
+    """Hash of a sequence of strings or (label, text) pairs, in order."""
+    h = hashlib.sha256()
+    for item in texts:
+        h.update(json.dumps(item).encode())
+    return h.hexdigest()[:16]
+
+
+def sae_bench_version() -> str:
+    from importlib.metadata import version
+
+    return version("sae-bench")
+
+
+class EvalCache:
+    """Entries under root (<cache_dir>/evals); root None: no cache, every entry is built in a fresh
+    temporary directory under `scratch` and not kept."""
+
+    def __init__(self, root: Path | None, scratch: Path):
+        self.root = Path(root) if root is not None else None
+        self.scratch = Path(scratch)
+
+    def path(self, name: str, key: dict) -> Path:
+        base = self.root if self.root is not None else self.scratch / "uncached"
+        return base / f"{name}-{digest(key | {'format': FORMAT})}"
+
+    def is_complete(self, path: Path, key: dict) -> bool:
+        try:
+            return json.loads((path / "key.json").read_text()) == json.loads(json.dumps(key | {"format": FORMAT}, default=str))
+        except (OSError, ValueError):
+            return False
+
+    def entry(self, name: str, key: dict, build: Callable[[Path], None]) -> tuple[Path, bool]:
+        """(path of the complete entry, hit). On a miss build(tmp_dir) fills a temporary directory,
+        which is renamed into place once build returns; a partial or stale entry is replaced."""
+        path = self.path(name, key)
+        if self.root is not None and self.is_complete(path, key):
+            return path, True
+        return self.write(name, key, build), False
+
+    def write(self, name: str, key: dict, build: Callable[[Path], None]) -> Path:
+        """Build the entry afresh (build(tmp_dir), then key.json, then rename) and return its path."""
+        path = self.path(name, key)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            build(tmp)
+            (tmp / "key.json").write_text(json.dumps(key | {"format": FORMAT}, indent=1, default=str))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    def size_mb(self) -> float:
+        if self.root is None or not self.root.exists():
+            return 0.0
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) / 2**20
+
+    def describe(self) -> str:
+        """The line each run prints: where the cache is, its size, how to clear it."""
+        if self.root is None:
+            return "eval cache: off (every eval computes the LLM's side again)"
+        return f"eval cache: {self.root} ({self.size_mb():.0f} MB); clear with: rm -r {self.root}"
+
+
+def save_atomic(path: Path, save: Callable[[Path], None]) -> None:
+    """save(tmp) then rename to path."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
