@@ -499,7 +499,7 @@ def test_seeded_runs_plot_and_notes_show_spread_and_delta(tmp_path, monkeypatch,
     update_notes(tmp_path / "notes.txt", "run_2", info, [], EMBEDDED_DEFAULTS, baseline=baseline)
     text = (tmp_path / "notes.txt").read_text()
     assert "mean ± std over seeds 42, 43, 44" in text and "Welch" in text
-    assert "- absorption_full = 0.2 ± 0.01 (n=3); Δ -0.3 [95% Welch CI" in text
+    assert "- absorption_full = 0.2 ± 0.01 (std over seeds, n=3); Δ -0.3 [95% Welch CI" in text
     assert "within noise" in text  # explained variance etc. are identical across seeds: Δ 0 with no spread
 
 
@@ -511,3 +511,16 @@ def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT))
     )
     assert done.returncode == 0, done.stderr[-1500:]
+
+
+def test_notes_show_the_eval_se_for_one_seed_and_the_seed_std_for_several():
+    from sae_harness.schema import combine_summaries, fmt_spread
+
+    one = {"value": 0.5, "se": 0.02, "status": "ok", "std": None, "n": 1, "values": [0.5]}
+    assert fmt_spread(one) == "0.5 ± 0.02 (eval SE, n=1)"
+    per_seed = [{m.name: dict(one, value=v, se=se) for m in METRICS} for v, se in ((0.4, 0.03), (0.6, 0.04))]
+    combined = combine_summaries(per_seed)["absorption_full"]
+    assert combined["value"] == pytest.approx(0.5) and combined["n"] == 2
+    assert combined["std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.4, 0.6
+    assert combined["se"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # the evals' noise in the mean
+    assert fmt_spread(combined) == "0.5 ± 0.1414 (std over seeds, n=2; eval SE 0.025)"

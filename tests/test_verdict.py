@@ -236,7 +236,7 @@ def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, ti
     assert entry["value"] == pytest.approx(sum(values) / 2) and entry["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     assert info["separation evaluation results"]["cofire_cos_mean"] == pytest.approx(entry["value"])
     notes = (tmp_path / "notes.txt").read_text()
-    assert "## Run 1:" in notes and "(n=2)" in notes and "seeds 42, 43" in notes
+    assert "## Run 1:" in notes and "n=2" in notes and "seeds 42, 43" in notes
 
 
 def test_finished_multi_seed_run_is_refused(tmp_path, tiny_lm):
