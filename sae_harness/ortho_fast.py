@@ -7,8 +7,10 @@ loop on random inputs. Two routes compute the same co-firing counts and the same
 - dense (CUDA): bfloat16 matmuls over row blocks of the fired latents (tensor cores make
   A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix.
 - sparse (CPU): each token has only k of F latents on, so the counts are sparse x sparse
-  products of the firing masks (B * k^2 work instead of A^2 * B), and cos and the gradient are
-  computed only for the penalised pairs (c_ij > 0, a few percent of A^2 for most of a run).
+  products of the firing masks (B * k^2 work instead of A^2 * B), exact in float32. cos and the
+  gradient: in float32 only for the penalised pairs (c_ij > 0); in bfloat16 (the trainer's dtype
+  on CPUs with AMX) from dense row blocks of the Gram matrix, which AMX makes cheaper than the
+  memory-bound pair-wise products.
   Row blocks of at most SPARSE_PAIR_BLOCK candidate pairs (rows x fired latents): memory
   O(SPARSE_PAIR_BLOCK) whatever k, F and B are (one block on the embedded profile, 16 at F 16384).
 
@@ -122,16 +124,39 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
             r, a = cofire_CA.nonzero(as_tuple=True)
             yield start, start + len(cofire_CA), CofiringPairs(fired_A, count_A, start + r, a, cofire_CA[r, a])
         return
-    B = len(active_BF)
-    b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
-    fired_A, a_N = torch.unique(f_N, return_inverse=True)
-    A = len(fired_A)
-    count_A = torch.bincount(a_N, minlength=A).float()
-    ones_N = torch.ones(len(b_N), device=active_BF.device)
-    by_latent = a_N.argsort(stable=True)
-    M_BA = _csr(_crow(b_N, B), a_N, ones_N, (B, A))
-    crow_A, b_by_latent_N = _crow(a_N[by_latent], A), b_N[by_latent]
-    rows = max(1, SPARSE_PAIR_BLOCK // max(A, 1))
+    yield from _sparse_blocks(_SparseMasks.of(active_BF))
+
+
+class _SparseMasks(NamedTuple):
+    """The firing masks of the latents that fired, as sparse matrices: M_BA (tokens x latents)
+    and the rows of M_AB (latents x tokens) in CSR parts, so a row block is a slice."""
+
+    fired_A: torch.Tensor
+    count_A: torch.Tensor
+    M_BA: torch.Tensor
+    crow_A: torch.Tensor
+    b_by_latent_N: torch.Tensor
+    ones_N: torch.Tensor
+
+    @staticmethod
+    def of(active_BF: torch.Tensor) -> "_SparseMasks":
+        B = len(active_BF)
+        b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
+        fired_A, a_N = torch.unique(f_N, return_inverse=True)
+        A = len(fired_A)
+        ones_N = torch.ones(len(b_N), device=active_BF.device)
+        by_latent = a_N.argsort(stable=True)
+        M_BA = _csr(_crow(b_N, B), a_N, ones_N, (B, A))
+        count_A = torch.bincount(a_N, minlength=A).float()
+        return _SparseMasks(fired_A, count_A, M_BA, _crow(a_N[by_latent], A), b_N[by_latent], ones_N)
+
+    def rows_per_block(self) -> int:
+        return max(1, SPARSE_PAIR_BLOCK // max(len(self.fired_A), 1))
+
+
+def _sparse_blocks(masks: _SparseMasks):
+    fired_A, count_A, M_BA, crow_A, b_by_latent_N, ones_N = masks
+    A, B, rows = len(fired_A), M_BA.shape[0], masks.rows_per_block()
     for start in range(0, A, rows):
         stop = min(start + rows, A)
         lo, hi = crow_A[start], crow_A[stop]
@@ -176,7 +201,14 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     return value, grad_FD
 
 
-def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, blocks):
+BF16_COS_ERROR = 4e-3  # bound on |cos in bfloat16 - cos| for unit rows (2 * 2^-9, products summed in float32)
+
+
+def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, blocks, dtype: torch.dtype = torch.float32):
+    """Exact sparse counts; cos and the gradient on the penalised pairs only, in float32 (a sampled
+    sparse matmul and a sparse x dense product), or with dtype bfloat16 from a dense (C, A) Gram
+    block and a dense (C, A) x (A, D) product (compute-bound on CPUs with AMX, where the pair-wise
+    float32 products are bound by memory)."""
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
     W_AD = None
@@ -187,12 +219,26 @@ def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: fl
             continue
         row, col, c_P = pairs.row_P[keep] - start, pairs.col_P[keep], c_P[keep].clamp_(max=1)
         C, A = stop - start, len(pairs.fired_A)
-        crow = _crow(row, C)
-        W_AD = W_hat_FD[pairs.fired_A].float() if W_AD is None else W_AD
-        cos_P = pair_cos(W_AD[start:stop], W_AD, row, col, crow)  # w_i . w_j on the pairs only
-        T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
-        value += torch.dot(T_P, cos_P)  # sum c |cos|
-        grad_FD[pairs.fired_A[start:stop]] = 2 * (_csr(crow, col, T_P, (C, A)) @ W_AD)
+        W_AD = W_hat_FD[pairs.fired_A].to(dtype) if W_AD is None else W_AD
+        if dtype == torch.float32:
+            crow = _crow(row, C)
+            cos_P = pair_cos(W_AD[start:stop], W_AD, row, col, crow)  # w_i . w_j on the pairs only
+            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+            value += torch.dot(T_P, cos_P)  # sum c |cos|
+            grad_FD[pairs.fired_A[start:stop]] = 2 * (_csr(crow, col, T_P, (C, A)) @ W_AD)
+        else:
+            flat_P = row * A + col
+            G_CA = W_AD[start:stop] @ W_AD.T  # w_i . w_j, every pair of the block
+            cos_P = G_CA.view(-1)[flat_P].float()
+            near0 = (cos_P.abs() < BF16_COS_ERROR).nonzero().squeeze(1)  # the sign may be wrong: redo in float32
+            if len(near0):
+                W32_AD = W_hat_FD[pairs.fired_A].float()
+                cos_P[near0] = pair_cos(W32_AD[start:stop], W32_AD, row[near0], col[near0])
+            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+            value += torch.dot(T_P, cos_P)  # sum c |cos|
+            T_CA = G_CA.zero_()  # reuse the block's memory for T = c sign(cos) on the pairs, 0 elsewhere
+            T_CA.view(-1)[flat_P] = T_P.to(dtype)
+            grad_FD[pairs.fired_A[start:stop]] = 2 * (T_CA @ W_AD).float()
     return value, grad_FD
 
 
@@ -207,10 +253,11 @@ def ortho_value_and_grad(
 ):
     """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
     symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
-    dtype; the sparse route works in float32 (blocks: its pair_blocks, if already at hand)."""
+    dtype (also the sparse route's for cos and the gradient; its counts are exact in float32);
+    blocks: the sparse route's pair_blocks, if already at hand."""
     if (route or ortho_route(W_hat_FD.device)) == "dense":
         return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
-    return _ortho_sparse(W_hat_FD, active_BF, threshold, pair_blocks(active_BF) if blocks is None else blocks)
+    return _ortho_sparse(W_hat_FD, active_BF, threshold, pair_blocks(active_BF) if blocks is None else blocks, dtype)
 
 
 def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
@@ -226,10 +273,10 @@ def sparse_blocks_of(active_BF: torch.Tensor):
     already found. Several blocks are computed one at a time, so memory stays O(SPARSE_PAIR_BLOCK)."""
     if _last_pairs[0] is active_BF:
         return _last_pairs[1]
-    A = int(active_BF.any(0).sum())
-    if A * A > SPARSE_PAIR_BLOCK:  # more than one block
-        return pair_blocks(active_BF)
-    _last_pairs[:] = [active_BF, list(pair_blocks(active_BF))]
+    masks = _SparseMasks.of(active_BF)
+    if masks.rows_per_block() < len(masks.fired_A):  # several blocks
+        return _sparse_blocks(masks)
+    _last_pairs[:] = [active_BF, list(_sparse_blocks(masks))]
     return _last_pairs[1]
 
 
@@ -238,7 +285,7 @@ def penalty_value_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, dP/dW_dec) for P as experiment.orthogonality_penalty defines it, without autograd.
     route: "dense" or "sparse" (default: by device); dtype: the dense route's matmul dtype
-    (default W_dec's); the sparse route works in float32."""
+    (default W_dec's), also the sparse route's for cos and the gradient (its counts are exact)."""
     W_dec_FD = W_dec_FD.detach()
     norm_F1 = W_dec_FD.norm(dim=-1, keepdim=True)
     W_hat_FD = W_dec_FD / norm_F1
