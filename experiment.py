@@ -2,9 +2,10 @@
 
 A TopK sparse autoencoder is trained on residual-stream activations with
 
-    L = L_recon + auxk_alpha * L_auxk + lambda2(p) * P,    p = step / total_steps
+    L = L_recon + auxk_alpha * L_auxk + lambda2(p) * s * P,    p = step / total_steps
     P = (1/F) * sum_{i != j} c_ij(p) * |w_i . w_j|         (w_i: unit decoder direction of latent i)
     c_ij(p) = clamp((n_ij - thr(p)) / thr(p), 0, 1)        (n_ij: normalised co-firing in the batch)
+    s = L_recon / P on the first step (then fixed), so lambda2 is relative to the recon loss
 
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
 training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
@@ -114,8 +115,8 @@ class Config:
     # orthogonality
     variant: Literal["progressive", "static", "static_matched", "none"] = "progressive"
     """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK)"""
-    ortho_lambda_max: float = 1.0
-    """lambda2 at p=0 (on the embedded profile the term is about 5 percent of the loss at p=0, 10-20 percent mid-training)"""
+    ortho_lambda_max: float = 0.05
+    """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of the first step, so there the term is lambda2 x recon on any profile (0.05: 5 percent of the loss)"""
     ortho_base_threshold: float = 0.25
     """co-firing threshold thr at p=0"""
     weight_schedule: Literal["quadratic", "constant"] = "quadratic"
@@ -350,9 +351,10 @@ class LossTerms(NamedTuple):
 class StepOutput(NamedTuple):
     """What one training step did, for the logger."""
 
-    loss: torch.Tensor  # recon + auxk_alpha * auxk + ortho_lambda * ortho
+    loss: torch.Tensor  # recon + auxk_alpha * auxk + ortho_weight * ortho
     terms: LossTerms
     ortho_lambda: float  # lambda2(p)
+    ortho_weight: float  # lambda2(p) * ortho_scale, the weight of P in the loss
     threshold: float  # thr(p)
     active_BF: torch.Tensor  # which latents fired for which token
     dead_F: torch.Tensor  # latents that had not fired for dead_tokens tokens before this step
@@ -373,6 +375,9 @@ class TrainerTopK:
         self.dtype = ortho_fast.fast_dtype(sae.W_dec.device) if cfg.sae_bf16 else torch.float32  # of the fast term's matmuls
         self.ortho_impl = cfg.ortho_impl
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
+        # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
+        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are
+        self.ortho_scale = None
 
     def lr_at(self, step: int) -> float:
         decay_from = int(self.cfg.lr_decay_start * self.total_steps)
@@ -414,7 +419,10 @@ class TrainerTopK:
         for name, value in terms._asdict().items():
             if not torch.isfinite(value):
                 raise NonFiniteLoss(f"{name} became {value.item()} at step {step}")
-        loss = terms.recon + self.cfg.auxk_alpha * terms.auxk + lam * terms.ortho
+        if self.ortho_scale is None and lam > 0 and terms.ortho.item() > 0:  # s = recon / P, once
+            self.ortho_scale = terms.recon.item() / terms.ortho.item()
+        weight = lam * (self.ortho_scale or 0.0)
+        loss = terms.recon + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
@@ -428,7 +436,7 @@ class TrainerTopK:
             W_dec /= W_dec.norm(dim=-1, keepdim=True)
             self.tokens_since_fired_F += len(x_BD)
             self.tokens_since_fired_F[active_BF.any(0)] = 0
-        return StepOutput(loss.detach(), LossTerms(*(t.detach() for t in terms)), lam, thr, active_BF, dead_F)
+        return StepOutput(loss.detach(), LossTerms(*(t.detach() for t in terms)), lam, weight, thr, active_BF, dead_F)
 
     def state_dict(self) -> dict:
         return dict(
@@ -437,13 +445,14 @@ class TrainerTopK:
             tokens_since_fired=self.tokens_since_fired_F,
             held_ortho=self.held_ortho,
             ortho_impl=self.ortho_impl,
+            ortho_scale=self.ortho_scale,
         )
 
     def load_state_dict(self, state: dict) -> None:
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
-        self.held_ortho, self.ortho_impl = state["held_ortho"], state["ortho_impl"]
+        self.held_ortho, self.ortho_impl, self.ortho_scale = state["held_ortho"], state["ortho_impl"], state["ortho_scale"]
 
 
 class NonFiniteLoss(Exception):
@@ -462,7 +471,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     if out.ortho_lambda > 0 and step % cfg.ortho_every:  # the held P is older: report this batch's
         ortho = trainer.penalty_value_and_grad(out.active_BF, out.threshold)[0].item()
     loss, recon = out.loss.item(), out.terms.recon.item()
-    ortho_loss = out.ortho_lambda * ortho
+    ortho_loss = out.ortho_weight * ortho
     record = dict(
         step=step,
         progress=step / cfg.total_steps,
@@ -474,6 +483,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         auxk_loss=out.terms.auxk.item(),
         ortho_penalty=ortho,
         ortho_lambda=out.ortho_lambda,
+        ortho_scale=trainer.ortho_scale,
         threshold=out.threshold,
         ortho_loss=ortho_loss,
         ortho_share=ortho_loss / loss if loss else None,

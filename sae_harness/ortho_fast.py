@@ -6,14 +6,19 @@ loop on random inputs. Two routes compute the same co-firing counts and the same
 
 - dense (CUDA): bfloat16 matmuls over row blocks of the fired latents (tensor cores make
   A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix.
-- sparse (CPU): each token has only k of F latents on, so the counts are one sparse x sparse
-  product of the firing masks (B * k^2 work instead of A^2 * B), and cos and the gradient are
-  computed only for the penalised pairs (c_ij > 0, a few percent of A^2 for most of a run).
+- sparse (CPU): each token has only k of F latents on, so the counts are sparse x sparse
+  products of the firing masks (B * k^2 work instead of A^2 * B), exact in float32. cos and the
+  gradient: in float32 only for the penalised pairs (c_ij > 0); in bfloat16 (the trainer's dtype
+  on CPUs with AMX) from dense row blocks of the Gram matrix, which AMX makes cheaper than the
+  memory-bound pair-wise products.
+  Row blocks of at most SPARSE_PAIR_BLOCK candidate pairs (rows x fired latents): memory
+  O(SPARSE_PAIR_BLOCK) whatever k, F and B are (one block on the embedded profile, 16 at F 16384).
 
 Shape suffixes as in experiment.py: B batch, D model width, F latents, A latents that fired,
 C a row block of them, P pairs.
 """
 
+import itertools
 import warnings
 from typing import NamedTuple
 
@@ -77,16 +82,17 @@ class CofiringPairs(NamedTuple):
 
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # the CSR ops used here are tested
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # the indices are built sorted here
 
 
-def pair_cos(W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor, crow: torch.Tensor | None = None) -> torch.Tensor:
-    """w_i . w_j for pairs grouped by row (float32 W): a sampled sparse matmul on CPU, which never
-    gathers a P x D copy of the rows; a gather on CUDA."""
+def pair_cos(W_CD: torch.Tensor, W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor, crow: torch.Tensor | None = None):
+    """w_i . w_j for pairs (row of W_CD, row of W_AD) grouped by row (float32 W): a sampled sparse
+    matmul on CPU, which never gathers a P x D copy of the rows; a gather on CUDA."""
     if W_AD.is_cuda:
-        return (W_AD[row_P] * W_AD[col_P]).sum(-1)
-    crow = _crow(row_P, len(W_AD)) if crow is None else crow
-    pattern = _csr(crow, col_P, W_AD.new_ones(len(col_P)), (len(W_AD), len(W_AD)))
-    return torch.sparse.sampled_addmm(pattern, W_AD, W_AD.T, beta=0.0).values()
+        return (W_CD[row_P] * W_AD[col_P]).sum(-1)
+    crow = _crow(row_P, len(W_CD)) if crow is None else crow
+    pattern = _csr(crow, col_P, W_AD.new_ones(len(col_P)), (len(W_CD), len(W_AD)))
+    return torch.sparse.sampled_addmm(pattern, W_CD, W_AD.T, beta=0.0).values()
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
@@ -99,33 +105,80 @@ def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
-def cofiring_pairs(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dtype = torch.float32) -> CofiringPairs:
-    """Every pair of latents that fires together in the batch, with exact counts. Sparse route: the
-    counts are M M^T, M the (A, B) firing mask as a sparse matrix (float32 ones: products and sums
-    of integers <= B are exact). Dense route: the nonzeros of cofiring_blocks."""
+SPARSE_PAIR_BLOCK = 2**24  # sparse route: candidate pairs (rows x fired latents) per row block
+
+
+def _empty_pairs(like: torch.Tensor) -> "CofiringPairs":
+    return CofiringPairs(*(like.new_zeros(0, dtype=t) for t in (torch.long, torch.float32, torch.long, torch.long, torch.float32)))
+
+
+def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dtype = torch.float32):
+    """The pairs of latents that fire together in the batch, with exact counts, in row blocks of the
+    fired latents: yields (start, stop, pairs), pairs.row_P in [start, stop). Sparse route: the
+    counts are M_C M^T, M the (A, B) firing mask as a sparse matrix and M_C its rows start:stop
+    (float32 ones: products and sums of integers <= B are exact); at most SPARSE_PAIR_BLOCK
+    candidate pairs per block. Dense route: the nonzeros of cofiring_blocks."""
     if route == "dense":
-        rows, cols, cofires = [], [], []
-        for fired_A, start, cofire_CA, _ in cofiring_blocks(active_BF, dtype):  # noqa: B007 (fired_A is used after the loop)
+        count_A = None
+        for fired_A, start, cofire_CA, _ in cofiring_blocks(active_BF, dtype):
+            count_A = active_BF[:, fired_A].sum(0).float() if count_A is None else count_A
             r, a = cofire_CA.nonzero(as_tuple=True)
-            rows.append(start + r), cols.append(a), cofires.append(cofire_CA[r, a])
-        if not rows:
-            return CofiringPairs(
-                *(active_BF.new_zeros(0, dtype=t) for t in (torch.long, torch.float32, torch.long, torch.long, torch.float32))
-            )
-        return CofiringPairs(fired_A, active_BF[:, fired_A].sum(0).float(), torch.cat(rows), torch.cat(cols), torch.cat(cofires))
-    B = len(active_BF)
-    b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
-    fired_A, a_N = torch.unique(f_N, return_inverse=True)
-    A = len(fired_A)
-    count_A = torch.bincount(a_N, minlength=A)
-    ones_N = torch.ones(len(b_N), device=active_BF.device)
-    by_latent = a_N.argsort(stable=True)
-    M_BA = _csr(_crow(b_N, B), a_N, ones_N, (B, A))
-    M_AB = _csr(_crow(a_N[by_latent], A), b_N[by_latent], ones_N, (A, B))
-    C_AA = M_AB @ M_BA  # CSR: only pairs that co-fire at least once; columns within a row in first-seen order
-    crow, col_P, cofire_P = C_AA.crow_indices(), C_AA.col_indices(), C_AA.values()
-    row_P = torch.repeat_interleave(torch.arange(A, device=crow.device), crow.diff())
-    return CofiringPairs(fired_A, count_A.float(), row_P, col_P, cofire_P)
+            yield start, start + len(cofire_CA), CofiringPairs(fired_A, count_A, start + r, a, cofire_CA[r, a])
+        return
+    yield from _sparse_blocks(_SparseMasks.of(active_BF))
+
+
+class _SparseMasks(NamedTuple):
+    """The firing masks of the latents that fired, as sparse COO matrices: M_BA (tokens x latents)
+    and the (latent, token) entries sorted by latent, so a row block of M_AB is a slice. (COO, not
+    CSR: torch 2.14's CSR x CSR product on CPU leaks about 13 MB per call.)"""
+
+    fired_A: torch.Tensor
+    count_A: torch.Tensor
+    M_BA: torch.Tensor
+    crow_A: torch.Tensor  # entries of latent a are [crow_A[a], crow_A[a + 1]) of the two below
+    a_by_latent_N: torch.Tensor
+    b_by_latent_N: torch.Tensor
+
+    @staticmethod
+    def of(active_BF: torch.Tensor) -> "_SparseMasks":
+        B = len(active_BF)
+        b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
+        fired_A, a_N = torch.unique(f_N, return_inverse=True)
+        A = len(fired_A)
+        ones_N = torch.ones(len(b_N), device=active_BF.device)
+        by_latent = a_N.argsort(stable=True)  # tokens ascending within a latent
+        M_BA = torch.sparse_coo_tensor(torch.stack([b_N, a_N]), ones_N, (B, A), is_coalesced=True)
+        count_A = torch.bincount(a_N, minlength=A).float()
+        return _SparseMasks(fired_A, count_A, M_BA, _crow(a_N[by_latent], A), a_N[by_latent], b_N[by_latent])
+
+    def rows_per_block(self) -> int:
+        return max(1, SPARSE_PAIR_BLOCK // max(len(self.fired_A), 1))
+
+
+def _sparse_blocks(masks: _SparseMasks):
+    fired_A, count_A, M_BA, crow_A, a_by_latent_N, b_by_latent_N = masks
+    A, B, rows = len(fired_A), M_BA.shape[0], masks.rows_per_block()
+    for start in range(0, A, rows):
+        stop = min(start + rows, A)
+        lo, hi = crow_A[start], crow_A[stop]
+        rows_cols = torch.stack([a_by_latent_N[lo:hi] - start, b_by_latent_N[lo:hi]])
+        M_CB = torch.sparse_coo_tensor(rows_cols, M_BA.values()[: hi - lo], (stop - start, B), is_coalesced=True)
+        C_CA = torch.sparse.mm(M_CB, M_BA).coalesce()  # only pairs that co-fire at least once, sorted by (row, col)
+        row_P, col_P = C_CA.indices()
+        yield start, stop, CofiringPairs(fired_A, count_A, row_P + start, col_P, C_CA.values())
+
+
+def cofiring_pairs(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dtype = torch.float32) -> CofiringPairs:
+    """Every pair of latents that fires together in the batch, with exact counts: all of
+    pair_blocks at once (memory O(pairs); the training step goes block by block)."""
+    blocks = [pairs for _, _, pairs in pair_blocks(active_BF, route, dtype)]
+    if not blocks:
+        return _empty_pairs(active_BF)
+    if len(blocks) == 1:
+        return blocks[0]
+    fired_A, count_A = blocks[0].fired_A, blocks[0].count_A
+    return CofiringPairs(fired_A, count_A, *(torch.cat([getattr(p, f) for p in blocks]) for f in ("row_P", "col_P", "cofire_P")))
 
 
 def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
@@ -150,22 +203,44 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     return value, grad_FD
 
 
-def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, pairs: CofiringPairs | None):
+BF16_COS_ERROR = 4e-3  # bound on |cos in bfloat16 - cos| for unit rows (2 * 2^-9, products summed in float32)
+
+
+def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, blocks, dtype: torch.dtype = torch.float32):
+    """Exact sparse counts; cos and the gradient on the penalised pairs only, in float32 (a sampled
+    sparse matmul and a sparse x dense product), or with dtype bfloat16 from a dense (C, A) Gram
+    block and a dense (C, A) x (A, D) product (compute-bound on CPUs with AMX, where the pair-wise
+    float32 products are bound by memory)."""
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
-    pairs = pairs or cofiring_pairs(active_BF)
-    c_P = pairs.n().sub_(threshold).div_(threshold)
-    keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
-    if len(keep) == 0:
-        return value, grad_FD
-    row, col, c_P = pairs.row_P[keep], pairs.col_P[keep], c_P[keep].clamp_(max=1)
-    A = len(pairs.fired_A)
-    crow = _crow(row, A)
-    W_AD = W_hat_FD[pairs.fired_A].float()
-    cos_P = pair_cos(W_AD, row, col, crow)  # w_i . w_j on the pairs only
-    T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
-    value += torch.dot(T_P, cos_P)  # sum c |cos|
-    grad_FD[pairs.fired_A] = 2 * (_csr(crow, col, T_P, (A, A)) @ W_AD)
+    W_AD = None
+    for start, stop, pairs in blocks:
+        c_P = pairs.n().sub_(threshold).div_(threshold)
+        keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
+        if len(keep) == 0:
+            continue
+        row, col, c_P = pairs.row_P[keep] - start, pairs.col_P[keep], c_P[keep].clamp_(max=1)
+        C, A = stop - start, len(pairs.fired_A)
+        W_AD = W_hat_FD[pairs.fired_A].to(dtype) if W_AD is None else W_AD
+        if dtype == torch.float32:
+            crow = _crow(row, C)
+            cos_P = pair_cos(W_AD[start:stop], W_AD, row, col, crow)  # w_i . w_j on the pairs only
+            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+            value += torch.dot(T_P, cos_P)  # sum c |cos|
+            grad_FD[pairs.fired_A[start:stop]] = 2 * (_csr(crow, col, T_P, (C, A)) @ W_AD)
+        else:
+            flat_P = row * A + col
+            G_CA = W_AD[start:stop] @ W_AD.T  # w_i . w_j, every pair of the block
+            cos_P = G_CA.view(-1)[flat_P].float()
+            near0 = (cos_P.abs() < BF16_COS_ERROR).nonzero().squeeze(1)  # the sign may be wrong: redo in float32
+            if len(near0):
+                W32_AD = W_hat_FD[pairs.fired_A].float()
+                cos_P[near0] = pair_cos(W32_AD[start:stop], W32_AD, row[near0], col[near0])
+            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
+            value += torch.dot(T_P, cos_P)  # sum c |cos|
+            T_CA = G_CA.zero_()  # reuse the block's memory for T = c sign(cos) on the pairs, 0 elsewhere
+            T_CA.view(-1)[flat_P] = T_P.to(dtype)
+            grad_FD[pairs.fired_A[start:stop]] = 2 * (T_CA @ W_AD).float()
     return value, grad_FD
 
 
@@ -176,28 +251,34 @@ def ortho_value_and_grad(
     threshold: float,
     dtype: torch.dtype,
     route: str | None = None,
-    pairs: CofiringPairs | None = None,
+    blocks=None,
 ):
     """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
     symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
-    dtype; the sparse route works in float32."""
+    dtype (also the sparse route's for cos and the gradient; its counts are exact in float32);
+    blocks: the sparse route's pair_blocks, if already at hand."""
     if (route or ortho_route(W_hat_FD.device)) == "dense":
         return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
-    return _ortho_sparse(W_hat_FD, active_BF, threshold, pairs)
+    return _ortho_sparse(W_hat_FD, active_BF, threshold, pair_blocks(active_BF) if blocks is None else blocks, dtype)
 
 
 def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
     return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
 
 
-_last_pairs: list = [None, None]  # (active_BF, CofiringPairs) of the last sparse computation
+_last_pairs: list = [None, None]  # (active_BF, its pair_blocks) of the last sparse computation, when one block
 
 
-def cofiring_pairs_of(active_BF: torch.Tensor) -> CofiringPairs:
-    """cofiring_pairs(active_BF), reusing the last result for the same mask tensor: a logged step
-    measures separation on the pairs its penalty already found."""
-    if _last_pairs[0] is not active_BF:
-        _last_pairs[:] = [active_BF, cofiring_pairs(active_BF)]
+def sparse_blocks_of(active_BF: torch.Tensor):
+    """pair_blocks(active_BF) on the sparse route. When they are one block (the embedded profile),
+    it is kept for the same mask tensor: a logged step measures separation on the pairs its penalty
+    already found. Several blocks are computed one at a time, so memory stays O(SPARSE_PAIR_BLOCK)."""
+    if _last_pairs[0] is active_BF:
+        return _last_pairs[1]
+    masks = _SparseMasks.of(active_BF)
+    if masks.rows_per_block() < len(masks.fired_A):  # several blocks
+        return _sparse_blocks(masks)
+    _last_pairs[:] = [active_BF, list(_sparse_blocks(masks))]
     return _last_pairs[1]
 
 
@@ -206,13 +287,13 @@ def penalty_value_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, dP/dW_dec) for P as experiment.orthogonality_penalty defines it, without autograd.
     route: "dense" or "sparse" (default: by device); dtype: the dense route's matmul dtype
-    (default W_dec's); the sparse route works in float32."""
+    (default W_dec's), also the sparse route's for cos and the gradient (its counts are exact)."""
     W_dec_FD = W_dec_FD.detach()
     norm_F1 = W_dec_FD.norm(dim=-1, keepdim=True)
     W_hat_FD = W_dec_FD / norm_F1
     route = route or ortho_route(W_dec_FD.device)
-    pairs = cofiring_pairs_of(active_BF) if route == "sparse" else None
-    value, grad_hat_FD = ortho_value_and_grad(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route, pairs)
+    blocks = sparse_blocks_of(active_BF) if route == "sparse" else None
+    value, grad_hat_FD = ortho_value_and_grad(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route, blocks)
     # through w_hat = w / |w|: remove the radial component and divide by |w|
     grad_FD = (grad_hat_FD - (grad_hat_FD * W_hat_FD).sum(-1, keepdim=True) * W_hat_FD) / norm_F1
     n_latents = W_dec_FD.shape[0]
@@ -253,14 +334,49 @@ def feature_separation(
     dtype: torch.dtype,
     max_pairs: int = 50_000,
     seed: int = 0,
-    pairs: CofiringPairs | None = None,
+    blocks=None,
 ) -> dict:
     """How separated the decoder directions of co-firing latents (|m_i & m_j| >= 1, i < j) are in
     this batch: mean and 95th-percentile |cos| (over a seeded sample of at most max_pairs pairs),
     the fraction of co-firing pairs with n_ij above the threshold, and the number of pairs with
-    c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr)."""
-    if pairs is None:
-        pairs = cofiring_pairs_of(active_BF) if ortho_route(W_dec_FD.device) == "sparse" else cofiring_pairs(active_BF, "dense", dtype)
+    c_ij > 0 (the same pairs: c_ij > 0 exactly when n_ij > thr). Block by block (pair_blocks), so
+    memory stays bounded; the sample is uniform over all blocks (the pairs with the max_pairs
+    smallest seeded random keys)."""
+    if blocks is None:
+        sparse = ortho_route(W_dec_FD.device) == "sparse"
+        blocks = sparse_blocks_of(active_BF) if sparse else pair_blocks(active_BF, "dense", dtype)
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    second = next(blocks, None) if first is not None else None
+    if second is None:  # one block (or none): sample it as one array
+        return _separation_one_block(W_dec_FD, first[2] if first else _empty_pairs(active_BF), threshold, max_pairs, seed)
+    gen = torch.Generator().manual_seed(seed)
+    n_cofiring = n_above = 0
+    keys_S = torch.empty(0)
+    rows_S = cols_S = torch.empty(0, dtype=torch.long)
+    for _, _, pairs in itertools.chain([first, second], blocks):
+        fired_A = pairs.fired_A
+        off = pairs.row_P != pairs.col_P
+        n_cofiring += int(off.sum())
+        n_above += int(((pairs.n() > threshold) & off).sum())
+        upper = (pairs.row_P < pairs.col_P).nonzero().squeeze(1)
+        keys_S = torch.cat([keys_S, torch.rand(len(upper), generator=gen)])
+        rows_S = torch.cat([rows_S, pairs.row_P[upper].cpu()])
+        cols_S = torch.cat([cols_S, pairs.col_P[upper].cpu()])
+        if len(keys_S) > max_pairs:  # keep the max_pairs smallest keys so far
+            keep = keys_S.topk(max_pairs, largest=False).indices
+            keys_S, rows_S, cols_S = keys_S[keep], rows_S[keep], cols_S[keep]
+    n_cofiring, n_above = n_cofiring // 2, n_above // 2  # each pair appears as (i, j) and (j, i)
+    if n_cofiring == 0:
+        return dict(sep_cos_mean=None, sep_cos_p95=None, sep_frac_above_thr=None, sep_pairs_penalized=0)
+    order = (rows_S * len(fired_A) + cols_S).argsort()  # grouped by row for pair_cos
+    W_AD = unit_rows(W_dec_FD)[fired_A].float()
+    device = W_AD.device
+    cos_P = pair_cos(W_AD, W_AD, rows_S[order].to(device), cols_S[order].to(device)).abs()
+    return _separation_record(cos_P, n_cofiring, n_above)
+
+
+def _separation_one_block(W_dec_FD: torch.Tensor, pairs: CofiringPairs, threshold: float, max_pairs: int, seed: int) -> dict:
     off = pairs.row_P != pairs.col_P
     n_cofiring = int(off.sum()) // 2  # each pair appears as (i, j) and (j, i)
     if n_cofiring == 0:
@@ -270,8 +386,12 @@ def feature_separation(
     if len(upper) > max_pairs:  # a seeded sample, kept in pair order (grouped by row)
         pick = torch.randperm(len(upper), generator=torch.Generator().manual_seed(seed))[:max_pairs].sort().values
         upper = upper[pick.to(upper.device)]
-    row_P, col_P = pairs.row_P[upper], pairs.col_P[upper]
-    cos_P = pair_cos(unit_rows(W_dec_FD)[pairs.fired_A].float(), row_P, col_P).abs()
+    W_AD = unit_rows(W_dec_FD)[pairs.fired_A].float()
+    cos_P = pair_cos(W_AD, W_AD, pairs.row_P[upper], pairs.col_P[upper]).abs()
+    return _separation_record(cos_P, n_cofiring, n_above)
+
+
+def _separation_record(cos_P: torch.Tensor, n_cofiring: int, n_above: int) -> dict:
     return dict(
         sep_cos_mean=cos_P.mean().item(),
         sep_cos_p95=torch.quantile(cos_P, 0.95).item(),

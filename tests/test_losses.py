@@ -90,7 +90,8 @@ def test_progressive_adds_weighted_penalty(impl):
     expected = E.orthogonality_penalty(sae.W_dec, active, out.threshold)
     assert expected.item() > 0
     torch.testing.assert_close(out.terms.ortho, expected.detach(), rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(out.loss, out.terms.recon + trainer.cfg.auxk_alpha * out.terms.auxk + out.ortho_lambda * out.terms.ortho)
+    assert out.ortho_weight == pytest.approx(out.ortho_lambda * trainer.ortho_scale) and trainer.ortho_scale > 0
+    torch.testing.assert_close(out.loss, out.terms.recon + trainer.cfg.auxk_alpha * out.terms.auxk + out.ortho_weight * out.terms.ortho)
 
 
 def test_gradient_reaches_decoder_only():
@@ -185,11 +186,12 @@ def test_update_gradient_equals_autograd_of_the_definition(impl):
     trainer = make_trainer("progressive", grad_clip=1e9, ortho_impl=impl)
     ref = copy.deepcopy(trainer.sae)
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0)) * 3
+    trainer.ortho_scale = 3.0  # as if calibrated on an earlier step
     trainer.update(x, 2)
     out, active = firing(ref, x)
     p = 2 / trainer.total_steps
     lam, thr = E.ortho_lambda(p, trainer.cfg), E.ortho_threshold(p, trainer.cfg)
-    loss = (x - out.x_hat_BD).pow(2).sum(-1).mean() + lam * E.orthogonality_penalty(ref.W_dec, active, thr)
+    loss = (x - out.x_hat_BD).pow(2).sum(-1).mean() + lam * 3.0 * E.orthogonality_penalty(ref.W_dec, active, thr)
     loss.backward()  # no latent is dead at step 2: no AuxK
     g, W = ref.W_dec.grad, ref.W_dec.detach()
     torch.testing.assert_close(trainer.sae.W_dec.grad, g - (g * W).sum(-1, keepdim=True) * W, rtol=1e-4, atol=1e-6)
@@ -205,3 +207,78 @@ def test_edited_reference_is_not_silently_replaced_by_the_stale_fast_version(mon
     assert trainer.ortho_impl == "reference" and "using the reference" in capsys.readouterr().out
     _, active = firing(sae, x)
     torch.testing.assert_close(out.terms.ortho, 2 * original(sae.W_dec, active, out.threshold).detach())
+
+
+def plain_topk_steps(sae, cfg, xs):
+    """The TopK recipe without any orthogonality term, written out: the baseline before lambda2
+    was scaled."""
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
+    since_F = torch.zeros(cfg.dict_size, dtype=torch.long)
+    for step, x in enumerate(xs):
+        out = sae.forward_train(x, bf16=cfg.sae_bf16)
+        active = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
+        residual = x - out.x_hat_BD
+        dead = since_F >= cfg.dead_tokens
+        loss = residual.pow(2).sum(-1).mean() + cfg.auxk_alpha * E.auxk_loss(out.pre_BF, dead, residual.detach(), sae.W_dec, 16 // 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        W = sae.W_dec
+        with torch.no_grad():
+            W.grad -= (W.grad * W).sum(-1, keepdim=True) * W
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        decay_from = int(cfg.lr_decay_start * cfg.total_steps)
+        lr = cfg.resolved_lr if step < decay_from else cfg.resolved_lr * (cfg.total_steps - step) / max(1, cfg.total_steps - decay_from)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        with torch.no_grad():
+            W /= W.norm(dim=-1, keepdim=True)
+            since_F += len(x)
+            since_F[active.any(0)] = 0
+
+
+def test_none_variant_trains_bit_for_bit_as_plain_topk():
+    xs = [torch.randn(32, 16, generator=torch.Generator().manual_seed(s)) * 3 for s in range(20)]  # into the lr decay
+    trainer = make_trainer("none", dead_tokens=64, ortho_lambda_max=7.0)
+    ref = copy.deepcopy(trainer.sae)
+    for step, x in enumerate(xs):
+        trainer.update(x, step)
+    plain_topk_steps(ref, trainer.cfg, xs)
+    assert trainer.ortho_scale is None
+    for name, param in trainer.sae.named_parameters():
+        assert torch.equal(param, getattr(ref, name)), name
+
+
+def first_step_share(d_in, dict_size, k, scale, lam):
+    torch.manual_seed(0)
+    sae = E.AutoEncoderTopK(d_in, dict_size, k, "m", 0, device="cpu", seed=1)
+    cfg = E.Config(
+        out_dir="x", dict_size=dict_size, k=k, batch_size=64, tokens=64 * 20, sae_bf16=False, dead_tokens=10**9, ortho_lambda_max=lam
+    )
+    trainer = E.TrainerTopK(cfg, sae)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(64, d_in, generator=g) + 4 * torch.randn(d_in, generator=g)) * scale  # a shared direction: latents co-fire
+    out = trainer.update(x, 0)
+    assert out.terms.auxk.item() == 0  # nothing dead: the loss is recon + the term
+    return out.ortho_weight * out.terms.ortho.item() / out.loss.item(), out.terms.ortho.item() / out.terms.recon.item()
+
+
+def test_lambda_gives_the_same_share_of_the_loss_at_the_first_step_on_different_profiles():
+    """lambda2 is relative to the recon loss: the same ortho_lambda_max is the same share at p = 0
+    whatever D, F, k and the activations' scale, although P / recon differs many times."""
+    share_a, ratio_a = first_step_share(16, 64, 8, 1.0, 0.05)
+    share_b, ratio_b = first_step_share(48, 256, 24, 5.0, 0.05)
+    assert max(ratio_a, ratio_b) > 5 * min(ratio_a, ratio_b) > 0  # unscaled, the shares would differ
+    assert share_a == pytest.approx(0.05 / 1.05, rel=1e-5) and share_b == pytest.approx(0.05 / 1.05, rel=1e-5)
+
+
+def test_ortho_scale_is_set_once_and_survives_a_checkpoint():
+    trainer = make_trainer("progressive")
+    trainer.update(torch.randn(32, 16, generator=torch.Generator().manual_seed(0)), 0)
+    scale = trainer.ortho_scale
+    assert scale > 0
+    trainer.update(torch.randn(32, 16, generator=torch.Generator().manual_seed(1)) * 10, 1)
+    assert trainer.ortho_scale == scale  # not re-estimated on later batches
+    resumed = make_trainer("progressive")
+    resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
+    assert resumed.ortho_scale == scale

@@ -41,12 +41,19 @@ def random_case(seed, B=40, F=24, D=8, p=0.25):
 ROUTES = ["dense", "sparse"]
 
 
+def force_blocks(monkeypatch, rows: int, n_fired: int = 24):
+    """Row blocks of `rows` fired latents on both routes (the sparse route's block is counted in
+    candidate pairs, rows x fired latents)."""
+    monkeypatch.setattr(O, "ORTHO_BLOCK", rows)
+    monkeypatch.setattr(O, "SPARSE_PAIR_BLOCK", rows * n_fired)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("threshold", [0.05, 0.3, 0.7, 1.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_penalty_matches_brute_force(threshold, seed, route, monkeypatch):
-    monkeypatch.setattr(O, "ORTHO_BLOCK", 5)  # several row blocks, a ragged last one
     W, active = random_case(seed)
+    force_blocks(monkeypatch, 5, int(active.any(0).sum()))  # several row blocks, a ragged last one
     expected = brute_force_penalty(W.double(), active, threshold)
     got = O.orthogonality_penalty_fast(W, active, threshold, route=route)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
@@ -79,10 +86,11 @@ def test_penalty_zero_when_nothing_cofires_above_threshold(route):
     assert W1.grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize("rows", [7, 1000])
 @pytest.mark.parametrize("route", ROUTES)
-def test_cofiring_pairs_match_brute_force(route, monkeypatch):
-    monkeypatch.setattr(O, "ORTHO_BLOCK", 7)
+def test_cofiring_pairs_match_brute_force(route, rows, monkeypatch):
     _, active = random_case(4, B=300, F=30)
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
     m = active.double()
     pairs = O.cofiring_pairs(active, route)
     fired = m.sum(0).nonzero().squeeze(1)
@@ -99,8 +107,11 @@ def test_cofiring_pairs_match_brute_force(route, monkeypatch):
     torch.testing.assert_close(pairs.n()[order], n.float())
 
 
-def test_feature_separation_matches_brute_force():
+@pytest.mark.parametrize("route,rows", [("sparse", 1000), ("sparse", 3), ("dense", 3)])
+def test_feature_separation_matches_brute_force(route, rows, monkeypatch):
     W, active = random_case(6, B=60, F=20)
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
+    monkeypatch.setattr(O, "ortho_route", lambda device: route)
     W_hat = W / W.norm(dim=-1, keepdim=True)
     m = active.float()
     cos, above = [], 0
@@ -144,13 +155,14 @@ def test_reference_matches_brute_force(threshold, seed):
     torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 9, 1000])
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_equals_reference_value_and_gradient(route, seed, monkeypatch):
-    monkeypatch.setattr(O, "ORTHO_BLOCK", 9)
+def test_fast_equals_reference_value_and_gradient(route, seed, rows, monkeypatch):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(60, 12, generator=g) * (0.5 + torch.rand(60, 1, generator=g))
     active = torch.rand(200, 60, generator=g) < torch.rand(60, generator=g) * 0.3
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
     thr = 0.1 + 0.2 * seed
     W_ref = W.clone().requires_grad_()
     ref = E.orthogonality_penalty(W_ref, active, thr)
@@ -178,3 +190,46 @@ def test_check_against_reference_accepts_the_definition_and_catches_an_edit(caps
     assert O.check_against_reference(squared, W, active, 0.2, torch.float32) == "reference"
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "no longer matches" in lines[0] and "using the reference" in lines[0]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_blocks_bound_the_pairs_held_and_cover_every_row_once(route, monkeypatch):
+    """Memory: each block holds at most rows x fired latents candidate pairs, whatever B, k and F."""
+    _, active = random_case(8, B=200, F=40, p=0.5)
+    A = int(active.any(0).sum())
+    force_blocks(monkeypatch, 4, A)
+    spans = []
+    for start, stop, pairs in O.pair_blocks(active, route):
+        assert stop - start <= 4 and ((pairs.row_P >= start) & (pairs.row_P < stop)).all()
+        assert len(pairs.row_P) <= (stop - start) * A
+        spans.append((start, stop))
+    assert spans == [(s, min(s + 4, A)) for s in range(0, A, 4)]
+
+
+def test_sparse_blocks_are_kept_for_the_log_only_when_one():
+    _, active = random_case(9)
+    one = O.sparse_blocks_of(active)
+    assert O.sparse_blocks_of(active) is one and len(one) == 1  # the logged step reuses the term's pairs
+
+
+def test_several_sparse_blocks_are_not_held(monkeypatch):
+    _, active = random_case(9)
+    force_blocks(monkeypatch, 3, int(active.any(0).sum()))
+    assert not isinstance(O.sparse_blocks_of(active), list)
+
+
+@pytest.mark.parametrize("rows", [4, 1000])
+@pytest.mark.parametrize("route", ROUTES)
+def test_bfloat16_routes_close_to_the_reference_in_blocks(route, rows, monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(80, 64, generator=g)
+    active = torch.rand(300, 80, generator=g) < torch.rand(80, generator=g) * 0.4
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
+    W_ref = W.clone().requires_grad_()
+    ref = E.orthogonality_penalty(W_ref, active, 0.2)
+    (grad_ref,) = torch.autograd.grad(ref, W_ref)
+    value, grad = O.penalty_value_and_grad(W, active, 0.2, torch.bfloat16, route)
+    assert value.item() == pytest.approx(ref.item(), rel=1e-2)
+    cos = torch.nn.functional.cosine_similarity(grad.double().flatten(), grad_ref.double().flatten(), dim=0)
+    assert cos > (0.9999 if route == "sparse" else 0.99)  # the dense route flips signs at cos ~ 0; the sparse one redoes those in float32
+    assert O.check_against_reference(E.orthogonality_penalty, W, active, 0.2, torch.bfloat16) == "fast"
