@@ -5,7 +5,7 @@ seed and headline metrics; each arm's mean, std, n and per-seed values; each arm
 from `none` with Welch's t 95% interval) and results/<name>.png (the comparison figure).
 
     python sweep.py --variants none,static,static_matched,progressive --seeds 5
-    python sweep.py --name lambda --variants progressive --grid ortho_lambda_max=0.3,1,3 --seeds 2
+    python sweep.py --name lambda --variants progressive --grid ortho_lambda_max=0.015,0.05,0.15 --seeds 2
     python sweep.py --collect                     # only rebuild results/ablation.* from the runs
 
 Any other option is an experiment.py option, passed to every run (--evals, --tokens, ...).
