@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from sae_harness.schema import (  # noqa: E402
-    EVAL_KEYS,
+    EVAL_BLOCKS,
     METRICS,
     SEEDS,
     block_status,
@@ -46,8 +46,6 @@ from sae_harness.schema import (  # noqa: E402
     run_number,
     summarize,
 )
-
-EVAL_BLOCKS = tuple(EVAL_KEYS.values())
 
 PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")

@@ -89,14 +89,3 @@ class EvalCache:
         if self.root is None:
             return "eval cache: off (every eval computes the LLM's side again)"
         return f"eval cache: {self.root} ({self.size_mb():.0f} MB); clear with: rm -r {self.root}"
-
-
-def save_atomic(path: Path, save: Callable[[Path], None]) -> None:
-    """save(tmp) then rename to path."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

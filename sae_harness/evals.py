@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from sae_harness import data
-from sae_harness.eval_cache import EvalCache, digest, sae_bench_version, save_atomic, texts_digest
-from sae_harness.rundir import write_json_atomic
+from sae_harness.eval_cache import EvalCache, digest, sae_bench_version, texts_digest
+from sae_harness.rundir import write_atomic, write_json_atomic
 from sae_harness.schema import EVAL_KEYS, block_status, eval_done, summarize
 
 SAE_ID = "custom_sae"  # SAEBench's id for an SAE object; result files are {sae_name}_{SAE_ID}_eval_results.json
@@ -510,7 +510,7 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
         results = absorption_main.run_eval(config, [(ctx.sae_name, sae)], ctx.device, ".", force_rerun=True)
     timings["of which LLM forwards of the absorption prompts"] = round(prompt_model.llm_seconds, 1)
     if prompt_model.added and ctx.cache_dir is not None:
-        save_atomic(acts_path, lambda tmp: torch.save(prompt_model.store, tmp))
+        write_atomic(acts_path, lambda tmp: torch.save(prompt_model.store, tmp))
     cache_info = dict(probe_hit=probe_hit, prompt_acts_hit=prompt_model.added == 0, entry=str(entry))
     if not results:  # the gate failed: SAEBench printed "Cannot evaluate absorption" and wrote nothing
         probe_path = out_dir / "artifacts" / "absorption" / f"{ctx.sae_name}_{SAE_ID}_k_sparse_probing.json".replace("/", "_")
