@@ -86,7 +86,9 @@ class Config:
     context_length: int = 128
     """tokens per context window (BOS first; BOS is not trained on)"""
     tokens: int | None = None
-    """training activations (tokens) extracted and trained on, one epoch (profile)"""
+    """training activations (tokens) extracted and cached (profile)"""
+    epochs: int = 1
+    """passes over the cached activations (a fresh order each pass): trains on epochs x tokens"""
     llm_batch_size: int | None = None
     """contexts per language-model forward during extraction (profile)"""
     llm_dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -147,7 +149,7 @@ class Config:
 
     @property
     def total_steps(self) -> int:
-        return self.tokens // self.batch_size
+        return self.epochs * (self.tokens // self.batch_size)
 
     @property
     def hook_name(self) -> str:

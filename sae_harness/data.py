@@ -249,7 +249,8 @@ def build_activation_cache(cfg, device: torch.device, train_texts, split: str = 
 class ActivationBuffer:
     """Serves (B, D) float32 batches from the activation cache in a seeded random order over all
     contexts, scaled by a fixed factor so that E||x||^2 = D. Batch `step` is a pure function of
-    (seed, step), which makes resuming exact."""
+    (seed, step), which makes resuming exact. Past the end of the cache (more than one epoch) the
+    rows are served again in a fresh order per epoch; epoch 0's order is seeded by `seed` alone."""
 
     def __init__(self, path: Path, key: dict, batch_size: int, seed: int, device: torch.device):
         found = read_cache(path, key)
@@ -261,10 +262,19 @@ class ActivationBuffer:
         self.scale = math.sqrt(meta["mean_sq_norm"] / self.d_model)  # x_normalized = x / scale
         self.batch_size = batch_size
         self.device = device
-        self.order = torch.randperm(self.rows, generator=torch.Generator().manual_seed(seed)).numpy()
+        self.seed = seed
+        self.steps_per_epoch = self.rows // batch_size
+        self._orders = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
+            self._orders = {epoch: torch.randperm(self.rows, generator=generator).numpy()}  # one epoch held at a time
+        return self._orders[epoch]
 
     def batch(self, step: int) -> torch.Tensor:
-        rows = np.sort(self.order[step * self.batch_size : (step + 1) * self.batch_size])
+        epoch, step = divmod(step, self.steps_per_epoch)
+        rows = np.sort(self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size])
         x_BD = torch.from_numpy(self.acts[rows]).view(torch.bfloat16)
         return x_BD.to(self.device, non_blocking=True).float() / self.scale
 

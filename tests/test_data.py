@@ -42,6 +42,22 @@ def test_buffer_batches_are_a_seeded_permutation(tmp_path, tiny_lm):
     assert abs(rows.pow(2).sum(-1).mean().item() / buf.d_model - 1) < 0.05  # E||x||^2 = D after scaling
 
 
+def test_buffer_epochs_replay_every_row_in_a_new_order(tmp_path, tiny_lm):
+    cfg = E.parse_args(tiny_args(tmp_path))
+    path = data.build_activation_cache(cfg, torch.device("cpu"), (t for _, _, t in data.load_bbc_articles()[:20]))
+    buf = data.ActivationBuffer(path, data.activation_key(cfg), 100, seed=3, device=torch.device("cpu"))
+    n = buf.steps_per_epoch
+    order0 = torch.randperm(buf.rows, generator=torch.Generator().manual_seed(3)).numpy()  # epoch 0: as before epochs existed
+    expected = torch.from_numpy(np.array(buf.acts[np.sort(order0[200:300])])).view(torch.bfloat16).float() / buf.scale
+    assert torch.equal(buf.batch(2), expected)
+    first = torch.cat([buf.batch(s) for s in range(n)])
+    second = torch.cat([buf.batch(s) for s in range(n, 2 * n)])
+    assert sorted(map(tuple, first.tolist())) == sorted(map(tuple, second.tolist()))  # the same rows again
+    assert not torch.equal(first, second)  # in another order
+    assert torch.equal(buf.batch(n + 1), data.ActivationBuffer(path, data.activation_key(cfg), 100, 3, torch.device("cpu")).batch(n + 1))
+    assert E.parse_args(tiny_args(tmp_path) + ["--epochs", "3"]).total_steps == 3 * cfg.total_steps
+
+
 def test_corrupt_cache_is_rebuilt_not_used(tmp_path, tiny_lm):
     cfg = E.parse_args(tiny_args(tmp_path))
     texts = [t for _, _, t in data.load_bbc_articles()[:20]]
