@@ -238,8 +238,8 @@ def describe(code) -> str:
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
-    from sae_harness.rundir import read_info, write_json_atomic
-    from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
+    from sae_harness.rundir import read_info, write_atomic, write_json_atomic
+    from sae_harness.schema import METRICS, aggregate, compare_summaries, results_markdown, summarize, training_key
 
     arms, records = {}, []
     for arm, variant, overrides, seed, out, _, cfg in runs:
@@ -299,7 +299,9 @@ def collect(args, runs):
         f"{args.name}: {profile or 'unknown profile'}; mean ± std over seeds, dots per seed"
         + (f"; Δ vs {baseline_arm}, 'within noise' = 95% Welch interval includes 0" if baseline_arm else ""),
     )
-    print(f"wrote {results / f'{args.name}.json'} and {figure}")
+    markdown = results_markdown(result) + "\n"
+    write_atomic(results / f"{args.name}.md", lambda tmp: tmp.write_text(markdown))
+    print(f"wrote {results / f'{args.name}.json'}, {args.name}.md (its Markdown table) and {figure}")
     print(plot.summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
     return result
 

@@ -413,6 +413,34 @@ def fmt_delta(cmp):
     return text + (", within noise" if cmp["within_noise"] else "")
 
 
+def results_markdown(result: dict) -> str:
+    """The Markdown table of a sweep's results/<name>.json: a row per metric (with its direction), a
+    column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
+    with its 95% Welch interval, and "within noise" where that interval includes 0 (no Δ for
+    reference metrics; no row for a metric no arm has). The README's
+    Results tables are this function's output (a test holds them to results/*.json)."""
+    arms = result["arms"]
+    names = list(arms)
+    lines = ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for metric in METRICS:
+        if not any((arms[name]["summary"].get(metric.name) or {}).get("status") == "ok" for name in names):
+            continue  # skipped or missing everywhere (unlearning on the embedded profile)
+        cells = []
+        for name in names:
+            entry = arms[name]["summary"].get(metric.name) or {}
+            if entry.get("status") != "ok" or entry.get("value") is None:
+                cells.append(entry.get("status") or "missing")
+                continue
+            cell = f"{fmt(entry['value'])} ± {fmt(entry.get('std'))} (n={entry.get('n')})"
+            cmp = (arms[name].get("vs_baseline") or {}).get(metric.name)
+            if cmp is not None and metric.direction != REFERENCE:
+                interval = f" [{fmt(cmp['lo'])}, {fmt(cmp['hi'])}]" if cmp.get("lo") is not None else ""
+                cell += f"; Δ {cmp['delta']:+.3g}{interval}" + (" within noise" if cmp.get("within_noise") else "")
+            cells.append(cell)
+        lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def pick_baseline(name, info, candidates):
     """(name, info) of the baseline for a run among candidates [(name, info)]: variant none, same
     profile, not the run itself; run_0 first for gemma-2-2b; else the closest key config, then

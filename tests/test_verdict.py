@@ -265,3 +265,49 @@ def test_multi_seed_out_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "run_3").write_text("not a run")
     with pytest.raises(E.UsageError, match="is a file"):
         E.main(tiny_args(tmp_path, "run_3", "--seeds", "2"))
+
+
+# ---------------------------------------------------------------- the README's results tables
+
+
+def _arm(values_by_metric):
+    return {
+        "summary": combine_summaries([{m: {"value": v, "se": None, "status": "ok"} for m, v in run.items()} for run in values_by_metric])
+    }
+
+
+def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
+    from sae_harness.schema import results_markdown
+
+    rng = random.Random(0)
+    runs = {
+        arm: [{"explained_variance": rng.gauss(mu, 0.01), "absorption_full": rng.gauss(0.5, 0.05)} for _ in range(5)]
+        for arm, mu in (("none", 0.8), ("progressive", 0.7))
+    }
+    arms = {arm: _arm(r) for arm, r in runs.items()}
+    arms["progressive"]["vs_baseline"] = compare_summaries(arms["progressive"]["summary"], arms["none"]["summary"])
+    table = results_markdown({"arms": arms}).splitlines()
+    assert table[0] == "| metric (direction) | `none` | `progressive` |"
+    ev_row = next(line for line in table if line.startswith("| explained_variance"))
+    ev = [r["explained_variance"] for r in runs["progressive"]]
+    mean, std = sum(ev) / 5, math.sqrt(sum((v - sum(ev) / 5) ** 2 for v in ev) / 4)
+    cmp = welch_interval([r["explained_variance"] for r in runs["none"]], ev)
+    assert f"{mean:.4g} ± {std:.4g} (n=5); Δ {cmp['delta']:+.3g} [{cmp['lo']:.4g}, {cmp['hi']:.4g}] |" in ev_row
+    assert "within noise" not in ev_row  # 0.1 apart with std 0.01
+    assert "kl_div_score" not in "\n".join(table)  # no arm has it: no row
+
+
+def test_readme_results_tables_match_the_committed_results():
+    """Every results/<name>.md is what results_markdown makes of results/<name>.json, and the
+    README quotes it verbatim: the Results section cannot drift from the numbers."""
+    from pathlib import Path
+
+    from sae_harness.schema import results_markdown
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    tables = sorted((root / "results").glob("*.md"))
+    for md in tables:
+        expected = results_markdown(json.loads(md.with_suffix(".json").read_text()))
+        assert md.read_text().strip() == expected, f"{md.name} is stale: rerun python sweep.py --collect with that sweep's options"
+        assert expected in readme, f"README.md does not quote results/{md.name}"
