@@ -235,6 +235,15 @@ def describe(code) -> str:
     )
 
 
+def shown(path) -> str:
+    """A run directory as results/*.json records it: relative to the repository when inside it."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(ROOT)) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
@@ -244,14 +253,14 @@ def collect(args, runs):
     arms, records = {}, []
     for arm, variant, overrides, seed, out, _, cfg in runs:
         info = read_info(out) if (out / "final_info.json").exists() else {}
-        arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=str(out.parent), per_seed={}))["per_seed"][seed] = info
+        arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}))["per_seed"][seed] = info
         block = info.get(training_key(cfg.layer), {})
         records.append(
             dict(
                 arm=arm,
                 variant=variant,
                 seed=seed,
-                run_dir=str(out),
+                run_dir=shown(out),
                 state=run_status(out, cfg) if out.exists() else "new",
                 config=block.get("config") or compared_config(cfg),
                 summary=summarize(info),
@@ -261,8 +270,8 @@ def collect(args, runs):
     result_arms = {}
     for arm, entry in arms.items():
         info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
-        if Path(entry["run_dir"]).is_dir():
-            write_json_atomic(Path(entry["run_dir"]) / "final_info.json", info)
+        if (ROOT / entry["run_dir"]).is_dir():
+            write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", info)
         result_arms[arm] = entry | dict(summary=info["summary"])
     if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
         try:
@@ -280,7 +289,7 @@ def collect(args, runs):
     result = dict(
         name=args.name,
         written=time.strftime("%Y-%m-%d %H:%M:%S"),
-        command="python sweep.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sweep.py") else None,
+        command="python sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--collect") if sys.argv[0].endswith("sweep.py") else None,
         profile=profile,
         baseline=baseline_arm,
         interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
