@@ -5,7 +5,7 @@ A TopK sparse autoencoder is trained on residual-stream activations with
     L = L_recon + auxk_alpha * L_auxk + lambda2(p) * s * P,    p = step / total_steps
     P = (1/F) * sum_{i != j} c_ij(p) * |w_i . w_j|         (w_i: unit decoder direction of latent i)
     c_ij(p) = clamp((n_ij - thr(p)) / thr(p), 0, 1)        (n_ij: normalised co-firing in the batch)
-    s = L_recon / P on the first step (then fixed), so lambda2 is relative to the recon loss
+    s = L_recon / P on the first step (then fixed; L_recon: median of 8 batches at init)
 
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
 training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
@@ -378,8 +378,19 @@ class TrainerTopK:
         self.ortho_impl = cfg.ortho_impl
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
-        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are
+        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are.
+        # recon is the median over SCALE_BATCHES batches at initialisation (calibrate_ortho_scale):
+        # one batch can hold outlier-norm tokens (a seed's first batch once gave 78 against 24-25)
         self.ortho_scale = None
+        self.recon_at_init = None
+
+    SCALE_BATCHES = 8
+
+    @torch.no_grad()
+    def calibrate_ortho_scale(self, batches) -> None:
+        """The recon loss at initialisation that s = recon / P is set from: the median over batches."""
+        recon = [(x_BD - self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16).x_hat_BD).pow(2).sum(-1).mean() for x_BD in batches]
+        self.recon_at_init = torch.stack(recon).median().item()
 
     def lr_at(self, step: int) -> float:
         decay_from = int(self.cfg.lr_decay_start * self.total_steps)
@@ -422,7 +433,7 @@ class TrainerTopK:
             if not torch.isfinite(value):
                 raise NonFiniteLoss(f"{name} became {value.item()} at step {step}")
         if self.ortho_scale is None and lam > 0 and terms.ortho.item() > 0:  # s = recon / P, once
-            self.ortho_scale = terms.recon.item() / terms.ortho.item()
+            self.ortho_scale = (self.recon_at_init or terms.recon.item()) / terms.ortho.item()
         weight = lam * (self.ortho_scale or 0.0)
         loss = terms.recon + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
         self.optimizer.zero_grad(set_to_none=True)
@@ -448,6 +459,7 @@ class TrainerTopK:
             held_ortho=self.held_ortho,
             ortho_impl=self.ortho_impl,
             ortho_scale=self.ortho_scale,
+            recon_at_init=self.recon_at_init,
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -455,6 +467,7 @@ class TrainerTopK:
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
         self.held_ortho, self.ortho_impl, self.ortho_scale = state["held_ortho"], state["ortho_impl"], state["ortho_scale"]
+        self.recon_at_init = state.get("recon_at_init")
 
 
 class NonFiniteLoss(Exception):
@@ -515,6 +528,8 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
     else:
         with torch.no_grad():
             sae.b_dec.copy_(geometric_median(buffer.batch(0)))
+        if cfg.variant != "none":
+            trainer.calibrate_ortho_scale(buffer.batch(i) for i in range(min(trainer.SCALE_BATCHES, cfg.total_steps)))
     rundir.rewrite_log(log_path, rundir.read_log(log_path, start))
 
     def checkpoint(step: int) -> None:

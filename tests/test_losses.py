@@ -282,3 +282,20 @@ def test_ortho_scale_is_set_once_and_survives_a_checkpoint():
     resumed = make_trainer("progressive")
     resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
     assert resumed.ortho_scale == scale
+
+
+def test_ortho_scale_uses_the_median_recon_at_init_so_one_outlier_batch_does_not_set_the_dose():
+    trainer = make_trainer("progressive")
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(32, 16, generator=g) for _ in range(8)]
+    batches[0][3] *= 40  # one token of outlier norm in the first batch
+    with torch.no_grad():
+        recon = [(x - trainer.sae.forward_train(x).x_hat_BD).pow(2).sum(-1).mean().item() for x in batches]
+    trainer.calibrate_ortho_scale(iter(batches))
+    assert trainer.recon_at_init == sorted(recon)[3]  # torch's median of 8: the lower middle value
+    assert recon[0] > 5 * trainer.recon_at_init  # the first batch alone would have set a far larger s
+    out = trainer.update(batches[0], 0)
+    assert trainer.ortho_scale == pytest.approx(trainer.recon_at_init / out.terms.ortho.item())
+    resumed = make_trainer("progressive")
+    resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
+    assert resumed.recon_at_init == trainer.recon_at_init and resumed.ortho_scale == trainer.ortho_scale
