@@ -87,8 +87,8 @@ class Config:
     """tokens per context window (BOS first; BOS is not trained on)"""
     tokens: int | None = None
     """training activations (tokens) extracted and cached (profile)"""
-    epochs: int = 1
-    """passes over the cached activations (a fresh order each pass): trains on epochs x tokens"""
+    epochs: int | None = None
+    """passes over the cached activations (a fresh order each pass): trains on epochs x tokens (profile)"""
     llm_batch_size: int | None = None
     """contexts per language-model forward during extraction (profile)"""
     llm_dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -149,7 +149,7 @@ class Config:
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * (self.tokens // self.batch_size)
+        return (self.epochs or 1) * (self.tokens // self.batch_size)
 
     @property
     def hook_name(self) -> str:
@@ -165,6 +165,7 @@ PROFILES = {
         text_source="bbc",
         device="auto",
         tokens=600_000,
+        epochs=4,  # 600k tokens once left the SAE under-trained (README: the size study)
         llm_batch_size=16,
         dict_size=4096,
         k=64,
@@ -177,6 +178,7 @@ PROFILES = {
         text_source="pile",
         device="cuda",
         tokens=2441 * 2048,
+        epochs=1,
         llm_batch_size=32,
         dict_size=16384,
         k=320,

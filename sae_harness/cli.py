@@ -98,7 +98,7 @@ def validate(cfg) -> None:
             f"tokens ({cfg.tokens}) must give at least one step of batch_size {cfg.batch_size}",
         ),
         (cfg.heldout_tokens <= 0, f"heldout_tokens must be positive, got {cfg.heldout_tokens}"),
-        (cfg.epochs <= 0, f"epochs must be positive, got {cfg.epochs}"),
+        (cfg.epochs is not None and cfg.epochs <= 0, f"epochs must be positive, got {cfg.epochs}"),
         (cfg.context_length < 2, f"context_length must be >= 2, got {cfg.context_length}"),
         (not 0 < cfg.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {cfg.heldout_fraction}"),
         (cfg.llm_batch_size <= 0, f"llm_batch_size must be positive, got {cfg.llm_batch_size}"),

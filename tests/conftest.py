@@ -76,7 +76,7 @@ def make_tiny_gemma2(seed=0, **overrides):
 
 
 TINY = [
-    "--tokens", "3000", "--dict_size", "128", "--k", "8", "--batch_size", "100", "--layer", "1",
+    "--tokens", "3000", "--epochs", "1", "--dict_size", "128", "--k", "8", "--batch_size", "100", "--layer", "1",
     "--context_length", "32", "--llm_batch_size", "4", "--evals", "none", "--checkpoint_every", "7",
 ]  # fmt: skip
 

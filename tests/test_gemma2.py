@@ -191,7 +191,7 @@ def test_main_end_to_end_on_tiny_gemma2_with_core_eval(tmp_path, monkeypatch):
     monkeypatch.setattr(evals, "eval_context", small_context)
     run = tmp_path / "run_1"
     argv = ["--out_dir", str(run), "--cache_dir", str(tmp_path / "cache"), "--profile", "gemma-3-270m", "--lm_name", "google/gemma-2-2b"]
-    argv += ["--layer", str(LAYER), "--tokens", "3000", "--dict_size", "128", "--k", "8", "--batch_size", "100"]
+    argv += ["--layer", str(LAYER), "--tokens", "3000", "--epochs", "1", "--dict_size", "128", "--k", "8", "--batch_size", "100"]
     argv += ["--context_length", "32", "--llm_batch_size", "4", "--evals", "core"]
     assert E.main(argv) == 0
     assert loaded == ["bfloat16", "float32"]  # extraction, then the eval model

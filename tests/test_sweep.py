@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sweep(tmp_path, *extra):
     tiny = [
-        "--lm_name", str(tmp_path / "tiny-gemma"), "--layer", "1", "--tokens", "3000", "--dict_size", "128", "--k", "8",
+        "--lm_name", str(tmp_path / "tiny-gemma"), "--layer", "1", "--tokens", "3000", "--epochs", "1", "--dict_size", "128", "--k", "8",
         "--batch_size", "100", "--context_length", "32", "--llm_batch_size", "4", "--evals", "separation",
         "--heldout_tokens", "1500", "--cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip
