@@ -1,7 +1,9 @@
 """Speed and memory of the harness, as ratios measured in one run. Not a test.
 
-    python benchmarks/bench.py            # all measurements, about 12 minutes (plus about 5 minutes
-                                          # the first time, to build the default activation cache)
+    python benchmarks/bench.py            # all measurements, about 12 minutes at one training pass,
+                                          # about 30 at the default's 4 (the four whole runs; an
+                                          # estimate), plus about 5 minutes the first time, to build
+                                          # the default activation cache
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
                                               # (two default runs on an empty eval cache, ~15-25 minutes)
