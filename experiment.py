@@ -315,6 +315,11 @@ def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thres
     return (c_AA * cos_AA.abs()).sum() / W_dec_FD.shape[0]
 
 
+def recon_loss(residual_BD: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over D, mean over tokens (inputs are scaled to E||x||^2 = D)."""
+    return residual_BD.pow(2).sum(-1).mean()
+
+
 def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Tensor, W_dec_FD: torch.Tensor, k_aux: int) -> torch.Tensor:
     """AuxK (Gao et al. 2024): the top-k_aux dead latents reconstruct the residual error, normalised
     by the residual's variance. 0 when no latent is dead."""
@@ -380,9 +385,8 @@ class TrainerTopK:
         self.ortho_impl = cfg.ortho_impl
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
-        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are.
-        # recon is the median over SCALE_BATCHES batches at initialisation (calibrate_ortho_scale):
-        # one batch can hold outlier-norm tokens (a seed's first batch once gave 78 against 24-25)
+        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are;
+        # recon: the median of SCALE_BATCHES batches at init (one batch can hold outlier-norm tokens)
         self.ortho_scale = None
         self.recon_at_init = None
 
@@ -391,7 +395,7 @@ class TrainerTopK:
     @torch.no_grad()
     def calibrate_ortho_scale(self, batches) -> None:
         """The recon loss at initialisation that s = recon / P is set from: the median over batches."""
-        recon = [(x_BD - self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16).x_hat_BD).pow(2).sum(-1).mean() for x_BD in batches]
+        recon = [recon_loss(x_BD - self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16).x_hat_BD) for x_BD in batches]
         self.recon_at_init = torch.stack(recon).median().item()
 
     def lr_at(self, step: int) -> float:
@@ -427,7 +431,7 @@ class TrainerTopK:
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
         residual_BD = x_BD - out.x_hat_BD
         terms = LossTerms(
-            recon=residual_BD.pow(2).sum(-1).mean(),
+            recon=recon_loss(residual_BD),
             auxk=auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux),
             ortho=self.ortho_term(active_BF, thr, step) if lam > 0 else x_BD.new_zeros(()),
         )

@@ -41,6 +41,7 @@ from sae_harness.schema import (  # noqa: E402
     fmt,
     fmt_delta,
     fmt_spread,
+    info_training_key,
     pick_baseline,
     run_identity,
     run_number,
@@ -112,7 +113,7 @@ def load_run(path):
         raise RunError(f"{info_path}: not valid JSON ({e})") from None
     if not isinstance(info, dict):
         raise RunError(f"{info_path}: not a JSON object")
-    if not any(isinstance(k, str) and k.startswith("training results") for k in info):
+    if info_training_key(info) is None:
         raise RunError(f"{info_path}: no 'training results for layer N' block")
     seeds = info.get(SEEDS, {}).get("values", []) if isinstance(info.get(SEEDS), dict) else []
     log_path = path / "training_log.jsonl"

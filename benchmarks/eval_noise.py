@@ -33,10 +33,10 @@ def main(argv=None) -> int:
     import experiment as X
     from sae_harness import data, evals
     from sae_harness.rundir import read_info, write_json_atomic
-    from sae_harness.schema import EVAL_KEYS, summarize
+    from sae_harness.schema import EVAL_KEYS, info_training_key, summarize
 
     info = read_info(args.run_dir)
-    training = next((v for k, v in info.items() if k.startswith("training results")), None)
+    training = info.get(info_training_key(info))
     if training is None or not (args.run_dir / "sae").exists():
         print(f"error: {args.run_dir} holds no finished single-seed run (final_info.json with a training block, sae/)", file=sys.stderr)
         return 2

@@ -328,6 +328,21 @@ def _hub_skip(ctx: EvalContext, needs: str) -> dict | None:
     return None
 
 
+def _cache_key(eval_name: str, ctx: EvalContext, **settings) -> dict:
+    """An eval cache entry's key: what every entry depends on (model, layer, dtype, device, eval
+    seed, SAEBench version) and the eval's own settings."""
+    return dict(
+        eval=eval_name,
+        model=ctx.model_name,
+        layer=ctx.layer,
+        llm_dtype=ctx.llm_dtype,
+        device=torch.device(ctx.device).type,
+        eval_seed=ctx.eval_seed,
+        **settings,
+        sae_bench=sae_bench_version(),
+    )
+
+
 def _heldout_by_label(ctx: EvalContext) -> dict[str, list[str]]:
     by_label: dict[str, list[str]] = {}
     for label, text in ctx.heldout:
@@ -437,19 +452,14 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     )
     model = _StopAtLayer(tl_model, ctx.layer)
     vocab = _absorption_vocab(tl_model.tokenizer, ctx, config.prompt_template)
-    key = dict(
-        eval="absorption",
-        model=ctx.model_name,
-        layer=ctx.layer,
-        llm_dtype=ctx.llm_dtype,
-        device=torch.device(ctx.device).type,
-        eval_seed=ctx.eval_seed,
+    key = _cache_key(
+        "absorption",
+        ctx,
         words=digest(vocab),
         n_words=len(vocab),
         prompt_template=config.prompt_template,
         prompt_token_pos=config.prompt_token_pos,
         llm_batch_size=ctx.llm_batch_size,
-        sae_bench=sae_bench_version(),
     )
     vocab_patches = (
         mock.patch.object(absorption_common, "get_alpha_tokens", lambda *a, **k: vocab),  # LLM probe words
@@ -773,19 +783,14 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
         compute_featurewise_weight_based_metrics=True,  # result fails validation (misc_metrics)
         exclude_special_tokens_from_reconstruction=True,
     )
-    key = dict(
-        eval="core",
-        model=ctx.model_name,
-        layer=ctx.layer,
-        llm_dtype=ctx.llm_dtype,
-        device=torch.device(ctx.device).type,
-        eval_seed=ctx.eval_seed,
+    key = _cache_key(
+        "core",
+        ctx,
         dataset=dataset_id,
         context_size=ctx.context_size,
         batch_prompts=ctx.core_batch_prompts,
         reconstruction_batches=ctx.core_reconstruction_batches,
         sparsity_variance_batches=ctx.core_sparsity_variance_batches,
-        sae_bench=sae_bench_version(),
     )
     batches = ctx.core_sparsity_variance_batches + ctx.core_reconstruction_batches  # both keep ~d_model floats per token
     acts_mb = batches * ctx.core_batch_prompts * ctx.context_size * (tl_model.cfg.d_model + 8) * 4 / 2**20
@@ -927,13 +932,9 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
         return heldout_split if dataset_name == HELDOUT_DATASET else load_saebench_data(dataset_name, *args)
 
     labels = sorted({label for label, _ in ctx.heldout})
-    key = dict(
-        eval="sparse_probing",
-        model=ctx.model_name,
-        layer=ctx.layer,
-        llm_dtype=ctx.llm_dtype,
-        device=torch.device(ctx.device).type,
-        eval_seed=ctx.eval_seed,
+    key = _cache_key(
+        "sparse_probing",
+        ctx,
         datasets=ctx.sparse_probing_datasets,
         heldout=texts_digest(ctx.heldout) if heldout_split is not None else None,
         train_size=config.probe_train_set_size,
@@ -942,7 +943,6 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
         context_size=ctx.context_size,
         llm_batch_size=ctx.llm_batch_size,
         k_values=ctx.sparse_probing_k_values,
-        sae_bench=sae_bench_version(),
     )
 
     def run(artifacts: Path, save: bool) -> None:

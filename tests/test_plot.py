@@ -172,20 +172,24 @@ def runs_dir(tmp_path_factory, reference):
 # ---------------------------------------------------------------- summarize / METRICS
 
 
+# a summary entry of a metric (lower is better) whose eval left no result
+MISSING_LOWER_IS_BETTER = {
+    "value": None,
+    "se": None,
+    "direction": "lower is better",
+    "status": "missing",
+    "std": None,
+    "n": 0,
+    "values": [],
+}
+
+
 def test_summarize_reference_uses_seed_fallbacks(reference):
     s = summarize(copy.deepcopy(reference))
     assert [m.name for m in METRICS] == list(s)
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
-    assert s["absorption_fraction"] == {
-        "value": None,
-        "se": None,
-        "direction": "lower is better",
-        "status": "missing",
-        "std": None,
-        "n": 0,
-        "values": [],
-    }
+    assert s["absorption_fraction"] == MISSING_LOWER_IS_BETTER
     assert s["explained_variance"]["value"] == pytest.approx(0.746, abs=5e-4)
     assert s["sparse_probing_sae_top1"]["value"] == pytest.approx(0.745, abs=5e-4)
     assert s["sparse_probing_llm_top1"]["value"] == pytest.approx(0.6525, abs=5e-4)
@@ -214,15 +218,7 @@ def test_summarize_statuses_and_fallbacks():
     info["sparse probing evaluation results"]["eval_result_metrics"]["sae"]["sae_top_1_test_accuracy"] = float("nan")
     del info["absorption evaluation results"]
     s = summarize(info)
-    assert s["absorption_full"] == {
-        "value": None,
-        "se": None,
-        "direction": "lower is better",
-        "status": "missing",
-        "std": None,
-        "n": 0,
-        "values": [],
-    }
+    assert s["absorption_full"] == MISSING_LOWER_IS_BETTER
     assert s["explained_variance"]["status"] == "error: CUDA out of memory"
     assert s["explained_variance"]["value"] is None
     # core errored, so l0 falls back to the training l0
