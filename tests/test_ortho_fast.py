@@ -233,3 +233,28 @@ def test_bfloat16_routes_close_to_the_reference_in_blocks(route, rows, monkeypat
     cos = torch.nn.functional.cosine_similarity(grad.double().flatten(), grad_ref.double().flatten(), dim=0)
     assert cos > (0.9999 if route == "sparse" else 0.99)  # the dense route flips signs at cos ~ 0; the sparse one redoes those in float32
     assert O.check_against_reference(E.orthogonality_penalty, W, active, 0.2, torch.bfloat16) == "fast"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_feature_separation_beyond_max_latents_is_the_pairs_among_a_sample(route, monkeypatch):
+    """Past max_latents fired latents, the record is the brute-force one over the pairs among the
+    sampled latents, with the penalised-pair count scaled by the pair ratio; below it, unchanged."""
+    monkeypatch.setattr(O, "ortho_route", lambda device: route)
+    W, active = random_case(8, B=60, F=30)
+    n = int(active.any(0).sum())
+    assert O.feature_separation(W, active, 0.3, torch.float32, max_latents=n) == O.feature_separation(W, active, 0.3, torch.float32)
+    keep = O.separation_latents(active, 12, seed=5)
+    assert len(keep) == 12 and active[:, keep].any(0).all() and (keep.diff() > 0).all()
+    W_hat, m = W / W.norm(dim=-1, keepdim=True), active.float()
+    cos, above = [], 0
+    for a, i in enumerate(keep.tolist()):
+        for j in keep.tolist()[a + 1 :]:
+            co = (m[:, i] * m[:, j]).sum().item()
+            if co >= 1:
+                cos.append((W_hat[i] @ W_hat[j]).abs().item())
+                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > 0.3
+    got = O.feature_separation(W, active, 0.3, torch.float32, seed=5, max_latents=12)
+    assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
+    assert got["sep_frac_above_thr"] == pytest.approx(above / len(cos))
+    assert got["sep_pairs_penalized"] == round(above * n * (n - 1) / (12 * 11))
+    assert O.separation_latents(active, 12, seed=6).tolist() != keep.tolist()
