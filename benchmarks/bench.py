@@ -7,6 +7,8 @@
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
                                               # (two default runs on an empty eval cache, ~15-25 minutes)
+    python benchmarks/bench.py --gemma2       # only the gemma-2-2b-dims keys (no embedded model needed; a
+                                              # GPU run: benchmarks/gemma2_cost.py has the whole profile)
 
 It builds (or reuses) the default run's activation cache first, so the embedded numbers always
 come from real activations and every key of the JSON is present, on a fresh clone too.
@@ -317,10 +319,9 @@ def measure_gemma2(cfg, device, results, rows):
     """gemma-2-2b dims (D 2304, F 16384, k 320): train steps on Gaussian inputs (no Gemma 2
     activations here; the batch is reduced on CPU) and the term's extra memory at B 2048."""
     B2 = 2048 if device.type == "cuda" else 256
+    n_steps = max(cfg.ortho_every, 2) * (4 if device.type == "cuda" else 1)  # a GPU step is short: average more strides
     data2 = [torch.randn(B2, 2304, device=device) for _ in range(8)]
-    t2, _ = step_ratios(
-        2304, 16384, 320, B2, device, lambda i: data2[i % len(data2)], warm_steps=4, points=(0.0,), n_steps=max(cfg.ortho_every, 2)
-    )
+    t2, _ = step_ratios(2304, 16384, 320, B2, device, lambda i: data2[i % len(data2)], warm_steps=4, points=(0.0,), n_steps=n_steps)
     results["ortho_step_ratio_gemma2"] = t2["default"] / t2["none"]
     results["ortho_applied_step_ratio_gemma2"] = t2["every_step"] / t2["none"]
     results["gemma2_batch_size"] = B2
@@ -409,6 +410,10 @@ def main(argv):
     torch.manual_seed(0)
 
     cfg = embedded_config()
+    if "--gemma2" in argv:
+        measure_gemma2(cfg, device, results, rows)
+        results["device"] = device_name(device)
+        return report({k: results[k] for k in results if "gemma2" in k or k == "device"}, rows)
     buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])  # reused, or built first on a fresh clone
     batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
     if not quick:
@@ -420,8 +425,12 @@ def main(argv):
         measure_extraction(device, results, rows)
         measure_cached_start(results, rows)
         measure_eval_cache(results, rows)
-    results["device"] = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
+    results["device"] = device_name(device)
     report(results, rows)
+
+
+def device_name(device) -> str:
+    return torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"
 
 
 def report(results, rows):

@@ -8,21 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest
 import torch
 
-
-def tiny_tokenizer(add_bos: bool = False):
-    """Character-level stand-in for the Gemma tokenizer, built offline: 0 pad, 1 eos, 2 bos, 3 unk.
-    add_bos: encoding prepends BOS, as Gemma's tokenizer does (TransformerLens needs it to adopt the
-    tokenizer as it is)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
-    vocab.update({chr(c): 4 + c - 32 for c in range(32, 255)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    special = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
-    extra = dict(add_bos_token=True, name_or_path="tiny-bytes") if add_bos else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **special, **extra)
+from sae_harness.standins import char_tokenizer as tiny_tokenizer  # noqa: F401  (the tests' tokenizer)
 
 
 def make_tiny_gemma3(seed=0):

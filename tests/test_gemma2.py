@@ -14,6 +14,7 @@ from transformer_lens import loading_from_pretrained as loading
 
 import experiment as E
 from sae_harness import data, evals
+from sae_harness.standins import GEMMA_2_2B
 
 TINY = {"google/gemma-2-2b": make_tiny_gemma2, "google/gemma-3-270m": make_tiny_gemma3}
 LAYER = 2
@@ -23,26 +24,8 @@ TEXTS = [
     "Shares in the carmaker fell 4% as sales slowed in Europe and the company warned on profits.",
 ]
 
-# google/gemma-2-2b's config.json, the fields a Gemma2Config reads (the hub is not reachable here: these
-# are the values transformers' Gemma2Config defaults to and TransformerLens's own table states), and
-# the embedded Gemma 3 270M's config as transformers reads it from the GGUF package (printed here).
-GEMMA_2_2B = dict(
-    attn_logit_softcapping=50.0,
-    final_logit_softcapping=30.0,
-    head_dim=256,
-    hidden_activation="gelu_pytorch_tanh",
-    hidden_size=2304,
-    intermediate_size=9216,
-    max_position_embeddings=8192,
-    num_attention_heads=8,
-    num_hidden_layers=26,
-    num_key_value_heads=4,
-    query_pre_attn_scalar=256,
-    rms_norm_eps=1e-06,
-    rope_theta=10000.0,
-    sliding_window=4096,
-    vocab_size=256000,
-)
+# the embedded Gemma 3 270M's config as transformers reads it from the GGUF package (printed here);
+# google/gemma-2-2b's is sae_harness.standins.GEMMA_2_2B.
 GEMMA_3_270M = dict(
     head_dim=256,
     hidden_activation="gelu_pytorch_tanh",
