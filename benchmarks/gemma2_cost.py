@@ -23,11 +23,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench import report  # noqa: E402  (benchmarks/, on the path when run as a script)
+
 import experiment as E  # noqa: E402
 from sae_harness import cli, data, standins  # noqa: E402
 from sae_harness.tracking import Tracker  # noqa: E402
-
-DEVICE = "cuda"
 
 
 def gib(n_bytes: int) -> float:
@@ -50,9 +50,9 @@ def main(argv):
     parser.add_argument("--steps", type=int, default=300, help="training steps of each variant (batch 2048 tokens)")
     parser.add_argument("--workdir", default="", help="where the model folder, cache and runs go (default: a temporary folder)")
     args = parser.parse_args(argv)
-    if DEVICE == "cuda" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gemma2_cost.py measures the gemma-2-2b profile on a GPU; no CUDA device is visible here")
-    device = torch.device(DEVICE)
+    device = torch.device("cuda")
     results, rows = dict(device=torch.cuda.get_device_name(), steps=args.steps), []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -109,10 +109,7 @@ def main(argv):
                 )
             )
         results["progressive_vs_none_train_ratio"] = results["progressive"]["train_seconds"] / results["none"]["train_seconds"]
-    width = max(len(r[0]) for r in rows)
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value:<28}  {note}")
-    print(json.dumps(results))
+    report(results, rows)
 
 
 if __name__ == "__main__":

@@ -351,7 +351,7 @@ def feature_separation(
     A^2 / 2 pairs co-fire and enumerating them cost about 2 s a log record on an H200."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
     if len(fired_A) > max_latents:
-        keep_S = separation_latents(active_BF, max_latents, seed)
+        keep_S = separation_latents(fired_A, max_latents, seed)
         record = feature_separation(W_dec_FD[keep_S], active_BF[:, keep_S], threshold, dtype, max_pairs, seed, max_latents=max_latents)
         n, s = len(fired_A), max_latents
         return record | dict(sep_pairs_penalized=round(record["sep_pairs_penalized"] * n * (n - 1) / (s * (s - 1))))
@@ -389,9 +389,8 @@ def feature_separation(
     return _separation_record(cos_P, n_cofiring, n_above)
 
 
-def separation_latents(active_BF: torch.Tensor, max_latents: int, seed: int) -> torch.Tensor:
-    """A seeded uniform sample of max_latents of the latents that fired, in index order."""
-    fired_A = active_BF.any(0).nonzero().squeeze(1)
+def separation_latents(fired_A: torch.Tensor, max_latents: int, seed: int) -> torch.Tensor:
+    """A seeded uniform sample of max_latents of the latents that fired (fired_A), in index order."""
     pick = torch.randperm(len(fired_A), generator=torch.Generator().manual_seed(seed))[:max_latents]
     return fired_A[pick.to(fired_A.device)].sort().values
 

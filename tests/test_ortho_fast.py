@@ -107,20 +107,27 @@ def test_cofiring_pairs_match_brute_force(route, rows, monkeypatch):
     torch.testing.assert_close(pairs.n()[order], n.float())
 
 
+def brute_force_separation(W, active, latents, threshold):
+    """(|cos| of every co-firing pair i < j among latents, the number of them with n_ij > threshold),
+    pair by pair."""
+    W_hat, m = W / W.norm(dim=-1, keepdim=True), active.float()
+    latents = list(latents)
+    cos, above = [], 0
+    for a, i in enumerate(latents):
+        for j in latents[a + 1 :]:
+            co = (m[:, i] * m[:, j]).sum().item()
+            if co >= 1:
+                cos.append((W_hat[i] @ W_hat[j]).abs().item())
+                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > threshold
+    return cos, above
+
+
 @pytest.mark.parametrize("route,rows", [("sparse", 1000), ("sparse", 3), ("dense", 3)])
 def test_feature_separation_matches_brute_force(route, rows, monkeypatch):
     W, active = random_case(6, B=60, F=20)
     force_blocks(monkeypatch, rows, int(active.any(0).sum()))
     monkeypatch.setattr(O, "ortho_route", lambda device: route)
-    W_hat = W / W.norm(dim=-1, keepdim=True)
-    m = active.float()
-    cos, above = [], 0
-    for i in range(20):
-        for j in range(i + 1, 20):
-            co = (m[:, i] * m[:, j]).sum().item()
-            if co >= 1:
-                cos.append((W_hat[i] @ W_hat[j]).abs().item())
-                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > 0.3
+    cos, above = brute_force_separation(W, active, range(20), 0.3)
     got = O.feature_separation(W, active, 0.3, torch.float32)
     assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
     assert got["sep_cos_p95"] == pytest.approx(torch.quantile(torch.tensor(cos), 0.95).item(), rel=1e-5)
@@ -243,18 +250,12 @@ def test_feature_separation_beyond_max_latents_is_the_pairs_among_a_sample(route
     W, active = random_case(8, B=60, F=30)
     n = int(active.any(0).sum())
     assert O.feature_separation(W, active, 0.3, torch.float32, max_latents=n) == O.feature_separation(W, active, 0.3, torch.float32)
-    keep = O.separation_latents(active, 12, seed=5)
+    fired = active.any(0).nonzero().squeeze(1)
+    keep = O.separation_latents(fired, 12, seed=5)
     assert len(keep) == 12 and active[:, keep].any(0).all() and (keep.diff() > 0).all()
-    W_hat, m = W / W.norm(dim=-1, keepdim=True), active.float()
-    cos, above = [], 0
-    for a, i in enumerate(keep.tolist()):
-        for j in keep.tolist()[a + 1 :]:
-            co = (m[:, i] * m[:, j]).sum().item()
-            if co >= 1:
-                cos.append((W_hat[i] @ W_hat[j]).abs().item())
-                above += co / min(m[:, i].sum().item(), m[:, j].sum().item()) > 0.3
+    cos, above = brute_force_separation(W, active, keep.tolist(), 0.3)
     got = O.feature_separation(W, active, 0.3, torch.float32, seed=5, max_latents=12)
     assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
     assert got["sep_frac_above_thr"] == pytest.approx(above / len(cos))
     assert got["sep_pairs_penalized"] == round(above * n * (n - 1) / (12 * 11))
-    assert O.separation_latents(active, 12, seed=6).tolist() != keep.tolist()
+    assert O.separation_latents(fired, 12, seed=6).tolist() != keep.tolist()
