@@ -6,7 +6,8 @@
                                           # the default activation cache
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
-                                              # (two default runs on an empty eval cache, ~15-25 minutes)
+                                              # (two default-config runs of one training pass on an
+                                              # empty eval cache, ~25 minutes)
     python benchmarks/bench.py --gemma2       # only the gemma-2-2b-dims keys (no embedded model needed; a
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
 
@@ -366,6 +367,8 @@ def eval_cache_seconds(seed: int = 42) -> dict:
     """Eval seconds of two default runs in a row (seeds `seed` and seed + 1) on an empty eval cache:
     the first computes and caches the LLM's side of every eval, the second reuses it. Both share the
     default run's activation cache (linked into a temporary cache_dir, so nothing real is touched).
+    They train for one pass instead of the default's four: the evals' work does not depend on how
+    long the SAE trained, and the three passes would add about 10 minutes that are not measured.
     Returns each run's per-eval seconds and cache hits, and the sums."""
     cfg = embedded_config()
     acts = data.cache_path(cfg)
@@ -377,7 +380,7 @@ def eval_cache_seconds(seed: int = 42) -> dict:
         (Path(tmp) / "cache" / acts.name).symlink_to(acts.resolve())
         for i, run_seed in enumerate((seed, seed + 1)):
             out = Path(tmp) / f"run_{i + 1}"
-            cmd = [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(out), "--profile", "gemma-3-270m"]
+            cmd = [sys.executable, str(ROOT / "experiment.py"), "--out_dir", str(out), "--profile", "gemma-3-270m", "--epochs", "1"]
             subprocess.run(cmd + ["--cache_dir", str(Path(tmp) / "cache"), "--seed", str(run_seed)], check=True, stdout=subprocess.DEVNULL)
             info = json.loads((out / "final_info.json").read_text())
             blocks = {name: info.get(key, {}) for name, key in EVAL_KEYS.items() if name in cli.eval_names(cfg)}

@@ -311,3 +311,85 @@ def test_readme_results_tables_match_the_committed_results():
         expected = results_markdown(json.loads(md.with_suffix(".json").read_text()))
         assert md.read_text().strip() == expected, f"{md.name} is stale: rerun python sweep.py --collect with that sweep's options"
         assert expected in readme, f"README.md does not quote results/{md.name}"
+
+
+# ---------------------------------------------------------------- a sweep re-read over eval seeds
+
+
+def _eval_noise_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_noise.py"
+    spec = importlib.util.spec_from_file_location("eval_noise", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(value, se=None):
+    return {"value": value, "se": se, "direction": "x", "status": "ok", "std": None, "n": 1, "values": [value]}
+
+
+def test_eval_seed_compare_averages_each_sae_then_compares_arms(tmp_path):
+    """Each run's absorption becomes its mean over the eval seeds all runs share; arms are then
+    compared on those means (brute force here); metrics not re-evaluated keep their value."""
+    from sae_harness.schema import results_markdown
+
+    eval_noise = _eval_noise_module()
+    rng = random.Random(1)
+    records, by_run = [], {}
+    for arm, mu in (("none", 0.7), ("progressive", 0.6)):
+        for seed in (42, 43, 44):
+            run = tmp_path / arm / f"seed_{seed}"
+            run.mkdir(parents=True)
+            own = {"absorption_full": _entry(rng.gauss(mu, 0.03), 0.03), "explained_variance": _entry(rng.gauss(0.88, 0.001))}
+            later = {s: rng.gauss(mu, 0.03) for s in (43, 44, 45)}
+            seeds = (43, 44, 45) if seed != 44 else (43, 44)  # one run lacks eval seed 45: only 42-44 are shared
+            runs = [{"eval_seed": 42, "summary": own, "seconds": None}]
+            runs += [{"eval_seed": s, "summary": {"absorption_full": _entry(later[s], 0.03)}, "seconds": {"absorption": 1}} for s in seeds]
+            (run / "eval_noise.json").write_text(json.dumps({"runs": runs}))
+            records.append({"arm": arm, "variant": arm, "seed": seed, "run_dir": str(run), "summary": own})
+            by_run[str(run)] = [own["absorption_full"]["value"], later[43], later[44]]
+    sweep = {"name": "abl", "baseline": "none", "arms": {"none": {"variant": "none"}, "progressive": {"variant": "progressive"}}}
+    (tmp_path / "abl.json").write_text(json.dumps(sweep | {"runs": records}))
+
+    assert eval_noise.main(["--compare", str(tmp_path / "abl.json"), "--results", str(tmp_path / "results")]) == 0
+    result = json.loads((tmp_path / "results" / "abl_evalseeds.json").read_text())
+    assert result["eval_seeds"] == [42, 43, 44] and result["eval_seed_mean"] == ["absorption_full"]
+    means = {arm: [sum(by_run[r["run_dir"]]) / 3 for r in records if r["arm"] == arm] for arm in ("none", "progressive")}
+    absorption = result["arms"]["progressive"]["summary"]["absorption_full"]
+    assert absorption["values"] == pytest.approx(means["progressive"]) and absorption["n"] == 3
+    expected = welch_interval(means["none"], means["progressive"])
+    got = result["arms"]["progressive"]["vs_baseline"]["absorption_full"]
+    assert (got["delta"], got["lo"], got["hi"]) == pytest.approx((expected["delta"], expected["lo"], expected["hi"]))
+    pooled = math.sqrt(sum(statistics_variance(v) for v in by_run.values()) / len(by_run))
+    assert result["eval_seed_std"]["absorption_full"] == pytest.approx(pooled)
+    ev = [r["summary"]["explained_variance"]["value"] for r in records if r["arm"] == "none"]
+    assert result["arms"]["none"]["summary"]["explained_variance"]["values"] == pytest.approx(ev)  # not re-evaluated: as it was
+    assert (tmp_path / "results" / "abl_evalseeds.md").read_text().strip() == results_markdown(result)
+
+
+def statistics_variance(values):
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def test_eval_seed_compare_without_evaluations_is_one_line(tmp_path, capsys):
+    eval_noise = _eval_noise_module()
+    run = tmp_path / "none" / "seed_42"
+    run.mkdir(parents=True)
+    records = [{"arm": "none", "variant": "none", "seed": 42, "run_dir": str(run), "summary": {}}]
+    (tmp_path / "abl.json").write_text(json.dumps({"name": "abl", "baseline": "none", "arms": {"none": {}}, "runs": records}))
+    assert eval_noise.main(["--compare", str(tmp_path / "abl.json"), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 1 runs have no eval_noise.json") and "\n" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_eval_noise_merges_a_later_eval_into_a_seeds_summary():
+    eval_noise = _eval_noise_module()
+    old = {"absorption_full": _entry(0.5), "kl_div_score": {"status": "missing", "value": None}}
+    new = {"absorption_full": {"status": "missing", "value": None}, "kl_div_score": _entry(0.9)}
+    both = eval_noise.merged(old, new)
+    assert both["absorption_full"]["value"] == 0.5 and both["kl_div_score"]["value"] == 0.9
