@@ -393,3 +393,32 @@ def test_eval_noise_merges_a_later_eval_into_a_seeds_summary():
     new = {"absorption_full": {"status": "missing", "value": None}, "kl_div_score": _entry(0.9)}
     both = eval_noise.merged(old, new)
     assert both["absorption_full"]["value"] == 0.5 and both["kl_div_score"]["value"] == 0.9
+
+
+def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tiny_lm, monkeypatch):
+    """eval_noise.py on a finished run at eval seed 43 gives what a run trained the same way with
+    --eval_seed 43 records (the SAE does not depend on the eval seed); a second call evaluates
+    nothing. The eval is a stand-in whose numbers depend on the SAE and the eval seed (the real
+    evals' seed handling is tested in test_evals.py)."""
+    from sae_harness import evals
+
+    def core(sae, tl_model, ctx):
+        ev = float(sae.W_dec.sum()) % 1 + ctx.eval_seed / 1000
+        return {"eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": ev}}}
+
+    monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
+    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": core})
+    eval_noise = _eval_noise_module()
+    for out, eval_seed in (("run_1", "42"), ("run_2", "43")):
+        assert E.main(tiny_args(tmp_path, out, "--evals", "core", "--eval_seed", eval_seed)) == 0
+    run = tmp_path / "run_1"
+    assert eval_noise.main([str(run), "--eval_seeds", "43", "--evals", "core"]) == 0
+    noise = json.loads((run / "eval_noise.json").read_text())
+    assert [r["eval_seed"] for r in noise["runs"]] == [42, 43] and noise["evals"] == ["core"]
+    own, other = (summarize(json.loads((tmp_path / r / "final_info.json").read_text())) for r in ("run_1", "run_2"))
+    assert noise["runs"][1]["summary"]["explained_variance"]["value"] == other["explained_variance"]["value"]
+    assert noise["metrics"]["explained_variance"]["values"] == [own["explained_variance"]["value"], other["explained_variance"]["value"]]
+    written = (run / "eval_noise.json").stat().st_mtime_ns
+    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": None})  # would fail if called
+    assert eval_noise.main([str(run), "--eval_seeds", "42,43", "--evals", "core"]) == 0
+    assert (run / "eval_noise.json").stat().st_mtime_ns == written  # both done already: nothing re-evaluated
