@@ -438,8 +438,8 @@ def metric_panels(axes, items, colors, baseline=None):
             if ok and baseline is not None and summary is not baseline:
                 cmp = compare_summaries({metric.name: entry}, {metric.name: baseline[metric.name]}).get(metric.name)
                 if cmp is not None:
-                    text += f"\nΔ {cmp['delta']:+.3g}" + (
-                        "" if cmp["within_noise"] is None else (" within noise" if cmp["within_noise"] else " (95% CI excl. 0)")
+                    text += f"\nΔ {cmp['delta']:+.3g}" + (  # the verdict on a line of its own, so four arms' labels fit
+                        "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
                     )
             ax.annotate(
                 text,
@@ -455,7 +455,7 @@ def metric_panels(axes, items, colors, baseline=None):
         ax.set_title(metric_title(metric), fontsize=10)
         ax.set_ylabel(UNITS.get(metric.name, "value"), fontsize=9)
         top = max(tops)
-        room = 1.45 + 0.15 * min(len(notes), 4)  # keep the labels and status notes clear of the bars
+        room = 1.6 + 0.15 * min(len(notes), 4)  # keep the labels and status notes clear of the bars
         ax.set_ylim(0, top * room if top > 0 else 1.0)
         ax.grid(axis="y", alpha=0.3)
         if notes:
