@@ -136,6 +136,8 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
     """(the eval seeds every run has, the metrics ok at all of them in every run, {run_dir: summary
     with those metrics' value (and se) replaced by the mean over those seeds}, {metric: the pooled
     sample std over those seeds: root mean of the runs' variances})."""
+    from sae_harness.schema import combine_summaries
+
     seeds = sorted(set.intersection(*(set(r["eval_seed"] for r in noises[rec["run_dir"]]["runs"]) for rec in records)))
     if len(seeds) < 2:
         raise Usage(f"the runs share fewer than two eval seeds ({seeds}): evaluate them first")
@@ -147,14 +149,13 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
     metrics = [m for m in records[0]["summary"] if all(at(noises[rec["run_dir"]], m) for rec in records)]
     summaries, variances = {}, {m: [] for m in metrics}
     for rec in records:
+        runs = noises[rec["run_dir"]]["runs"]
+        over_seeds = combine_summaries([next(r for r in runs if r["eval_seed"] == s)["summary"] for s in seeds])  # mean, se, std
         summary = json.loads(json.dumps(rec["summary"]))
         for metric in metrics:
-            entries = at(noises[rec["run_dir"]], metric)
-            value = statistics.fmean(e["value"] for e in entries)
-            variances[metric].append(statistics.variance([e["value"] for e in entries]))
-            ses = [e.get("se") for e in entries]
-            se = math.sqrt(sum(s * s for s in ses)) / len(ses) if all(isinstance(s, (int, float)) for s in ses) else None
-            summary[metric] |= dict(value=value, se=se, values=[value])
+            mean = over_seeds[metric]
+            variances[metric].append(mean["std"] ** 2)
+            summary[metric] |= dict(value=mean["value"], se=mean["se"], values=[mean["value"]])
         summaries[rec["run_dir"]] = summary
     return seeds, metrics, summaries, {m: math.sqrt(statistics.fmean(v)) for m, v in variances.items()}
 
