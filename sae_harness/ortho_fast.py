@@ -5,7 +5,9 @@ Same math as the reference, tested against it (value and gradient) and against a
 loop on random inputs. Two routes compute the same co-firing counts and the same term:
 
 - dense (CUDA): bfloat16 matmuls over row blocks of the fired latents (tensor cores make
-  A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix.
+  A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix. On a
+  CPU (tests, or chosen by hand) the counts are int8 x int8 -> int32 products, exact.
+  Penalised pairs whose bfloat16 cos is within BF16_COS_ERROR of 0 are redone in float32.
 - sparse (CPU): each token has only k of F latents on, so the counts are sparse x sparse
   products of the firing masks (B * k^2 work instead of A^2 * B), exact in float32. cos and the
   gradient: in float32 only for the penalised pairs (c_ij > 0); in bfloat16 (the trainer's dtype
@@ -36,13 +38,21 @@ def ortho_route(device: torch.device) -> str:
     return "dense" if device.type == "cuda" else "sparse"
 
 
-def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor) -> torch.Tensor:
+def mask_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The firing masks' dtype for the co-firing counts: int8 on CPU (an int8 x int8 -> int32
+    product, exact for any batch and fast with AMX / VNNI), else the matmul dtype."""
+    return torch.int8 if device.type == "cpu" and dtype != torch.float32 else dtype
+
+
+def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor, mask_BA: torch.Tensor | None = None) -> torch.Tensor:
     """Exact |m_i & m_j| (C, A) as float32 from 0/1 firing masks laid out latent-major (C, B) and
-    (A, B). Low-precision products are exact; the sums are kept exact by accumulating in float32
-    (CUDA), or, on CPU, by summing bfloat16 blocks of 256 tokens (every partial count <= 256 is
-    representable) in float32."""
+    (A, B) (mask_BA: mask_AB.T, contiguous, if at hand). Low-precision products are exact; the
+    sums are kept exact by accumulating in int32 (int8 masks, CPU) or float32 (CUDA), or by
+    summing bfloat16 blocks of 256 tokens (every partial count <= 256 is representable)."""
     if mask_AB.dtype == torch.float32:
         return mask_CB @ mask_AB.T
+    if mask_AB.dtype == torch.int8:
+        return torch._int_mm(mask_CB, mask_AB.T.contiguous() if mask_BA is None else mask_BA).float()
     if mask_AB.is_cuda and "out_dtype" in torch.mm.__doc__:
         return torch.mm(mask_CB, mask_AB.T, out_dtype=torch.float32)
     counts_CA = torch.zeros(len(mask_CB), len(mask_AB), device=mask_AB.device)
@@ -57,14 +67,19 @@ ORTHO_BLOCK = 1024  # rows per block in the dense route: memory is O(ORTHO_BLOCK
 def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
     """Dense route. Over the latents that fired only, in row blocks (never an F x F matrix): yields
     (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
-    cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|)."""
+    cofire = |m_i & m_j| and n_ij = cofire / min(|m_i|, |m_j|). With int8 masks (CPU) the fired
+    latents are padded with never-firing ones up to a multiple of PAD_ROWS (their cofire and n
+    are 0): blocks are (C_pad, A_pad), rows and columns past A are padding."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
-    mask_AB = active_BF[:, fired_A].T.contiguous()
-    count_A = mask_AB.sum(1).float()
-    mask_AB = mask_AB.to(dtype)
+    mask_BA = active_BF[:, fired_A].to(mask_dtype(active_BF.device, dtype))
+    mask_AB = mask_BA.T.contiguous()
+    int8 = mask_AB.dtype == torch.int8
+    mask_AB = _pad_rows(mask_AB) if int8 else mask_AB
+    count_A = mask_AB.sum(1, dtype=torch.float32).clamp_min_(1)  # a fired latent's count is >= 1; padding: 1
+    mask_BA = mask_AB.T.contiguous() if int8 else None
     for start in range(0, len(fired_A), ORTHO_BLOCK):
-        stop = min(start + ORTHO_BLOCK, len(fired_A))
-        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB)
+        stop = min(start + ORTHO_BLOCK, len(mask_AB))
+        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB, mask_BA)
         n_CA = cofire_CA / torch.minimum(count_A[start:stop, None], count_A[None, :])
         yield fired_A, start, cofire_CA, n_CA
 
@@ -105,6 +120,7 @@ def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
+INT8_COUNTS = True  # sparse route on CPU: the counts as int8 products (False: the COO product used elsewhere)
 SPARSE_PAIR_BLOCK = 2**24  # sparse route: candidate pairs (rows x fired latents) per row block
 SEPARATION_LATENTS = 4096  # feature_separation enumerates pairs among at most this many fired latents (all of them on the embedded profile)
 
@@ -124,25 +140,34 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
         for fired_A, start, cofire_CA, _ in cofiring_blocks(active_BF, dtype):
             count_A = active_BF[:, fired_A].sum(0).float() if count_A is None else count_A
             r, a = cofire_CA.nonzero(as_tuple=True)
-            yield start, start + len(cofire_CA), CofiringPairs(fired_A, count_A, start + r, a, cofire_CA[r, a])
+            stop = min(start + len(cofire_CA), len(fired_A))
+            yield start, stop, CofiringPairs(fired_A, count_A[: len(fired_A)], start + r, a, cofire_CA[r, a])
         return
     yield from _sparse_blocks(_SparseMasks.of(active_BF))
 
 
 class _SparseMasks(NamedTuple):
-    """The firing masks of the latents that fired, as sparse COO matrices: M_BA (tokens x latents)
-    and the (latent, token) entries sorted by latent, so a row block of M_AB is a slice. (COO, not
-    CSR: torch 2.14's CSR x CSR product on CPU leaks about 13 MB per call.)"""
+    """The firing masks of the latents that fired. On CPU a dense int8 (tokens x latents) matrix:
+    a row block's counts are one int8 x int8 -> int32 product, exact, of which the co-firing pairs
+    are the nonzeros (with AMX / VNNI about 3x faster than a sparse product at the embedded
+    profile's sizes, where a third of all pairs co-fire). Elsewhere sparse COO matrices: M_BA
+    (tokens x latents) and the (latent, token) entries sorted by latent, so a row block of M_AB is
+    a slice. (COO, not CSR: torch 2.14's CSR x CSR product on CPU leaks about 13 MB per call.)"""
 
     fired_A: torch.Tensor
     count_A: torch.Tensor
-    M_BA: torch.Tensor
-    crow_A: torch.Tensor  # entries of latent a are [crow_A[a], crow_A[a + 1]) of the two below
-    a_by_latent_N: torch.Tensor
-    b_by_latent_N: torch.Tensor
+    mask_BA: torch.Tensor | None  # int8 (CPU)
+    M_BA: torch.Tensor | None  # sparse COO (elsewhere), and its entries by latent:
+    crow_A: torch.Tensor | None  # entries of latent a are [crow_A[a], crow_A[a + 1]) of the two below
+    a_by_latent_N: torch.Tensor | None
+    b_by_latent_N: torch.Tensor | None
 
     @staticmethod
     def of(active_BF: torch.Tensor) -> "_SparseMasks":
+        if active_BF.device.type == "cpu" and INT8_COUNTS:
+            fired_A = active_BF.any(0).nonzero().squeeze(1)
+            mask_BA = active_BF[:, fired_A].to(torch.int8)
+            return _SparseMasks(fired_A, mask_BA.sum(0, dtype=torch.float32), mask_BA, None, None, None, None)
         B = len(active_BF)
         b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
         fired_A, a_N = torch.unique(f_N, return_inverse=True)
@@ -151,20 +176,25 @@ class _SparseMasks(NamedTuple):
         by_latent = a_N.argsort(stable=True)  # tokens ascending within a latent
         M_BA = torch.sparse_coo_tensor(torch.stack([b_N, a_N]), ones_N, (B, A), is_coalesced=True)
         count_A = torch.bincount(a_N, minlength=A).float()
-        return _SparseMasks(fired_A, count_A, M_BA, _crow(a_N[by_latent], A), a_N[by_latent], b_N[by_latent])
+        return _SparseMasks(fired_A, count_A, None, M_BA, _crow(a_N[by_latent], A), a_N[by_latent], b_N[by_latent])
 
     def rows_per_block(self) -> int:
         return max(1, SPARSE_PAIR_BLOCK // max(len(self.fired_A), 1))
 
 
 def _sparse_blocks(masks: _SparseMasks):
-    fired_A, count_A, M_BA, crow_A, a_by_latent_N, b_by_latent_N = masks
-    A, B, rows = len(fired_A), M_BA.shape[0], masks.rows_per_block()
+    fired_A, count_A, mask_BA, M_BA, crow_A, a_by_latent_N, b_by_latent_N = masks
+    A, rows = len(fired_A), masks.rows_per_block()
     for start in range(0, A, rows):
         stop = min(start + rows, A)
+        if mask_BA is not None:
+            C_CA = torch._int_mm(mask_BA[:, start:stop].T.contiguous(), mask_BA)  # |m_i & m_j|, int32
+            row_P, col_P = C_CA.nonzero(as_tuple=True)  # the pairs that co-fire at least once, by (row, col)
+            yield start, stop, CofiringPairs(fired_A, count_A, row_P + start, col_P, C_CA[row_P, col_P].float())
+            continue
         lo, hi = crow_A[start], crow_A[stop]
         rows_cols = torch.stack([a_by_latent_N[lo:hi] - start, b_by_latent_N[lo:hi]])
-        M_CB = torch.sparse_coo_tensor(rows_cols, M_BA.values()[: hi - lo], (stop - start, B), is_coalesced=True)
+        M_CB = torch.sparse_coo_tensor(rows_cols, M_BA.values()[: hi - lo], (stop - start, M_BA.shape[0]), is_coalesced=True)
         C_CA = torch.sparse.mm(M_CB, M_BA).coalesce()  # only pairs that co-fire at least once, sorted by (row, col)
         row_P, col_P = C_CA.indices()
         yield start, stop, CofiringPairs(fired_A, count_A, row_P + start, col_P, C_CA.values())
@@ -192,15 +222,22 @@ def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Te
 def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
+    W32_AD = None  # float32 rows, for the pairs whose low-precision cos is near 0
     for fired_A, start, _cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
         if start == 0:
             W_AD = W_hat_FD[fired_A].to(dtype)
+            W_AD = _pad_rows(W_AD, len(n_CA[0]))  # as the blocks are padded (on CPU)
         rows = slice(start, start + len(n_CA))
         T_CA = cofire_weights(n_CA, threshold, start)  # c ...
         cos_CA = (W_AD[rows] @ W_AD.T).float()
+        if dtype != torch.float32:  # where the low-precision sign may be wrong: redo in float32
+            r, a = ((cos_CA.abs() < BF16_COS_ERROR) & (T_CA > 0)).nonzero(as_tuple=True)  # grouped by row
+            if len(r):
+                W32_AD = W_hat_FD[fired_A].float() if W32_AD is None else W32_AD
+                cos_CA[r, a] = pair_cos(W32_AD[rows], W32_AD, r, a)
         T_CA.mul_(cos_CA.sign())  # ... times sign(cos)
         value += torch.dot(T_CA.view(-1), cos_CA.view(-1))  # sum c |cos|
-        grad_FD.index_copy_(0, fired_A[rows], 2 * (T_CA.to(dtype) @ W_AD).float())
+        grad_FD.index_copy_(0, fired_A[rows], 2 * (T_CA.to(dtype) @ W_AD)[: len(fired_A[rows])].float())
     return value, grad_FD
 
 
@@ -230,8 +267,9 @@ def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: fl
             value += torch.dot(T_P, cos_P)  # sum c |cos|
             grad_FD[pairs.fired_A[start:stop]] = 2 * (_csr(crow, col, T_P, (C, A)) @ W_AD)
         else:
-            flat_P = row * A + col
-            G_CA = W_AD[start:stop] @ W_AD.T  # w_i . w_j, every pair of the block
+            W_pad = _pad_rows(W_AD)  # A_pad >= A rows, zero below A
+            flat_P = row * len(W_pad) + col
+            G_CA = _pad_rows(W_AD[start:stop]) @ W_pad.T  # w_i . w_j, every pair of the block (zero in the padding)
             cos_P = G_CA.view(-1)[flat_P].float()
             near0 = (cos_P.abs() < BF16_COS_ERROR).nonzero().squeeze(1)  # the sign may be wrong: redo in float32
             if len(near0):
@@ -241,8 +279,21 @@ def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: fl
             value += torch.dot(T_P, cos_P)  # sum c |cos|
             T_CA = G_CA.zero_()  # reuse the block's memory for T = c sign(cos) on the pairs, 0 elsewhere
             T_CA.view(-1)[flat_P] = T_P.to(dtype)
-            grad_FD[pairs.fired_A[start:stop]] = 2 * (T_CA @ W_AD).float()
+            grad_FD[pairs.fired_A[start:stop]] = 2 * (T_CA @ W_pad)[:C].float()
     return value, grad_FD
+
+
+PAD_ROWS = 256
+
+
+def _pad_rows(X_ND: torch.Tensor, n_pad: int | None = None) -> torch.Tensor:
+    """X with zero rows appended up to n_pad (default: a multiple of PAD_ROWS). On CPU a
+    low-precision matmul of a shape not seen before costs 3-5x a repeated one (oneDNN builds a
+    kernel per shape), and the number of fired latents changes with every batch: padded, a run
+    sees a few shapes."""
+    n = len(X_ND)
+    n_pad = -(-n // PAD_ROWS) * PAD_ROWS if n_pad is None else n_pad
+    return X_ND if n_pad == n else torch.cat([X_ND, X_ND.new_zeros(n_pad - n, *X_ND.shape[1:])])
 
 
 @torch.no_grad()
