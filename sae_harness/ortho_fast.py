@@ -2,19 +2,19 @@
 (selected by --ortho_impl fast, the default), and the training-batch separation diagnostics.
 
 Same math as the reference, tested against it (value and gradient) and against a brute-force
-loop on random inputs. Two routes compute the same co-firing counts and the same term:
+loop on random inputs.
 
-- dense (CUDA): bfloat16 matmuls over row blocks of the fired latents (tensor cores make
-  A x A x (B + 2D) cheap); memory O(ORTHO_BLOCK x fired latents), never an F x F matrix. On a
-  CPU (tests, or chosen by hand) the counts are int8 x int8 -> int32 products, exact.
-  Penalised pairs whose bfloat16 cos is within BF16_COS_ERROR of 0 are redone in float32.
-- sparse (CPU): only the pairs that co-fire are kept, with exact counts: on CPU from an int8
-  product of the firing masks, elsewhere from a sparse x sparse product (B * k^2 work). cos and the
-  gradient: in float32 only for the penalised pairs (c_ij > 0); in bfloat16 (the trainer's dtype
-  on CPUs with AMX) from dense row blocks of the Gram matrix, which AMX makes cheaper than the
-  memory-bound pair-wise products.
-  Row blocks of at most SPARSE_PAIR_BLOCK candidate pairs (rows x fired latents): memory
-  O(SPARSE_PAIR_BLOCK) whatever k, F and B are (one block on the embedded profile, 16 at F 16384).
+The term (_ortho_dense, on every device): over the latents that fired only, sorted by firing
+count, in row blocks against the upper triangle (c and |cos| are symmetric: half the work of all
+pairs). Counts are exact (int8 x int8 -> int32 on CPU, float32 accumulation on CUDA); cos and
+the gradient are bfloat16 matmuls (tensor cores; AMX / AVX-512 on CPUs), with the penalised pairs
+whose bfloat16 cos is within BF16_COS_ERROR of 0 redone in float32. Memory O(ORTHO_BLOCK x fired
+latents), never an F x F matrix.
+
+The diagnostics enumerate the co-firing pairs (pair_blocks) on one of two routes, which compute
+the same pairs and counts: sparse (CPU) keeps only the pairs that co-fire, from an int8 product of
+the firing masks on CPU or a sparse x sparse product elsewhere, in row blocks of at most
+SPARSE_PAIR_BLOCK candidate pairs; dense (CUDA) takes the nonzeros of row blocks of the counts.
 
 Shape suffixes as in experiment.py: B batch, D model width, F latents, A latents that fired,
 C a row block of them, P pairs.
@@ -34,7 +34,8 @@ def fast_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def ortho_route(device: torch.device) -> str:
+def pairs_route(device: torch.device) -> str:
+    """How the diagnostics enumerate co-firing pairs: sparse on CPU, dense on CUDA."""
     return "dense" if device.type == "cuda" else "sparse"
 
 
@@ -211,76 +212,65 @@ def cofiring_pairs(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.
     return CofiringPairs(fired_A, count_A, *(torch.cat([getattr(p, f) for p in blocks]) for f in ("row_P", "col_P", "cofire_P")))
 
 
-def cofire_weights(n_CA: torch.Tensor, threshold: float, start: int) -> torch.Tensor:
-    """c_ij = clamp((n_ij - thr) / thr, 0, 1), with c_ii = 0 (in place on n; dense route)."""
-    c_CA = n_CA.sub_(threshold).div_(threshold).clamp_(0, 1)
-    c_CA.diagonal(start).zero_()
-    return c_CA
-
-
 def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype):
+    """Dense route over the upper triangle: c and |cos| are symmetric, so the sum over i != j is
+    twice the sum over i < j and d/dw_i = 2 sum_j c_ij sign(cos_ij) w_j with c_ij = c_ji. The
+    fired latents are sorted by firing count, so that for j > i min(|m_i|, |m_j|) = |m_i| (n_ij is
+    the row's count scaled). Row blocks of ORTHO_BLOCK fired latents against the latents from the
+    block's first on: about half the counts, Gram and elementwise work of all A x A pairs; memory
+    O(ORTHO_BLOCK x fired latents). With int8 masks (CPU) the latents are padded with never-firing
+    ones up to a multiple of PAD_ROWS (their c is 0), so that the matmuls see a few shapes."""
+    count_F = active_BF.sum(0, dtype=torch.int32)
+    fired_A = count_F.nonzero().squeeze(1)
+    fired_A = fired_A[count_F[fired_A].argsort(stable=True)]  # by firing count, ascending
+    A, D = len(fired_A), W_hat_FD.shape[1]
     value = W_hat_FD.new_zeros((), dtype=torch.float32)
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
-    W32_AD = None  # float32 rows, for the pairs whose low-precision cos is near 0
-    for fired_A, start, _cofire_CA, n_CA in cofiring_blocks(active_BF, dtype):
-        if start == 0:
-            W_AD = W_hat_FD[fired_A].to(dtype)
-            W_AD = _pad_rows(W_AD, len(n_CA[0]))  # as the blocks are padded (on CPU)
-        rows = slice(start, start + len(n_CA))
-        T_CA = cofire_weights(n_CA, threshold, start)  # c ...
-        cos_CA = (W_AD[rows] @ W_AD.T).float()
+    if A == 0:
+        return value, grad_FD
+    mask_AB = active_BF.T.contiguous()[fired_A].to(mask_dtype(active_BF.device, dtype))
+    int8 = mask_AB.dtype == torch.int8
+    mask_AB = _pad_rows(mask_AB) if int8 else mask_AB
+    mask_BA = mask_AB.T.contiguous() if int8 else None
+    count_A1 = mask_AB.sum(1, keepdim=True, dtype=torch.float32).clamp_min_(1)  # padding: 1 (its counts are 0)
+    W_AD = _pad_rows(W_hat_FD[fired_A].to(dtype), len(mask_AB))
+    W32_AD = None  # float32 rows, for the penalised pairs whose low-precision cos is near 0
+    grad_AD = torch.zeros(len(W_AD), D, dtype=torch.float32, device=W_AD.device)
+    for start in range(0, A, ORTHO_BLOCK):
+        stop = min(start + ORTHO_BLOCK, len(W_AD))
+        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB[start:], mask_BA[:, start:] if int8 else None)
+        # c = clamp((n - thr) / thr, 0, 1), n = |m_i & m_j| / |m_i| for j >= i; 0 for j <= i
+        c_CA = cofire_CA.div_(count_A1[start:stop]).sub_(threshold).div_(threshold).clamp_(0, 1)
+        c_CA[:, : stop - start].triu_(1)
+        cos_CA = (W_AD[start:stop] @ W_AD[start:].T).float()
         if dtype != torch.float32:  # where the low-precision sign may be wrong: redo in float32
-            r, a = ((cos_CA.abs() < BF16_COS_ERROR) & (T_CA > 0)).nonzero(as_tuple=True)  # grouped by row
+            r, a = negative_entries(cos_CA.abs().sub_(BF16_COS_ERROR).mul_(c_CA))  # c > 0 and |cos| < error
             if len(r):
-                W32_AD = W_hat_FD[fired_A].float() if W32_AD is None else W32_AD
-                cos_CA[r, a] = pair_cos(W32_AD[rows], W32_AD, r, a)
-        T_CA.mul_(cos_CA.sign())  # ... times sign(cos)
-        value += torch.dot(T_CA.view(-1), cos_CA.view(-1))  # sum c |cos|
-        grad_FD.index_copy_(0, fired_A[rows], 2 * (T_CA.to(dtype) @ W_AD)[: len(fired_A[rows])].float())
+                W32_AD = _pad_rows(W_hat_FD[fired_A].float(), len(W_AD)) if W32_AD is None else W32_AD
+                cos_CA[r, a] = pair_cos(W32_AD[start:stop], W32_AD[start:], r, a)
+        T_CA = c_CA.mul_(cos_CA.sign())  # c sign(cos)
+        value += 2 * torch.dot(T_CA.view(-1), cos_CA.view(-1))  # sum over i != j of c |cos|
+        T_CA = T_CA.to(dtype)
+        grad_AD[start:stop] += (T_CA @ W_AD[start:]).float()  # the (i, j > i) terms ...
+        grad_AD[start:] += (T_CA.T @ W_AD[start:stop]).float()  # ... and their mirror (j, i)
+    grad_FD[fired_A] = 2 * grad_AD[:A]
     return value, grad_FD
+
+
+def negative_entries(X_CA: torch.Tensor, tile: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) of the entries < 0, row-major, as X.lt(0).nonzero() but in two levels when the
+    columns split into tiles: the tiles with a negative minimum first, then the entries within
+    them (a scan of the whole matrix by nonzero costs ~7x an elementwise pass on CPU)."""
+    C, A = X_CA.shape
+    if A % tile or not X_CA.is_contiguous():
+        return (X_CA < 0).nonzero(as_tuple=True)
+    X_CTt = X_CA.view(C, A // tile, tile)
+    r, t = (X_CTt.amin(-1) < 0).nonzero(as_tuple=True)
+    i, j = (X_CTt[r, t] < 0).nonzero(as_tuple=True)
+    return r[i], t[i] * tile + j
 
 
 BF16_COS_ERROR = 4e-3  # bound on |cos in bfloat16 - cos| for unit rows (2 * 2^-9, products summed in float32)
-
-
-def _ortho_sparse(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, blocks, dtype: torch.dtype = torch.float32):
-    """Exact sparse counts; cos and the gradient on the penalised pairs only, in float32 (a sampled
-    sparse matmul and a sparse x dense product), or with dtype bfloat16 from a dense (C, A) Gram
-    block and a dense (C, A) x (A, D) product (compute-bound on CPUs with AMX, where the pair-wise
-    float32 products are bound by memory)."""
-    value = W_hat_FD.new_zeros((), dtype=torch.float32)
-    grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
-    W_AD = None
-    for start, stop, pairs in blocks:
-        c_P = pairs.n().sub_(threshold).div_(threshold)
-        keep = ((c_P > 0) & (pairs.row_P != pairs.col_P)).nonzero().squeeze(1)  # c_ii = 0
-        if len(keep) == 0:
-            continue
-        row, col, c_P = pairs.row_P[keep] - start, pairs.col_P[keep], c_P[keep].clamp_(max=1)
-        C, A = stop - start, len(pairs.fired_A)
-        if W_AD is None:
-            W_AD = W_hat_FD[pairs.fired_A].to(dtype)
-            W_pad = _pad_rows(W_AD) if dtype != torch.float32 else None  # bfloat16 matmuls: A_pad >= A rows, zero below A
-        if dtype == torch.float32:
-            crow = _crow(row, C)
-            cos_P = pair_cos(W_AD[start:stop], W_AD, row, col, crow)  # w_i . w_j on the pairs only
-            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
-            value += torch.dot(T_P, cos_P)  # sum c |cos|
-            grad_FD[pairs.fired_A[start:stop]] = 2 * (_csr(crow, col, T_P, (C, A)) @ W_AD)
-        else:
-            flat_P = row * len(W_pad) + col
-            G_CA = _pad_rows(W_AD[start:stop]) @ W_pad.T  # w_i . w_j, every pair of the block (zero in the padding)
-            cos_P = G_CA.view(-1)[flat_P].float()
-            near0 = (cos_P.abs() < BF16_COS_ERROR).nonzero().squeeze(1)  # the sign may be wrong: redo in float32
-            if len(near0):
-                W32_AD = W_hat_FD[pairs.fired_A].float()
-                cos_P[near0] = pair_cos(W32_AD[start:stop], W32_AD, row[near0], col[near0])
-            T_P = c_P.mul_(cos_P.sign())  # c sign(cos)
-            value += torch.dot(T_P, cos_P)  # sum c |cos|
-            T_CA = G_CA.zero_()  # reuse the block's memory for T = c sign(cos) on the pairs, 0 elsewhere
-            T_CA.view(-1)[flat_P] = T_P.to(dtype)
-            grad_FD[pairs.fired_A[start:stop]] = 2 * (T_CA @ W_pad)[:C].float()
-    return value, grad_FD
 
 
 PAD_ROWS = 256
@@ -296,56 +286,19 @@ def _pad_rows(X_ND: torch.Tensor, n_pad: int | None = None) -> torch.Tensor:
     return X_ND if n_pad == n else torch.cat([X_ND, X_ND.new_zeros(n_pad - n, *X_ND.shape[1:])])
 
 
-@torch.no_grad()
-def ortho_value_and_grad(
-    W_hat_FD: torch.Tensor,
-    active_BF: torch.Tensor,
-    threshold: float,
-    dtype: torch.dtype,
-    route: str | None = None,
-    blocks=None,
-):
-    """sum_{i != j} c_ij |w_i . w_j| and its gradient with respect to W_hat, in one pass (c is
-    symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype is the dense route's matmul
-    dtype (also the sparse route's for cos and the gradient; its counts are exact in float32);
-    blocks: the sparse route's pair_blocks, if already at hand."""
-    if (route or ortho_route(W_hat_FD.device)) == "dense":
-        return _ortho_dense(W_hat_FD, active_BF, threshold, dtype)
-    return _ortho_sparse(W_hat_FD, active_BF, threshold, pair_blocks(active_BF) if blocks is None else blocks, dtype)
-
-
 def unit_rows(W_dec_FD: torch.Tensor) -> torch.Tensor:
     return W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
 
 
-_last_pairs: list = [None, None]  # (active_BF, its pair_blocks) of the last sparse computation, when one block
-
-
-def sparse_blocks_of(active_BF: torch.Tensor):
-    """pair_blocks(active_BF) on the sparse route. When they are one block (the embedded profile),
-    it is kept for the same mask tensor: a logged step measures separation on the pairs its penalty
-    already found. Several blocks are computed one at a time, so memory stays O(SPARSE_PAIR_BLOCK)."""
-    if _last_pairs[0] is active_BF:
-        return _last_pairs[1]
-    masks = _SparseMasks.of(active_BF)
-    if masks.rows_per_block() < len(masks.fired_A):  # several blocks
-        return _sparse_blocks(masks)
-    _last_pairs[:] = [active_BF, list(_sparse_blocks(masks))]
-    return _last_pairs[1]
-
-
-def penalty_value_and_grad(
-    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None, route: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(P, dP/dW_dec) for P as experiment.orthogonality_penalty defines it, without autograd.
-    route: "dense" or "sparse" (default: by device); dtype: the dense route's matmul dtype
-    (default W_dec's), also the sparse route's for cos and the gradient (its counts are exact)."""
+@torch.no_grad()
+def penalty_value_and_grad(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None):
+    """(P, dP/dW_dec) for P as experiment.orthogonality_penalty defines it, without autograd, in
+    one pass (c is symmetric, so d/dw_i = 2 sum_j c_ij sign(w_i . w_j) w_j). dtype: the matmuls'
+    for cos and the gradient (default W_dec's); the counts are exact."""
     W_dec_FD = W_dec_FD.detach()
     norm_F1 = W_dec_FD.norm(dim=-1, keepdim=True)
     W_hat_FD = W_dec_FD / norm_F1
-    route = route or ortho_route(W_dec_FD.device)
-    blocks = sparse_blocks_of(active_BF) if route == "sparse" else None
-    value, grad_hat_FD = ortho_value_and_grad(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype, route, blocks)
+    value, grad_hat_FD = _ortho_dense(W_hat_FD, active_BF, threshold, dtype or W_dec_FD.dtype)
     # through w_hat = w / |w|: remove the radial component and divide by |w|
     grad_FD = (grad_hat_FD - (grad_hat_FD * W_hat_FD).sum(-1, keepdim=True) * W_hat_FD) / norm_F1
     n_latents = W_dec_FD.shape[0]
@@ -372,10 +325,10 @@ def attach(W_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> to
 
 
 def orthogonality_penalty_fast(
-    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None, route: str | None = None
+    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """The fast implementation with experiment.orthogonality_penalty's signature and gradient."""
-    return attach(W_dec_FD, *penalty_value_and_grad(W_dec_FD, active_BF, threshold, dtype, route))
+    return attach(W_dec_FD, *penalty_value_and_grad(W_dec_FD, active_BF, threshold, dtype))
 
 
 @torch.no_grad()
@@ -407,8 +360,7 @@ def feature_separation(
         n, s = len(fired_A), max_latents
         return record | dict(sep_pairs_penalized=round(record["sep_pairs_penalized"] * n * (n - 1) / (s * (s - 1))))
     if blocks is None:
-        sparse = ortho_route(W_dec_FD.device) == "sparse"
-        blocks = sparse_blocks_of(active_BF) if sparse else pair_blocks(active_BF, "dense", dtype)
+        blocks = pair_blocks(active_BF, pairs_route(W_dec_FD.device), dtype)
     blocks = iter(blocks)
     first = next(blocks, None)
     second = next(blocks, None) if first is not None else None
