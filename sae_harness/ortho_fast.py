@@ -65,6 +65,18 @@ def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor, mask_BA: torch.T
 ORTHO_BLOCK = 1024  # rows per block in the dense route: memory is O(ORTHO_BLOCK * fired latents)
 
 
+def fired_masks(active_BF: torch.Tensor, fired_A: torch.Tensor, dtype: torch.dtype):
+    """(mask_AB, mask_BA, count_A) of the latents fired_A: their firing masks latent-major (A, B) in
+    the counts' dtype (mask_dtype); with int8 (CPU) padded with never-firing rows up to a multiple
+    of PAD_ROWS and also token-major (B, A_pad) for torch._int_mm (else None); |m_i| in float32
+    (padding: 1, so n is 0 there)."""
+    mask_AB = active_BF.T.contiguous()[fired_A].to(mask_dtype(active_BF.device, dtype))
+    int8 = mask_AB.dtype == torch.int8
+    mask_AB = _pad_rows(mask_AB) if int8 else mask_AB
+    mask_BA = mask_AB.T.contiguous() if int8 else None
+    return mask_AB, mask_BA, mask_AB.sum(1, dtype=torch.float32).clamp_min_(1)
+
+
 def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
     """Dense route. Over the latents that fired only, in row blocks (never an F x F matrix): yields
     (fired_A, start, cofire_CA, n_CA) where row r of the block is fired latent start + r,
@@ -72,11 +84,7 @@ def cofiring_blocks(active_BF: torch.Tensor, dtype: torch.dtype):
     latents are padded with never-firing ones up to a multiple of PAD_ROWS (their cofire and n
     are 0): blocks are (C_pad, A_pad), rows and columns past A are padding."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
-    mask_AB = active_BF[:, fired_A].T.to(mask_dtype(active_BF.device, dtype)).contiguous()
-    int8 = mask_AB.dtype == torch.int8
-    mask_AB = _pad_rows(mask_AB) if int8 else mask_AB
-    count_A = mask_AB.sum(1, dtype=torch.float32).clamp_min_(1)  # a fired latent's count is >= 1; padding: 1
-    mask_BA = mask_AB.T.contiguous() if int8 else None
+    mask_AB, mask_BA, count_A = fired_masks(active_BF, fired_A, dtype)
     for start in range(0, len(fired_A), ORTHO_BLOCK):
         stop = min(start + ORTHO_BLOCK, len(mask_AB))
         cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB, mask_BA)
@@ -100,13 +108,12 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # the indices are built sorted here
 
 
-def pair_cos(W_CD: torch.Tensor, W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor, crow: torch.Tensor | None = None):
+def pair_cos(W_CD: torch.Tensor, W_AD: torch.Tensor, row_P: torch.Tensor, col_P: torch.Tensor):
     """w_i . w_j for pairs (row of W_CD, row of W_AD) grouped by row (float32 W): a sampled sparse
     matmul on CPU, which never gathers a P x D copy of the rows; a gather on CUDA."""
     if W_AD.is_cuda:
         return (W_CD[row_P] * W_AD[col_P]).sum(-1)
-    crow = _crow(row_P, len(W_CD)) if crow is None else crow
-    pattern = _csr(crow, col_P, W_AD.new_ones(len(col_P)), (len(W_CD), len(W_AD)))
+    pattern = _csr(_crow(row_P, len(W_CD)), col_P, W_AD.new_ones(len(col_P)), (len(W_CD), len(W_AD)))
     return torch.sparse.sampled_addmm(pattern, W_CD, W_AD.T, beta=0.0).values()
 
 
@@ -228,19 +235,15 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     grad_FD = torch.zeros_like(W_hat_FD, dtype=torch.float32)
     if A == 0:
         return value, grad_FD
-    mask_AB = active_BF.T.contiguous()[fired_A].to(mask_dtype(active_BF.device, dtype))
-    int8 = mask_AB.dtype == torch.int8
-    mask_AB = _pad_rows(mask_AB) if int8 else mask_AB
-    mask_BA = mask_AB.T.contiguous() if int8 else None
-    count_A1 = mask_AB.sum(1, keepdim=True, dtype=torch.float32).clamp_min_(1)  # padding: 1 (its counts are 0)
+    mask_AB, mask_BA, count_A = fired_masks(active_BF, fired_A, dtype)
     W_AD = _pad_rows(W_hat_FD[fired_A].to(dtype), len(mask_AB))
     W32_AD = None  # float32 rows, for the penalised pairs whose low-precision cos is near 0
     grad_AD = torch.zeros(len(W_AD), D, dtype=torch.float32, device=W_AD.device)
     for start in range(0, A, ORTHO_BLOCK):
         stop = min(start + ORTHO_BLOCK, len(W_AD))
-        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB[start:], mask_BA[:, start:] if int8 else None)
+        cofire_CA = cofire_counts(mask_AB[start:stop], mask_AB[start:], None if mask_BA is None else mask_BA[:, start:])
         # c = clamp((n - thr) / thr, 0, 1), n = |m_i & m_j| / |m_i| for j >= i; 0 for j <= i
-        c_CA = cofire_CA.div_(count_A1[start:stop]).sub_(threshold).div_(threshold).clamp_(0, 1)
+        c_CA = cofire_CA.div_(count_A[start:stop, None]).sub_(threshold).div_(threshold).clamp_(0, 1)
         c_CA[:, : stop - start].triu_(1)
         cos_CA = (W_AD[start:stop] @ W_AD[start:].T).float()
         if dtype != torch.float32:  # where the low-precision sign may be wrong: redo in float32
