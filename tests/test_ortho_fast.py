@@ -256,3 +256,16 @@ def test_negative_entries_equal_a_full_scan(shape):
     r, a = O.negative_entries(X)
     r0, a0 = (X < 0).nonzero(as_tuple=True)
     assert torch.equal(r, r0) and torch.equal(a, a0) and len(r0) > 0
+
+
+def test_ortho_ab_refuses_an_unknown_commit_in_one_line():
+    """benchmarks/ortho_ab.py (the README's A/B of the term between commits): a commit that does not
+    exist gets one line and a non-zero exit, before any activation is read."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ortho_ab.py"
+    done = subprocess.run([sys.executable, str(script), "no-such-commit"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no sae_harness/ortho_fast.py at 'no-such-commit'" in done.stderr
