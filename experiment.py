@@ -414,14 +414,15 @@ class TrainerTopK:
 
     def ortho_term(self, active_BF: torch.Tensor, threshold: float, step: int) -> torch.Tensor:
         """P, computed on every ortho_every-th step; in between, the held value and gradient (of a
-        batch at most ortho_every - 1 steps old). The gradient attaches to W_dec directly."""
+        batch at most ortho_every - 1 steps old). A value without a graph: update adds the held
+        dP/dW_dec to W_dec.grad itself."""
         if self.held_ortho is None or step % self.cfg.ortho_every == 0:
             if self.held_ortho is None and self.ortho_impl == "fast":
                 self.ortho_impl = ortho_fast.check_against_reference(
                     orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
                 )
             self.held_ortho = self.penalty_value_and_grad(active_BF, threshold)
-        return ortho_fast.attach(self.sae.W_dec, *self.held_ortho)
+        return self.held_ortho[0]
 
     def update(self, x_BD: torch.Tensor, step: int) -> StepOutput:
         p = step / self.total_steps
@@ -445,8 +446,10 @@ class TrainerTopK:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
-        with torch.no_grad():  # no gradient parallel to the (unit) decoder rows
-            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+        with torch.no_grad():
+            if weight:  # the term's gradient, in place (through autograd it cost an F x D copy a step)
+                W_dec.grad.add_(self.held_ortho[1], alpha=weight)
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec  # none parallel to the (unit) rows
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
