@@ -41,10 +41,12 @@ def random_case(seed, B=40, F=24, D=8, p=0.25):
 ROUTES = ["dense", "sparse"]
 
 
-def force_blocks(monkeypatch, rows: int, n_fired: int = 24):
-    """Row blocks of `rows` fired latents in the term and on both pair routes (the sparse route's
-    block is counted in candidate pairs, rows x fired latents)."""
+def force_blocks(monkeypatch, rows: int, n_fired: int = 24, tile: int | None = None):
+    """Row blocks of `rows` fired latents in the term (in column tiles of `tile`, default rows + 3)
+    and on both pair routes (the sparse route's block is counted in candidate pairs, rows x fired
+    latents)."""
     monkeypatch.setattr(O, "ORTHO_BLOCK", rows)
+    monkeypatch.setattr(O, "ORTHO_TILE", tile or rows + 3)
     monkeypatch.setattr(O, "SPARSE_PAIR_BLOCK", rows * n_fired)
 
 
@@ -160,13 +162,15 @@ def test_reference_matches_brute_force(threshold, seed):
     torch.testing.assert_close(W1.grad.double(), W2.grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows", [1, 9, 1000])
+@pytest.mark.parametrize("rows, tile", [(1, 1), (9, 4), (9, 100), (1000, 1000)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_equals_reference_value_and_gradient(seed, rows, monkeypatch):
+def test_fast_equals_reference_value_and_gradient(seed, rows, tile, monkeypatch):
+    """In row blocks and column tiles, narrower or wider than the blocks, ragged or not (the
+    upper triangle's diagonal can fall in any tile)."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(60, 12, generator=g) * (0.5 + torch.rand(60, 1, generator=g))
     active = torch.rand(200, 60, generator=g) < torch.rand(60, generator=g) * 0.3
-    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()), tile)
     thr = 0.1 + 0.2 * seed
     W_ref = W.clone().requires_grad_()
     ref = E.orthogonality_penalty(W_ref, active, thr)
@@ -269,3 +273,11 @@ def test_ortho_ab_refuses_an_unknown_commit_in_one_line():
     done = subprocess.run([sys.executable, str(script), "no-such-commit"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no sae_harness/ortho_fast.py at 'no-such-commit'" in done.stderr
+
+
+@pytest.mark.parametrize("shape, p", [((64, 40), 0.05), ((7, 13), 0.3), ((33, 16), 0.0), ((8, 8), 1.0)])
+def test_bool_nonzero_equals_nonzero(shape, p):
+    """Row-major (row, col) of the set entries, as nonzero, also where the size is not a multiple of 8."""
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(3)) < p
+    for got, want in zip(O.bool_nonzero(mask), mask.nonzero(as_tuple=True)):
+        assert torch.equal(got, want)
