@@ -1,9 +1,9 @@
 """Speed and memory of the harness, as ratios measured in one run. Not a test.
 
-    python benchmarks/bench.py            # all measurements, about 12 minutes at one training pass,
-                                          # about 30 at the default's 4 (the four whole runs; an
-                                          # estimate), plus about 5 minutes the first time, to build
-                                          # the default activation cache
+    python benchmarks/bench.py            # all measurements, about 60 minutes at the default's 4
+                                          # passes (four whole runs, then plain and default
+                                          # interleaved over a whole run), plus about 5 minutes the
+                                          # first time, to build the default activation cache
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
                                               # (two default-config runs of one training pass on an
@@ -231,6 +231,7 @@ def cached_start_seconds() -> float:
 # Every key of the JSON line, always present (null only for what --quick skips).
 KEYS = (
     "ortho_step_ratio",
+    "ortho_step_ratio_interleaved",
     "whole_run_s_plain",
     "whole_run_s_default",
     "ortho_every",
@@ -265,6 +266,47 @@ def measure_whole_runs(cfg, device, results, rows, repeat=2):
             f"whole default run, training only ({cfg.total_steps} steps), fastest of {repeat}",
             f"{min(plain):.1f} s plain, {min(default):.1f} s default (all: {', '.join(f'{t:.0f}' for t in plain + default)} s)",
             f"ortho_step_ratio {results['ortho_step_ratio']:.3f} (target <= 1.10)",
+        )
+    )
+
+
+def interleaved_step_seconds(cfg, device, buf) -> dict:
+    """Seconds of plain TopK and of the default, stepping alternately in one process over the
+    whole schedule (cfg.total_steps steps, the same batches, training steps only: no logging or
+    checkpoints). Each step of one is timed next to the same step of the other, so a drift in the
+    machine's speed (whole runs on this CPU have differed by 12% between identical runs) falls on
+    both alike."""
+    trainers = {}
+    for name, variant in (("plain", "none"), ("default", cfg.variant)):
+        c = dataclasses.replace(cfg, variant=variant)
+        torch.manual_seed(c.seed)
+        sae = E.AutoEncoderTopK(buf.d_model, c.dict_size, c.k, c.lm_name, c.layer, device="cpu", seed=c.seed).to(device)
+        trainers[name] = E.TrainerTopK(c, sae)
+        with torch.no_grad():
+            sae.b_dec.copy_(E.geometric_median(buf.batch(0)))
+        if variant != "none":
+            trainers[name].calibrate_ortho_scale(buf.batch(i) for i in range(min(E.TrainerTopK.SCALE_BATCHES, c.total_steps)))
+    seconds = dict.fromkeys(trainers, 0.0)
+    for step in range(cfg.total_steps):
+        x_BD = buf.batch(step)
+        for name, trainer in trainers.items():
+            t = time.perf_counter()
+            trainer.update(x_BD, step)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name] += time.perf_counter() - t
+    return seconds
+
+
+def measure_interleaved(cfg, device, buf, results, rows):
+    """The headline's drift-robust twin: plain and default steps interleaved over a whole run."""
+    seconds = interleaved_step_seconds(cfg, device, buf)
+    results.update(ortho_step_ratio_interleaved=seconds["default"] / seconds["plain"])
+    rows.append(
+        (
+            f"plain and default steps interleaved, one process ({cfg.total_steps} steps each)",
+            f"{seconds['plain']:.1f} s plain, {seconds['default']:.1f} s default",
+            f"ortho_step_ratio_interleaved {results['ortho_step_ratio_interleaved']:.3f} (target <= 1.10)",
         )
     )
 
@@ -421,6 +463,7 @@ def main(argv):
     batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
     if not quick:
         measure_whole_runs(cfg, device, results, rows)
+        measure_interleaved(cfg, device, buf, results, rows)
     state = measure_trained_state(cfg, device, batch, results, rows)
     measure_dense_vs_optimized(cfg, device, batch, state, results, rows)
     measure_gemma2(cfg, device, results, rows)
