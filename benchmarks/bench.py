@@ -1,9 +1,10 @@
 """Speed and memory of the harness, as ratios measured in one run. Not a test.
 
-    python benchmarks/bench.py            # all measurements, about 60 minutes at the default's 4
-                                          # passes (four whole runs, then plain and default
-                                          # interleaved over a whole run), plus about 5 minutes the
-                                          # first time, to build the default activation cache
+    python benchmarks/bench.py            # all measurements, about 70 minutes at the default's 4
+                                          # passes (an estimate from the parts: four whole runs
+                                          # ~23, plain and default interleaved over a whole run
+                                          # ~12, the eval cache ~25, the rest ~10), plus about 5
+                                          # minutes the first time, to build the activation cache
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
                                               # (two default-config runs of one training pass on an
