@@ -91,7 +91,7 @@ def bool_nonzero(mask_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     first, then the set bytes within them (on CPU 3 ms against 7 for nonzero on a 1,024 x 4,096
     TopK mask with 64 set per row)."""
     flat = mask_BF.reshape(-1)
-    if flat.numel() % 8 or not mask_BF.is_contiguous():
+    if flat.numel() % 8 or not mask_BF.is_contiguous() or mask_BF.storage_offset() % 8:  # no whole words
         return mask_BF.nonzero(as_tuple=True)
     words = flat.view(torch.int64).nonzero().squeeze(1)
     word, byte = flat.view(-1, 8)[words].nonzero(as_tuple=True)
@@ -249,8 +249,9 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     from the block's first latent on: about half the counts, Gram and elementwise work of all A x A
     pairs. Memory O(ORTHO_BLOCK x ORTHO_TILE) for a tile plus O(fired latents x D). With int8
     masks (CPU) the latents are padded with never-firing ones up to a multiple of PAD_ROWS (their
-    c is 0), so that the matmuls see a few shapes. Returns (sum over i < j of c |cos|, its gradient with respect to the fired latents'
-    unit rows, fired_A): half the term and half its gradient."""
+    c is 0), so that the matmuls see a few shapes. Returns (sum over i < j of c |cos|, its
+    gradient with respect to the fired latents' unit rows, fired_A): half the term and half its
+    gradient."""
     count_F = active_BF.sum(0, dtype=torch.int32)
     fired_A = count_F.nonzero().squeeze(1)
     fired_A = fired_A[count_F[fired_A].argsort(stable=True)]  # by firing count, ascending
@@ -267,18 +268,17 @@ def _ortho_dense(W_hat_FD: torch.Tensor, active_BF: torch.Tensor, threshold: flo
     for start in range(0, A, ORTHO_BLOCK):
         rows = slice(start, min(start + ORTHO_BLOCK, A_pad))
         for col in range(start, A_pad, ORTHO_TILE):
-            value += _upper_tile(rows, slice(col, min(col + ORTHO_TILE, A_pad)), mask_AB, mask_BA, scale_A1, W_AD, W32_AD, grad_AD, dtype)
+            value += _upper_tile(rows, slice(col, min(col + ORTHO_TILE, A_pad)), mask_AB, mask_BA, scale_A1, W_AD, W32_AD, grad_AD)
     return value, grad_AD[:A], fired_A
 
 
-def _upper_tile(rows: slice, cols: slice, mask_AB, mask_BA, scale_A1, W_AD, W32_AD, grad_AD, dtype) -> torch.Tensor:
+def _upper_tile(rows: slice, cols: slice, mask_AB, mask_BA, scale_A1, W_AD, W32_AD, grad_AD) -> torch.Tensor:
     """One (rows, cols) tile of the upper triangle (cols.start >= rows.start): returns the sum over
-    its pairs j > i of c |cos| and adds their gradient, and its mirror's, to grad_AD."""
+    its pairs j > i of c |cos| and adds their gradient, and its mirror's, to grad_AD. The matmuls
+    run in W_AD's dtype."""
+    dtype = W_AD.dtype
     low = dtype != torch.float32
-    if mask_BA is not None:  # exact int32 counts
-        cofire_RC = torch._int_mm(mask_AB[rows], mask_BA[:, cols]).float()
-    else:
-        cofire_RC = cofire_counts(mask_AB[rows], mask_AB[cols])
+    cofire_RC = cofire_counts(mask_AB[rows], mask_AB[cols], None if mask_BA is None else mask_BA[:, cols])
     c_RC = cofire_RC.mul_(scale_A1[rows]).sub_(1).clamp_(0, 1)  # c = clamp(n / thr - 1, 0, 1)
     if cols.start < rows.stop:  # j > i only
         c_RC[:, : rows.stop - cols.start].triu_(rows.start - cols.start + 1)

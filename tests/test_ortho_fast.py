@@ -214,12 +214,12 @@ def test_blocks_bound_the_pairs_held_and_cover_every_row_once(route, monkeypatch
     assert spans == [(s, min(s + 4, A)) for s in range(0, A, 4)]
 
 
-@pytest.mark.parametrize("rows", [4, 1000])
-def test_bfloat16_close_to_the_reference_in_blocks(rows, monkeypatch):
+@pytest.mark.parametrize("rows, tile", [(4, None), (9, 4), (1000, None)])
+def test_bfloat16_close_to_the_reference_in_blocks(rows, tile, monkeypatch):
     g = torch.Generator().manual_seed(11)
     W = torch.randn(80, 64, generator=g)
     active = torch.rand(300, 80, generator=g) < torch.rand(80, generator=g) * 0.4
-    force_blocks(monkeypatch, rows, int(active.any(0).sum()))
+    force_blocks(monkeypatch, rows, int(active.any(0).sum()), tile)
     W_ref = W.clone().requires_grad_()
     ref = E.orthogonality_penalty(W_ref, active, 0.2)
     (grad_ref,) = torch.autograd.grad(ref, W_ref)
@@ -275,9 +275,12 @@ def test_ortho_ab_refuses_an_unknown_commit_in_one_line():
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no sae_harness/ortho_fast.py at 'no-such-commit'" in done.stderr
 
 
-@pytest.mark.parametrize("shape, p", [((64, 40), 0.05), ((7, 13), 0.3), ((33, 16), 0.0), ((8, 8), 1.0)])
-def test_bool_nonzero_equals_nonzero(shape, p):
-    """Row-major (row, col) of the set entries, as nonzero, also where the size is not a multiple of 8."""
-    mask = torch.rand(shape, generator=torch.Generator().manual_seed(3)) < p
+@pytest.mark.parametrize(
+    "shape, p, first_row", [((64, 40), 0.05, 0), ((7, 13), 0.3, 0), ((33, 16), 0.0, 0), ((8, 8), 1.0, 0), ((17, 4), 0.3, 1)]
+)
+def test_bool_nonzero_equals_nonzero(shape, p, first_row):
+    """Row-major (row, col) of the set entries, as nonzero, also where the size is not a multiple of
+    8 and for a slice that does not start on a whole 8-byte word (from row 1 of 4 columns: 64 entries)."""
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(3)) < p)[first_row:]
     for got, want in zip(O.bool_nonzero(mask), mask.nonzero(as_tuple=True)):
         assert torch.equal(got, want)
