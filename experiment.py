@@ -413,9 +413,8 @@ class TrainerTopK:
         return ortho_fast.penalty_value_and_grad(self.sae.W_dec, active_BF, threshold, self.dtype)
 
     def ortho_term(self, active_BF: torch.Tensor, threshold: float, step: int) -> torch.Tensor:
-        """P, computed on every ortho_every-th step; in between, the held value and gradient (of a
-        batch at most ortho_every - 1 steps old). A value without a graph: update adds the held
-        dP/dW_dec to W_dec.grad itself."""
+        """P, computed on every ortho_every-th step and held in between (from a batch at most
+        ortho_every - 1 steps old), as is dP/dW_dec, which update adds to W_dec.grad itself."""
         if self.held_ortho is None or step % self.cfg.ortho_every == 0:
             if self.held_ortho is None and self.ortho_impl == "fast":
                 self.ortho_impl = ortho_fast.check_against_reference(
