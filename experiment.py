@@ -392,6 +392,14 @@ class TrainerTopK:
 
     SCALE_BATCHES = 8
 
+    def start(self, batch) -> None:
+        """A fresh run's start from its batches (batch(i): the i-th): b_dec at the geometric median
+        of the first, and the recon at init that the term's scale s is set from."""
+        with torch.no_grad():
+            self.sae.b_dec.copy_(geometric_median(batch(0)))
+        if self.cfg.variant != "none":
+            self.calibrate_ortho_scale(batch(i) for i in range(min(self.SCALE_BATCHES, self.total_steps)))
+
     @torch.no_grad()
     def calibrate_ortho_scale(self, batches) -> None:
         """The recon loss at initialisation that s = recon / P is set from: the median over batches."""
@@ -534,10 +542,7 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
         start, elapsed_before = ckpt["step"], ckpt["elapsed_s"]
         print(f"resuming from {ckpt_path} at step {start}/{cfg.total_steps}")
     else:
-        with torch.no_grad():
-            sae.b_dec.copy_(geometric_median(buffer.batch(0)))
-        if cfg.variant != "none":
-            trainer.calibrate_ortho_scale(buffer.batch(i) for i in range(min(trainer.SCALE_BATCHES, cfg.total_steps)))
+        trainer.start(buffer.batch)
     rundir.rewrite_log(log_path, rundir.read_log(log_path, start))
 
     def checkpoint(step: int) -> None:

@@ -283,10 +283,7 @@ def interleaved_step_seconds(cfg, device, buf) -> dict:
         torch.manual_seed(c.seed)
         sae = E.AutoEncoderTopK(buf.d_model, c.dict_size, c.k, c.lm_name, c.layer, device="cpu", seed=c.seed).to(device)
         trainers[name] = E.TrainerTopK(c, sae)
-        with torch.no_grad():
-            sae.b_dec.copy_(E.geometric_median(buf.batch(0)))
-        if variant != "none":
-            trainers[name].calibrate_ortho_scale(buf.batch(i) for i in range(min(E.TrainerTopK.SCALE_BATCHES, c.total_steps)))
+        trainers[name].start(buf.batch)  # as experiment.train starts a fresh run
     seconds = dict.fromkeys(trainers, 0.0)
     for step in range(cfg.total_steps):
         x_BD = buf.batch(step)

@@ -85,9 +85,7 @@ def main(argv):
     torch.manual_seed(cfg.seed)
     sae = E.AutoEncoderTopK(buf.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed)
     trainer = E.TrainerTopK(cfg, sae)
-    with torch.no_grad():
-        sae.b_dec.copy_(E.geometric_median(buf.batch(0)))
-    trainer.calibrate_ortho_scale(buf.batch(i) for i in range(8))
+    trainer.start(buf.batch)
     for step in range(100):
         trainer.update(buf.batch(step), step)
     compare("early (100 steps from init)", sae.W_dec.detach().clone(), masks(sae, buf, 1.0, 100), old, dtype)
