@@ -223,37 +223,6 @@ class AutoEncoderTopK(TopKSAE):
         x_hat_BD = sparse_decode(acts_BK, idx_BK, self.W_dec) + self.b_dec
         return TrainOutput(x_hat_BD, acts_BK, idx_BK, pre_BF)
 
-    def to_saelens(self, scale: float = 1.0):
-        """The same SAE as a sae_lens TopKSAE on raw activations: training ran on x / scale, so the
-        biases are multiplied by scale (the latent values scale with it; decoder rows stay unit)."""
-        from sae_lens import TopKSAE as LensTopKSAE
-        from sae_lens import TopKSAEConfig
-        from sae_lens.saes.sae import SAEMetadata
-
-        lens = LensTopKSAE(
-            TopKSAEConfig(
-                d_in=self.cfg.d_in,
-                d_sae=self.cfg.d_sae,
-                k=int(self.k),
-                dtype="float32",
-                device="cpu",
-                apply_b_dec_to_input=True,
-                normalize_activations="none",
-                metadata=SAEMetadata(
-                    model_name=self.cfg.model_name, hook_name=self.cfg.hook_name, hook_layer=self.cfg.hook_layer, prepend_bos=True
-                ),
-            )
-        )
-        lens.load_state_dict(
-            {
-                "W_enc": self.W_enc.detach().cpu().float(),
-                "W_dec": self.W_dec.detach().cpu().float(),
-                "b_enc": self.b_enc.detach().cpu().float() * scale,
-                "b_dec": self.b_dec.detach().cpu().float() * scale,
-            }
-        )
-        return lens
-
     @classmethod
     def from_saelens(cls, lens, device="cpu") -> AutoEncoderTopK:
         meta = lens.cfg.metadata
@@ -670,7 +639,7 @@ def run_seed(cfg: Config, out: Path, device: torch.device, notes: bool) -> tuple
         with rundir.stage("extracting activations", "nothing was trained yet and the partial cache is discarded"):
             buffer = data.activation_buffer(cfg, device, train_texts)
         sae, final = train(cfg, buffer, device, out, tracker)
-        rundir.save_sae(sae.to_saelens(buffer.scale), out)
+        rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
         final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path))
         config = dataclasses.asdict(cfg) | dict(
             lr=cfg.resolved_lr,

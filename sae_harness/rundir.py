@@ -86,6 +86,39 @@ def load_checkpoint(path: Path, device) -> dict | None:
     return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
 
 
+def to_saelens(sae, scale: float = 1.0):
+    """experiment.AutoEncoderTopK (SAEBench's TopKSAE) as a sae_lens TopKSAE on raw activations:
+    training ran on x / scale, so the biases are multiplied by scale (the latent values scale with
+    it; decoder rows stay unit). The format save_sae writes and the evals load."""
+    from sae_lens import TopKSAE as LensTopKSAE
+    from sae_lens import TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    lens = LensTopKSAE(
+        TopKSAEConfig(
+            d_in=sae.cfg.d_in,
+            d_sae=sae.cfg.d_sae,
+            k=int(sae.k),
+            dtype="float32",
+            device="cpu",
+            apply_b_dec_to_input=True,
+            normalize_activations="none",
+            metadata=SAEMetadata(
+                model_name=sae.cfg.model_name, hook_name=sae.cfg.hook_name, hook_layer=sae.cfg.hook_layer, prepend_bos=True
+            ),
+        )
+    )
+    lens.load_state_dict(
+        {
+            "W_enc": sae.W_enc.detach().cpu().float(),
+            "W_dec": sae.W_dec.detach().cpu().float(),
+            "b_enc": sae.b_enc.detach().cpu().float() * scale,
+            "b_dec": sae.b_dec.detach().cpu().float() * scale,
+        }
+    )
+    return lens
+
+
 def save_sae(lens_sae, out: Path) -> Path:
     """A sae_lens SAE into out/sae (SAELens's on-disk format: cfg.json + sae_weights.safetensors)."""
     target = out / "sae"

@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import cli, evals
+from sae_harness import cli, evals, rundir
 
 
 def read_log(run):
@@ -85,7 +85,7 @@ def test_saved_sae_works_on_raw_activations(tmp_path):
         sae.b_enc.normal_()
     x = torch.randn(10, 16)
     scale = 7.5
-    lens = sae.to_saelens(scale)
+    lens = rundir.to_saelens(sae, scale)
     torch.testing.assert_close(lens(x * scale), sae(x) * scale, rtol=1e-5, atol=1e-4)
 
 
