@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, rundir, separation
+from sae_harness import cli, data, evals, ortho_fast, precision, rundir, separation
 from sae_harness.notes import baseline_beside, update_notes
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
 from sae_harness.schema import aggregate, run_number, summarize, training_key
@@ -91,8 +91,8 @@ class Config:
     """passes over the cached activations (a fresh order each pass): trains on epochs x tokens (profile)"""
     llm_batch_size: int | None = None
     """contexts per language-model forward during extraction (profile)"""
-    llm_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """dtype of the language-model forward during extraction"""
+    llm_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """precision of the language-model forward during extraction; auto = bfloat16 where a matmul is measured faster in it here (CUDA; CPUs with AMX / AVX-512-BF16), else float32"""
     cache_dir: str = str(HERE / ".cache")
     """activation cache shared by all run dirs"""
     # SAE
@@ -112,8 +112,8 @@ class Config:
     """a latent that has not fired for this many tokens is dead (profile)"""
     grad_clip: float = 1.0
     """max gradient norm"""
-    sae_bf16: bool = True
-    """encoder matmul in bfloat16 (master weights stay float32)"""
+    sae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
     variant: Literal["progressive", "static", "static_matched", "none"] = "progressive"
     """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK)"""
@@ -215,8 +215,8 @@ class AutoEncoderTopK(TopKSAE):
             self.W_dec.copy_(W_dec_FD)
             self.W_enc.copy_(W_dec_FD.T)
 
-    def forward_train(self, x_BD: torch.Tensor, bf16: bool = False) -> TrainOutput:
-        with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=bf16):
+    def forward_train(self, x_BD: torch.Tensor, dtype: torch.dtype = torch.float32) -> TrainOutput:
+        with torch.autocast(x_BD.device.type, dtype=dtype, enabled=dtype != torch.float32):
             pre_BF = F.relu((x_BD - self.b_dec) @ self.W_enc + self.b_enc)
         pre_BF = pre_BF.float()
         acts_BK, idx_BK = pre_BF.topk(int(self.k), dim=-1, sorted=False)
@@ -350,7 +350,7 @@ class TrainerTopK:
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
         self.tokens_since_fired_F = torch.zeros(cfg.dict_size, dtype=torch.long, device=sae.W_dec.device)
         self.k_aux = sae.cfg.d_in // 2
-        self.dtype = ortho_fast.fast_dtype(sae.W_dec.device) if cfg.sae_bf16 else torch.float32  # of the fast term's matmuls
+        self.dtype = precision.choose(cfg.sae_dtype, sae.W_dec.device)  # of the encoder's and the fast term's matmuls
         self.ortho_impl = cfg.ortho_impl
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
@@ -372,7 +372,7 @@ class TrainerTopK:
     @torch.no_grad()
     def calibrate_ortho_scale(self, batches) -> None:
         """The recon loss at initialisation that s = recon / P is set from: the median over batches."""
-        recon = [recon_loss(x_BD - self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16).x_hat_BD) for x_BD in batches]
+        recon = [recon_loss(x_BD - self.sae.forward_train(x_BD, self.dtype).x_hat_BD) for x_BD in batches]
         self.recon_at_init = torch.stack(recon).median().item()
 
     def lr_at(self, step: int) -> float:
@@ -403,7 +403,7 @@ class TrainerTopK:
     def update(self, x_BD: torch.Tensor, step: int) -> StepOutput:
         p = step / self.total_steps
         lam, thr = ortho_lambda(p, self.cfg), ortho_threshold(p, self.cfg)
-        out = self.sae.forward_train(x_BD, bf16=self.cfg.sae_bf16)
+        out = self.sae.forward_train(x_BD, self.dtype)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
         residual_BD = x_BD - out.x_hat_BD
@@ -591,6 +591,10 @@ def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     cli.validate(cfg)
     device = resolve_device(cfg)
+    prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
+    print(prec.line())
+    for warning in prec.warnings():
+        print(warning, file=sys.stderr)
     out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
     runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
     if out.exists() and not out.is_dir():
@@ -606,7 +610,7 @@ def main(argv: list[str]) -> int:
     for i, (seed, run) in enumerate(runs.items()):
         if len(seeds) > 1:
             print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
-        info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, notes=len(seeds) == 1)
+        info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, prec, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
             info = aggregate({s: rundir.read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
@@ -621,7 +625,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def run_seed(cfg: Config, out: Path, device: torch.device, notes: bool) -> tuple[dict, list[str]]:
+def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Precision, notes: bool) -> tuple[dict, list[str]]:
     """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
     A finished one is left as it is."""
     if rundir.run_state(out, cfg.layer, cli.eval_names(cfg)) == "finished":
@@ -640,7 +644,7 @@ def run_seed(cfg: Config, out: Path, device: torch.device, notes: bool) -> tuple
             buffer = data.activation_buffer(cfg, device, train_texts)
         sae, final = train(cfg, buffer, device, out, tracker)
         rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
-        final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path))
+        final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
         config = dataclasses.asdict(cfg) | dict(
             lr=cfg.resolved_lr,
             steps=cfg.total_steps,

@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import experiment as E  # noqa: E402
-from sae_harness import cli, data  # noqa: E402
+from sae_harness import cli, data, precision  # noqa: E402
 from sae_harness import evals as evals_module  # noqa: E402
 from sae_harness import ortho_fast as O  # noqa: E402
 from sae_harness.schema import EVAL_KEYS  # noqa: E402
@@ -160,7 +160,7 @@ def ortho_memory_gemma2(device, batch_size):
     W = torch.nn.functional.normalize(torch.randn(F_, D, device=device), dim=-1).requires_grad_()
     logits = torch.randn(batch_size, F_, device=device) + torch.linspace(2, -2, F_, device=device)
     active = torch.zeros(batch_size, F_, dtype=torch.bool, device=device).scatter_(1, logits.topk(K, dim=-1).indices, True)
-    dtype = O.fast_dtype(device)
+    dtype = precision.choose("auto", device)
     seconds = []
 
     def run():
@@ -340,7 +340,7 @@ def measure_dense_vs_optimized(cfg, device, batch, state, results, rows):
     """The naive dense F x F form against ours, at embedded dims (at p = 0.5)."""
     trainer = make_trainer(cfg, 640, device)
     trainer.load_state_dict(state)
-    out = trainer.sae.forward_train(batch(20_000), bf16=True)
+    out = trainer.sae.forward_train(batch(20_000), trainer.dtype)
     active = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
     W = trainer.sae.W_dec.detach().clone().requires_grad_()
     thr = E.ortho_threshold(0.5, cfg)

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiment as E  # noqa: E402
-from sae_harness import cli, data  # noqa: E402
+from sae_harness import cli, data, precision  # noqa: E402
 from sae_harness import ortho_fast as NEW  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def masks(sae, buf, scale, start, n=20):
     out = []
     for step in range(start, start + n):
         with torch.no_grad():
-            o = sae.forward_train(buf.batch(step) * scale, bf16=True)
+            o = sae.forward_train(buf.batch(step) * scale, precision.choose("auto", torch.device("cpu")))
         out.append(torch.zeros_like(o.pre_BF, dtype=torch.bool).scatter_(1, o.idx_BK, o.acts_BK > 0))
     return out
 
@@ -81,7 +81,7 @@ def main(argv):
     if not data.cache_path(cfg).exists():
         sys.exit(f"ortho_ab: no activation cache at {data.cache_path(cfg)}: run experiment.py or benchmarks/bench.py once")
     buf = data.ActivationBuffer(data.cache_path(cfg), data.activation_key(cfg), cfg.batch_size, cfg.seed, torch.device("cpu"))
-    dtype = NEW.fast_dtype(torch.device("cpu"))
+    dtype = precision.choose("auto", torch.device("cpu"))
     torch.manual_seed(cfg.seed)
     sae = E.AutoEncoderTopK(buf.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed)
     trainer = E.TrainerTopK(cfg, sae)

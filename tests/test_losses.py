@@ -40,7 +40,7 @@ def make_trainer(variant, **kw):
         dict_size=64,
         k=8,
         variant=variant,
-        sae_bf16=False,
+        sae_dtype="float32",
         tokens=640,
         batch_size=32,
         ortho_lambda_max=0.5,
@@ -212,7 +212,7 @@ def plain_topk_steps(sae, cfg, xs):
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
     since_F = torch.zeros(cfg.dict_size, dtype=torch.long)
     for step, x in enumerate(xs):
-        out = sae.forward_train(x, bf16=cfg.sae_bf16)
+        out = sae.forward_train(x, getattr(torch, cfg.sae_dtype))
         active = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         residual = x - out.x_hat_BD
         dead = since_F >= cfg.dead_tokens
@@ -250,7 +250,7 @@ def first_step_share(d_in, dict_size, k, scale, lam):
     torch.manual_seed(0)
     sae = E.AutoEncoderTopK(d_in, dict_size, k, "m", 0, device="cpu", seed=1)
     cfg = E.Config(
-        out_dir="x", dict_size=dict_size, k=k, batch_size=64, tokens=64 * 20, sae_bf16=False, dead_tokens=10**9, ortho_lambda_max=lam
+        out_dir="x", dict_size=dict_size, k=k, batch_size=64, tokens=64 * 20, sae_dtype="float32", dead_tokens=10**9, ortho_lambda_max=lam
     )
     trainer = E.TrainerTopK(cfg, sae)
     g = torch.Generator().manual_seed(3)

@@ -86,10 +86,13 @@ def test_penalty_zero_when_nothing_cofires_above_threshold():
 
 
 @pytest.mark.parametrize("rows", [7, 1000])
-@pytest.mark.parametrize("route,int8_counts", [("dense", True), ("sparse", True), ("sparse", False)])
-def test_cofiring_pairs_match_brute_force(route, int8_counts, rows, monkeypatch):
-    """int8_counts False: the sparse route's COO product (its route off CPU)."""
-    monkeypatch.setattr(O, "INT8_COUNTS", int8_counts)
+@pytest.mark.parametrize("int8", [True, False])
+@pytest.mark.parametrize("route,dense_counts", [("dense", True), ("sparse", True), ("sparse", False)])
+def test_cofiring_pairs_match_brute_force(route, dense_counts, int8, rows, monkeypatch):
+    """dense_counts False: the sparse route's COO product (its route off CPU); int8: the counts'
+    dtype on a CPU where int8 products are fast (else float32)."""
+    monkeypatch.setattr(O, "DENSE_COUNTS", dense_counts)
+    monkeypatch.setattr(O.precision, "int8_counts", lambda device: int8)
     _, active = random_case(4, B=300, F=30)
     force_blocks(monkeypatch, rows, int(active.any(0).sum()))
     m = active.double()

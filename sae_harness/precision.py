@@ -1,0 +1,172 @@
+"""Which floating-point precision each part of a run computes in, chosen by what is fast on this
+machine, once per process.
+
+CPUs differ: with AMX or AVX-512-BF16 a bfloat16 matmul runs several times faster than a float32
+one; with AVX2 only, PyTorch emulates it about 200x slower. So `auto` (every dtype option's
+default) times one matmul in both precisions here and takes bfloat16 only where it is measurably
+faster; CUDA always takes bfloat16. An explicit bfloat16 or float32 still wins, with one line at
+start when it was measured to be over SLOW_RATIO times slower than the other.
+
+What it decides (`Precision`, recorded in final_info.json):
+- llm: the language model's forward during activation extraction (`--llm_dtype`);
+- sae: the SAE's training matmuls, the encoder under autocast and the orthogonality term's Gram and
+  gradient products (`--sae_dtype`); the master weights and the optimiser stay float32;
+- evals: the language model inside the SAEBench evals. Not an option: float32 on CPU on every
+  machine, so that eval scores compare across machines; on CUDA the profile's (bfloat16 for
+  gemma-2-2b, as the seed ran it).
+"""
+
+import functools
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+CHOICES = ("auto", "bfloat16", "float32")
+FASTER = 1.1
+"""auto takes bfloat16 when a bfloat16 matmul is at least this many times faster than float32."""
+SLOW_RATIO = 10.0
+"""An explicit choice measured this many times slower than the other gets a line at start."""
+
+# The probe: a first small product (an emulated bfloat16 or int8 kernel costs several ms on it, a
+# native one well under 1 ms) decides on its own when the low precision is many times slower;
+# otherwise a product of the encoder's kind (a 256-token slice of the embedded profile's
+# 640 x 4096), where native kernels run at speed, decides.
+SCREEN_SHAPE = (32, 256, 512)
+PROBE_SHAPE = (256, 640, 4096)
+SCREEN_SLOW = 4.0
+
+
+def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int) -> float:
+    """Median seconds of an (m, k) @ (k, n) product in dtype on the CPU (int8: torch._int_mm, int8
+    x int8 -> int32, as the exact co-firing counts use it), after one warm-up call (oneDNN builds a
+    kernel per new shape)."""
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    if dtype == torch.int8:
+        a, b = (a > 0).to(torch.int8), (b > 0).to(torch.int8)
+        product = lambda: torch._int_mm(a, b)
+    else:
+        a, b = a.to(dtype), b.to(dtype)
+        product = lambda: a @ b
+    product()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def measure_speedup(dtype: torch.dtype, timer=time_matmul) -> float:
+    """float32 seconds / dtype seconds of a matmul on this CPU (> 1: dtype is faster).
+    timer(dtype, shape, repeat) -> seconds. A few milliseconds where dtype is native, ~20 ms where
+    it is emulated."""
+    screen = timer(torch.float32, SCREEN_SHAPE, 3) / timer(dtype, SCREEN_SHAPE, 1)
+    if screen < 1 / SCREEN_SLOW:
+        return screen
+    return timer(torch.float32, PROBE_SHAPE, 5) / timer(dtype, PROBE_SHAPE, 5)
+
+
+@functools.cache
+def cpu_speedup(dtype: torch.dtype) -> float:
+    """measure_speedup(dtype), measured once per process."""
+    return measure_speedup(dtype)
+
+
+def int8_counts(device: torch.device) -> bool:
+    """Whether exact co-firing counts are int8 x int8 -> int32 products (on a CPU where they beat
+    float32: AMX, AVX-512-VNNI), else float32 products (exact below 2^24 tokens)."""
+    return torch.device(device).type == "cpu" and cpu_speedup(torch.int8) >= FASTER
+
+
+def device_of(cfg) -> torch.device:
+    """The device a config runs on (cfg.device: auto, cpu or cuda)."""
+    cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def choose(requested: str, device: torch.device) -> torch.dtype:
+    """The dtype for a `requested` option value (auto, bfloat16, float32) on device."""
+    if requested not in CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(CHOICES)}, got {requested!r}")
+    if requested != "auto":
+        return getattr(torch, requested)
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_speedup(torch.bfloat16) >= FASTER else torch.float32
+
+
+def name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: str
+    cpu_capability: str
+    """torch.backends.cpu.get_cpu_capability(): AVX2, AVX512, AMX, ..."""
+    bf16_speedup: float | None
+    """float32 / bfloat16 seconds of a matmul on this CPU, measured (None on CUDA)."""
+    int8_speedup: float | None
+    """float32 / int8 seconds of a matmul on this CPU, measured (None on CUDA): the co-firing counts' dtype."""
+    llm: str
+    sae: str
+    evals: str
+    requested: dict
+    """The option values asked for: {"llm_dtype": ..., "sae_dtype": ...}."""
+
+    def line(self) -> str:
+        how = (
+            "CUDA"
+            if self.bf16_speedup is None
+            else f"CPU {self.cpu_capability}, measured here: a bfloat16 matmul {speed_words(self.bf16_speedup)} than float32, int8 {speed_words(self.int8_speedup)}"
+        )
+        chosen = f"extraction {self.llm}, SAE {self.sae}, evals {self.evals}"
+        return f"precision: {chosen} ({how}; {', '.join(f'--{k} {v}' for k, v in self.requested.items())})"
+
+    def warnings(self) -> list[str]:
+        """One line per explicit choice measured over SLOW_RATIO times slower than the other."""
+        if self.bf16_speedup is None:
+            return []
+        out = []
+        for option, chosen in (("llm_dtype", self.llm), ("sae_dtype", self.sae)):
+            if self.requested[option] == "auto":
+                continue
+            slowdown = 1 / self.bf16_speedup if chosen == "bfloat16" else self.bf16_speedup
+            if slowdown > SLOW_RATIO:
+                other = "float32" if chosen == "bfloat16" else "bfloat16"
+                out.append(
+                    f"warning: --{option} {chosen} was asked for, but a {chosen} matmul measured {slowdown:.0f}x slower than "
+                    f"{other} on this CPU ({self.cpu_capability}): expect a run many times longer (--{option} auto picks {other} here)"
+                )
+        return out
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def speed_words(speedup: float) -> str:
+    return f"{speedup:.2g}x faster" if speedup >= 1 else f"{1 / speedup:.3g}x slower"
+
+
+def eval_dtype(profile: str, device: torch.device) -> str:
+    """The evals' language-model dtype: float32 on CPU; on CUDA bfloat16 for gemma-2-2b (the seed's)."""
+    return "bfloat16" if torch.device(device).type == "cuda" and profile == "gemma-2-2b" else "float32"
+
+
+def resolve(llm_dtype: str, sae_dtype: str, device: torch.device, profile: str) -> Precision:
+    """Every precision of a run on device (the evals' from the rule in the module docstring)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return Precision(
+        device=device.type,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        bf16_speedup=None if cuda else round(cpu_speedup(torch.bfloat16), 4),
+        int8_speedup=None if cuda else round(cpu_speedup(torch.int8), 4),
+        llm=name(choose(llm_dtype, device)),
+        sae=name(choose(sae_dtype, device)),
+        evals=eval_dtype(profile, device),
+        requested=dict(llm_dtype=llm_dtype, sae_dtype=sae_dtype),
+    )
