@@ -1,5 +1,6 @@
-"""The layout's promises: plotting never loads the training stack, and the package never imports
-experiment.py (no cycle: experiment.py imports the package, plot.py imports neither)."""
+"""The layout's promises: plotting never loads the training stack, the package never imports
+experiment.py (no cycle: experiment.py imports the package, plot.py imports neither), and README.md
+stays a short page that links to the docs holding the detail."""
 
 import re
 import subprocess
@@ -29,3 +30,19 @@ def test_the_package_never_imports_experiment():
     for path in (ROOT / "sae_harness").glob("*.py"):
         for line in path.read_text().splitlines():
             assert not re.match(r"\s*(import experiment|from experiment import)\b", line), f"{path.name}: {line}"
+
+
+README_MAX_LINES = 250
+DOCS = ("docs/method.md", "docs/evals.md", "docs/performance.md", "results/README.md")
+
+
+def test_readme_stays_short_and_links_to_the_docs():
+    """README.md is the user's page (at most 250 lines); the method, evals, performance and results
+    detail lives in the docs it links to."""
+    readme = (ROOT / "README.md").read_text()
+    lines = len(readme.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail into docs/"
+    links = set(re.findall(r"\]\(([^)#\s]+)(?:#[^)\s]*)?\)", readme))
+    for doc in DOCS:
+        assert (ROOT / doc).is_file(), f"{doc} is missing"
+        assert doc in links, f"README.md does not link to {doc}"
