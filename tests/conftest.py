@@ -80,3 +80,38 @@ def tiny_lm(monkeypatch):
     model, tokenizer = make_tiny_gemma3(), tiny_tokenizer()
     monkeypatch.setattr(data, "load_language_model", lambda cfg, device: (model, tokenizer))
     return model, tokenizer
+
+
+def float64_recons_loss(tl_model, sae, tokens_BT, hook_name: str, ignore: set) -> dict:
+    """SAEBench's get_recons_loss per token, computed in float64 from TransformerLens's logits: the
+    reference its float32 computations (and the core shortcut's) are held to."""
+    mask_BT = torch.ones_like(tokens_BT, dtype=torch.bool)
+    for t in ignore:
+        mask_BT &= tokens_BT != t
+
+    def splice(acts, hook):
+        return torch.where(mask_BT[..., None], sae.decode(sae.encode(acts)).to(acts.dtype), acts)
+
+    with torch.no_grad():
+        log_p = torch.log_softmax(tl_model(tokens_BT).double(), -1)
+        log_q = torch.log_softmax(tl_model.run_with_hooks(tokens_BT, fwd_hooks=[(hook_name, splice)]).double(), -1)
+        log_a = torch.log_softmax(
+            tl_model.run_with_hooks(tokens_BT, fwd_hooks=[(hook_name, lambda a, hook: torch.zeros_like(a))]).double(), -1
+        )
+    next_BT1 = tokens_BT[:, 1:, None]
+    return {
+        "kl_div_with_sae": (log_p.exp() * (log_p - log_q)).sum(-1),
+        "kl_div_with_ablation": (log_p.exp() * (log_p - log_a)).sum(-1),
+        "ce_loss_with_sae": -log_q[:, :-1].gather(-1, next_BT1)[..., 0],
+        "ce_loss_without_sae": -log_p[:, :-1].gather(-1, next_BT1)[..., 0],
+        "ce_loss_with_ablation": -log_a[:, :-1].gather(-1, next_BT1)[..., 0],
+    }
+
+
+def assert_as_accurate_as(ours: dict, saebench: dict, truth: dict, slack: dict) -> None:
+    """Each metric of ours is at most slack[name] further from the float64 truth than SAEBench's own
+    float32 computation is (which also keeps the two within the sum of their errors)."""
+    for name, true in truth.items():
+        ours_err = (ours[name].double() - true).abs().max().item()
+        saebench_err = (saebench[name].double() - true).abs().max().item()
+        assert ours_err <= saebench_err + slack[name], (name, ours_err, saebench_err)

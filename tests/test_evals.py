@@ -13,6 +13,8 @@ from sae_bench.custom_saes.topk_sae import TopKSAE
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import assert_as_accurate_as, float64_recons_loss
+
 from sae_harness import evals as E
 
 torch.set_num_threads(2)
@@ -311,8 +313,10 @@ def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
 
 
 def test_core_shortcut_matches_saebench_recons_loss(tl_model):
-    """One forward with cached clean statistics gives SAEBench's get_recons_loss per token: the
-    losses and KL(clean || ablated) exactly, KL(clean || with SAE) to float rounding."""
+    """One forward with cached clean statistics gives SAEBench's get_recons_loss per token, as close
+    to a float64 computation as SAEBench's own float32 one: the losses and KL(clean || ablated) (sums
+    over the vocabulary by cascade summation), KL(clean || with SAE) (by the identity in
+    clean_statistics) up to 1e-4 nats more."""
     import sae_bench.evals.core.main as core_main
 
     sae = random_sae()
@@ -330,10 +334,9 @@ def test_core_shortcut_matches_saebench_recons_loss(tl_model):
     again = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
         sae, tl_model, tokens, **args
     )
-    for name in ("kl_div_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation"):
-        assert torch.equal(ours[name], ref[name]), name
-    # KL is a difference of two ~12-nat sums here (262k-token vocab): fp32 rounding is ~1e-6
-    assert torch.allclose(ours["kl_div_with_sae"], ref["kl_div_with_sae"], rtol=1e-4, atol=1e-5)
+    truth = float64_recons_loss(tl_model, sae, tokens, sae.cfg.hook_name, ignore)
+    # KL with the SAE comes from an identity (a difference of ~12-nat float32 sums over a 262k vocabulary)
+    assert_as_accurate_as(ours, ref, truth, dict.fromkeys(truth, 1e-6) | {"kl_div_with_sae": 1e-4})
     assert ref["kl_div_with_sae"].abs().max() > 1e-3  # a random SAE does change the model
     for name in ours:
         assert torch.equal(ours[name], again[name]), name  # from the cache: the same numbers

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_gemma2, make_tiny_gemma3, tiny_tokenizer
+from conftest import assert_as_accurate_as, float64_recons_loss, make_tiny_gemma2, make_tiny_gemma3, tiny_tokenizer
 from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as loading
 
@@ -189,3 +189,38 @@ def test_main_end_to_end_on_tiny_gemma2_with_core_eval(tmp_path, monkeypatch):
     assert core["sae_cfg_dict"]["model_name"] == "google/gemma-2-2b"
     # the SAE, trained on the cache, reconstructs what TransformerLens reads better than chance
     assert metrics["reconstruction_quality"]["explained_variance_legacy"] > 0.2
+
+
+def test_core_shortcut_on_tiny_gemma3_matches_saebench_with_one_ablated_row(monkeypatch):
+    """Gemma 3 (no soft-cap, no biases): zeroing the residual stream leaves zeros to the end, so the
+    ablated logits are one row for every position; the shortcut computes that row once and still
+    gives SAEBench's get_recons_loss per token, as close to a float64 computation as SAEBench's own.
+    Its forward with the SAE starts from the residual it cached."""
+    import sae_bench.evals.core.main as core_main
+    from sae_bench.custom_saes.topk_sae import TopKSAE
+
+    model, tok = make_tiny_gemma3(), tiny_tokenizer(add_bos=True)
+    hook = f"blocks.{LAYER}.hook_resid_post"
+    tl = evals.load_tl_model(model, tok, evals.EvalContext(model_name="google/gemma-3-270m", layer=LAYER, hook_name=hook))
+    torch.manual_seed(0)
+    sae = TopKSAE(64, 256, 8, "google/gemma-3-270m", LAYER, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(256, 64), dim=1))
+        sae.W_enc.copy_(sae.W_dec.T)
+    sae.cfg.hook_name = hook
+    tokens = torch.tensor(list(data.token_windows(TEXTS, tok, 24, 3)))
+    ignore = {tok.bos_token_id, tok.pad_token_id, tok.eos_token_id}
+    args = dict(
+        activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
+    )
+    ref = core_main.get_recons_loss(sae, tl, tokens, **args)
+    rec = evals._CoreRecorder(tl, sae, hook, ignore, None)
+    unembedded = []
+    chunks = rec._logit_chunks
+    monkeypatch.setattr(rec, "_logit_chunks", lambda h, *args: unembedded.append(h.reshape(-1, 64).shape[0]) or chunks(h, *args))
+    ours = rec.shortcut_recons_loss(sae, tl, tokens, **args)
+    assert unembedded == [1, tokens.numel(), tokens.numel()]  # the ablated row once, the clean model, the SAE's
+    truth = float64_recons_loss(tl, sae, tokens, hook, ignore)
+    assert_as_accurate_as(ours, ref, truth, dict.fromkeys(truth, 1e-6) | {"kl_div_with_sae": 1e-4})
+    assert ref["kl_div_with_sae"].abs().max() > 1e-3
+    assert torch.equal(rec.clean[0]["resid"], tl.run_with_cache(tokens, names_filter=hook)[1][hook])
