@@ -12,6 +12,12 @@
     python benchmarks/bench.py --gemma2       # only the gemma-2-2b-dims keys (no embedded model needed; a
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
 
+Every JSON carries the machine it came from: cpu_capability (AVX2, AVX512, AMX, ...), the measured
+float32 / bfloat16 and float32 / int8 matmul speedups here (> 1: the low precision is faster), and
+the dtypes `auto` picks here (llm_dtype, sae_dtype, eval_dtype); read every figure against them.
+The durations above were measured on a 2-core CPU with AMX (native bfloat16); on an AVX2-only CPU
+training steps take about twice as long (docs/performance.md).
+
 It builds (or reuses) the default run's activation cache first, so the embedded numbers always
 come from real activations and every key of the JSON is present, on a fresh clone too.
 Run it on an idle machine: on 2 cores, torch slows down many times when the other core is busy.
@@ -250,7 +256,16 @@ KEYS = (
     "eval_first_s",
     "eval_cached_s",
     "eval_cached_ratio",
+    "core_first_s",
+    "step_s_default",
+    "extraction_tok_s",
     "device",
+    "cpu_capability",
+    "bf16_matmul_speedup",
+    "int8_matmul_speedup",
+    "llm_dtype",
+    "sae_dtype",
+    "eval_dtype",
 )
 
 
@@ -262,6 +277,7 @@ def measure_whole_runs(cfg, device, results, rows, repeat=2):
         plain.append(whole_run_seconds(dataclasses.replace(cfg, variant="none"), device))
         default.append(whole_run_seconds(cfg, device))
     results.update(whole_run_s_plain=min(plain), whole_run_s_default=min(default), ortho_step_ratio=min(default) / min(plain))
+    results["step_s_default"] = min(default) / cfg.total_steps
     rows.append(
         (
             f"whole default run, training only ({cfg.total_steps} steps), fastest of {repeat}",
@@ -388,6 +404,7 @@ def measure_gemma2(cfg, device, results, rows):
 def measure_extraction(device, results, rows):
     r, t3 = extraction_ratio(device)
     results["extraction_ratio"] = r
+    results["extraction_tok_s"] = t3["tokens"] / t3["buffer_s"]
     rows.append(
         (
             "activation buffer vs bare truncated forward",
@@ -432,6 +449,7 @@ def eval_cache_seconds(seed: int = 42) -> dict:
 def measure_eval_cache(results, rows):
     r = eval_cache_seconds()
     results.update({k: r[k] for k in ("eval_first_s", "eval_cached_s", "eval_cached_ratio")})
+    results["core_first_s"] = r["first"].get("core", {}).get("seconds")
     for label, run in (("  first run (empty eval cache)", r["first"]), ("  second run (eval cache)", r["cached"])):
         rows.append((label, ", ".join(f"{n} {v['seconds']:.0f} s ({'hit' if v['hit'] else 'miss'})" for n, v in run.items()), ""))
     rows.append(
@@ -443,20 +461,37 @@ def measure_eval_cache(results, rows):
     )
 
 
+def measure_machine(device, results, rows):
+    """The kind of machine every figure came from: the CPU's capability, the measured low-precision
+    speedups and the dtypes auto chooses here (sae_harness/precision.py)."""
+    prec = precision.resolve("auto", "auto", device, "gemma-3-270m")
+    results.update(
+        cpu_capability=prec.cpu_capability,
+        bf16_matmul_speedup=prec.bf16_speedup,
+        int8_matmul_speedup=prec.int8_speedup,
+        llm_dtype=prec.llm,
+        sae_dtype=prec.sae,
+        eval_dtype=prec.evals,
+    )
+    rows.append(("machine", f"{device_name(device)}, CPU {prec.cpu_capability}", prec.line().removeprefix("precision: ")))
+
+
 def main(argv):
     quick = "--quick" in argv
     results, rows = dict.fromkeys(KEYS), []
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    measure_machine(device, results, rows)
+    results["device"] = device_name(device)
     if "--evals-only" in argv:  # only the eval-cache measurement (two default runs)
         measure_eval_cache(results, rows)
         return report(results, rows)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
 
     cfg = embedded_config()
     if "--gemma2" in argv:
         measure_gemma2(cfg, device, results, rows)
-        results["device"] = device_name(device)
-        return report({k: results[k] for k in results if "gemma2" in k or k == "device"}, rows)
+        machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup")
+        return report({k: results[k] for k in results if "gemma2" in k or k in machine}, rows)
     buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])  # reused, or built first on a fresh clone
     batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
     if not quick:
@@ -469,7 +504,6 @@ def main(argv):
         measure_extraction(device, results, rows)
         measure_cached_start(results, rows)
         measure_eval_cache(results, rows)
-    results["device"] = device_name(device)
     report(results, rows)
 
 
