@@ -13,7 +13,9 @@ What it decides (`Precision`, recorded in final_info.json):
   gradient products (`--sae_dtype`); the master weights and the optimiser stay float32;
 - evals: the language model inside the SAEBench evals. Not an option: float32 on CPU on every
   machine, so that eval scores compare across machines; on CUDA the profile's (bfloat16 for
-  gemma-2-2b, as the seed ran it).
+  gemma-2-2b, as the seed ran it);
+- the exact co-firing counts (the term, its diagnostics, the held-out separation eval): int8 x int8
+  -> int32 products where those are measured fast (AMX, VNNI), else float32 (`int8_counts`).
 """
 
 import functools
