@@ -32,26 +32,31 @@ SLOW_RATIO = 10.0
 
 # The probe: a first small product (an emulated bfloat16 or int8 kernel costs several ms on it, a
 # native one well under 1 ms) decides on its own when the low precision is many times slower;
-# otherwise a product of the encoder's kind (a 256-token slice of the embedded profile's
-# 640 x 4096), where native kernels run at speed, decides.
+# otherwise a product of the kind the run computes decides: for bfloat16 a 256-token slice of the
+# encoder's 640 x 4096; for int8 one row block of the co-firing counts, 0/1 masks of TopK density
+# (512 latents x 1,024 tokens @ 1,024 tokens x 4,096 latents), in both dtypes. Random dense int8
+# operands misjudge it: on an AMX CPU they read int8 ~1.5x slower than float32, while the counts
+# themselves run ~5x faster in int8.
 SCREEN_SHAPE = (32, 256, 512)
-PROBE_SHAPE = (256, 640, 4096)
+PROBE_SHAPES = {torch.bfloat16: (256, 640, 4096), torch.int8: (512, 1024, 4096)}
+MASK_DENSITY = 64 / 4096
+"""The probe's 0/1 masks fire like the default TopK (k / width)."""
 SCREEN_SLOW = 4.0
 
 
-def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int) -> float:
+def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int, masks: bool = False) -> float:
     """Median seconds of an (m, k) @ (k, n) product in dtype on the CPU (int8: torch._int_mm, int8
     x int8 -> int32, as the exact co-firing counts use it), after one warm-up call (oneDNN builds a
-    kernel per new shape)."""
+    kernel per new shape). masks: operands are 0/1 firing masks (MASK_DENSITY), else Gaussian
+    (int8 always gets 0/1 operands)."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-    if dtype == torch.int8:
-        a, b = (a > 0).to(torch.int8), (b > 0).to(torch.int8)
-        product = lambda: torch._int_mm(a, b)
+    if masks or dtype == torch.int8:
+        a, b = (torch.rand(m, k, generator=gen) < MASK_DENSITY), (torch.rand(k, n, generator=gen) < MASK_DENSITY)
     else:
-        a, b = a.to(dtype), b.to(dtype)
-        product = lambda: a @ b
+        a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    a, b = a.to(dtype), b.to(dtype)
+    product = (lambda: torch._int_mm(a, b)) if dtype == torch.int8 else (lambda: a @ b)
     product()
     times = []
     for _ in range(repeat):
@@ -63,12 +68,14 @@ def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int) ->
 
 def measure_speedup(dtype: torch.dtype, timer=time_matmul) -> float:
     """float32 seconds / dtype seconds of a matmul on this CPU (> 1: dtype is faster).
-    timer(dtype, shape, repeat) -> seconds. A few milliseconds where dtype is native, ~20 ms where
+    timer(dtype, shape, repeat, masks) -> seconds. A few milliseconds where dtype is native, ~20 ms where
     it is emulated."""
-    screen = timer(torch.float32, SCREEN_SHAPE, 3) / timer(dtype, SCREEN_SHAPE, 1)
+    masks = dtype == torch.int8  # the counts' float32 route multiplies the same 0/1 masks
+    screen = timer(torch.float32, SCREEN_SHAPE, 3, masks) / timer(dtype, SCREEN_SHAPE, 1, masks)
     if screen < 1 / SCREEN_SLOW:
         return screen
-    return timer(torch.float32, PROBE_SHAPE, 5) / timer(dtype, PROBE_SHAPE, 5)
+    shape = PROBE_SHAPES[dtype]
+    return timer(torch.float32, shape, 5, masks) / timer(dtype, shape, 5, masks)
 
 
 @functools.cache

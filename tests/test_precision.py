@@ -15,8 +15,8 @@ from sae_harness import data, precision
 def stand_in_timer(float32_s: float, low_s: float, calls: list):
     """A timer that says a float32 matmul takes float32_s and any other dtype low_s, on every shape."""
 
-    def timer(dtype, shape, repeat):
-        calls.append((dtype, shape))
+    def timer(dtype, shape, repeat, masks):
+        calls.append((dtype, shape, masks))
         return float32_s if dtype == torch.float32 else low_s
 
     return timer
@@ -26,10 +26,30 @@ def stand_in_timer(float32_s: float, low_s: float, calls: list):
 def test_measure_speedup_follows_the_timer_and_stops_early_when_emulated(dtype):
     calls = []
     assert precision.measure_speedup(dtype, stand_in_timer(1.0, 200.0, calls)) == pytest.approx(1 / 200)
-    assert {shape for _, shape in calls} == {precision.SCREEN_SHAPE}  # the large probe is never run
+    assert {shape for _, shape, _ in calls} == {precision.SCREEN_SHAPE}  # the large probe is never run
     calls.clear()
     assert precision.measure_speedup(dtype, stand_in_timer(3.0, 1.0, calls)) == pytest.approx(3.0)
-    assert (dtype, precision.PROBE_SHAPE) in calls
+    masks = dtype == torch.int8  # the counts' probe: both dtypes on the same 0/1 masks
+    assert {(torch.float32, precision.PROBE_SHAPES[dtype], masks), (dtype, precision.PROBE_SHAPES[dtype], masks)} <= set(calls)
+
+
+def test_the_int8_probe_times_firing_masks_and_the_dtypes_multiply_the_same_ones():
+    m, k, n = 64, 128, 256
+    seen = {}
+    real_int_mm = torch._int_mm
+
+    def spy_int_mm(a, b):
+        seen["int8"] = (a, b)
+        return real_int_mm(a, b)
+
+    torch._int_mm, saved = spy_int_mm, torch._int_mm
+    try:
+        precision.time_matmul(torch.int8, (m, k, n), 1)
+    finally:
+        torch._int_mm = saved
+    a, b = seen["int8"]
+    assert set(a.unique().tolist()) <= {0, 1} and 0 < a.float().mean() < 0.1  # TopK-sparse masks, not dense signs
+    assert a.shape == (m, k) and b.shape == (k, n)
 
 
 @pytest.fixture
