@@ -1,0 +1,75 @@
+"""Paired intervals and Holm's correction (sae_harness/paired.py) against scipy and a brute force."""
+
+import itertools
+import random
+
+import pytest
+from scipy import stats
+
+from sae_harness.paired import holm, paired_interval
+
+
+def test_paired_interval_matches_scipy_paired_t_on_random_data():
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(2, 12)
+        base = [rng.gauss(0, 1) for _ in range(n)]
+        a = {40 + s: base[s] + rng.gauss(0, 0.1) for s in range(n)}
+        b = {40 + s: base[s] + 0.05 + rng.gauss(0, 0.1) for s in range(n)}
+        got = paired_interval(a, b)
+        seeds = sorted(a)
+        ref = stats.ttest_rel([b[s] for s in seeds], [a[s] for s in seeds])
+        ci = ref.confidence_interval(0.95)
+        assert got["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+        assert (got["lo"], got["hi"]) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+        assert got["within_noise"] == (ci.low <= 0 <= ci.high)
+
+
+def test_pairing_uses_only_shared_seeds_and_beats_welch_when_seeds_move_both_arms():
+    seed_effect = {42: -1.0, 43: 0.0, 44: 1.0, 45: 2.0}
+    a = {s: v for s, v in seed_effect.items()}
+    b = {s: v + 0.1 + 0.01 * (s % 2) for s, v in seed_effect.items()} | {99: 50.0}  # 99: b only, ignored
+    got = paired_interval(a, b)
+    assert got["n"] == 4 and got["delta"] == pytest.approx(0.105)
+    assert not got["within_noise"]  # paired: the seed effect cancels
+    welch = stats.ttest_ind([b[s] for s in a], list(a.values()), equal_var=False)
+    assert welch.pvalue > 0.5  # unpaired, the same numbers are noise
+
+
+def test_paired_interval_edge_cases():
+    assert paired_interval({1: 1.0}, {2: 1.0}) is None
+    one = paired_interval({1: 1.0}, {1: 3.0})
+    assert one["delta"] == 2.0 and one["lo"] is None and one["p"] is None
+    same = paired_interval({1: 1.0, 2: 2.0}, {1: 1.5, 2: 2.5})
+    assert (same["lo"], same["hi"], same["within_noise"]) == (0.5, 0.5, False)
+
+
+def holm_brute_force(pvalues):
+    """Adjusted p of hypothesis h: the smallest alpha at which Holm's step-down procedure rejects h."""
+    names = list(pvalues)
+    grid = sorted({min(1.0, k * p) for p in pvalues.values() for k in range(1, len(names) + 1)})
+
+    def rejected(alpha):
+        order = sorted(names, key=lambda n: pvalues[n])
+        out = set()
+        for i, name in enumerate(order):
+            if min(1.0, (len(order) - i) * pvalues[name]) > alpha:
+                break
+            out.add(name)
+        return out
+
+    return {name: min([a for a in grid if name in rejected(a)], default=1.0) for name in names}
+
+
+def test_holm_matches_the_step_down_procedure_and_keeps_none():
+    rng = random.Random(1)
+    for m in range(1, 7):
+        for _ in range(10):
+            pvalues = {f"m{i}": rng.choice([rng.random(), rng.random() / 50]) for i in range(m)}
+            got = holm(pvalues)
+            want = holm_brute_force(pvalues)
+            assert got == pytest.approx(want)
+    assert holm({"a": 0.01, "b": None, "c": 0.04}) == {"a": pytest.approx(0.02), "b": None, "c": pytest.approx(0.04)}
+    for p in itertools.permutations([0.001, 0.02, 0.03]):
+        adjusted = holm(dict(zip("xyz", p)))
+        assert sorted(adjusted.values()) == pytest.approx([0.003, 0.04, 0.04])
