@@ -10,7 +10,8 @@ A TopK sparse autoencoder is trained on residual-stream activations with
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
 training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
 the threshold at their p=0 values, `--variant static_matched` holds them too with lambda2 at the
-progressive schedule's mean (the same dose, integral of lambda2 dp).
+progressive schedule's mean (the same dose, integral of lambda2 dp). `--variant matryoshka` is
+the field's answer to absorption as an arm: plain TopK plus Matryoshka's nested reconstruction losses.
 
     python experiment.py --out_dir=run_1            # train + evaluate, writes run_1/final_info.json
     python experiment.py --out_dir=run_2 --variant none --k 32
@@ -29,7 +30,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -115,8 +116,10 @@ class Config:
     sae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
-    variant: Literal["progressive", "static", "static_matched", "none"] = "progressive"
-    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK)"""
+    variant: Literal["progressive", "static", "static_matched", "none", "matryoshka"] = "progressive"
+    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK) | matryoshka (plain TopK plus nested reconstruction losses, no term)"""
+    matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2])
+    """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
     ortho_lambda_max: float = 0.05
     """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of the first step, so there the term is lambda2 x recon on any profile (0.05: 5 percent of the loss)"""
     ortho_base_threshold: float = 0.25
@@ -250,7 +253,7 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 def ortho_lambda(p: float, cfg: Config) -> float:
     """lambda2(p); static holds p at 0; static_matched is constant at the schedule's mean over p
     (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
-    if cfg.variant == "none":
+    if cfg.variant in ("none", "matryoshka"):
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
     if cfg.variant == "static_matched":
@@ -301,6 +304,19 @@ def auxk_loss(pre_BF: torch.Tensor, dead_F: torch.Tensor, residual_BD: torch.Ten
     return (e_hat_BD - residual_BD).pow(2).sum(-1).mean() / variance.clamp_min(1e-8)
 
 
+def nested_recon_loss(
+    x_BD: torch.Tensor, acts_BK: torch.Tensor, idx_BK: torch.Tensor, W_dec_FD: torch.Tensor, b_dec_D: torch.Tensor, widths: list[int]
+) -> torch.Tensor:
+    """Matryoshka SAEs (Bussmann et al. 2025), as SAELens trains them: the sum over inner widths m of
+    the recon loss of x reconstructed from the kept latents with index < m alone (plus b_dec), so the
+    first latents must reconstruct on their own and cannot leave a general feature to later ones."""
+    total = x_BD.new_zeros(())
+    for m in widths:
+        x_hat_BD = sparse_decode(acts_BK * (idx_BK < m), idx_BK, W_dec_FD) + b_dec_D
+        total = total + recon_loss(x_BD - x_hat_BD)
+    return total
+
+
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-5) -> torch.Tensor:
     """Weiszfeld's algorithm."""
     median_D = x_ND.mean(0)
@@ -324,12 +340,13 @@ class LossTerms(NamedTuple):
     recon: torch.Tensor  # sum over D of (x - x_hat)^2, mean over tokens
     auxk: torch.Tensor  # AuxK on dead latents (0 when none is dead)
     ortho: torch.Tensor  # P, computed on every ortho_every-th step and held in between (0 for none)
+    nested: torch.Tensor  # matryoshka: the inner levels' recon losses, summed (0 for the other variants)
 
 
 class StepOutput(NamedTuple):
     """What one training step did, for the logger."""
 
-    loss: torch.Tensor  # recon + auxk_alpha * auxk + ortho_weight * ortho
+    loss: torch.Tensor  # recon + nested + auxk_alpha * auxk + ortho_weight * ortho
     terms: LossTerms
     ortho_lambda: float  # lambda2(p)
     ortho_weight: float  # lambda2(p) * ortho_scale, the weight of P in the loss
@@ -352,6 +369,7 @@ class TrainerTopK:
         self.k_aux = sae.cfg.d_in // 2
         self.dtype = precision.choose(cfg.sae_dtype, sae.W_dec.device)  # of the encoder's and the fast term's matmuls
         self.ortho_impl = cfg.ortho_impl
+        self.matryoshka_widths = [max(1, round(w * cfg.dict_size)) for w in cfg.matryoshka_widths]
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
         # term's size relative to the recon loss there, whatever D, F, k and the data's scale are;
@@ -366,7 +384,7 @@ class TrainerTopK:
         of the first, and the recon at init that the term's scale s is set from."""
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(batch(0)))
-        if self.cfg.variant != "none":
+        if self.cfg.variant not in ("none", "matryoshka"):
             self.calibrate_ortho_scale(batch(i) for i in range(min(self.SCALE_BATCHES, self.total_steps)))
 
     @torch.no_grad()
@@ -411,6 +429,9 @@ class TrainerTopK:
             recon=recon_loss(residual_BD),
             auxk=auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux),
             ortho=self.ortho_term(active_BF, thr, step) if lam > 0 else x_BD.new_zeros(()),
+            nested=nested_recon_loss(x_BD, out.acts_BK, out.idx_BK, self.sae.W_dec, self.sae.b_dec, self.matryoshka_widths)
+            if self.cfg.variant == "matryoshka"
+            else x_BD.new_zeros(()),
         )
         for name, value in terms._asdict().items():
             if not torch.isfinite(value):
@@ -418,7 +439,7 @@ class TrainerTopK:
         if self.ortho_scale is None and lam > 0 and terms.ortho.item() > 0:  # s = recon / P, once
             self.ortho_scale = (self.recon_at_init or terms.recon.item()) / terms.ortho.item()
         weight = lam * (self.ortho_scale or 0.0)
-        loss = terms.recon + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
+        loss = terms.recon + terms.nested + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
@@ -481,6 +502,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         loss=loss,
         recon_loss=recon,
         auxk_loss=out.terms.auxk.item(),
+        nested_loss=out.terms.nested.item(),
         ortho_penalty=ortho,
         ortho_lambda=out.ortho_lambda,
         ortho_scale=trainer.ortho_scale,

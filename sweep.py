@@ -30,7 +30,8 @@ from pathlib import Path
 import submitit
 
 ROOT = Path(__file__).resolve().parent
-VARIANTS = ("none", "static", "static_matched", "progressive")
+VARIANTS = ("none", "static", "static_matched", "progressive", "matryoshka")
+ABLATION = VARIANTS[:4]  # the default arms: the term against its controls
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
 _CHILD = {}  # the experiment.py process of the running job (so a requeue can stop it cleanly)
 
@@ -68,7 +69,7 @@ def parse(argv):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every other option goes to experiment.py (see python experiment.py --help).",
     )
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of arms' variants ({', '.join(VARIANTS)})")
+    parser.add_argument("--variants", default=",".join(ABLATION), help=f"comma list of arms' variants ({', '.join(VARIANTS)})")
     parser.add_argument("--seeds", default="5", help="seeds per arm: a count N (seed .. seed+N-1) or a comma list (default 5)")
     parser.add_argument("--seed", type=int, default=42, help="first seed when --seeds is a count (default 42)")
     parser.add_argument(

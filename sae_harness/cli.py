@@ -106,6 +106,10 @@ def validate(cfg) -> None:
         (cfg.ortho_every <= 0, f"ortho_every must be positive, got {cfg.ortho_every}"),
         (cfg.log_every < 0, f"log_every must be >= 0, got {cfg.log_every}"),
         (not 0 <= cfg.lr_decay_start <= 1, f"lr_decay_start must be in [0, 1], got {cfg.lr_decay_start}"),
+        (
+            not all(0 < w < 1 for w in cfg.matryoshka_widths) or list(cfg.matryoshka_widths) != sorted(set(cfg.matryoshka_widths)),
+            f"matryoshka_widths must be increasing fractions of dict_size in (0, 1), got {list(cfg.matryoshka_widths)}",
+        ),
     ]
     n_layers = KNOWN_LAYERS.get(cfg.lm_name)
     if n_layers is not None:

@@ -38,6 +38,8 @@ def run_cli(capsys, argv):
         (["--ortho_base_threshold", "0"], "ortho_base_threshold must be > 0"),
         (["--ortho_lambda_max", "-0.1"], "ortho_lambda_max must be >= 0"),
         (["--tokens", "0"], "must give at least one step"),
+        (["--matryoshka_widths", "0.5", "0.25"], "matryoshka_widths must be increasing fractions of dict_size in (0, 1)"),
+        (["--matryoshka_widths", "1.0"], "matryoshka_widths must be increasing fractions"),
         (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
         (["--k", "many"], "--k: invalid int value: 'many'"),
         (["--evals", "autointerp"], "unknown evals"),

@@ -181,3 +181,16 @@ def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues
     monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": lambda sae, tl_model, ctx: {"eval_result_metrics": {}}})
     assert cli.run(E.main, args) == 0
     assert "training already finished" in capsys.readouterr().out
+
+
+def test_matryoshka_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
+    """Same seed, same init and batches as plain TopK; the nested losses change the path from step 1."""
+    assert E.main(tiny_args(tmp_path, "run_1", "--variant", "matryoshka")) == 0
+    assert E.main(tiny_args(tmp_path, "run_2", "--variant", "none")) == 0
+    m, n = (read_log(tmp_path / r) for r in ("run_1", "run_2"))
+    assert m[0]["recon_loss"] == pytest.approx(n[0]["recon_loss"], rel=1e-6)  # step 0: the same SAE on the same batch
+    assert m[0]["nested_loss"] > 0 and n[0]["nested_loss"] == 0 and m[0]["ortho_loss"] == 0
+    assert m[-1]["recon_loss"] != pytest.approx(n[-1]["recon_loss"], rel=1e-6)
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    assert E.load_sae(tmp_path / "run_1" / "sae").cfg.architecture == "topk"  # every eval reads it as any TopK SAE
+    assert info["training results for layer 1"]["config"]["variant"] == "matryoshka"

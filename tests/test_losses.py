@@ -296,3 +296,43 @@ def test_ortho_scale_uses_the_median_recon_at_init_so_one_outlier_batch_does_not
     resumed = make_trainer("progressive")
     resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
     assert resumed.recon_at_init == trainer.recon_at_init and resumed.ortho_scale == trainer.ortho_scale
+
+
+def test_nested_recon_loss_matches_a_dense_brute_force_in_value_and_gradient():
+    """Matryoshka's inner levels: latents [0, m) alone reconstruct x, for each inner width m."""
+    torch.manual_seed(0)
+    B, F, D, k, widths = 16, 64, 8, 6, [4, 16, 32]
+    x = torch.randn(B, D)
+    W = torch.nn.functional.normalize(torch.randn(F, D), dim=-1).requires_grad_()
+    b_dec = torch.randn(D, requires_grad=True)
+    pre = torch.randn(B, F).relu().requires_grad_()
+    acts, idx = pre.topk(k, dim=-1)
+    fast = E.nested_recon_loss(x, acts, idx, W, b_dec, widths)
+    g_fast = torch.autograd.grad(fast, (W, b_dec, pre), retain_graph=True)
+    dense_BF = torch.zeros(B, F).scatter(1, idx, acts)
+    brute = sum(((x - (dense_BF[:, :m] @ W[:m] + b_dec)) ** 2).sum(-1).mean() for m in widths)
+    g_brute = torch.autograd.grad(brute, (W, b_dec, pre))
+    torch.testing.assert_close(fast, brute, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fast, g_brute):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert E.nested_recon_loss(x, acts, idx, W, b_dec, []).item() == 0.0
+
+
+def test_matryoshka_variant_adds_the_nested_losses_and_no_term():
+    d_in, F = 16, 64
+    cfg = E.Config(
+        out_dir="x", dict_size=F, k=8, batch_size=64, tokens=64 * 20, sae_dtype="float32", dead_tokens=10**9,
+        variant="matryoshka", matryoshka_widths=[0.25, 0.5],
+    )  # fmt: skip
+    trainer = E.TrainerTopK(cfg, E.AutoEncoderTopK(d_in, F, 8, "m", 0, device="cpu", seed=1))
+    x = torch.randn(64, d_in, generator=torch.Generator().manual_seed(3))
+    trainer.start(lambda i: x)
+    sae = trainer.sae
+    with torch.no_grad():
+        before = sae.forward_train(x)
+        expected = E.nested_recon_loss(x, before.acts_BK, before.idx_BK, sae.W_dec, sae.b_dec, [16, 32])
+    out = trainer.update(x, 0)
+    assert out.ortho_weight == 0 and out.terms.ortho.item() == 0 and trainer.ortho_scale is None
+    assert trainer.matryoshka_widths == [16, 32]
+    torch.testing.assert_close(out.terms.nested, expected)
+    torch.testing.assert_close(out.loss, out.terms.recon + out.terms.nested + cfg.auxk_alpha * out.terms.auxk)
