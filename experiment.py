@@ -309,11 +309,23 @@ def nested_recon_loss(
 ) -> torch.Tensor:
     """Matryoshka SAEs (Bussmann et al. 2025), as SAELens trains them: the sum over inner widths m of
     the recon loss of x reconstructed from the kept latents with index < m alone (plus b_dec), so the
-    first latents must reconstruct on their own and cannot leave a general feature to later ones."""
-    total = x_BD.new_zeros(())
-    for m in widths:
-        x_hat_BD = sparse_decode(acts_BK * (idx_BK < m), idx_BK, W_dec_FD) + b_dec_D
-        total = total + recon_loss(x_BD - x_hat_BD)
+    first latents must reconstruct on their own and cannot leave a general feature to later ones.
+    One pass: each token's kept latents sorted by index fall into G + 1 contiguous bags (the levels'
+    increments and the rest), decoded by one embedding_bag, then taken off the residual in turn."""
+    if not widths:
+        return x_BD.new_zeros(())
+    B, K = idx_BK.shape
+    G = len(widths)
+    idx_BK, order_BK = idx_BK.sort(dim=1)
+    acts_BK = acts_BK.gather(1, order_BK)
+    ends_BG = torch.searchsorted(idx_BK, torch.tensor(widths, device=idx_BK.device).expand(B, G).contiguous())
+    starts_BG1 = torch.cat([ends_BG.new_zeros(B, 1), ends_BG], dim=1)  # bag g: sorted positions [starts[g], starts[g + 1])
+    offsets = (starts_BG1 + K * torch.arange(B, device=idx_BK.device)[:, None]).flatten()
+    increments = F.embedding_bag(idx_BK.flatten(), W_dec_FD, offsets, per_sample_weights=acts_BK.flatten().to(W_dec_FD.dtype), mode="sum")
+    residual_BD, total = x_BD - b_dec_D, x_BD.new_zeros(())
+    for increment_BD in increments.view(B, G + 1, -1).unbind(1)[:G]:  # unbind: no zero-filled slice gradients
+        residual_BD = residual_BD - increment_BD
+        total = total + recon_loss(residual_BD)
     return total
 
 
