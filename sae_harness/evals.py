@@ -776,7 +776,7 @@ class _CoreRecorder:
         self.clean.append(clean if self.keep else None)
         mask = self._mask(batch_tokens) if exclude_special_tokens_from_reconstruction else torch.ones_like(batch_tokens, dtype=torch.bool)
         _, kwargs = self._embed(batch_tokens)
-        if "resid" in clean:  # cache entries written before the residual was kept run the blocks up to the hook again
+        if "resid" in clean:  # an entry without the residual (cache format of older runs): the blocks up to the hook run again
             activations = clean["resid"].to(batch_tokens.device)
         else:
             activations = self._blocks(self._embed(batch_tokens)[0], 0, self.layer + 1, kwargs)
@@ -977,6 +977,19 @@ def _heldout_train_test(ctx: EvalContext) -> tuple[dict[str, list[str]], dict[st
     return train, test
 
 
+def _probe_sizes(ctx: EvalContext, heldout_split) -> tuple[int, int]:
+    """Probe train / test documents: the context's sizes; where one is None, every document of the
+    held-out split when it is probed, else SAEBench's default."""
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    if heldout_split is not None:
+        counted = tuple(sum(len(texts) for texts in part.values()) for part in heldout_split)
+    else:
+        default = SparseProbingEvalConfig()
+        counted = (default.probe_train_set_size, default.probe_test_set_size)
+    return ctx.sparse_probing_train_size or counted[0], ctx.sparse_probing_test_size or counted[1]
+
+
 def _one_vs_rest_sizes(per_label: dict[str, int]) -> dict[str, int]:
     """Documents in each label's one-vs-rest set as SAEBench builds it (probe_training.prepare_probe_data):
     all of the label, and ceil(n / (labels - 1)) of each other label (fewer where it has fewer)."""
@@ -1017,14 +1030,12 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
         return skip
     out_dir = ctx.work_dir / "sparse_probing"
     heldout_split = _heldout_train_test(ctx) if HELDOUT_DATASET in ctx.sparse_probing_datasets else None
-    if heldout_split is not None:
-        train_n = sum(len(v) for v in heldout_split[0].values())
-        test_n = sum(len(v) for v in heldout_split[1].values())
+    train_size, test_size = _probe_sizes(ctx, heldout_split)
     config = SparseProbingEvalConfig(
         random_seed=ctx.eval_seed,
         dataset_names=ctx.sparse_probing_datasets,
-        probe_train_set_size=ctx.sparse_probing_train_size or train_n,
-        probe_test_set_size=ctx.sparse_probing_test_size or test_n,
+        probe_train_set_size=train_size,
+        probe_test_set_size=test_size,
         context_length=ctx.context_size,
         sae_batch_size=ctx.sae_batch_size,
         llm_batch_size=ctx.llm_batch_size,

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -373,6 +374,31 @@ def test_sparse_probing_uses_every_heldout_article(tl_model, tmp_path):
     # one-vs-rest: 10 positives + ceil(10 / 2) from each of the 2 other labels
     assert r["test_documents_per_task"] == {E.HELDOUT_DATASET: {k: 20 for k in TOPICS}}
     assert (r["eval_config"]["probe_train_set_size"], r["eval_config"]["probe_test_set_size"]) == (30, 30)
+
+
+def test_sparse_probing_saebench_datasets_with_sizes_none_take_saebench_sizes(tmp_path, monkeypatch):
+    """No held-out dataset and the sizes left at None: SAEBench's default sizes (this raised NameError)."""
+    import sae_bench.evals.sparse_probing.main as sparse_probing_main
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    class Reached(Exception):
+        pass
+
+    configs = []
+
+    def run_eval(config, *args, **kwargs):
+        configs.append(config)
+        raise Reached
+
+    monkeypatch.setattr(sparse_probing_main, "run_eval", run_eval)
+    ctx = make_ctx(
+        tmp_path, sparse_probing_datasets=["LabHC/bias_in_bios_class_set1"], sparse_probing_train_size=None, sparse_probing_test_size=None
+    )
+    tl_model = SimpleNamespace(cfg=SimpleNamespace(d_model=D_MODEL))  # the eval never runs it: run_eval stops first
+    with pytest.raises(Reached):
+        E.eval_sparse_probing(random_sae(), tl_model, ctx)
+    default = SparseProbingEvalConfig()
+    assert (configs[0].probe_train_set_size, configs[0].probe_test_set_size) == (default.probe_train_set_size, default.probe_test_set_size)
 
 
 def test_accuracy_se_brute_force():
