@@ -165,7 +165,7 @@ PROFILES = {
         text_source="bbc",
         device="auto",
         tokens=600_000,
-        epochs=4,  # 600k tokens once left the SAE under-trained (README: the size study)
+        epochs=4,  # one pass over 600k tokens leaves the SAE under-trained (results/README.md: size_epochs)
         llm_batch_size=16,
         dict_size=4096,
         k=64,
@@ -423,7 +423,7 @@ class TrainerTopK:
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
-            if weight:  # the term's gradient, in place (through autograd it cost an F x D copy a step)
+            if weight:  # the term's gradient, added in place: through autograd it costs an F x D copy a step
                 W_dec.grad.add_(self.held_ortho[1], alpha=weight)
             W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec  # none parallel to the (unit) rows
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
