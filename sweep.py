@@ -247,8 +247,9 @@ def shown(path) -> str:
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
+    from sae_harness.formatting import results_markdown
     from sae_harness.rundir import read_info, write_atomic, write_json_atomic
-    from sae_harness.schema import METRICS, aggregate, compare_summaries, results_markdown, summarize, training_key
+    from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
 
     arms, records = {}, []
     for arm, variant, overrides, seed, out, _, cfg in runs:

@@ -162,8 +162,9 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
 
 def compare(result_path: Path, name: str | None, results: Path) -> dict:
     import plot
+    from sae_harness.formatting import results_markdown
     from sae_harness.rundir import write_atomic, write_json_atomic
-    from sae_harness.schema import combine_summaries, compare_summaries, results_markdown
+    from sae_harness.schema import combine_summaries, compare_summaries
 
     sweep = json.loads(result_path.read_text())
     records = sweep["runs"]

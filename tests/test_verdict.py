@@ -12,7 +12,8 @@ from conftest import tiny_args
 
 import experiment as E
 from sae_harness import cli, separation
-from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize, welch_interval
+from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize
+from sae_harness.stats import welch_interval
 
 # ---------------------------------------------------------------- seeds
 
@@ -277,7 +278,7 @@ def _arm(values_by_metric):
 
 
 def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     rng = random.Random(0)
     runs = {
@@ -305,7 +306,7 @@ def test_readme_results_tables_match_the_committed_results():
     quotes each verbatim and README.md quotes the headline one: no quoted table can drift from the numbers."""
     from pathlib import Path
 
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
@@ -341,7 +342,7 @@ def _entry(value, se=None):
 def test_eval_seed_compare_averages_each_sae_then_compares_arms(tmp_path):
     """Each run's absorption becomes its mean over the eval seeds all runs share; arms are then
     compared on those means (brute force here); metrics not re-evaluated keep their value."""
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     eval_noise = _eval_noise_module()
     rng = random.Random(1)
