@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import assert_as_accurate_as, float64_recons_loss
 
 from sae_harness import evals as E
+from sae_harness.evals import absorption, core_recorder, sparse_probing
 
 torch.set_num_threads(2)
 D_MODEL, LAYER = 64, 1
@@ -166,10 +167,10 @@ def test_sparse_probing_too_few_heldout(tl_model, tmp_path):
 
 def test_absorption_vocab_drops_words_that_merge(tl_model, tmp_path):
     ctx = make_ctx(tmp_path, absorption_vocab_size=None)
-    vocab = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    vocab = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
     assert " yyyy" not in vocab and " diffformul" not in vocab
     assert len(vocab) > 100_000
-    small = E._absorption_vocab(tl_model.tokenizer, make_ctx(tmp_path, absorption_vocab_size=500), "{word} has the first letter:")
+    small = absorption._absorption_vocab(tl_model.tokenizer, make_ctx(tmp_path, absorption_vocab_size=500), "{word} has the first letter:")
     assert len(small) == 500 and set(small) <= set(vocab)
 
 
@@ -252,8 +253,8 @@ def test_absorption_cached_equals_uncached(tl_model, tmp_path):
 
 def test_absorption_other_seed_other_entry(tl_model, tmp_path):
     ctx = cached_ctx(tmp_path, "a", **ABSORPTION_SMALL)
-    words = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
-    other = E._absorption_vocab(
+    words = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    other = absorption._absorption_vocab(
         tl_model.tokenizer, cached_ctx(tmp_path, "b", eval_seed=7, **ABSORPTION_SMALL), "{word} has the first letter:"
     )
     assert words != other and len(words) == len(other) == 400
@@ -266,7 +267,7 @@ def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatc
     import sae_bench.evals.absorption.vocab as vocab_module
 
     ctx = make_ctx(tmp_path, absorption_vocab_size=300)
-    reference = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    reference = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
     original = vocab_module.get_alpha_tokens
 
     def shuffled(tokenizer):
@@ -275,7 +276,7 @@ def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatc
         return words
 
     monkeypatch.setattr(vocab_module, "get_alpha_tokens", shuffled)
-    assert E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:") == reference
+    assert absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:") == reference
 
 
 def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
@@ -285,8 +286,8 @@ def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
     import numpy as np
 
     recorders = []
-    original = E._CoreRecorder.standard_errors
-    monkeypatch.setattr(E._CoreRecorder, "standard_errors", lambda self: recorders.append(self) or original(self))
+    original = core_recorder.CoreRecorder.standard_errors
+    monkeypatch.setattr(core_recorder.CoreRecorder, "standard_errors", lambda self: recorders.append(self) or original(self))
     sae = random_sae()
     first = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "a"))
     second = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "b"))
@@ -329,10 +330,10 @@ def test_core_shortcut_matches_saebench_recons_loss(tl_model):
         activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
     )
     ref = core_main.get_recons_loss(sae, tl_model, tokens, **args)
-    rec = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
+    rec = core_recorder.CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
     assert rec.shortcut
     ours = rec.shortcut_recons_loss(sae, tl_model, tokens, **args)
-    again = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
+    again = core_recorder.CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
         sae, tl_model, tokens, **args
     )
     truth = float64_recons_loss(tl_model, sae, tokens, sae.cfg.hook_name, ignore)
@@ -348,9 +349,9 @@ def test_jackknife_se_of_a_mean_is_the_classical_se():
 
     x = np.random.default_rng(0).normal(size=50)
     rows = np.stack([x, np.ones_like(x)], 1)
-    se = E.jackknife_se(rows, lambda t: t[0] / t[1])
+    se = core_recorder.jackknife_se(rows, lambda t: t[0] / t[1])
     assert se == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=1e-9)
-    assert E.jackknife_se(rows[:1], lambda t: t[0]) is None
+    assert core_recorder.jackknife_se(rows[:1], lambda t: t[0]) is None
 
 
 def test_sparse_probing_cached_equals_uncached(tl_model, tmp_path):
@@ -365,7 +366,7 @@ def test_sparse_probing_cached_equals_uncached(tl_model, tmp_path):
 
 def test_sparse_probing_uses_every_heldout_article(tl_model, tmp_path):
     ctx = make_ctx(tmp_path, sparse_probing_train_size=None, sparse_probing_test_size=None)  # 20 per label
-    train, test = E._heldout_train_test(ctx)
+    train, test = sparse_probing._heldout_train_test(ctx)
     assert {k: len(v) for k, v in train.items()} == {k: 10 for k in TOPICS}
     assert {k: len(v) for k, v in test.items()} == {k: 10 for k in TOPICS}
     texts = [t for _, t in ctx.heldout]
@@ -406,7 +407,7 @@ def test_accuracy_se_brute_force():
     n = {"x": {"a": 40, "b": 20}, "y": {"c": 100}}
     var_x = (0.9 * 0.1 / 40 + 0.6 * 0.4 / 20) / 4
     var_y = 0.75 * 0.25 / 100
-    assert E._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
+    assert sparse_probing._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
 
 
 def test_absorption_se_brute_force():
@@ -421,7 +422,7 @@ def test_absorption_se_brute_force():
             "absorption_fraction": rng.random(24),
         }
     )
-    se = E._absorption_se(df, {"a", "b"})
+    se = absorption._absorption_se(df, {"a", "b"})
     a, b = df[df.letter == "a"].absorption_fraction, df[df.letter == "b"].absorption_fraction
     assert se["absorption_fraction"] == pytest.approx(np.sqrt(a.var() / 12 + b.var() / 7) / 2)
 
