@@ -2,7 +2,8 @@
 
 import math
 
-from sae_harness.schema import METRICS, REFERENCE
+from sae_harness.registry import REFERENCE
+from sae_harness.schema import METRICS
 
 
 def fmt(value):

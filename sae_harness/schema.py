@@ -1,6 +1,6 @@
-"""The run directory's schema, in one place: final_info.json's block names, the headline metrics
-with their directions, how a block's status is read, the summary entries, the multi-seed run's
-final_info, and the run-name pattern. Pure Python (no torch), so plot.py and the notes can use it
+"""The run directory's schema: final_info.json's block names and the headline metrics with their
+directions (derived from the eval registry, registry.py), how a block's status is read, the summary
+entries, the multi-seed run's final_info, and the run-name pattern. Pure Python (no torch), so plot.py and the notes can use it
 without loading the training stack. The statistics are in stats.py, how numbers read in
 formatting.py."""
 
@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from sae_harness.registry import EVALS, TRAINING, Metric
 from sae_harness.stats import mean_std, se_of_mean, welch_interval
 
 RUN_NAME = re.compile(r"run_(\d+)")
@@ -27,94 +28,14 @@ def training_key(layer) -> str:
     return f"training results for layer {layer}"
 
 
-LOWER = "lower is better"
-HIGHER = "higher is better"
-REFERENCE = "reference"
-
-TRAINING = "training results"  # stands for the "training results for layer {L}" block
-ABSORPTION = "absorption evaluation results"
-CORE = "core evaluation results"
-SPARSE_PROBING = "sparse probing evaluation results"
-UNLEARNING = "unlearning evaluation results"
-SEPARATION = "separation evaluation results"  # decoder |cos| of latents that co-fire on held-out text
-EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core", SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning", SEPARATION: "separation"}
+EVAL_BLOCKS = {e.block: e.name.replace("_", " ") for e in EVALS}
+"""final_info.json's eval blocks -> the eval's name as notes and plots show it."""
+EVAL_KEYS = {e.name: e.block for e in EVALS}
+"""Eval name (as in --evals) -> its final_info.json block."""
+METRICS = tuple(metric for e in EVALS for metric in e.metrics)
+"""Every eval's headline metrics, in the registry's order."""
 SEEDS = "seeds"
 """The block of a multi-seed run: {"values": [seed, ...], "dirs": {seed: dir}, "per_seed": {seed: {"summary": ...}}}."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    sources: tuple
-    """((block, key path), ...) tried in order; the first finite number wins."""
-    direction: str
-    """LOWER, HIGHER or REFERENCE (no better side)."""
-    note: str = ""
-    """Shown beside the value in notes and plots."""
-
-
-METRICS = (
-    Metric(
-        "absorption_full",
-        (
-            (ABSORPTION, ("eval_result_metrics", "mean", "mean_full_absorption_score")),
-            # seed-era SAEBench: mean_absorption_score is the full-absorption rate
-            (ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_score")),
-        ),
-        LOWER,
-    ),
-    Metric("absorption_fraction", ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),), LOWER),
-    # SAEBench 0.6.0's new explained_variance is broken at Gemma 3's activation norms (see
-    # eval_core); its explained_variance_legacy is the formula seed-era SAEBench reported.
-    # core: SAEBench 0.6.0 saves its groups under eval_result_metrics, seed-era files under metrics
-    Metric(
-        "explained_variance",
-        (
-            (CORE, ("eval_result_metrics", "reconstruction_quality", "explained_variance_legacy")),
-            (CORE, ("metrics", "reconstruction_quality", "explained_variance_legacy")),
-            (CORE, ("metrics", "reconstruction_quality", "explained_variance")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "kl_div_score",
-        (
-            (CORE, ("eval_result_metrics", "model_behavior_preservation", "kl_div_score")),
-            (CORE, ("metrics", "model_behavior_preservation", "kl_div_score")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "ce_loss_score",
-        (
-            (CORE, ("eval_result_metrics", "model_performance_preservation", "ce_loss_score")),
-            (CORE, ("metrics", "model_performance_preservation", "ce_loss_score")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "l0",
-        ((CORE, ("eval_result_metrics", "sparsity", "l0")), (CORE, ("metrics", "sparsity", "l0")), (TRAINING, ("final_info", "l0"))),
-        REFERENCE,
-        note="target k",
-    ),
-    Metric("sparse_probing_sae_top1", ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),), HIGHER),
-    Metric(
-        "sparse_probing_llm_top1",
-        ((SPARSE_PROBING, ("eval_result_metrics", "llm", "llm_top_1_test_accuracy")),),
-        REFERENCE,
-        note="the LLM's own probe",
-    ),
-    Metric("unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),
-    # held-out separation (sae_harness/separation.py): lower |cos| = more separated decoder directions
-    Metric(
-        "heldout_cofire_cos_mean", ((SEPARATION, ("cofire_cos_mean",)),), LOWER, note="held-out co-firing pairs; lower = more separated"
-    ),
-    Metric("heldout_cofire_cos_p95", ((SEPARATION, ("cofire_cos_p95",)),), LOWER, note="held-out co-firing pairs; lower = more separated"),
-    Metric(
-        "heldout_nn_cos_above_half", ((SEPARATION, ("nn_cos_above_half",)),), LOWER, note="latents with a decoder neighbour |cos| > 0.5"
-    ),
-)
 
 
 def _one_line(text):
@@ -264,10 +185,6 @@ def run_identity(info):
         "config": config,
         "final_info": final,
     }
-
-
-EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING, "separation": SEPARATION}
-"""Eval name (as in --evals) -> its final_info.json block."""
 
 
 def eval_done(block) -> bool:

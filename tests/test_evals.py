@@ -461,7 +461,8 @@ def test_eval_cache_rebuilds_partial_entries(tmp_path):
 
 def test_summary_and_notes_carry_the_standard_error(tmp_path):
     from sae_harness.notes import notes_entry
-    from sae_harness.schema import CORE, summarize
+    from sae_harness.registry import CORE
+    from sae_harness.schema import summarize
 
     info = {
         "training results for layer 9": {"config": {"lm_name": "google/gemma-3-270m", "layer": 9}, "final_info": {}},

@@ -171,14 +171,14 @@ def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": interrupted})
+    monkeypatch.setattr(evals.core, "eval_core", interrupted)  # the registry's entry looks it up when it runs
     args = tiny_args(tmp_path) + ["--evals", "core"]
     assert cli.run(E.main, args) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted while running the evals" in err[0]
     assert "trained SAE" in err[0] and "are kept" in err[0] and "The same command continues" in err[0]
     assert (tmp_path / "run_1" / "sae").exists()
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": lambda sae, tl_model, ctx: {"eval_result_metrics": {}}})
+    monkeypatch.setattr(evals.core, "eval_core", lambda sae, tl_model, ctx: {"eval_result_metrics": {}})
     assert cli.run(E.main, args) == 0
     assert "training already finished" in capsys.readouterr().out
 

@@ -415,7 +415,7 @@ def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tin
         return {"eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": ev}}}
 
     monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": core})
+    monkeypatch.setattr(evals.core, "eval_core", core)
     eval_noise = _eval_noise_module()
     for out, eval_seed in (("run_1", "42"), ("run_2", "43")):
         assert E.main(tiny_args(tmp_path, out, "--evals", "core", "--eval_seed", eval_seed)) == 0
@@ -427,6 +427,6 @@ def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tin
     assert noise["runs"][1]["summary"]["explained_variance"]["value"] == other["explained_variance"]["value"]
     assert noise["metrics"]["explained_variance"]["values"] == [own["explained_variance"]["value"], other["explained_variance"]["value"]]
     written = (run / "eval_noise.json").stat().st_mtime_ns
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": None})  # would fail if called
+    monkeypatch.setattr(evals.core, "eval_core", None)  # would fail if called
     assert eval_noise.main([str(run), "--eval_seeds", "42,43", "--evals", "core"]) == 0
     assert (run / "eval_noise.json").stat().st_mtime_ns == written  # both done already: nothing re-evaluated

@@ -1,7 +1,8 @@
-"""SAEBench evals: absorption, core, sparse probing and unlearning on the run's SAE.
+"""The evals after training (run_pending: each registry.py entry that has no result yet), and the
+SAEBench evals: absorption, core, sparse probing and unlearning on the run's SAE, one module each.
 
 Four evals, one signature: eval_X(sae, tl_model, ctx) -> dict, SAEBench's own result JSON for that
-eval, or {"skipped": "<what to fetch and where>"}; real errors raise (run_evaluations records them).
+eval, or {"skipped": "<what to fetch and where>"}; real errors raise (run_pending records them).
 The embedded profile hands the locally built model to SAEBench (load_tl_model) and uses the
 held-out BBC articles; the gemma-2-2b profile lets SAEBench load models and datasets from the
 hub with the seed's settings (gemma2_eval_settings). Everything SAEBench writes goes under
@@ -27,8 +28,9 @@ from sae_harness.evals.core import eval_core
 from sae_harness.evals.model import load_tl_model, tl_config_dict
 from sae_harness.evals.sparse_probing import eval_sparse_probing
 from sae_harness.evals.unlearning import eval_unlearning
-from sae_harness.rundir import write_json_atomic
-from sae_harness.schema import EVAL_KEYS, block_status, eval_done, summarize
+from sae_harness.registry import run_order
+from sae_harness.rundir import RunDir
+from sae_harness.schema import block_status
 
 __all__ = [
     "HELDOUT_DATASET",
@@ -42,8 +44,6 @@ __all__ = [
     "load_tl_model",
     "tl_config_dict",
 ]
-
-EVAL_FUNCTIONS = {"absorption": eval_absorption, "core": eval_core, "sparse_probing": eval_sparse_probing, "unlearning": eval_unlearning}
 
 
 def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
@@ -78,39 +78,55 @@ def load_eval_model(cfg, ctx: EvalContext):
     return load_tl_model(hf_model, tokenizer, ctx)
 
 
-def run_evaluations(cfg, evals: list[str], load_sae, out: Path, info: dict, info_path: Path, heldout, device) -> list[str]:
-    """Run the evals that have no result yet (or errored), each isolated: a failure is recorded as
-    {"error": ...} and the others still run. final_info.json is rewritten after each. load_sae()
-    returns the trained SAE (loaded only when an eval is pending). Returns the names of the evals
-    that failed."""
-    pending = [n for n in evals if n in EVAL_FUNCTIONS and not eval_done(info.get(EVAL_KEYS[n]))]  # separation runs in separation.py
+class EvalInputs:
+    """What an eval's function may use (registry.Eval.function): the run's config, directory, device
+    and held-out articles; for the evals that need it, the profile's SAEBench settings (ctx) and
+    model (tl_model), made by load_model once for all of them."""
+
+    def __init__(self, cfg, out: Path, heldout, device: torch.device):
+        self.cfg, self.out, self.heldout, self.device = cfg, out, heldout, device
+        self.ctx: EvalContext | None = None
+        self.tl_model = None
+
+    def load_model(self) -> None:
+        self.ctx = eval_context(self.cfg, self.out, self.heldout, self.device)
+        self.tl_model = load_eval_model(self.cfg, self.ctx) if self.cfg.profile == "gemma-3-270m" else None
+        print(self.cache_line())
+
+    def cache_line(self) -> str:
+        return EvalCache(self.ctx.cache_dir, self.ctx.work_dir).describe()
+
+
+def run_pending(cfg, names: list[str], run: RunDir, load_sae, heldout, device) -> list[str]:
+    """Run the evals of names that have no result yet (or an error), in registry.run_order, each
+    isolated: a failure is recorded as {"error": ...} and the others still run; run records each
+    result as it comes. load_sae() returns the trained SAE (loaded only when an eval is pending).
+    Returns the names of the evals that failed."""
+    pending = [entry for entry in run_order(names) if entry.name in run.pending(names)]
     if not pending:
         return []
     sae = load_sae()
-    ctx = eval_context(cfg, out, heldout, device)
-    tl_model = load_eval_model(cfg, ctx) if cfg.profile == "gemma-3-270m" else None
-    print(EvalCache(ctx.cache_dir, ctx.work_dir).describe())
+    inputs = EvalInputs(cfg, run.path, heldout, device)
     failed = []
-    for name in pending:
-        print(f"eval: {name} ...")
+    for entry in pending:
+        if entry.needs_eval_model and inputs.ctx is None:
+            inputs.load_model()
+        print(f"eval: {entry.name} ...")
         t0 = time.time()
         try:
-            result = EVAL_FUNCTIONS[name](sae, tl_model, ctx)
+            result = entry.run(sae, inputs)
         except Exception as e:  # recorded, never fatal to the other evals or to training
             lines = str(e).strip().splitlines()
             result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
-            failed.append(name)
+            failed.append(entry.name)
         result["seconds"] = round(time.time() - t0, 1)
         if (hit := cache_hit(result)) is not None:
             result["cache_hit"] = hit
-        info[EVAL_KEYS[name]] = result
-        info["summary"] = summarize(info)
-        write_json_atomic(info_path, info)
-        status = block_status(result)
-        print(
-            f"eval: {name} {status} in {result['seconds']:.0f} s" + (f" (eval cache {'hit' if hit else 'miss'})" if hit is not None else "")
-        )
-    print(EvalCache(ctx.cache_dir, ctx.work_dir).describe())
+        run.record_eval(entry.block, result)
+        cached = f" (eval cache {'hit' if hit else 'miss'})" if hit is not None else ""
+        print(f"eval: {entry.name} {block_status(result)} in {result['seconds']:.0f} s{cached}")
+    if inputs.ctx is not None:
+        print(inputs.cache_line())
     return failed
 
 

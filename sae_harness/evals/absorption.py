@@ -157,7 +157,6 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
         n_words=len(vocab),
         prompt_template=config.prompt_template,
         prompt_token_pos=config.prompt_token_pos,
-        llm_batch_size=ctx.llm_batch_size,
     )
     vocab_patches = (
         mock.patch.object(absorption_common, "get_alpha_tokens", lambda *a, **k: vocab),  # LLM probe words

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sae_harness.eval_cache import sae_bench_version
+from sae_harness.registry import by_name
 
 SAE_ID = "custom_sae"  # SAEBench's id for an SAE object; result files are {sae_name}_{SAE_ID}_eval_results.json
 HELDOUT_DATASET = "bbc_news_heldout"  # name under which the held-out articles are registered for sparse probing
@@ -197,9 +198,11 @@ def hub_skip(ctx: EvalContext, needs: str) -> dict | None:
     return None
 
 
-def cache_key(eval_name: str, ctx: EvalContext, **settings) -> dict:
+def cache_key(eval_name: str, ctx: EvalContext, **computed) -> dict:
     """An eval cache entry's key: what every entry depends on (model, layer, dtype, device, eval
-    seed, SAEBench version) and the eval's own settings."""
+    seed, SAEBench version), the settings the eval's registry entry names (its cache_key), and
+    what the eval computes."""
+    settings = {part: getattr(ctx, name) for part, name in by_name(eval_name).cache_key.items()}
     return dict(
         eval=eval_name,
         model=ctx.model_name,
@@ -208,6 +211,7 @@ def cache_key(eval_name: str, ctx: EvalContext, **settings) -> dict:
         device=torch.device(ctx.device).type,
         eval_seed=ctx.eval_seed,
         **settings,
+        **computed,
         sae_bench=sae_bench_version(),
     )
 

@@ -75,15 +75,7 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
         compute_featurewise_weight_based_metrics=True,  # result fails validation (misc_metrics)
         exclude_special_tokens_from_reconstruction=True,
     )
-    key = cache_key(
-        "core",
-        ctx,
-        dataset=dataset_id,
-        context_size=ctx.context_size,
-        batch_prompts=ctx.core_batch_prompts,
-        reconstruction_batches=ctx.core_reconstruction_batches,
-        sparsity_variance_batches=ctx.core_sparsity_variance_batches,
-    )
+    key = cache_key("core", ctx, dataset=dataset_id)
     # floats kept per token: the layer's activations (sparsity / variance); u and the residual at the hook (reconstruction)
     per_token = ctx.core_sparsity_variance_batches * (tl_model.cfg.d_model + 8) + ctx.core_reconstruction_batches * (
         2 * tl_model.cfg.d_model + 8

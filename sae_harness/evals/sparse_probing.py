@@ -116,14 +116,9 @@ def eval_sparse_probing(sae, tl_model, ctx: EvalContext) -> dict:
     key = cache_key(
         "sparse_probing",
         ctx,
-        datasets=ctx.sparse_probing_datasets,
         heldout=texts_digest(ctx.heldout) if heldout_split is not None else None,
         train_size=config.probe_train_set_size,
         test_size=config.probe_test_set_size,
-        train_fraction=ctx.sparse_probing_train_fraction,
-        context_size=ctx.context_size,
-        llm_batch_size=ctx.llm_batch_size,
-        k_values=ctx.sparse_probing_k_values,
     )
 
     def run(artifacts: Path, save: bool) -> None:
