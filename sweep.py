@@ -235,7 +235,7 @@ def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
     from sae_harness.formatting import results_markdown
-    from sae_harness.rundir import MACHINE_LOCAL, read_info, recorded_config, write_atomic, write_json_atomic
+    from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
     from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
 
     arms, records = {}, []
@@ -250,7 +250,7 @@ def collect(args, runs):
                 seed=seed,
                 run_dir=shown(out),
                 state=run_status(out, cfg) if out.exists() else "new",
-                config=block.get("config") or {k: v for k, v in recorded_config(cfg).items() if k not in MACHINE_LOCAL},
+                config=block.get("config") or comparable_config(cfg),
                 summary=summarize(info),
             )
         )

@@ -48,8 +48,9 @@ def recorded_config(cfg, **extra) -> dict:
     return dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps) | extra
 
 
-MACHINE_LOCAL = ("out_dir", "overwrite", "cache_dir")
-"""Config fields two copies of one run may differ in."""
+def comparable_config(cfg) -> dict:
+    """recorded_config less the fields two copies of one run may differ in (where it runs)."""
+    return {k: v for k, v in recorded_config(cfg).items() if k not in ("out_dir", "overwrite", "cache_dir")}
 
 
 class RunDir:
@@ -92,7 +93,7 @@ class RunDir:
     def config_differences(self, cfg) -> list[str]:
         """'field: recorded there, wanted now' for each recorded config field that cfg sets otherwise."""
         recorded = self.info[self.training_key]["config"]
-        wanted = {k: v for k, v in recorded_config(cfg).items() if k not in MACHINE_LOCAL}
+        wanted = comparable_config(cfg)
         return [f"{k}: {recorded[k]!r} there, {v!r} now" for k, v in wanted.items() if k in recorded and recorded[k] != v]
 
     def record_training(self, config: dict, final: dict) -> None:
