@@ -245,3 +245,28 @@ def test_multi_seed_final_info_structure_is_pinned(tmp_path, tiny_lm):
         one = json.loads((run / f"seed_{seed}" / "final_info.json").read_text())
         assert list(one) == ["training results for layer 1", "separation evaluation results", "summary"]
         assert one["summary"]["heldout_cofire_cos_mean"]["value"] == entry["values"][seed - 42]
+
+
+def toy_eval(sae, inputs):
+    """A stand-in for a new eval: a number from the SAE and the run's config."""
+    return {"score": float(sae.W_dec.shape[0] * inputs.cfg.k)}
+
+
+def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch):
+    """An entry in registry.EVALS is all a new eval needs: --evals takes it, it runs after training,
+    final_info.json gets its block and the summary its metric. (The patches below stand for what
+    registry.py and schema.py derive from EVALS when they are imported.)"""
+    from sae_harness import registry, schema
+
+    block = "toy evaluation results"
+    toy = registry.Eval(
+        "toy", block, "test_experiment:toy_eval", metrics=(registry.Metric("toy_score", ((block, ("score",)),), registry.HIGHER),)
+    )
+    monkeypatch.setattr(registry, "EVALS", (*registry.EVALS, toy))
+    monkeypatch.setattr(cli, "EVAL_NAMES", (*registry.EVAL_NAMES, "toy"))
+    monkeypatch.setattr(schema, "METRICS", (*schema.METRICS, *toy.metrics))
+    monkeypatch.setattr(schema, "EVAL_BLOCKS", schema.EVAL_BLOCKS | {block: "toy"})
+    assert E.main(tiny_args(tmp_path, "run_1", "--evals", "toy")) == 0
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    assert info[block]["score"] == 128 * 8 and info[block]["seconds"] >= 0
+    assert info["summary"]["toy_score"]["value"] == 128 * 8 and info["summary"]["toy_score"]["direction"] == registry.HIGHER
