@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, precision, rundir, separation
+from sae_harness import cli, data, evals, ortho_fast, precision, rundir
 from sae_harness.notes import baseline_beside, update_notes
+from sae_harness.registry import EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
-from sae_harness.schema import aggregate, run_number, summarize, training_key
+from sae_harness.schema import run_number
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -141,7 +142,7 @@ class Config:
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
     checkpoint_every: int = 200
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str = "separation,absorption,core,sparse_probing,unlearning"
+    evals: str = ",".join(EVAL_NAMES)
     """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text)"""
     wandb_project: str = ""
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
@@ -168,7 +169,7 @@ PROFILES = {
         text_source="bbc",
         device="auto",
         tokens=600_000,
-        epochs=4,  # 600k tokens once left the SAE under-trained (README: the size study)
+        epochs=4,  # one pass over 600k tokens leaves the SAE under-trained (results/README.md: size_epochs)
         llm_batch_size=16,
         dict_size=4096,
         k=64,
@@ -456,7 +457,7 @@ class TrainerTopK:
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
-            if weight:  # the term's gradient, in place (through autograd it cost an F x D copy a step)
+            if weight:  # the term's gradient, added in place: through autograd it costs an F x D copy a step
                 W_dec.grad.add_(self.held_ortho[1], alpha=weight)
             W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec  # none parallel to the (unit) rows
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
@@ -633,7 +634,7 @@ def main(argv: list[str]) -> int:
     runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
     if out.exists() and not out.is_dir():
         raise UsageError(f"out_dir {out} is a file, not a directory")
-    states = [rundir.run_state(run, cfg.layer, cli.eval_names(cfg)) for run in runs.values()]
+    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
     if all(state == "finished" for state in states) and not cfg.overwrite:
         raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
     if cfg.overwrite and out.exists():
@@ -647,8 +648,7 @@ def main(argv: list[str]) -> int:
         info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, prec, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
-            info = aggregate({s: rundir.read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
-            rundir.write_json_atomic(out / "final_info.json", info)
+            info = rundir.write_seeds_aggregate(out, runs)
     if len(seeds) > 1:
         report(cfg, out, info, None)
     if failed:
@@ -662,32 +662,24 @@ def main(argv: list[str]) -> int:
 def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Precision, notes: bool) -> tuple[dict, list[str]]:
     """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
     A finished one is left as it is."""
-    if rundir.run_state(out, cfg.layer, cli.eval_names(cfg)) == "finished":
+    run = rundir.RunDir(out, cfg.layer)
+    if run.state(cli.eval_names(cfg)) == "finished":
         print(f"{out}: finished already")
-        return rundir.read_info(out), []
+        return run.info, []
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     train_texts, heldout, split = data.text_split(cfg)
     rundir.write_json_atomic(out / "split.json", split)
-    info_path = out / "final_info.json"
-    info = rundir.read_info(out)
     tracker = Tracker(cfg.wandb_project, out.resolve().name, dataclasses.asdict(cfg), out)
 
-    if "final_info" not in info.get(training_key(cfg.layer), {}):
+    if not run.trained:
         with rundir.stage("extracting activations", "nothing was trained yet and the partial cache is discarded"):
             buffer = data.activation_buffer(cfg, device, train_texts)
         sae, final = train(cfg, buffer, device, out, tracker)
         rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
         final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
-        config = dataclasses.asdict(cfg) | dict(
-            lr=cfg.resolved_lr,
-            steps=cfg.total_steps,
-            activation_dim=buffer.d_model,
-            trainer_class="TrainerTopK",
-            dict_class="AutoEncoderTopK",
-        )
-        info[training_key(cfg.layer)] = dict(config=config, final_info=final)
-        rundir.write_json_atomic(info_path, info)
+        extra = dict(activation_dim=buffer.d_model, trainer_class="TrainerTopK", dict_class="AutoEncoderTopK")
+        run.record_training(rundir.recorded_config(cfg, **extra), final)
         (out / "checkpoint.pt").unlink(missing_ok=True)
         print(
             f"trained: final loss {final['final_loss']:.4g}, L0 {final['l0']:.1f}, dead {final['dead_fraction']:.3f}, "
@@ -695,15 +687,11 @@ def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Preci
         )
     else:
         print(f"{out}: training already finished; running the pending evals")
-    names = cli.eval_names(cfg)
-    with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {info_path} are kept"):
-        failed = separation.run_pending(cfg, names, lambda: load_sae(out / "sae", device), info, info_path, heldout, device)
-        names = [name for name in names if name != "separation"]
-        failed += evals.run_evaluations(cfg, names, lambda: load_sae(out / "sae", device), out, info, info_path, heldout, device)
-    info["summary"] = summarize(info)
-    rundir.write_json_atomic(info_path, info)
-    report(cfg, out, info, tracker, notes)
-    return info, failed
+    with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {run.info_path} are kept"):
+        failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: load_sae(out / "sae", device), heldout, device)
+    run.write_summary()
+    report(cfg, out, run.info, tracker, notes)
+    return run.info, failed
 
 
 def report(cfg: Config, out: Path, info: dict, tracker: Tracker | None, notes: bool = True) -> None:
@@ -728,8 +716,7 @@ def report(cfg: Config, out: Path, info: dict, tracker: Tracker | None, notes: b
 
 def profile_defaults(profile: str) -> dict:
     """The config a run of this profile records when nothing is overridden."""
-    cfg = cli.apply_profile(Config(profile=profile), PROFILES, cuda_available=False)
-    return dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps)
+    return rundir.recorded_config(cli.apply_profile(Config(profile=profile), PROFILES, cuda_available=False))
 
 
 if __name__ == "__main__":

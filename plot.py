@@ -32,15 +32,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
+from sae_harness.formatting import fmt, fmt_delta, fmt_spread  # noqa: E402
 from sae_harness.schema import (  # noqa: E402
     EVAL_BLOCKS,
     METRICS,
     SEEDS,
     block_status,
     compare_summaries,
-    fmt,
-    fmt_delta,
-    fmt_spread,
     info_training_key,
     pick_baseline,
     run_identity,

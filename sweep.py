@@ -17,7 +17,6 @@ experiment.py (its final_info.json aggregates the seeds), so plot.py reads an ar
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import itertools
 import os
@@ -165,30 +164,18 @@ def plan(args, passthrough):
     return runs
 
 
-def compared_config(cfg) -> dict:
-    """The config a run records (experiment.py writes the resolved lr), less what may differ between clones."""
-    return {k: v for k, v in (dataclasses.asdict(cfg) | {"lr": cfg.resolved_lr}).items() if k not in ("out_dir", "overwrite", "cache_dir")}
-
-
 def run_status(out: Path, cfg) -> str:
     """'new', 'resume' or 'finished'; a finished run recorded with other options is refused."""
-    from sae_harness import cli, rundir
-    from sae_harness.rundir import UsageError
-    from sae_harness.schema import training_key
+    from sae_harness import cli
+    from sae_harness.rundir import RunDir, UsageError
 
+    run = RunDir(out, cfg.layer)
     try:
-        state = rundir.run_state(out, cfg.layer, cli.eval_names(cfg))
+        state = run.state(cli.eval_names(cfg))
     except UsageError as e:
         raise SweepError(str(e)) from None
-    if state == "finished":
-        recorded = rundir.read_info(out)[training_key(cfg.layer)]["config"]
-        wanted = compared_config(cfg)
-        differ = [k for k, v in wanted.items() if k in recorded and recorded[k] != v]
-        if differ:
-            raise SweepError(
-                f"{out} holds a run with other options ({', '.join(f'{k}: {recorded[k]!r} there, {wanted[k]!r} now' for k in differ[:3])}); "
-                "use another --name, or move that directory away"
-            )
+    if state == "finished" and (differ := run.config_differences(cfg)):
+        raise SweepError(f"{out} holds a run with other options ({', '.join(differ[:3])}); use another --name, or move that directory away")
     return state
 
 
@@ -248,8 +235,9 @@ def shown(path) -> str:
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
-    from sae_harness.rundir import read_info, write_atomic, write_json_atomic
-    from sae_harness.schema import METRICS, aggregate, compare_summaries, results_markdown, summarize, training_key
+    from sae_harness.formatting import results_markdown
+    from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
+    from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
 
     arms, records = {}, []
     for arm, variant, overrides, seed, out, _, cfg in runs:
@@ -263,7 +251,7 @@ def collect(args, runs):
                 seed=seed,
                 run_dir=shown(out),
                 state=run_status(out, cfg) if out.exists() else "new",
-                config=block.get("config") or compared_config(cfg),
+                config=block.get("config") or comparable_config(cfg),
                 summary=summarize(info),
             )
         )

@@ -1,6 +1,7 @@
 """Interleaved A/B of core's reconstruction batches on a first run (nothing cached): this checkout's
-sae_harness/evals.py against the same file at another commit, on the embedded model and the same
-held-out BBC batches (4 x 128 tokens, as the default core eval).
+core eval (sae_harness/evals/core.py, core_recorder.py) against sae_harness/evals.py at another
+commit (one from before evals.py became a package), on the embedded model and the same held-out BBC
+batches (4 x 128 tokens, as the default core eval).
 
     python benchmarks/core_ab.py 255565d              # 6 batches, a random TopK SAE (4,096 latents, k 64)
     python benchmarks/core_ab.py 255565d --batches 10
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -29,25 +31,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiment as E  # noqa: E402
-from sae_harness import cli, data  # noqa: E402
-from sae_harness import evals as NEW  # noqa: E402
+from sae_harness import cli, data, evals  # noqa: E402
+from sae_harness.evals import core_recorder  # noqa: E402
+
+NEW = SimpleNamespace(CoreRecorder=core_recorder.CoreRecorder, eval_core=evals.eval_core, EvalContext=evals.EvalContext)
 
 
 def module_at(commit: str):
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:sae_harness/evals.py"], capture_output=True, text=True)
     if source.returncode:
-        sys.exit(f"core_ab: no sae_harness/evals.py at {commit!r} ({source.stderr.strip()})")
+        sys.exit(f"core_ab: no sae_harness/evals.py at {commit!r}: give a commit before the evals package ({source.stderr.strip()})")
     path = Path(tempfile.mkdtemp()) / "evals_old.py"
     path.write_text(source.stdout)
     spec = importlib.util.spec_from_file_location("evals_old", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module
+    return SimpleNamespace(CoreRecorder=module._CoreRecorder, eval_core=module.eval_core, EvalContext=module.EvalContext)
 
 
 def first_run_batch(module, tl_model, sae, hook_name, tokens_BT, ignore):
     """(seconds, metrics) of one reconstruction batch with nothing cached, as eval_core runs it."""
-    recorder = module._CoreRecorder(tl_model, sae, hook_name, ignore, None, keep=False)
+    recorder = module.CoreRecorder(tl_model, sae, hook_name, ignore, None, keep=False)
     start = time.perf_counter()
     metrics = recorder.shortcut_recons_loss(
         sae, tl_model, tokens_BT, None, True, True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
@@ -60,7 +64,7 @@ def whole_evals(old, commit, cfg, tl_model, sae, heldout):
     seconds = {}
     for label, module in (("old", old), ("new", NEW)):
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = NEW.eval_context(dataclasses.replace(cfg, cache_dir=tmp), Path(tmp) / "run", heldout, torch.device("cpu"))
+            ctx = evals.eval_context(dataclasses.replace(cfg, cache_dir=tmp), Path(tmp) / "run", heldout, torch.device("cpu"))
             start = time.perf_counter()
             result = module.eval_core(sae, tl_model, module.EvalContext(**dataclasses.asdict(ctx)))
             seconds[label] = time.perf_counter() - start
@@ -79,8 +83,8 @@ def main(argv):
     n_batches = int(argv[argv.index("--batches") + 1]) if "--batches" in argv else 6
     cfg = cli.apply_profile(E.Config(out_dir="unused", profile="gemma-3-270m"), E.PROFILES, cuda_available=False)
     device = torch.device("cpu")
-    ctx = NEW.eval_context(cfg, Path(tempfile.mkdtemp()), [], device)
-    tl_model = NEW.load_eval_model(cfg, ctx)
+    ctx = evals.eval_context(cfg, Path(tempfile.mkdtemp()), [], device)
+    tl_model = evals.load_eval_model(cfg, ctx)
     if "--whole" in argv:
         torch.manual_seed(0)
         sae = E.AutoEncoderTopK(tl_model.cfg.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=0)

@@ -74,12 +74,13 @@ def evaluate(run_dirs: list[Path], seeds: list[int], names: list[str]) -> None:
     import torch
 
     import experiment as X
-    from sae_harness import data, evals
+    from sae_harness import data, evals, registry
     from sae_harness.rundir import read_info, write_json_atomic
-    from sae_harness.schema import EVAL_KEYS, info_training_key, summarize
+    from sae_harness.schema import info_training_key, summarize
 
-    if unknown := [n for n in names if n not in evals.EVAL_FUNCTIONS]:
-        raise Usage(f"unknown evals {unknown}; choose from {sorted(evals.EVAL_FUNCTIONS)}")
+    saebench = {e.name: e for e in registry.EVALS if e.needs_eval_model}  # the evals an eval seed changes
+    if unknown := [n for n in names if n not in saebench]:
+        raise Usage(f"unknown evals {unknown}; choose from {sorted(saebench)}")
     fields = {f.name for f in dataclasses.fields(X.Config)}
     runs = []
     for run_dir in run_dirs:
@@ -111,13 +112,14 @@ def evaluate(run_dirs: list[Path], seeds: list[int], names: list[str]) -> None:
                 entry = dict(eval_seed=seed, summary={}, seconds={})
                 noise["runs"].append(entry)
             seeded = dataclasses.replace(cfg, eval_seed=seed)
-            ctx = evals.eval_context(seeded, run_dir / f"eval_seed_{seed}", heldout, device)
-            tl_model = tl_model or evals.load_eval_model(seeded, ctx)
+            inputs = evals.EvalInputs(seeded, run_dir / f"eval_seed_{seed}", heldout, device)
+            inputs.ctx = evals.eval_context(seeded, inputs.out, heldout, device)
+            inputs.tl_model = tl_model = tl_model or evals.load_eval_model(seeded, inputs.ctx)
             sae = X.load_sae(run_dir / "sae", device)
             for name in todo:
                 t0 = time.time()
-                block = evals.EVAL_FUNCTIONS[name](sae, tl_model, ctx)
-                entry["summary"] = merged(entry["summary"], summarize({EVAL_KEYS[name]: block}))
+                block = saebench[name].run(sae, inputs)
+                entry["summary"] = merged(entry["summary"], summarize({saebench[name].block: block}))
                 entry["seconds"][name] = round(time.time() - t0, 1)
                 noise |= dict(evals=sorted({*noise.get("evals", []), name}), eval_seeds=[r["eval_seed"] for r in noise["runs"]])
                 noise["metrics"] = noise_metrics(noise["runs"])
@@ -162,8 +164,9 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
 
 def compare(result_path: Path, name: str | None, results: Path) -> dict:
     import plot
+    from sae_harness.formatting import results_markdown
     from sae_harness.rundir import write_atomic, write_json_atomic
-    from sae_harness.schema import combine_summaries, compare_summaries, results_markdown
+    from sae_harness.schema import combine_summaries, compare_summaries
 
     sweep = json.loads(result_path.read_text())
     records = sweep["runs"]

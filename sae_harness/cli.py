@@ -8,10 +8,10 @@ import sys
 
 import simple_parsing
 
+from sae_harness.registry import EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
-EVALS = ("separation", "absorption", "core", "sparse_probing", "unlearning")
 
 
 class _Parser(simple_parsing.ArgumentParser):
@@ -116,8 +116,8 @@ def validate(cfg) -> None:
         checks.append((not 0 <= cfg.layer < n_layers, f"layer {cfg.layer} is outside {cfg.lm_name} (layers 0..{n_layers - 1})"))
     else:
         checks.append((cfg.layer < 0, f"layer must be >= 0, got {cfg.layer}"))
-    unknown = set(eval_names(cfg)) - set(EVALS)
-    checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVALS)} or none"))
+    unknown = set(eval_names(cfg)) - set(EVAL_NAMES)
+    checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVAL_NAMES)} or none"))
     for bad, message in checks:
         if bad:
             raise UsageError(message)

@@ -145,7 +145,7 @@ def activation_key(cfg, split: str = "train") -> dict:
         heldout_fraction=cfg.heldout_fraction if cfg.text_source == "bbc" else None,
         tokens=cfg.tokens,
         context_length=cfg.context_length,
-        seed=cfg.data_seed,  # named "seed" in the key so caches built before data_seed existed stay valid
+        seed=cfg.data_seed,  # the key calls it "seed": caches already on disk are keyed so, and keep matching
         dtype=precision.name(precision.choose(cfg.llm_dtype, precision.device_of(cfg))),  # the forward's; stored as bfloat16 either way
     )
     if split == "heldout":  # only then: the training caches keep their key

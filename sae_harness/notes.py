@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+from sae_harness.formatting import fmt, fmt_delta, fmt_spread
 from sae_harness.rundir import write_atomic
 from sae_harness.schema import (
     EVAL_BLOCKS,
@@ -14,9 +15,6 @@ from sae_harness.schema import (
     _source_used,
     block_status,
     compare_summaries,
-    fmt,
-    fmt_delta,
-    fmt_spread,
     pick_baseline,
     run_identity,
     run_number,

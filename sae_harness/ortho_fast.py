@@ -352,33 +352,6 @@ def penalty_value_and_grad(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thre
     return 2 * half_value / n_latents, grad_FD
 
 
-class _HeldPenalty(torch.autograd.Function):
-    """A value and its gradient, computed beforehand, as a node of the autograd graph."""
-
-    @staticmethod
-    def forward(ctx, W_FD, value, grad_FD):
-        ctx.save_for_backward(grad_FD)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (grad_FD,) = ctx.saved_tensors
-        return grad_out * grad_FD.to(grad_out.dtype), None, None
-
-
-def attach(W_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> torch.Tensor:
-    """value as a function of W whose gradient is grad_FD (computed now or a few steps earlier)."""
-    return _HeldPenalty.apply(W_FD, value, grad_FD)
-
-
-def orthogonality_penalty_fast(
-    W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """The fast implementation with experiment.orthogonality_penalty's signature and gradient."""
-    return attach(W_dec_FD, *penalty_value_and_grad(W_dec_FD, active_BF, threshold, dtype))
-
-
-@torch.no_grad()
 def feature_separation(
     W_dec_FD: torch.Tensor,
     active_BF: torch.Tensor,

@@ -1,14 +1,17 @@
-"""The run directory: atomic writes, the run's state (new / resume / finished), checkpoints, the
-saved SAE, and stopping on Ctrl-C / SIGTERM with a checkpoint."""
+"""The run directory: final_info.json (RunDir: the run's state, the recorded config, each eval's
+result recorded atomically), atomic writes, checkpoints, the saved SAE, and stopping on Ctrl-C /
+SIGTERM with a checkpoint."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
-from sae_harness.schema import EVAL_KEYS, eval_done, training_key
+from sae_harness.registry import by_name
+from sae_harness.schema import aggregate, eval_done, summarize, training_key
 
 
 class UsageError(Exception):
@@ -39,29 +42,87 @@ def write_json_atomic(path: Path, obj) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=float)))
 
 
-def run_state(out: Path, layer: int, evals: list[str]) -> str:
-    """'new', 'resume' (checkpoint or pending evals) or 'finished'. Rejects unusable out_dirs."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out_dir {out} is a file, not a directory")
-    parent = out if out.exists() else out.parent
-    if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
-        raise UsageError(f"out_dir {out} is not writable")
-    info_path = out / "final_info.json"
-    if not info_path.exists():
-        return "resume" if (out / "checkpoint.pt").exists() else "new"
-    try:
-        info = json.loads(info_path.read_text())
-    except ValueError:
-        raise UsageError(f"{info_path} is not valid JSON; move it away or pass --overwrite") from None
-    trained = "final_info" in info.get(training_key(layer), {})
-    if trained and all(eval_done(info.get(EVAL_KEYS[n])) for n in evals):
-        return "finished"
-    return "resume"
+def recorded_config(cfg, **extra) -> dict:
+    """The config a run records in final_info.json: every field, with the lr and the step count as
+    resolved, then extra (what only training knows). Sweeps compare runs by it."""
+    return dataclasses.asdict(cfg) | dict(lr=cfg.resolved_lr, steps=cfg.total_steps) | extra
+
+
+def comparable_config(cfg) -> dict:
+    """recorded_config less the fields two copies of one run may differ in (where it runs)."""
+    return {k: v for k, v in recorded_config(cfg).items() if k not in ("out_dir", "overwrite", "cache_dir")}
+
+
+class RunDir:
+    """One run directory's final_info.json, read by state() and rewritten atomically on every
+    change: the training block (the recorded config and the training results), one block per eval,
+    and the summary, kept current with them."""
+
+    def __init__(self, path: Path, layer: int):
+        self.path = Path(path)
+        self.info_path = self.path / "final_info.json"
+        self.training_key = training_key(layer)
+        self.info: dict = {}
+
+    def state(self, evals: list[str]) -> str:
+        """'new', 'resume' (checkpoint or pending evals) or 'finished'. Rejects unusable dirs."""
+        out = self.path
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"out_dir {out} is a file, not a directory")
+        parent = out if out.exists() else out.parent
+        if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
+            raise UsageError(f"out_dir {out} is not writable")
+        if not self.info_path.exists():
+            return "resume" if (out / "checkpoint.pt").exists() else "new"
+        try:
+            self.info = json.loads(self.info_path.read_text())
+        except ValueError:
+            raise UsageError(f"{self.info_path} is not valid JSON; move it away or pass --overwrite") from None
+        if self.trained and not self.pending(evals):
+            return "finished"
+        return "resume"
+
+    @property
+    def trained(self) -> bool:
+        return "final_info" in self.info.get(self.training_key, {})
+
+    def pending(self, evals: list[str]) -> list[str]:
+        """The evals of these that have no result yet (or an error)."""
+        return [name for name in evals if not eval_done(self.info.get(by_name(name).block))]
+
+    def config_differences(self, cfg) -> list[str]:
+        """'field: recorded there, wanted now' for each recorded config field that cfg sets otherwise."""
+        recorded = self.info[self.training_key]["config"]
+        wanted = comparable_config(cfg)
+        return [f"{k}: {recorded[k]!r} there, {v!r} now" for k, v in wanted.items() if k in recorded and recorded[k] != v]
+
+    def record_training(self, config: dict, final: dict) -> None:
+        self.info[self.training_key] = dict(config=config, final_info=final)
+        self.write()
+
+    def record_eval(self, block: str, result: dict) -> None:
+        """One eval's result, skip or error into its block, with the summary, in one atomic write."""
+        self.info[block] = result
+        self.write_summary()
+
+    def write_summary(self) -> None:
+        self.info["summary"] = summarize(self.info)
+        self.write()
+
+    def write(self) -> None:
+        write_json_atomic(self.info_path, self.info)
 
 
 def read_info(out: Path) -> dict:
     path = out / "final_info.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_seeds_aggregate(out: Path, runs: dict) -> dict:
+    """A multi-seed run's own final_info.json from its seeds' ({seed: run dir}; schema.aggregate)."""
+    info = aggregate({s: read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
+    write_json_atomic(out / "final_info.json", info)
+    return info
 
 
 def clear_run(out: Path) -> None:

@@ -1,10 +1,16 @@
-"""The run directory's schema, in one place: final_info.json's block names, the headline metrics
-with their directions, how a block's status is read, and the run-name pattern. Pure Python (no
-torch), so plot.py and the notes can use it without loading the training stack."""
+"""The run directory's schema: final_info.json's block names and the headline metrics with their
+directions (derived from the eval registry, registry.py), how a block's status is read, the summary
+entries, the multi-seed run's final_info, and the run-name pattern. Pure Python (no torch), so plot.py and the notes can use it
+without loading the training stack. The statistics are in stats.py, how numbers read in
+formatting.py."""
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
+
+from sae_harness.registry import EVALS, TRAINING, Metric
+from sae_harness.stats import mean_std, se_of_mean, welch_interval
 
 RUN_NAME = re.compile(r"run_(\d+)")
 """Run directories are named run_<i>; notes.txt entries and plots are keyed by i."""
@@ -22,94 +28,14 @@ def training_key(layer) -> str:
     return f"training results for layer {layer}"
 
 
-LOWER = "lower is better"
-HIGHER = "higher is better"
-REFERENCE = "reference"
-
-TRAINING = "training results"  # stands for the "training results for layer {L}" block
-ABSORPTION = "absorption evaluation results"
-CORE = "core evaluation results"
-SPARSE_PROBING = "sparse probing evaluation results"
-UNLEARNING = "unlearning evaluation results"
-SEPARATION = "separation evaluation results"  # decoder |cos| of latents that co-fire on held-out text
-EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core", SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning", SEPARATION: "separation"}
+EVAL_BLOCKS = {e.block: e.name.replace("_", " ") for e in EVALS}
+"""final_info.json's eval blocks -> the eval's name as notes and plots show it."""
+EVAL_KEYS = {e.name: e.block for e in EVALS}
+"""Eval name (as in --evals) -> its final_info.json block."""
+METRICS = tuple(metric for e in EVALS for metric in e.metrics)
+"""Every eval's headline metrics, in the registry's order."""
 SEEDS = "seeds"
 """The block of a multi-seed run: {"values": [seed, ...], "dirs": {seed: dir}, "per_seed": {seed: {"summary": ...}}}."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    sources: tuple
-    """((block, key path), ...) tried in order; the first finite number wins."""
-    direction: str
-    """LOWER, HIGHER or REFERENCE (no better side)."""
-    note: str = ""
-    """Shown beside the value in notes and plots."""
-
-
-METRICS = (
-    Metric(
-        "absorption_full",
-        (
-            (ABSORPTION, ("eval_result_metrics", "mean", "mean_full_absorption_score")),
-            # seed-era SAEBench: mean_absorption_score is the full-absorption rate
-            (ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_score")),
-        ),
-        LOWER,
-    ),
-    Metric("absorption_fraction", ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),), LOWER),
-    # SAEBench 0.6.0's new explained_variance is broken at Gemma 3's activation norms (see
-    # eval_core); its explained_variance_legacy is the formula seed-era SAEBench reported.
-    # core: SAEBench 0.6.0 saves its groups under eval_result_metrics, seed-era files under metrics
-    Metric(
-        "explained_variance",
-        (
-            (CORE, ("eval_result_metrics", "reconstruction_quality", "explained_variance_legacy")),
-            (CORE, ("metrics", "reconstruction_quality", "explained_variance_legacy")),
-            (CORE, ("metrics", "reconstruction_quality", "explained_variance")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "kl_div_score",
-        (
-            (CORE, ("eval_result_metrics", "model_behavior_preservation", "kl_div_score")),
-            (CORE, ("metrics", "model_behavior_preservation", "kl_div_score")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "ce_loss_score",
-        (
-            (CORE, ("eval_result_metrics", "model_performance_preservation", "ce_loss_score")),
-            (CORE, ("metrics", "model_performance_preservation", "ce_loss_score")),
-        ),
-        HIGHER,
-    ),
-    Metric(
-        "l0",
-        ((CORE, ("eval_result_metrics", "sparsity", "l0")), (CORE, ("metrics", "sparsity", "l0")), (TRAINING, ("final_info", "l0"))),
-        REFERENCE,
-        note="target k",
-    ),
-    Metric("sparse_probing_sae_top1", ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),), HIGHER),
-    Metric(
-        "sparse_probing_llm_top1",
-        ((SPARSE_PROBING, ("eval_result_metrics", "llm", "llm_top_1_test_accuracy")),),
-        REFERENCE,
-        note="the LLM's own probe",
-    ),
-    Metric("unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),
-    # held-out separation (sae_harness/separation.py): lower |cos| = more separated decoder directions
-    Metric(
-        "heldout_cofire_cos_mean", ((SEPARATION, ("cofire_cos_mean",)),), LOWER, note="held-out co-firing pairs; lower = more separated"
-    ),
-    Metric("heldout_cofire_cos_p95", ((SEPARATION, ("cofire_cos_p95",)),), LOWER, note="held-out co-firing pairs; lower = more separated"),
-    Metric(
-        "heldout_nn_cos_above_half", ((SEPARATION, ("nn_cos_above_half",)),), LOWER, note="latents with a decoder neighbour |cos| > 0.5"
-    ),
-)
 
 
 def _one_line(text):
@@ -163,15 +89,51 @@ def _standard_error(block, name):
     return float(se) if isinstance(se, (int, float)) and not isinstance(se, bool) and math.isfinite(se) else None
 
 
-def summarize(info):
-    """{metric name: {"value", "se", "direction", "status", "std", "n", "values"}} for every entry of METRICS.
+@dataclass(frozen=True)
+class SummaryEntry:
+    """One headline metric of a run, as final_info's "summary" holds it (to_json: the dict written)."""
 
-    status is "ok", "skipped: <reason>", "error: <one line>" or "missing"; value is None
-    unless status is "ok". se is the eval's standard error of the value from its own samples
-    (the block's "standard_errors"), or None. A metric with several sources takes the first that
-    is ok and otherwise reports the status of the first source. A single-seed run has n 1 (0 when
-    not ok), std None and values [value]; a multi-seed run (a SEEDS block) combines its seeds'
-    summaries (combine_summaries).
+    value: float | None
+    """The metric (the mean over seeds where several are ok); None unless status is "ok"."""
+    se: float | None
+    """The eval's own standard error of value from its samples (the block's "standard_errors"), or None."""
+    direction: str
+    """The metric's direction: LOWER, HIGHER or REFERENCE."""
+    status: str
+    """"ok", "skipped: <reason>", "error: <one line>" or "missing"."""
+    std: float | None
+    """Sample std over seeds (n - 1); None for one seed."""
+    n: int
+    """Seeds where the metric is ok."""
+    values: list
+    """The per-seed values, in seed order."""
+
+    @classmethod
+    def of_run(cls, metric: Metric, status: str, value: float | None, se: float | None) -> "SummaryEntry":
+        ok = value is not None
+        return cls(value, se, metric.direction, "ok" if ok else status, None, int(ok), [value] if ok else [])
+
+    @classmethod
+    def over_seeds(cls, metric: Metric, entries: list[dict]) -> "SummaryEntry":
+        """From the seeds' entries (in seed order): the mean over the seeds where the metric is ok.
+        The status is ok when any seed has it (n < the number of seeds says some lack it), else the
+        first seed's status."""
+        ok = [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
+        values = [e["value"] for e in ok]
+        mean, std = mean_std(values)
+        status = "ok" if values else next((e.get("status") for e in entries if e.get("status")), "missing")
+        return cls(mean, se_of_mean([e.get("se") for e in ok]), metric.direction, status, std, len(values), values)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def summarize(info):
+    """{metric name: SummaryEntry as JSON} for every entry of METRICS.
+
+    A metric with several sources takes the first that is ok and otherwise reports the status of
+    the first source. A single-seed run has n 1 (0 when not ok), std None and values [value]; a
+    multi-seed run (a SEEDS block) combines its seeds' summaries (combine_summaries).
     """
     seeds = info.get(SEEDS)
     if isinstance(seeds, dict) and isinstance(seeds.get("per_seed"), dict):
@@ -185,16 +147,7 @@ def summarize(info):
                 se = _standard_error(_block(info, block_name), metric.name)
                 break
             first_status = first_status or status
-        ok = value is not None
-        summary[metric.name] = {
-            "value": value,
-            "se": se,
-            "direction": metric.direction,
-            "status": "ok" if ok else first_status,
-            "std": None,
-            "n": int(ok),
-            "values": [value] if ok else [],
-        }
+        summary[metric.name] = SummaryEntry.of_run(metric, first_status, value, se).to_json()
     return summary
 
 
@@ -234,21 +187,6 @@ def run_identity(info):
     }
 
 
-def fmt(value):
-    """A number as it appears in notes and tables: 4 significant digits, ints plain, n/a for none/NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e9):
-        return str(int(value))
-    return f"{value:.4g}"
-
-
-EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING, "separation": SEPARATION}
-"""Eval name (as in --evals) -> its final_info.json block."""
-
-
 def eval_done(block) -> bool:
     """An eval block that needs no rerun: a result or a skip, not an error or nothing."""
     return isinstance(block, dict) and "error" not in block
@@ -257,39 +195,10 @@ def eval_done(block) -> bool:
 # ---------------------------------------------------------------- several seeds
 
 
-def mean_std(values):
-    """(mean, sample std with n - 1; None for one value) of a list of numbers; (None, None) when empty."""
-    n = len(values)
-    if n == 0:
-        return None, None
-    mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None)
-
-
 def combine_summaries(summaries):
-    """One summary from the per-seed summaries of a run (in seed order): for each metric, value =
-    the mean over the seeds where it is ok, std (n - 1), n and the per-seed values. A metric
-    no seed has keeps the first seed's status; one that some seeds lack says how many have it."""
-    combined = {}
-    for metric in METRICS:
-        entries = [s.get(metric.name) or {} for s in summaries]
-        ok = [e for e in entries if e.get("status") == "ok" and e.get("value") is not None]
-        values = [e["value"] for e in ok]
-        mean, std = mean_std(values)
-        ses = [e.get("se") for e in ok]  # the evals' own noise in the mean: sqrt(sum se_i^2) / n
-        se = math.sqrt(sum(x * x for x in ses)) / len(ses) if ses and all(isinstance(x, (int, float)) for x in ses) else None
-        # ok when any seed has it (n < the number of seeds says some lack it), else the first seed's status
-        status = "ok" if values else next((e.get("status") for e in entries if e.get("status")), "missing")
-        combined[metric.name] = {
-            "value": mean,
-            "se": se,
-            "direction": metric.direction,
-            "status": status,
-            "std": std,
-            "n": len(values),
-            "values": values,
-        }
-    return combined
+    """One summary from the per-seed summaries of a run (in seed order): SummaryEntry.over_seeds
+    for each metric."""
+    return {metric.name: SummaryEntry.over_seeds(metric, [s.get(metric.name) or {} for s in summaries]).to_json() for metric in METRICS}
 
 
 def _mean_block(blocks):
@@ -350,36 +259,6 @@ def aggregate(per_seed_infos, dirs=None):
 # ---------------------------------------------------------------- comparing two runs
 
 
-def welch_interval(a, b, level=0.95):
-    """Welch's t interval for mean(b) - mean(a) (unequal variances): {"delta", "lo", "hi", "df",
-    "within_noise"} with within_noise True when the interval includes 0. lo / hi / df are None
-    when either side has fewer than two values (no spread to judge noise by); with no spread on
-    either side the interval is the point delta."""
-    mean_a, std_a = mean_std(list(a))
-    mean_b, std_b = mean_std(list(b))
-    if mean_a is None or mean_b is None:
-        return None
-    delta = mean_b - mean_a
-    if std_a is None or std_b is None:
-        return {"delta": delta, "lo": None, "hi": None, "df": None, "within_noise": None, "level": level}
-    va, vb = std_a**2 / len(a), std_b**2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"delta": delta, "lo": delta, "hi": delta, "df": None, "within_noise": delta == 0, "level": level}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench); no torch
-
-    half = t.ppf(0.5 + level / 2, df) * se
-    return {
-        "delta": delta,
-        "lo": delta - half,
-        "hi": delta + half,
-        "df": df,
-        "within_noise": delta - half <= 0 <= delta + half,
-        "level": level,
-    }
-
-
 def compare_summaries(summary, baseline):
     """{metric: welch_interval(baseline values, run values)} for the metrics both have."""
     out = {}
@@ -388,57 +267,6 @@ def compare_summaries(summary, baseline):
         if a and b:
             out[metric.name] = welch_interval(a, b)
     return out
-
-
-def fmt_spread(entry):
-    """ "mean ± std (std over seeds, n=N; eval SE s)" of a summary entry; for one seed
-    "value ± se (eval SE, n=1)", the eval's own standard error."""
-    if entry.get("status") != "ok" or entry.get("value") is None:
-        return entry.get("status") or "missing"
-    se = entry.get("se")
-    if (entry.get("n") or 1) < 2 or entry.get("std") is None:
-        return f"{fmt(entry['value'])} ± {fmt(se)} (eval SE, n=1)" if se is not None else f"{fmt(entry['value'])} (n=1)"
-    eval_se = f"; eval SE {fmt(se)}" if se is not None else ""
-    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (std over seeds, n={entry['n']}{eval_se})"
-
-
-def fmt_delta(cmp):
-    """ "Δ +0.01 [95% CI -0.02, 0.04], within noise" for a welch_interval result."""
-    if cmp is None:
-        return "Δ n/a"
-    text = f"Δ {cmp['delta']:+.4g}"
-    if cmp["lo"] is None:
-        return text + " (no interval: one seed on a side)"
-    text += f" [{cmp['level']:.0%} Welch CI {cmp['lo']:+.4g}, {cmp['hi']:+.4g}]"
-    return text + (", within noise" if cmp["within_noise"] else "")
-
-
-def results_markdown(result: dict) -> str:
-    """The Markdown table of a sweep's results/<name>.json: a row per metric (with its direction), a
-    column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
-    with its 95% Welch interval, and "within noise" where that interval includes 0 (no Δ for
-    reference metrics; no row for a metric no arm has). The README's
-    Results tables are this function's output (a test holds them to results/*.json)."""
-    arms = result["arms"]
-    names = list(arms)
-    lines = ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
-    for metric in METRICS:
-        if not any((arms[name]["summary"].get(metric.name) or {}).get("status") == "ok" for name in names):
-            continue  # skipped or missing everywhere (unlearning on the embedded profile)
-        cells = []
-        for name in names:
-            entry = arms[name]["summary"].get(metric.name) or {}
-            if entry.get("status") != "ok" or entry.get("value") is None:
-                cells.append(entry.get("status") or "missing")
-                continue
-            cell = f"{fmt(entry['value'])} ± {fmt(entry.get('std'))} (n={entry.get('n')})"
-            cmp = (arms[name].get("vs_baseline") or {}).get(metric.name)
-            if cmp is not None and metric.direction != REFERENCE:
-                interval = f" [{fmt(cmp['lo'])}, {fmt(cmp['hi'])}]" if cmp.get("lo") is not None else ""
-                cell += f"; Δ {cmp['delta']:+.3g}{interval}" + (" within noise" if cmp.get("within_noise") else "")
-            cells.append(cell)
-        lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def pick_baseline(name, info, candidates):

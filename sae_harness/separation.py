@@ -9,20 +9,16 @@ any variant's schedule, so every variant is measured the same way.
 - nn_cos_above_half: the fraction of all latents whose nearest other decoder direction has
   |cos| > 0.5 (near-duplicate directions). Lower = more separated.
 
-The block is "separation evaluation results" in final_info.json (schema.SEPARATION); it runs as
-the eval named "separation" in --evals.
+The block is "separation evaluation results" in final_info.json; it runs as the eval named
+"separation" in --evals (its entry in registry.py).
 
 Shape suffixes: N held-out tokens, D model width, F latents, K top-k, C a chunk of tokens.
 """
-
-import time
 
 import torch
 
 from sae_harness import data, precision
 from sae_harness.ortho_fast import cofire_counts
-from sae_harness.rundir import write_json_atomic
-from sae_harness.schema import SEPARATION, block_status, eval_done, summarize
 
 COFIRE_MIN_N = 0.1
 """A pair co-fires when n_ij >= this (chance level is about k / F: 0.016 on the embedded profile)."""
@@ -84,24 +80,7 @@ def separation_measures(W_dec_FD: torch.Tensor, idx_NK: torch.Tensor) -> dict:
     )
 
 
-def run_pending(cfg, evals: list[str], load_sae, info: dict, info_path, heldout, device) -> list[str]:
-    """Compute the separation block when "separation" is in evals and it has no result yet: the
-    saved SAE on cfg.heldout_tokens held-out activations. A failure is recorded as {"error": ...};
-    returns ["separation"] then, else []."""
-    if "separation" not in evals or eval_done(info.get(SEPARATION)):
-        return []
-    print("eval: separation (held-out decoder |cos|) ...")
-    t0 = time.time()
-    try:
-        sae = load_sae()
-        x_ND = data.heldout_activations(cfg, device, heldout)
-        result = separation_measures(sae.W_dec.detach().cpu(), top_k_indices(sae, x_ND.to(device)))
-    except Exception as e:  # recorded, never fatal to the other evals or to training
-        lines = str(e).strip().splitlines()
-        result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
-    result["seconds"] = round(time.time() - t0, 1)
-    info[SEPARATION] = result
-    info["summary"] = summarize(info)
-    write_json_atomic(info_path, info)
-    print(f"eval: separation {block_status(result)} in {result['seconds']:.0f} s")
-    return [] if "error" not in result else ["separation"]
+def evaluate(sae, inputs) -> dict:
+    """The separation block (registry.py): the saved SAE on cfg.heldout_tokens held-out activations."""
+    x_ND = data.heldout_activations(inputs.cfg, inputs.device, inputs.heldout)
+    return separation_measures(sae.W_dec.detach().cpu(), top_k_indices(sae, x_ND.to(inputs.device)))

@@ -128,9 +128,9 @@ def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path,
         calls.append("core")
         raise RuntimeError("probe exploded\nsecond line")
 
-    monkeypatch.setattr(
-        evals, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": broken, "sparse_probing": fine("sparse_probing")}
-    )
+    monkeypatch.setattr(evals.absorption, "eval_absorption", fine("absorption"))  # the registry looks them up when they run
+    monkeypatch.setattr(evals.core, "eval_core", broken)
+    monkeypatch.setattr(evals.sparse_probing, "eval_sparse_probing", fine("sparse_probing"))
     monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
     code, err = run_cli(capsys, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"])
     assert code == 1 and "core" in err[-1]
@@ -143,9 +143,7 @@ def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path,
     assert info["summary"]["explained_variance"]["status"].startswith("error: RuntimeError")
     # rerunning retries only the failed eval; training is not repeated
     calls.clear()
-    monkeypatch.setattr(
-        evals, "EVAL_FUNCTIONS", {"absorption": fine("absorption"), "core": fine("core"), "sparse_probing": fine("sparse_probing")}
-    )
+    monkeypatch.setattr(evals.core, "eval_core", fine("core"))
     assert cli.run(E.main, tiny_args(tmp_path) + ["--evals", "absorption,core,sparse_probing"]) == 0
     assert calls == ["core"]
 
@@ -161,3 +159,18 @@ def test_real_entry_point_bad_flag_is_fast_and_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: unrecognized arguments: --nope (see python experiment.py --help)"]
     assert time.time() - t0 < 60
+
+
+def test_eval_names_blocks_and_metrics_come_from_the_registry():
+    """One list of evals (registry.EVALS): the --evals default and choices in run order (the evals
+    without the SAEBench model first), final_info's blocks and the summary's metrics in its order."""
+    from sae_harness import registry, schema
+
+    assert E.Config().evals == "separation,absorption,core,sparse_probing,unlearning" == ",".join(registry.EVAL_NAMES)
+    assert [e.name for e in registry.run_order(["core", "separation", "absorption", "core"])] == ["separation", "core", "absorption"]
+    assert list(schema.EVAL_KEYS) == ["absorption", "core", "sparse_probing", "unlearning", "separation"]
+    assert list(schema.EVAL_BLOCKS.values()) == ["absorption", "core", "sparse probing", "unlearning", "separation"]
+    assert [m.name for m in schema.METRICS][:3] == ["absorption_full", "absorption_fraction", "explained_variance"]
+    assert [m.name for m in schema.METRICS][-3:] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
+    with pytest.raises(rundir.UsageError, match="choose from separation, absorption, core, sparse_probing, unlearning or none"):
+        cli.validate(E.parse_args(["--out_dir", "x", "--evals", "core,nope"]))

@@ -5,6 +5,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -17,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import assert_as_accurate_as, float64_recons_loss
 
 from sae_harness import evals as E
+from sae_harness.evals import absorption, core_recorder, sparse_probing
 
 torch.set_num_threads(2)
 D_MODEL, LAYER = 64, 1
@@ -166,10 +168,10 @@ def test_sparse_probing_too_few_heldout(tl_model, tmp_path):
 
 def test_absorption_vocab_drops_words_that_merge(tl_model, tmp_path):
     ctx = make_ctx(tmp_path, absorption_vocab_size=None)
-    vocab = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    vocab = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
     assert " yyyy" not in vocab and " diffformul" not in vocab
     assert len(vocab) > 100_000
-    small = E._absorption_vocab(tl_model.tokenizer, make_ctx(tmp_path, absorption_vocab_size=500), "{word} has the first letter:")
+    small = absorption._absorption_vocab(tl_model.tokenizer, make_ctx(tmp_path, absorption_vocab_size=500), "{word} has the first letter:")
     assert len(small) == 500 and set(small) <= set(vocab)
 
 
@@ -252,8 +254,8 @@ def test_absorption_cached_equals_uncached(tl_model, tmp_path):
 
 def test_absorption_other_seed_other_entry(tl_model, tmp_path):
     ctx = cached_ctx(tmp_path, "a", **ABSORPTION_SMALL)
-    words = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
-    other = E._absorption_vocab(
+    words = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    other = absorption._absorption_vocab(
         tl_model.tokenizer, cached_ctx(tmp_path, "b", eval_seed=7, **ABSORPTION_SMALL), "{word} has the first letter:"
     )
     assert words != other and len(words) == len(other) == 400
@@ -266,7 +268,7 @@ def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatc
     import sae_bench.evals.absorption.vocab as vocab_module
 
     ctx = make_ctx(tmp_path, absorption_vocab_size=300)
-    reference = E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
+    reference = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
     original = vocab_module.get_alpha_tokens
 
     def shuffled(tokenizer):
@@ -275,7 +277,7 @@ def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatc
         return words
 
     monkeypatch.setattr(vocab_module, "get_alpha_tokens", shuffled)
-    assert E._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:") == reference
+    assert absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:") == reference
 
 
 def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
@@ -285,8 +287,8 @@ def test_core_cached_equals_uncached(tl_model, tmp_path, monkeypatch):
     import numpy as np
 
     recorders = []
-    original = E._CoreRecorder.standard_errors
-    monkeypatch.setattr(E._CoreRecorder, "standard_errors", lambda self: recorders.append(self) or original(self))
+    original = core_recorder.CoreRecorder.standard_errors
+    monkeypatch.setattr(core_recorder.CoreRecorder, "standard_errors", lambda self: recorders.append(self) or original(self))
     sae = random_sae()
     first = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "a"))
     second = E.eval_core(sae, tl_model, cached_ctx(tmp_path, "b"))
@@ -329,10 +331,10 @@ def test_core_shortcut_matches_saebench_recons_loss(tl_model):
         activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
     )
     ref = core_main.get_recons_loss(sae, tl_model, tokens, **args)
-    rec = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
+    rec = core_recorder.CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, None)
     assert rec.shortcut
     ours = rec.shortcut_recons_loss(sae, tl_model, tokens, **args)
-    again = E._CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
+    again = core_recorder.CoreRecorder(tl_model, sae, sae.cfg.hook_name, ignore, {"reconstruction": rec.clean}).shortcut_recons_loss(
         sae, tl_model, tokens, **args
     )
     truth = float64_recons_loss(tl_model, sae, tokens, sae.cfg.hook_name, ignore)
@@ -352,9 +354,9 @@ def test_jackknife_se_of_a_mean_is_the_classical_se():
 
     x = np.random.default_rng(0).normal(size=50)
     rows = np.stack([x, np.ones_like(x)], 1)
-    se = E.jackknife_se(rows, lambda t: t[0] / t[1])
+    se = core_recorder.jackknife_se(rows, lambda t: t[0] / t[1])
     assert se == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=1e-9)
-    assert E.jackknife_se(rows[:1], lambda t: t[0]) is None
+    assert core_recorder.jackknife_se(rows[:1], lambda t: t[0]) is None
 
 
 def test_sparse_probing_cached_equals_uncached(tl_model, tmp_path):
@@ -369,7 +371,7 @@ def test_sparse_probing_cached_equals_uncached(tl_model, tmp_path):
 
 def test_sparse_probing_uses_every_heldout_article(tl_model, tmp_path):
     ctx = make_ctx(tmp_path, sparse_probing_train_size=None, sparse_probing_test_size=None)  # 20 per label
-    train, test = E._heldout_train_test(ctx)
+    train, test = sparse_probing._heldout_train_test(ctx)
     assert {k: len(v) for k, v in train.items()} == {k: 10 for k in TOPICS}
     assert {k: len(v) for k, v in test.items()} == {k: 10 for k in TOPICS}
     texts = [t for _, t in ctx.heldout]
@@ -380,12 +382,37 @@ def test_sparse_probing_uses_every_heldout_article(tl_model, tmp_path):
     assert (r["eval_config"]["probe_train_set_size"], r["eval_config"]["probe_test_set_size"]) == (30, 30)
 
 
+def test_sparse_probing_saebench_datasets_with_sizes_none_take_saebench_sizes(tmp_path, monkeypatch):
+    """No held-out dataset and the sizes left at None: SAEBench's default sizes (this raised NameError)."""
+    import sae_bench.evals.sparse_probing.main as sparse_probing_main
+    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig
+
+    class Reached(Exception):
+        pass
+
+    configs = []
+
+    def run_eval(config, *args, **kwargs):
+        configs.append(config)
+        raise Reached
+
+    monkeypatch.setattr(sparse_probing_main, "run_eval", run_eval)
+    ctx = make_ctx(
+        tmp_path, sparse_probing_datasets=["LabHC/bias_in_bios_class_set1"], sparse_probing_train_size=None, sparse_probing_test_size=None
+    )
+    tl_model = SimpleNamespace(cfg=SimpleNamespace(d_model=D_MODEL))  # the eval never runs it: run_eval stops first
+    with pytest.raises(Reached):
+        E.eval_sparse_probing(random_sae(), tl_model, ctx)
+    default = SparseProbingEvalConfig()
+    assert (configs[0].probe_train_set_size, configs[0].probe_test_set_size) == (default.probe_train_set_size, default.probe_test_set_size)
+
+
 def test_accuracy_se_brute_force():
     acc = {"x": {"a": 0.9, "b": 0.6}, "y": {"c": 0.75}}
     n = {"x": {"a": 40, "b": 20}, "y": {"c": 100}}
     var_x = (0.9 * 0.1 / 40 + 0.6 * 0.4 / 20) / 4
     var_y = 0.75 * 0.25 / 100
-    assert E._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
+    assert sparse_probing._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
 
 
 def test_absorption_se_brute_force():
@@ -400,7 +427,7 @@ def test_absorption_se_brute_force():
             "absorption_fraction": rng.random(24),
         }
     )
-    se = E._absorption_se(df, {"a", "b"})
+    se = absorption._absorption_se(df, {"a", "b"})
     a, b = df[df.letter == "a"].absorption_fraction, df[df.letter == "b"].absorption_fraction
     assert se["absorption_fraction"] == pytest.approx(np.sqrt(a.var() / 12 + b.var() / 7) / 2)
 
@@ -439,7 +466,8 @@ def test_eval_cache_rebuilds_partial_entries(tmp_path):
 
 def test_summary_and_notes_carry_the_standard_error(tmp_path):
     from sae_harness.notes import notes_entry
-    from sae_harness.schema import CORE, summarize
+    from sae_harness.registry import CORE
+    from sae_harness.schema import summarize
 
     info = {
         "training results for layer 9": {"config": {"lm_name": "google/gemma-3-270m", "layer": 9}, "final_info": {}},

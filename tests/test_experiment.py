@@ -171,14 +171,14 @@ def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues
         raise KeyboardInterrupt
 
     monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": interrupted})
+    monkeypatch.setattr(evals.core, "eval_core", interrupted)  # the registry's entry looks it up when it runs
     args = tiny_args(tmp_path) + ["--evals", "core"]
     assert cli.run(E.main, args) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "interrupted while running the evals" in err[0]
     assert "trained SAE" in err[0] and "are kept" in err[0] and "The same command continues" in err[0]
     assert (tmp_path / "run_1" / "sae").exists()
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": lambda sae, tl_model, ctx: {"eval_result_metrics": {}}})
+    monkeypatch.setattr(evals.core, "eval_core", lambda sae, tl_model, ctx: {"eval_result_metrics": {}})
     assert cli.run(E.main, args) == 0
     assert "training already finished" in capsys.readouterr().out
 
@@ -194,3 +194,92 @@ def test_matryoshka_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
     info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
     assert E.load_sae(tmp_path / "run_1" / "sae").cfg.architecture == "topk"  # every eval reads it as any TopK SAE
     assert info["training results for layer 1"]["config"]["variant"] == "matryoshka"
+
+
+def key_tree(value, depth=3):
+    """The nested keys of a final_info.json block, to `depth` levels (values left out)."""
+    if not isinstance(value, dict) or depth == 0:
+        return type(value).__name__
+    return {key: key_tree(item, depth - 1) for key, item in value.items()}
+
+
+def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
+    """What final_info.json holds after a run with one eval that measures (separation) and one that
+    skips (unlearning on the embedded profile): the blocks, their keys and the summary's entries.
+    Refactors of the run directory and the eval plumbing keep this as it is."""
+    monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)  # unlearning skips before it needs the model
+    assert E.main(tiny_args(tmp_path, "run_1", "--evals", "separation,unlearning")) == 0
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    # in the order written: the summary follows the first eval's result, later blocks go after it
+    assert list(info) == ["training results for layer 1", "separation evaluation results", "summary", "unlearning evaluation results"]
+    training = info["training results for layer 1"]
+    assert list(training) == ["config", "final_info"]
+    fields = [f.name for f in E.dataclasses.fields(E.Config)]
+    assert list(training["config"]) == fields + ["steps", "activation_dim", "trainer_class", "dict_class"]
+    assert training["config"]["lr"] == training["final_info"]["learning_rate"] > 0  # the resolved lr, not 0 (auto)
+    assert training["config"]["evals"] == "separation,unlearning" and training["config"]["steps"] == 30
+    assert list(training["final_info"]) == [
+        "training_steps", "final_loss", "final_recon_loss", "layer", "dict_size", "learning_rate", "tokens", "seconds", "l0",
+        "dead_fraction", "fvu", "ortho_impl", "activation_scale", "activation_cache", "precision",
+    ]  # fmt: skip
+    assert key_tree(info["separation evaluation results"], 1) == {
+        "cofire_cos_mean": "float", "cofire_cos_p95": "float", "cofire_pairs": "int", "nn_cos_above_half": "float",
+        "nn_cos_mean": "float", "alive_fraction": "float", "tokens": "int", "settings": "dict", "seconds": "float",
+    }  # fmt: skip
+    assert list(info["unlearning evaluation results"]) == ["skipped", "seconds"]
+    from sae_harness.schema import METRICS
+
+    assert list(info["summary"]) == [m.name for m in METRICS]
+    for name, entry in info["summary"].items():
+        assert list(entry) == ["value", "se", "direction", "status", "std", "n", "values"], name
+    ok = {name for name, entry in info["summary"].items() if entry["status"] == "ok"}
+    assert ok == {"l0", "heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"}
+    assert info["summary"]["unlearning_score"]["status"].startswith("skipped: ")
+    assert info["summary"]["heldout_cofire_cos_mean"]["value"] == info["separation evaluation results"]["cofire_cos_mean"]
+    out = capsys.readouterr().out
+    assert "eval: separation ok in" in out and "eval: unlearning skipped: " in out
+
+
+def test_multi_seed_final_info_structure_is_pinned(tmp_path, tiny_lm):
+    """A two-seed run: each seed's run directory as a one-seed run's, the run's own final_info the
+    aggregate (blocks by name, the seeds block, the summary with a spread)."""
+    assert E.main(tiny_args(tmp_path, "run_1", "--evals", "separation", "--seeds", "2")) == 0
+    run = tmp_path / "run_1"
+    info = json.loads((run / "final_info.json").read_text())
+    assert list(info) == ["training results for layer 1", "separation evaluation results", "seeds", "summary"]
+    assert info["training results for layer 1"]["config"]["seed"] == [42, 43]
+    assert info["training results for layer 1"]["final_info"]["seeds_trained"] == [42, 43]
+    assert info["separation evaluation results"]["seeds"] == [42, 43]
+    assert info["seeds"]["values"] == [42, 43] and list(info["seeds"]["per_seed"]) == ["42", "43"]
+    assert info["seeds"]["per_seed"]["42"]["dir"] == "seed_42"
+    entry = info["summary"]["heldout_cofire_cos_mean"]
+    assert entry["n"] == 2 and entry["std"] is not None and len(entry["values"]) == 2
+    for seed in (42, 43):
+        one = json.loads((run / f"seed_{seed}" / "final_info.json").read_text())
+        assert list(one) == ["training results for layer 1", "separation evaluation results", "summary"]
+        assert one["summary"]["heldout_cofire_cos_mean"]["value"] == entry["values"][seed - 42]
+
+
+def toy_eval(sae, inputs):
+    """A stand-in for a new eval: a number from the SAE and the run's config."""
+    return {"score": float(sae.W_dec.shape[0] * inputs.cfg.k)}
+
+
+def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch):
+    """An entry in registry.EVALS is all a new eval needs: --evals takes it, it runs after training,
+    final_info.json gets its block and the summary its metric. (The patches below stand for what
+    registry.py and schema.py derive from EVALS when they are imported.)"""
+    from sae_harness import registry, schema
+
+    block = "toy evaluation results"
+    toy = registry.Eval(
+        "toy", block, "test_experiment:toy_eval", metrics=(registry.Metric("toy_score", ((block, ("score",)),), registry.HIGHER),)
+    )
+    monkeypatch.setattr(registry, "EVALS", (*registry.EVALS, toy))
+    monkeypatch.setattr(cli, "EVAL_NAMES", (*registry.EVAL_NAMES, "toy"))
+    monkeypatch.setattr(schema, "METRICS", (*schema.METRICS, *toy.metrics))
+    monkeypatch.setattr(schema, "EVAL_BLOCKS", schema.EVAL_BLOCKS | {block: "toy"})
+    assert E.main(tiny_args(tmp_path, "run_1", "--evals", "toy")) == 0
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    assert info[block]["score"] == 128 * 8 and info[block]["seconds"] >= 0
+    assert info["summary"]["toy_score"]["value"] == 128 * 8 and info["summary"]["toy_score"]["direction"] == registry.HIGHER

@@ -14,6 +14,7 @@ from transformer_lens import loading_from_pretrained as loading
 
 import experiment as E
 from sae_harness import data, evals
+from sae_harness.evals import core_recorder
 from sae_harness.standins import GEMMA_2_2B
 
 TINY = {"google/gemma-2-2b": make_tiny_gemma2, "google/gemma-3-270m": make_tiny_gemma3}
@@ -214,7 +215,7 @@ def test_core_shortcut_on_tiny_gemma3_matches_saebench_with_one_ablated_row(monk
         activation_store=None, compute_kl=True, compute_ce_loss=True, ignore_tokens=ignore, exclude_special_tokens_from_reconstruction=True
     )
     ref = core_main.get_recons_loss(sae, tl, tokens, **args)
-    rec = evals._CoreRecorder(tl, sae, hook, ignore, None)
+    rec = core_recorder.CoreRecorder(tl, sae, hook, ignore, None)
     unembedded = []
     chunks = rec._logit_chunks
     monkeypatch.setattr(rec, "_logit_chunks", lambda h, *args: unembedded.append(h.reshape(-1, 64).shape[0]) or chunks(h, *args))

@@ -510,7 +510,8 @@ def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
 
 
 def test_notes_show_the_eval_se_for_one_seed_and_the_seed_std_for_several():
-    from sae_harness.schema import combine_summaries, fmt_spread
+    from sae_harness.formatting import fmt_spread
+    from sae_harness.schema import combine_summaries
 
     one = {"value": 0.5, "se": 0.02, "status": "ok", "std": None, "n": 1, "values": [0.5]}
     assert fmt_spread(one) == "0.5 ± 0.02 (eval SE, n=1)"

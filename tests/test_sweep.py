@@ -34,7 +34,7 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     assert "4 to run" in done.stdout and "submitit: local executor" in done.stdout
     result = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert (tmp_path / "results" / "ablation.png").stat().st_size > 0
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     assert (tmp_path / "results" / "ablation.md").read_text().strip() == results_markdown(result)
     assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("none", 42), ("none", 43), ("progressive", 42), ("progressive", 43)]

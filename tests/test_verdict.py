@@ -12,7 +12,8 @@ from conftest import tiny_args
 
 import experiment as E
 from sae_harness import cli, separation
-from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize, welch_interval
+from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize
+from sae_harness.stats import welch_interval
 
 # ---------------------------------------------------------------- seeds
 
@@ -277,7 +278,7 @@ def _arm(values_by_metric):
 
 
 def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     rng = random.Random(0)
     runs = {
@@ -305,7 +306,7 @@ def test_readme_results_tables_match_the_committed_results():
     quotes each verbatim and README.md quotes the headline one: no quoted table can drift from the numbers."""
     from pathlib import Path
 
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
@@ -341,7 +342,7 @@ def _entry(value, se=None):
 def test_eval_seed_compare_averages_each_sae_then_compares_arms(tmp_path):
     """Each run's absorption becomes its mean over the eval seeds all runs share; arms are then
     compared on those means (brute force here); metrics not re-evaluated keep their value."""
-    from sae_harness.schema import results_markdown
+    from sae_harness.formatting import results_markdown
 
     eval_noise = _eval_noise_module()
     rng = random.Random(1)
@@ -414,7 +415,7 @@ def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tin
         return {"eval_result_metrics": {"reconstruction_quality": {"explained_variance_legacy": ev}}}
 
     monkeypatch.setattr(evals, "load_eval_model", lambda cfg, ctx: None)
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": core})
+    monkeypatch.setattr(evals.core, "eval_core", core)
     eval_noise = _eval_noise_module()
     for out, eval_seed in (("run_1", "42"), ("run_2", "43")):
         assert E.main(tiny_args(tmp_path, out, "--evals", "core", "--eval_seed", eval_seed)) == 0
@@ -426,6 +427,6 @@ def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tin
     assert noise["runs"][1]["summary"]["explained_variance"]["value"] == other["explained_variance"]["value"]
     assert noise["metrics"]["explained_variance"]["values"] == [own["explained_variance"]["value"], other["explained_variance"]["value"]]
     written = (run / "eval_noise.json").stat().st_mtime_ns
-    monkeypatch.setattr(evals, "EVAL_FUNCTIONS", {"core": None})  # would fail if called
+    monkeypatch.setattr(evals.core, "eval_core", None)  # would fail if called
     assert eval_noise.main([str(run), "--eval_seeds", "42,43", "--evals", "core"]) == 0
     assert (run / "eval_noise.json").stat().st_mtime_ns == written  # both done already: nothing re-evaluated

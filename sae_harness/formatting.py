@@ -1,0 +1,68 @@
+"""How numbers and summary entries read in notes, tables and plots. Pure Python."""
+
+import math
+
+from sae_harness.registry import REFERENCE
+from sae_harness.schema import METRICS
+
+
+def fmt(value):
+    """A number as it appears in notes and tables: 4 significant digits, ints plain, n/a for none/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value) and abs(value) < 1e9):
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def fmt_spread(entry):
+    """ "mean ± std (std over seeds, n=N; eval SE s)" of a summary entry; for one seed
+    "value ± se (eval SE, n=1)", the eval's own standard error."""
+    if entry.get("status") != "ok" or entry.get("value") is None:
+        return entry.get("status") or "missing"
+    se = entry.get("se")
+    if (entry.get("n") or 1) < 2 or entry.get("std") is None:
+        return f"{fmt(entry['value'])} ± {fmt(se)} (eval SE, n=1)" if se is not None else f"{fmt(entry['value'])} (n=1)"
+    eval_se = f"; eval SE {fmt(se)}" if se is not None else ""
+    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (std over seeds, n={entry['n']}{eval_se})"
+
+
+def fmt_delta(cmp):
+    """ "Δ +0.01 [95% CI -0.02, 0.04], within noise" for a welch_interval result."""
+    if cmp is None:
+        return "Δ n/a"
+    text = f"Δ {cmp['delta']:+.4g}"
+    if cmp["lo"] is None:
+        return text + " (no interval: one seed on a side)"
+    text += f" [{cmp['level']:.0%} Welch CI {cmp['lo']:+.4g}, {cmp['hi']:+.4g}]"
+    return text + (", within noise" if cmp["within_noise"] else "")
+
+
+def results_markdown(result: dict) -> str:
+    """The Markdown table of a sweep's results/<name>.json: a row per metric (with its direction), a
+    column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
+    with its 95% Welch interval, and "within noise" where that interval includes 0 (no Δ for
+    reference metrics; no row for a metric no arm has). The README's
+    Results tables are this function's output (a test holds them to results/*.json)."""
+    arms = result["arms"]
+    names = list(arms)
+    lines = ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for metric in METRICS:
+        if not any((arms[name]["summary"].get(metric.name) or {}).get("status") == "ok" for name in names):
+            continue  # skipped or missing everywhere (unlearning on the embedded profile)
+        cells = []
+        for name in names:
+            entry = arms[name]["summary"].get(metric.name) or {}
+            if entry.get("status") != "ok" or entry.get("value") is None:
+                cells.append(entry.get("status") or "missing")
+                continue
+            cell = f"{fmt(entry['value'])} ± {fmt(entry.get('std'))} (n={entry.get('n')})"
+            cmp = (arms[name].get("vs_baseline") or {}).get(metric.name)
+            if cmp is not None and metric.direction != REFERENCE:
+                interval = f" [{fmt(cmp['lo'])}, {fmt(cmp['hi'])}]" if cmp.get("lo") is not None else ""
+                cell += f"; Δ {cmp['delta']:+.3g}{interval}" + (" within noise" if cmp.get("within_noise") else "")
+            cells.append(cell)
+        lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""The evals a run can run, one entry each: its name (as in --evals), its final_info.json block, the
+function that runs it, what its eval-cache key holds, and its headline metrics with their
+directions. Everything else (the --evals choices and default, the block names, the summary, plots,
+notes and sweep tables) is derived from EVALS. Adding an eval is one entry here plus its function
+(docs/evals.md, "Adding an eval"). Pure Python, so plot.py and the notes read it without torch."""
+
+import importlib
+from dataclasses import dataclass, field
+
+LOWER = "lower is better"
+HIGHER = "higher is better"
+REFERENCE = "reference"
+
+TRAINING = "training results"  # stands for the "training results for layer {L}" block
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    sources: tuple
+    """((block, key path), ...) tried in order; the first finite number wins."""
+    direction: str
+    """LOWER, HIGHER or REFERENCE (no better side)."""
+    note: str = ""
+    """Shown beside the value in notes and plots."""
+
+
+@dataclass(frozen=True)
+class Eval:
+    name: str
+    """As in --evals."""
+    block: str
+    """Its block in final_info.json."""
+    function: str
+    """"module:function" that runs it, imported when it runs: function(sae, inputs) -> the block
+    (evals.EvalInputs: the run's config, directory, device and held-out articles); with
+    needs_eval_model, SAEBench's form function(sae, tl_model, ctx). {"skipped": why} when it cannot
+    run here; an exception is recorded as {"error": ...} and the other evals still run."""
+    metrics: tuple = ()
+    """Its headline metrics (Metric), in the order the summary, notes and tables show them."""
+    cache_key: dict = field(default_factory=dict)
+    """Eval-cache key part -> the EvalContext field it comes from; the eval adds what it computes
+    (a word list's digest, a dataset's). Entries of an older key stay on disk and miss."""
+    needs_eval_model: bool = False
+    """Runs on the profile's SAEBench model and settings, loaded once for all such evals; the others
+    run first (they are quick, so their results are written before the long evals start)."""
+
+    def run(self, sae, inputs) -> dict:
+        module, _, name = self.function.partition(":")
+        function = getattr(importlib.import_module(module), name)
+        return function(sae, inputs.tl_model, inputs.ctx) if self.needs_eval_model else function(sae, inputs)
+
+
+ABSORPTION = "absorption evaluation results"
+CORE = "core evaluation results"
+SPARSE_PROBING = "sparse probing evaluation results"
+UNLEARNING = "unlearning evaluation results"
+SEPARATION = "separation evaluation results"
+
+EVALS = (
+    Eval(
+        "absorption",
+        ABSORPTION,
+        "sae_harness.evals.absorption:eval_absorption",
+        metrics=(
+            Metric(
+                "absorption_full",
+                (
+                    (ABSORPTION, ("eval_result_metrics", "mean", "mean_full_absorption_score")),
+                    # seed-era SAEBench: mean_absorption_score is the full-absorption rate
+                    (ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_score")),
+                ),
+                LOWER,
+            ),
+            Metric("absorption_fraction", ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),), LOWER),
+        ),
+        cache_key=dict(llm_batch_size="llm_batch_size"),
+        needs_eval_model=True,
+    ),
+    Eval(
+        "core",
+        CORE,
+        "sae_harness.evals.core:eval_core",
+        metrics=(
+            # SAEBench 0.6.0's new explained_variance is broken at Gemma 3's activation norms (see
+            # eval_core); its explained_variance_legacy is the formula seed-era SAEBench reported.
+            # core: SAEBench 0.6.0 saves its groups under eval_result_metrics, seed-era files under metrics
+            Metric(
+                "explained_variance",
+                (
+                    (CORE, ("eval_result_metrics", "reconstruction_quality", "explained_variance_legacy")),
+                    (CORE, ("metrics", "reconstruction_quality", "explained_variance_legacy")),
+                    (CORE, ("metrics", "reconstruction_quality", "explained_variance")),
+                ),
+                HIGHER,
+            ),
+            Metric(
+                "kl_div_score",
+                (
+                    (CORE, ("eval_result_metrics", "model_behavior_preservation", "kl_div_score")),
+                    (CORE, ("metrics", "model_behavior_preservation", "kl_div_score")),
+                ),
+                HIGHER,
+            ),
+            Metric(
+                "ce_loss_score",
+                (
+                    (CORE, ("eval_result_metrics", "model_performance_preservation", "ce_loss_score")),
+                    (CORE, ("metrics", "model_performance_preservation", "ce_loss_score")),
+                ),
+                HIGHER,
+            ),
+            Metric(
+                "l0",
+                (
+                    (CORE, ("eval_result_metrics", "sparsity", "l0")),
+                    (CORE, ("metrics", "sparsity", "l0")),
+                    (TRAINING, ("final_info", "l0")),
+                ),
+                REFERENCE,
+                note="target k",
+            ),
+        ),
+        cache_key=dict(
+            context_size="context_size",
+            batch_prompts="core_batch_prompts",
+            reconstruction_batches="core_reconstruction_batches",
+            sparsity_variance_batches="core_sparsity_variance_batches",
+        ),
+        needs_eval_model=True,
+    ),
+    Eval(
+        "sparse_probing",
+        SPARSE_PROBING,
+        "sae_harness.evals.sparse_probing:eval_sparse_probing",
+        metrics=(
+            Metric("sparse_probing_sae_top1", ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),), HIGHER),
+            Metric(
+                "sparse_probing_llm_top1",
+                ((SPARSE_PROBING, ("eval_result_metrics", "llm", "llm_top_1_test_accuracy")),),
+                REFERENCE,
+                note="the LLM's own probe",
+            ),
+        ),
+        cache_key=dict(
+            datasets="sparse_probing_datasets",
+            train_fraction="sparse_probing_train_fraction",
+            context_size="context_size",
+            llm_batch_size="llm_batch_size",
+            k_values="sparse_probing_k_values",
+        ),
+        needs_eval_model=True,
+    ),
+    Eval(
+        "unlearning",
+        UNLEARNING,
+        "sae_harness.evals.unlearning:eval_unlearning",
+        metrics=(Metric("unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),),
+        needs_eval_model=True,
+    ),
+    Eval(  # decoder |cos| of latents that co-fire on held-out text (separation.py): lower = more separated
+        "separation",
+        SEPARATION,
+        "sae_harness.separation:evaluate",
+        metrics=(
+            Metric(
+                "heldout_cofire_cos_mean",
+                ((SEPARATION, ("cofire_cos_mean",)),),
+                LOWER,
+                note="held-out co-firing pairs; lower = more separated",
+            ),
+            Metric(
+                "heldout_cofire_cos_p95",
+                ((SEPARATION, ("cofire_cos_p95",)),),
+                LOWER,
+                note="held-out co-firing pairs; lower = more separated",
+            ),
+            Metric(
+                "heldout_nn_cos_above_half",
+                ((SEPARATION, ("nn_cos_above_half",)),),
+                LOWER,
+                note="latents with a decoder neighbour |cos| > 0.5",
+            ),
+        ),
+    ),
+)
+"""In the order of final_info's blocks and the summary's metrics."""
+
+EVAL_NAMES = tuple(e.name for e in sorted(EVALS, key=lambda e: e.needs_eval_model))
+"""The --evals choices and default, in the order they run."""
+
+
+def by_name(name: str) -> Eval:
+    return next(e for e in EVALS if e.name == name)
+
+
+def run_order(names) -> list[Eval]:
+    """The entries of names (as given to --evals, each once), those without the eval model first."""
+    return sorted((by_name(name) for name in dict.fromkeys(names)), key=lambda e: e.needs_eval_model)
