@@ -1,4 +1,4 @@
-"""Paired intervals and Holm's correction (sae_harness/paired.py) against scipy and a brute force."""
+"""Paired intervals and Holm's correction (sae_harness/stats.py) against scipy and a brute force."""
 
 import itertools
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 from scipy import stats
 
-from sae_harness.paired import holm, paired_interval
+from sae_harness.stats import holm, paired_interval
 
 
 def test_paired_interval_matches_scipy_paired_t_on_random_data():
