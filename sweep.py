@@ -237,7 +237,7 @@ def collect(args, runs):
     import plot
     from sae_harness.formatting import results_markdown
     from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
-    from sae_harness.schema import METRICS, aggregate, compare_summaries, summarize, training_key
+    from sae_harness.schema import METRICS, aggregate, compare_paired, compare_summaries, per_seed_summaries, summarize, training_key
 
     arms, records = {}, []
     for arm, variant, overrides, seed, out, _, cfg in runs:
@@ -271,9 +271,13 @@ def collect(args, runs):
             raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
         baseline_arm = f"baseline: {args.baseline}"
         result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
+    per_seed = {arm: {r["seed"]: r["summary"] for r in records if r["arm"] == arm} for arm in arms}
+    if baseline_arm and baseline_arm not in per_seed:  # --baseline: that arm's own per-seed summaries
+        per_seed[baseline_arm] = per_seed_summaries(read_info(Path(args.baseline)))
     for arm, entry in result_arms.items():
         if baseline_arm and arm != baseline_arm:
             entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])
+            entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[baseline_arm])
     profile = next((r["config"].get("profile") for r in records if r["config"].get("profile")), None)
     result = dict(
         name=args.name,
@@ -282,6 +286,8 @@ def collect(args, runs):
         profile=profile,
         baseline=baseline_arm,
         interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
+        paired="paired_vs_baseline: mean over shared seeds of (arm - baseline) at each seed (same initialisation and batches), paired t 95% interval; "
+        "p two-sided; p_holm Holm-adjusted over the non-reference metrics of that comparison",
         spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
         directions={m.name: m.direction for m in METRICS},
         arms=result_arms,

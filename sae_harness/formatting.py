@@ -43,7 +43,8 @@ def fmt_delta(cmp):
 def results_markdown(result: dict) -> str:
     """The Markdown table of a sweep's results/<name>.json: a row per metric (with its direction), a
     column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
-    with its 95% Welch interval, and "within noise" where that interval includes 0 (no Δ for
+    with its 95% Welch interval, and "within noise" where that interval includes 0, then where the
+    sweep paired its arms by seed the paired 95% interval and the Holm-adjusted p (no Δ for
     reference metrics; no row for a metric no arm has). The README's
     Results tables are this function's output (a test holds them to results/*.json)."""
     arms = result["arms"]
@@ -63,6 +64,10 @@ def results_markdown(result: dict) -> str:
             if cmp is not None and metric.direction != REFERENCE:
                 interval = f" [{fmt(cmp['lo'])}, {fmt(cmp['hi'])}]" if cmp.get("lo") is not None else ""
                 cell += f"; Δ {cmp['delta']:+.3g}{interval}" + (" within noise" if cmp.get("within_noise") else "")
+            paired = (arms[name].get("paired_vs_baseline") or {}).get(metric.name)
+            if paired is not None and paired.get("lo") is not None and metric.direction != REFERENCE:
+                holm = f", Holm p {paired['p_holm']:.2g}" if paired.get("p_holm") is not None else ""
+                cell += f"; paired [{fmt(paired['lo'])}, {fmt(paired['hi'])}]{holm}" + (" within noise" if paired["within_noise"] else "")
             cells.append(cell)
         lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)

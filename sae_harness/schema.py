@@ -9,8 +9,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from sae_harness.registry import EVALS, TRAINING, Metric
-from sae_harness.stats import mean_std, se_of_mean, welch_interval
+from sae_harness.registry import EVALS, REFERENCE, TRAINING, Metric
+from sae_harness.stats import holm, mean_std, paired_interval, se_of_mean, welch_interval
 
 RUN_NAME = re.compile(r"run_(\d+)")
 """Run directories are named run_<i>; notes.txt entries and plots are keyed by i."""
@@ -267,6 +267,38 @@ def compare_summaries(summary, baseline):
         if a and b:
             out[metric.name] = welch_interval(a, b)
     return out
+
+
+def per_seed_summaries(info) -> dict:
+    """{seed: summary} of a run: each seed's from a multi-seed run's seeds block, else the one seed's."""
+    seeds = info.get(SEEDS)
+    if isinstance(seeds, dict) and isinstance(seeds.get("per_seed"), dict):
+        return {int(s): run.get("summary") or {} for s, run in seeds["per_seed"].items()}
+    seed = run_identity(info)["config"].get("seed")
+    return {seed: summarize(info)} if isinstance(seed, int) else {}
+
+
+def compare_paired(per_seed, baseline_per_seed):
+    """{metric: paired_interval(baseline, run) | {"p_holm": ...}} from two arms' per-seed summaries
+    ({seed: summary}), over the seeds both have: arms at one seed share initialisation and batches.
+    p_holm: Holm-adjusted over the comparison's non-reference metrics (a family of secondary
+    endpoints). Metrics with no shared ok seed are left out."""
+
+    def by_seed(summaries, name):
+        return {
+            s: e["value"]
+            for s, summary in summaries.items()
+            if (e := summary.get(name) or {}).get("status") == "ok" and e.get("value") is not None
+        }
+
+    out = {}
+    for metric in METRICS:
+        cmp = paired_interval(by_seed(baseline_per_seed, metric.name), by_seed(per_seed, metric.name))
+        if cmp is not None:
+            out[metric.name] = cmp
+    direction = {metric.name: metric.direction for metric in METRICS}
+    adjusted = holm({name: cmp["p"] for name, cmp in out.items() if direction[name] != REFERENCE})
+    return {name: cmp | {"p_holm": adjusted.get(name)} for name, cmp in out.items()}
 
 
 def pick_baseline(name, info, candidates):

@@ -73,3 +73,20 @@ def test_holm_matches_the_step_down_procedure_and_keeps_none():
     for p in itertools.permutations([0.001, 0.02, 0.03]):
         adjusted = holm(dict(zip("xyz", p)))
         assert sorted(adjusted.values()) == pytest.approx([0.003, 0.04, 0.04])
+
+
+def test_compare_paired_pairs_per_seed_summaries_and_holm_skips_reference_metrics():
+    from sae_harness.schema import METRICS, compare_paired
+
+    def summary(shift, seed):
+        return {m.name: {"status": "ok", "value": seed + shift * (m.direction != "reference")} for m in METRICS}
+
+    base = {s: summary(0.0, s) for s in (42, 43, 44)}
+    arm = {s: summary(0.5 + 0.01 * s, s) for s in (42, 43, 44, 45)}  # seed 45: no baseline to pair with
+    out = compare_paired(arm, base)
+    family = [m.name for m in METRICS if m.direction != "reference"]
+    for name in family:
+        assert out[name]["n"] == 3 and out[name]["delta"] == pytest.approx(0.5 + 0.43)
+        assert out[name]["p_holm"] == pytest.approx(min(1.0, len(family) * out[name]["p"]))  # equal p: Holm = m p
+    reference = [m.name for m in METRICS if m.direction == "reference"]
+    assert reference and all(out[name]["p_holm"] is None and out[name]["delta"] == 0 for name in reference)

@@ -48,6 +48,13 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     vs = result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]
     base = result["arms"]["none"]["summary"]["heldout_cofire_cos_mean"]["value"]
     assert vs["delta"] == pytest.approx(arm["value"] - base) and vs["lo"] <= vs["delta"] <= vs["hi"]
+    paired = result["arms"]["progressive"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]
+    by_seed = {(r["arm"], r["seed"]): r["summary"]["heldout_cofire_cos_mean"]["value"] for r in result["runs"]}
+    diffs = [by_seed["progressive", s] - by_seed["none", s] for s in (42, 43)]
+    assert paired["n"] == 2 and paired["delta"] == pytest.approx(vs["delta"]) and paired["lo"] <= paired["delta"] <= paired["hi"]
+    assert paired["hi"] - paired["lo"] == pytest.approx(2 * 12.7062 * abs(diffs[0] - diffs[1]) / 2, rel=1e-4)  # t(0.975, 1) x SE
+    assert "p_holm" in paired
+    assert result["arms"]["progressive"]["paired_vs_baseline"]["l0"]["p_holm"] is None  # a reference metric: not in the family
     assert result["baseline"] == "none" and result["directions"]["heldout_cofire_cos_mean"] == "lower is better"
     arm_info = json.loads((tmp_path / "sweeps" / "ablation" / "none" / "final_info.json").read_text())
     assert arm_info["seeds"]["values"] == [42, 43]  # each arm reads like a multi-seed run of experiment.py
@@ -72,3 +79,4 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     result = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert result["baseline"].endswith("ablation/none") and list(result["arms"])[1:] == ["progressive"]
     assert result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]["delta"] == pytest.approx(vs["delta"])
+    assert result["arms"]["progressive"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]["lo"] == pytest.approx(paired["lo"])
