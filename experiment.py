@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, precision, rundir, separation
+from sae_harness import cli, data, evals, ortho_fast, precision, rundir, separation, synth
 from sae_harness.notes import baseline_beside, update_notes
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
 from sae_harness.schema import aggregate, run_number, summarize, training_key
@@ -58,7 +58,7 @@ class Config:
     # run
     out_dir: str = ""
     """run directory (required): results, logs, the SAE and plots go here"""
-    profile: Literal["auto", "gemma-3-270m", "gemma-2-2b"] = "auto"
+    profile: Literal["auto", "gemma-3-270m", "gemma-2-2b", "synth"] = "auto"
     """fills every field left at None (see PROFILES); auto = gemma-2-2b with CUDA, else gemma-3-270m"""
     overwrite: bool = False
     """replace a finished run in out_dir instead of refusing"""
@@ -77,8 +77,8 @@ class Config:
     """language model whose activations are encoded (profile)"""
     layer: int | None = None
     """residual stream after this decoder layer, resid_post (profile)"""
-    text_source: Literal["bbc", "pile"] | None = None
-    """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) (profile)"""
+    text_source: Literal["bbc", "pile", "synth"] | None = None
+    """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) | synth (samples of the world lm_name names) (profile)"""
     heldout_fraction: float = 0.3
     """share of BBC articles per topic held out for evals"""
     heldout_tokens: int = 65_536
@@ -138,8 +138,8 @@ class Config:
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
     checkpoint_every: int = 200
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str = "separation,absorption,core,sparse_probing,unlearning"
-    """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text)"""
+    evals: str | None = None
+    """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text; synth: ground truth) (profile)"""
     wandb_project: str = ""
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
 
@@ -171,6 +171,7 @@ PROFILES = {
         k=64,
         batch_size=1024,
         dead_tokens=100_000,
+        evals="separation,absorption,core,sparse_probing,unlearning",
     ),
     "gemma-2-2b": dict(  # the seed's setting: CUDA and the Hugging Face hub
         lm_name="google/gemma-2-2b",
@@ -184,6 +185,21 @@ PROFILES = {
         k=320,
         batch_size=2048,
         dead_tokens=10_000_000,
+        evals="separation,absorption,core,sparse_probing,unlearning",
+    ),
+    "synth": dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
+        lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
+        layer=0,
+        text_source="synth",
+        device="auto",
+        tokens=2**19,  # world samples drawn once into the cache
+        epochs=6,  # 3,072 steps
+        llm_batch_size=1,
+        dict_size=1024,
+        k=15,  # the world's true L0
+        batch_size=1024,
+        dead_tokens=100_000,
+        evals="synth",
     ),
 }
 
@@ -664,6 +680,7 @@ def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Preci
     names = cli.eval_names(cfg)
     with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {info_path} are kept"):
         failed = separation.run_pending(cfg, names, lambda: load_sae(out / "sae", device), info, info_path, heldout, device)
+        failed += synth.run_pending(cfg, names, lambda: load_sae(out / "sae", device), info, info_path)
         names = [name for name in names if name != "separation"]
         failed += evals.run_evaluations(cfg, names, lambda: load_sae(out / "sae", device), out, info, info_path, heldout, device)
     info["summary"] = summarize(info)

@@ -11,7 +11,7 @@ import simple_parsing
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
-EVALS = ("separation", "absorption", "core", "sparse_probing", "unlearning")
+EVALS = ("separation", "absorption", "core", "sparse_probing", "unlearning", "synth")
 
 
 class _Parser(simple_parsing.ArgumentParser):
@@ -114,6 +114,9 @@ def validate(cfg) -> None:
         checks.append((cfg.layer < 0, f"layer must be >= 0, got {cfg.layer}"))
     unknown = set(eval_names(cfg)) - set(EVALS)
     checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVALS)} or none"))
+    synthetic = cfg.text_source == "synth"
+    checks.append((synthetic and set(eval_names(cfg)) - {"synth"}, "the synth profile has no language model: --evals synth (or none)"))
+    checks.append((not synthetic and "synth" in eval_names(cfg), "--evals synth needs synthetic data: --profile synth"))
     for bad, message in checks:
         if bad:
             raise UsageError(message)

@@ -32,7 +32,15 @@ CORE = "core evaluation results"
 SPARSE_PROBING = "sparse probing evaluation results"
 UNLEARNING = "unlearning evaluation results"
 SEPARATION = "separation evaluation results"  # decoder |cos| of latents that co-fire on held-out text
-EVAL_BLOCKS = {ABSORPTION: "absorption", CORE: "core", SPARSE_PROBING: "sparse probing", UNLEARNING: "unlearning", SEPARATION: "separation"}
+SYNTH = "synthetic evaluation results"  # ground truth on the synth profile (sae_harness/synth.py)
+EVAL_BLOCKS = {
+    ABSORPTION: "absorption",
+    CORE: "core",
+    SPARSE_PROBING: "sparse probing",
+    UNLEARNING: "unlearning",
+    SEPARATION: "separation",
+    SYNTH: "synth",
+}
 SEEDS = "seeds"
 """The block of a multi-seed run: {"values": [seed, ...], "dirs": {seed: dir}, "per_seed": {seed: {"summary": ...}}}."""
 
@@ -109,6 +117,12 @@ METRICS = (
     Metric(
         "heldout_nn_cos_above_half", ((SEPARATION, ("nn_cos_above_half",)),), LOWER, note="latents with a decoder neighbour |cos| > 0.5"
     ),
+    # ground truth, synth profile (sae_harness/synth.py: hierarchy_absorption, saelens_metrics)
+    Metric("synth_absorption", ((SYNTH, ("absorption", "absorption")),), LOWER, note="parent latent's miss rate with child on minus alone"),
+    Metric("synth_full_absorption", ((SYNTH, ("absorption", "full_absorption")),), LOWER, note="misses the child latent covers"),
+    Metric("synth_mcc", ((SYNTH, ("metrics", "mcc")),), HIGHER, note="decoder vs true features, one-to-one"),
+    Metric("synth_explained_variance", ((SYNTH, ("metrics", "explained_variance")),), HIGHER),
+    Metric("synth_f1", ((SYNTH, ("metrics", "f1")),), HIGHER, note="latents as detectors of their nearest true feature"),
 )
 
 
@@ -245,7 +259,14 @@ def fmt(value):
     return f"{value:.4g}"
 
 
-EVAL_KEYS = {"absorption": ABSORPTION, "core": CORE, "sparse_probing": SPARSE_PROBING, "unlearning": UNLEARNING, "separation": SEPARATION}
+EVAL_KEYS = {
+    "absorption": ABSORPTION,
+    "core": CORE,
+    "sparse_probing": SPARSE_PROBING,
+    "unlearning": UNLEARNING,
+    "separation": SEPARATION,
+    "synth": SYNTH,
+}
 """Eval name (as in --evals) -> its final_info.json block."""
 
 

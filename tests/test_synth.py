@@ -167,3 +167,34 @@ def test_saelens_metrics_equal_eval_sae_on_synthetic_data(world):
         assert ours[name] == pytest.approx(getattr(theirs.classification, name), rel=1e-6), name
     assert ours["f1"] == pytest.approx(theirs.classification.f1_score, rel=1e-6)
 
+
+def test_synth_profile_end_to_end(tmp_path, monkeypatch):
+    """experiment.py --profile synth on the tiny world: trains from the sample cache and writes the
+    ground-truth block and its headline metrics (with SEs) into final_info.json."""
+    import experiment as E
+
+    monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
+    monkeypatch.setattr(synth, "EVAL_SAMPLES", 5000)
+    argv = ["--out_dir", str(tmp_path / "run_1"), "--cache_dir", str(tmp_path / "cache"), "--profile", "synth", "--lm_name", "synth:tiny"]
+    argv += ["--tokens", "4096", "--epochs", "2", "--dict_size", "64", "--k", "4", "--batch_size", "256", "--variant", "none"]
+    assert E.main(argv) == 0
+    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    block = info["synthetic evaluation results"]
+    assert block["world"] == "synth:tiny" and block["absorption"]["n_edges"] > 0
+    assert info["training results for layer 0"]["final_info"]["training_steps"] == 32
+    for name in ("synth_absorption", "synth_full_absorption", "synth_mcc", "synth_explained_variance", "synth_f1"):
+        assert info["summary"][name]["status"] == "ok", name
+    assert info["summary"]["synth_absorption"]["se"] > 0
+    assert info["summary"]["synth_explained_variance"]["value"] > 0.3  # it learned something in 32 steps
+
+
+def test_synth_profile_rejects_language_model_evals(tmp_path):
+    import experiment as E
+    from sae_harness.rundir import UsageError
+
+    cfg = E.parse_args(["--out_dir", str(tmp_path / "r"), "--profile", "synth", "--evals", "core"])
+    with pytest.raises(UsageError, match="no language model"):
+        E.cli.validate(cfg)
+    cfg = E.parse_args(["--out_dir", str(tmp_path / "r"), "--profile", "gemma-3-270m", "--evals", "synth"])
+    with pytest.raises(UsageError, match="--profile synth"):
+        E.cli.validate(cfg)
