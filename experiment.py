@@ -507,6 +507,8 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         dead_fraction=out.dead_F.float().mean().item(),
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
+    if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/synth.py)
+        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, out.active_BF, out.threshold)
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 

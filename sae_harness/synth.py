@@ -446,3 +446,65 @@ def run_pending(cfg, evals: list[str], load_sae, info: dict, info_path) -> list[
     write_json_atomic(info_path, info)
     print(f"eval: synth {block_status(result)} in {result['seconds']:.0f} s")
     return [] if "error" not in result else ["synth"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The mechanism, observed during training
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def mechanism(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, model) -> dict:
+    """Where the orthogonality term acts on one batch, against the truth. Hierarchy pairs: the
+    latents (l(p), l(c)) of every edge, matched by decoder direction at this step; other pairs:
+    every other pair of latents that fired in the batch. For each group: mean co-firing n_ij (as the
+    term defines it: |m_i & m_j| / min(|m_i|, |m_j|)), mean decoder |cos|, and the share of
+    P = sum c_ij |cos_ij| the group carries (c_ij = clamp((n_ij - thr) / thr, 0, 1); computed for
+    every variant, so plain TopK shows the share the term would carry)."""
+    parent_E, child_E = _edges(model)
+    latent_N, _ = match_by_direction(W_dec_FD, model.feature_dict.feature_vectors, (parent_E, child_E))
+    l_parent_E, l_child_E = latent_N[parent_E], latent_N[child_E]
+    fired_A = active_BF.any(0).nonzero().squeeze(1)
+    mask_BA = active_BF[:, fired_A].float()
+    cofire_AA = mask_BA.T @ mask_BA
+    count_A = cofire_AA.diagonal()
+    n_AA = cofire_AA / torch.minimum(count_A[:, None], count_A[None, :])
+    c_AA = ((n_AA - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
+    W_hat_AD = unit(W_dec_FD.detach().float()[fired_A])
+    cos_AA = (W_hat_AD @ W_hat_AD.T).abs()
+    position_F = torch.full((W_dec_FD.shape[0],), -1, dtype=torch.long)
+    position_F[fired_A] = torch.arange(len(fired_A))
+    i_E, j_E = position_F[l_parent_E], position_F[l_child_E]
+    both_E = (i_E >= 0) & (j_E >= 0) & (i_E != j_E)
+    hier_AA = torch.zeros_like(c_AA, dtype=torch.bool)
+    hier_AA[i_E[both_E], j_E[both_E]] = True
+    hier_AA[j_E[both_E], i_E[both_E]] = True
+    other_AA = ~hier_AA
+    other_AA.fill_diagonal_(False)
+    P = (c_AA * cos_AA).sum().item()
+    W_hat_FD = unit(W_dec_FD.detach().float())
+    return dict(
+        mech_hier_pairs=int(both_E.sum()),
+        mech_hier_cofire=n_AA[hier_AA].mean().item() if hier_AA.any() else None,
+        mech_hier_cos=(W_hat_FD[l_parent_E] * W_hat_FD[l_child_E]).sum(-1).abs().mean().item(),
+        mech_hier_share=(c_AA * cos_AA)[hier_AA].sum().item() / P if P > 0 else None,
+        mech_other_cofire=n_AA[other_AA].mean().item() if other_AA.any() else None,
+        mech_other_cos=cos_AA[other_AA].mean().item() if other_AA.any() else None,
+    )
+
+
+def _edges(model) -> tuple[torch.Tensor, torch.Tensor]:
+    if not hasattr(model, "_synth_edges"):
+        model._synth_edges = hierarchy_edges(model)
+    return model._synth_edges
+
+
+_WORLDS_LOADED: dict = {}
+
+
+def mechanism_record(cfg, W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float) -> dict:
+    """mechanism(...) for a training-log record of the synth profile (the world loaded once)."""
+    key = (cfg.lm_name, cfg.data_seed, str(cfg.cache_dir))
+    if key not in _WORLDS_LOADED:
+        _WORLDS_LOADED[key] = world(world_of(cfg.lm_name), cfg.data_seed, cfg.cache_dir)
+    return mechanism(W_dec_FD.cpu(), active_BF.cpu(), threshold, _WORLDS_LOADED[key])

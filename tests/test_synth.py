@@ -198,3 +198,28 @@ def test_synth_profile_rejects_language_model_evals(tmp_path):
     cfg = E.parse_args(["--out_dir", str(tmp_path / "r"), "--profile", "gemma-3-270m", "--evals", "synth"])
     with pytest.raises(UsageError, match="--profile synth"):
         E.cli.validate(cfg)
+
+
+def test_mechanism_sees_the_hierarchy_pairs(world):
+    """On the true features' own firing, a child always co-fires with its parent (n = 1), so the
+    hierarchy pairs carry P's co-firing weight; other pairs co-fire far less."""
+    sae = true_feature_sae(world)
+    _, f_BN = world.sample_with_features(4000)
+    m = synth.mechanism(sae.W_dec, f_BN > 0, threshold=0.25, model=world)
+    assert m["mech_hier_pairs"] == 12
+    assert m["mech_hier_cofire"] == pytest.approx(1.0)
+    assert m["mech_other_cofire"] < 0.5
+    assert m["mech_hier_cos"] < 0.1  # the true features are nearly orthogonal
+
+
+def test_synth_training_log_has_the_mechanism(tmp_path, monkeypatch):
+    import experiment as E
+
+    monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
+    monkeypatch.setattr(synth, "EVAL_SAMPLES", 2000)
+    argv = ["--out_dir", str(tmp_path / "run_1"), "--cache_dir", str(tmp_path / "cache"), "--profile", "synth", "--lm_name", "synth:tiny"]
+    argv += ["--tokens", "2048", "--epochs", "1", "--dict_size", "64", "--k", "4", "--batch_size", "256", "--evals", "none"]
+    assert E.main(argv) == 0
+    log = [json.loads(line) for line in (tmp_path / "run_1" / "training_log.jsonl").read_text().splitlines()]
+    assert all("mech_hier_share" in r and "mech_other_cofire" in r for r in log)
+    assert any(r["ortho_share"] for r in log)  # progressive by default: the term is on
