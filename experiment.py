@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, precision, rundir
+from sae_harness import cli, data, evals, ortho_fast, precision, rundir, synth
 from sae_harness.notes import baseline_beside, update_notes
-from sae_harness.registry import EVAL_NAMES
+from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
 from sae_harness.schema import run_number
 from sae_harness.tracking import Tracker
@@ -60,7 +60,7 @@ class Config:
     # run
     out_dir: str = ""
     """run directory (required): results, logs, the SAE and plots go here"""
-    profile: Literal["auto", "gemma-3-270m", "gemma-2-2b"] = "auto"
+    profile: Literal["auto", "gemma-3-270m", "gemma-2-2b", "synth"] = "auto"
     """fills every field left at None (see PROFILES); auto = gemma-2-2b with CUDA, else gemma-3-270m"""
     overwrite: bool = False
     """replace a finished run in out_dir instead of refusing"""
@@ -79,8 +79,8 @@ class Config:
     """language model whose activations are encoded (profile)"""
     layer: int | None = None
     """residual stream after this decoder layer, resid_post (profile)"""
-    text_source: Literal["bbc", "pile"] | None = None
-    """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) (profile)"""
+    text_source: Literal["bbc", "pile", "synth"] | None = None
+    """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) | synth (samples of the world lm_name names) (profile)"""
     heldout_fraction: float = 0.3
     """share of BBC articles per topic held out for evals"""
     heldout_tokens: int = 65_536
@@ -142,8 +142,8 @@ class Config:
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
     checkpoint_every: int = 200
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str = ",".join(EVAL_NAMES)
-    """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text)"""
+    evals: str | None = None
+    """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text; synth: ground truth) (profile)"""
     wandb_project: str = ""
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
 
@@ -175,6 +175,7 @@ PROFILES = {
         k=64,
         batch_size=1024,
         dead_tokens=100_000,
+        evals=",".join(LM_EVAL_NAMES),
     ),
     "gemma-2-2b": dict(  # the seed's setting: CUDA and the Hugging Face hub
         lm_name="google/gemma-2-2b",
@@ -188,6 +189,21 @@ PROFILES = {
         k=320,
         batch_size=2048,
         dead_tokens=10_000_000,
+        evals=",".join(LM_EVAL_NAMES),
+    ),
+    "synth": dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
+        lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
+        layer=0,
+        text_source="synth",
+        device="auto",
+        tokens=2**19,  # world samples drawn once into the cache
+        epochs=6,  # 3,072 steps
+        llm_batch_size=1,
+        dict_size=1024,
+        k=13,  # the world's true L0 (13.1)
+        batch_size=1024,
+        dead_tokens=100_000,
+        evals="synth",
     ),
 }
 
@@ -526,6 +542,8 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         dead_fraction=out.dead_F.float().mean().item(),
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
+    if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/synth.py)
+        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, out.active_BF, out.threshold)
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 

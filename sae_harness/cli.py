@@ -118,6 +118,9 @@ def validate(cfg) -> None:
         checks.append((cfg.layer < 0, f"layer must be >= 0, got {cfg.layer}"))
     unknown = set(eval_names(cfg)) - set(EVAL_NAMES)
     checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVAL_NAMES)} or none"))
+    synthetic = cfg.text_source == "synth"
+    checks.append((synthetic and set(eval_names(cfg)) - {"synth"}, "the synth profile has no language model: --evals synth (or none)"))
+    checks.append((not synthetic and "synth" in eval_names(cfg), "--evals synth needs synthetic data: --profile synth"))
     for bad, message in checks:
         if bad:
             raise UsageError(message)

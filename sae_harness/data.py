@@ -285,6 +285,11 @@ def check_model_available(lm_name: str) -> None:
     hub model must be in the local cache or reachable."""
     import importlib.util
 
+    if lm_name.startswith("synth:"):  # a synthetic world: built locally (sae_harness/synth.py)
+        from sae_harness import synth
+
+        synth.world_of(lm_name)
+        return
     if Path(lm_name).is_dir():
         return
     if lm_name == "google/gemma-3-270m":
@@ -298,6 +303,8 @@ def check_model_available(lm_name: str) -> None:
 
 def text_split(cfg):
     """(training texts, held-out (topic, id, text) articles, split record for split.json)."""
+    if cfg.text_source == "synth":
+        return iter(()), [], dict(rule=f"no text: samples of the synthetic world {cfg.lm_name} (sae_harness/synth.py)")
     if cfg.text_source == "bbc":
         train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.data_seed)
         split = dict(
@@ -313,6 +320,10 @@ def text_split(cfg):
 def activation_buffer(cfg, device: torch.device, train_texts) -> "ActivationBuffer":
     """The training activations, from the cache (built first if needed), with the cache's path,
     size and the line that clears it printed."""
+    if cfg.text_source == "synth":  # samples of a synthetic world, drawn once into the same format
+        from sae_harness import synth
+
+        return synth.activation_buffer(cfg, device)
     t0 = time.time()
     path = build_activation_cache(cfg, device, train_texts)
     extraction_s = time.time() - t0

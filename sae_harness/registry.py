@@ -44,6 +44,8 @@ class Eval:
     needs_eval_model: bool = False
     """Runs on the profile's SAEBench model and settings, loaded once for all such evals; the others
     run first (they are quick, so their results are written before the long evals start)."""
+    synthetic: bool = False
+    """Needs the synth profile's known features instead of a language model (and only runs there)."""
 
     def run(self, sae, inputs) -> dict:
         module, _, name = self.function.partition(":")
@@ -56,6 +58,7 @@ CORE = "core evaluation results"
 SPARSE_PROBING = "sparse probing evaluation results"
 UNLEARNING = "unlearning evaluation results"
 SEPARATION = "separation evaluation results"
+SYNTH = "synthetic evaluation results"
 
 EVALS = (
     Eval(
@@ -183,11 +186,31 @@ EVALS = (
             ),
         ),
     ),
+    Eval(  # ground truth on the synth profile (synth.py: hierarchy_absorption, saelens_metrics)
+        "synth",
+        SYNTH,
+        "sae_harness.synth:evaluate",
+        metrics=(
+            Metric(
+                "synth_absorption",
+                ((SYNTH, ("absorption", "absorption")),),
+                LOWER,
+                note="parent latent's miss rate with child on minus alone",
+            ),
+            Metric("synth_full_absorption", ((SYNTH, ("absorption", "full_absorption")),), LOWER, note="misses the child latent covers"),
+            Metric("synth_mcc", ((SYNTH, ("metrics", "mcc")),), HIGHER, note="decoder vs true features, one-to-one"),
+            Metric("synth_explained_variance", ((SYNTH, ("metrics", "explained_variance")),), HIGHER),
+            Metric("synth_f1", ((SYNTH, ("metrics", "f1")),), HIGHER, note="latents as detectors of their nearest true feature"),
+        ),
+        synthetic=True,
+    ),
 )
 """In the order of final_info's blocks and the summary's metrics."""
 
 EVAL_NAMES = tuple(e.name for e in sorted(EVALS, key=lambda e: e.needs_eval_model))
-"""The --evals choices and default, in the order they run."""
+"""The --evals choices, in the order they run."""
+LM_EVAL_NAMES = tuple(name for name in EVAL_NAMES if not next(e for e in EVALS if e.name == name).synthetic)
+"""The language-model profiles' default evals."""
 
 
 def by_name(name: str) -> Eval:

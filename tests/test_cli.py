@@ -166,11 +166,21 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
     without the SAEBench model first), final_info's blocks and the summary's metrics in its order."""
     from sae_harness import registry, schema
 
-    assert E.Config().evals == "separation,absorption,core,sparse_probing,unlearning" == ",".join(registry.EVAL_NAMES)
+    lm_evals = "separation,absorption,core,sparse_probing,unlearning"
+    assert E.parse_args(["--out_dir", "x", "--profile", "gemma-3-270m"]).evals == lm_evals == ",".join(registry.LM_EVAL_NAMES)
+    assert E.parse_args(["--out_dir", "x", "--profile", "synth"]).evals == "synth"
+    assert registry.EVAL_NAMES == ("separation", "synth", "absorption", "core", "sparse_probing", "unlearning")
     assert [e.name for e in registry.run_order(["core", "separation", "absorption", "core"])] == ["separation", "core", "absorption"]
-    assert list(schema.EVAL_KEYS) == ["absorption", "core", "sparse_probing", "unlearning", "separation"]
-    assert list(schema.EVAL_BLOCKS.values()) == ["absorption", "core", "sparse probing", "unlearning", "separation"]
+    assert list(schema.EVAL_KEYS) == ["absorption", "core", "sparse_probing", "unlearning", "separation", "synth"]
+    assert list(schema.EVAL_BLOCKS.values()) == ["absorption", "core", "sparse probing", "unlearning", "separation", "synth"]
     assert [m.name for m in schema.METRICS][:3] == ["absorption_full", "absorption_fraction", "explained_variance"]
-    assert [m.name for m in schema.METRICS][-3:] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
-    with pytest.raises(rundir.UsageError, match="choose from separation, absorption, core, sparse_probing, unlearning or none"):
+    assert [m.name for m in schema.METRICS][-8:-5] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
+    assert [m.name for m in schema.METRICS][-5:] == [
+        "synth_absorption",
+        "synth_full_absorption",
+        "synth_mcc",
+        "synth_explained_variance",
+        "synth_f1",
+    ]
+    with pytest.raises(rundir.UsageError, match="choose from separation, synth, absorption, core, sparse_probing, unlearning or none"):
         cli.validate(E.parse_args(["--out_dir", "x", "--evals", "core,nope"]))

@@ -209,6 +209,11 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
         "heldout_cofire_cos_mean": "lower is better",
         "heldout_cofire_cos_p95": "lower is better",
         "heldout_nn_cos_above_half": "lower is better",
+        "synth_absorption": "lower is better",
+        "synth_full_absorption": "lower is better",
+        "synth_mcc": "higher is better",
+        "synth_explained_variance": "higher is better",
+        "synth_f1": "higher is better",
     }
 
 
