@@ -412,11 +412,19 @@ def metric_title(metric):
     return f"{metric.name}\n({metric.direction})"
 
 
+def shown_metrics(summaries) -> list:
+    """The headline metrics some summary has (ok, skipped or failed): a profile's panels leave out
+    the other profiles' evals (the synth profile's ground truth on a language model, and back)."""
+    shown = [m for m in METRICS if any((s.get(m.name) or {}).get("status", "missing") != "missing" for s in summaries)]
+    return shown or list(METRICS)
+
+
 def metric_panels(axes, items, colors, baseline=None):
-    """One small bar chart per headline metric, one bar per (name, summary) item: the mean over
-    seeds, error bar ± std (sample, n - 1), a dot per seed. Against the baseline summary (None for
-    none), each other bar says Δ and whether its 95% Welch interval includes 0 ("within noise")."""
-    for ax, metric in zip(axes, METRICS):
+    """One small bar chart per headline metric the items have (shown_metrics), one bar per (name,
+    summary) item: the mean over seeds, error bar ± std (sample, n - 1), a dot per seed. Against the
+    baseline summary (None for none), each other bar says Δ and whether its 95% Welch interval
+    includes 0 ("within noise")."""
+    for ax, metric in zip(axes, shown_metrics([summary for _, summary in items])):
         values, notes, tops = [], [], [0.0]
         for i, ((name, summary), color) in enumerate(zip(items, colors)):
             entry = summary[metric.name]
@@ -471,11 +479,12 @@ def metric_panels(axes, items, colors, baseline=None):
 def plot_metrics(run, baseline):
     runs = [baseline, run] if baseline else [run]
     colors = ["#999999", "C0"] if baseline else ["C0"]
-    rows = math.ceil(len(METRICS) / 3)
+    n_panels = len(shown_metrics([r.summary for r in runs]))
+    rows = math.ceil(n_panels / 3)
     fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows))
     axes = list(axes.flat)
     metric_panels(axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
-    for ax in axes[len(METRICS) :]:
+    for ax in axes[n_panels:]:
         ax.axis("off")
     if baseline:
         against = f"grey: baseline {baseline.label}"
@@ -557,7 +566,8 @@ def config_differences(runs):
 
 
 def plot_comparison(profile, runs, out_dir):
-    rows = 1 + math.ceil(len(METRICS) / 3)
+    n_panels = len(shown_metrics([r.summary for r in runs]))
+    rows = 1 + math.ceil(n_panels / 3)
     fig = plt.figure(figsize=(15, 3.6 * rows + 0.6))
     grid = fig.add_gridspec(rows, 3, height_ratios=[1.25] + [1] * (rows - 1))
     sep_axes = [fig.add_subplot(grid[0, j]) for j in range(3)]
@@ -572,7 +582,7 @@ def plot_comparison(profile, runs, out_dir):
     )
     for ax, title in zip(sep_axes, titles):
         ax.set_title(title, fontsize=10, pad=18)
-    metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(len(METRICS))]
+    metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(n_panels)]
     baseline = next((r for r in runs if r.variant == "none"), None)
     metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
     differs = [k for k in config_differences(runs)[0] if k != "variant"]
@@ -592,12 +602,13 @@ def plot_comparison(profile, runs, out_dir):
 def plot_summaries(items, baseline, path, title):
     """The comparison figure of a sweep: one panel per headline metric, one bar per (name, summary)
     item (mean, ± std, a dot per seed, Δ vs baseline and whether it is within noise)."""
-    rows = math.ceil(len(METRICS) / 3)
+    n_panels = len(shown_metrics([summary for _, summary in items]))
+    rows = math.ceil(n_panels / 3)
     fig, axes = plt.subplots(rows, 3, figsize=(max(12, 1.6 * 3 * len(items)), 3.6 * rows))
     axes = list(axes.flat)
     colors = ["#999999" if summary is baseline else f"C{i % 10}" for i, (_, summary) in enumerate(items)]
     metric_panels(axes, items, colors, baseline)
-    for ax in axes[len(METRICS) :]:
+    for ax in axes[n_panels:]:
         ax.axis("off")
     fig.suptitle(textwrap.fill(title, 140), fontsize=11)
     fig.tight_layout()

@@ -526,3 +526,17 @@ def test_notes_show_the_eval_se_for_one_seed_and_the_seed_std_for_several():
     assert combined["std"] == pytest.approx(math.sqrt(0.02))  # sample std of 0.4, 0.6
     assert combined["se"] == pytest.approx(math.sqrt(0.03**2 + 0.04**2) / 2)  # the evals' noise in the mean
     assert fmt_spread(combined) == "0.5 ± 0.1414 (std over seeds, n=2; eval SE 0.025)"
+
+
+def test_panels_leave_out_the_metrics_no_run_has():
+    """An LM run's figures have no synth panels and a synth run's none of the LM evals'; skipped
+    (unlearning on the embedded profile) still gets its panel, saying so."""
+    from sae_harness.schema import METRICS
+
+    lm = {m.name: {"status": "missing" if m.name.startswith("synth_") else "ok", "value": 0.5} for m in METRICS}
+    lm["unlearning_score"] = {"status": "skipped: needs a GPU", "value": None}
+    synth = {m.name: {"status": "ok" if m.name.startswith("synth_") else "missing", "value": 0.5} for m in METRICS}
+    shown_lm = [m.name for m in plot.shown_metrics([lm])]
+    assert "unlearning_score" in shown_lm and not any(n.startswith("synth_") for n in shown_lm)
+    assert [m.name for m in plot.shown_metrics([synth])] == [m.name for m in METRICS if m.name.startswith("synth_")]
+    assert len(plot.shown_metrics([lm, synth])) == len(METRICS)
