@@ -29,6 +29,30 @@ import torch
 
 CACHE_FORMAT = 1
 
+
+def _synthsaebench(num_features: int, hidden_dim: int, roots: int, depth: int, mutually_exclusive: float) -> dict:
+    """SynthSAEBench-16k's recipe (Zipfian firing, a hierarchy with compensated probabilities and
+    children scaled by their parent, low-rank correlations, light orthogonalisation, magnitudes
+    linear 5 -> 4 with folded-normal spread) at a given size and hierarchy."""
+    return dict(
+        num_features=num_features,
+        hidden_dim=hidden_dim,
+        firing_probability=dict(generator_name="zipfian", exponent=0.5, max_prob=0.4, min_prob=5e-4),
+        hierarchy=dict(
+            total_root_nodes=roots,
+            branching_factor=4,
+            max_depth=depth,
+            mutually_exclusive_portion=mutually_exclusive,
+            compensate_probabilities=True,
+            scale_children_by_parent=True,
+        ),
+        orthogonalization=dict(num_steps=100, lr=3e-4, chunk_size=1024),
+        correlation=dict(rank=25, correlation_scale=0.1, seed=None),
+        mean_firing_magnitudes=dict(generator_name="linear", start=5.0, end=4.0),
+        std_firing_magnitudes=dict(generator_name="folded_normal", mean=0.5, std=0.5, min_value=None, max_value=None),
+    )
+
+
 # A world is a plain dict of SyntheticModelConfig fields (nested configs as their to_dict() form),
 # so it hashes, prints and records as JSON. Fields not given take SyntheticModelConfig's defaults.
 WORLDS = {
@@ -36,43 +60,11 @@ WORLDS = {
     # at 1,024 features in 256 dims, 32 roots x branching 4 x depth 2 (672 features in the hierarchy,
     # 640 edges), siblings NOT mutually exclusive (so a parent fires alone about 30% of the time and
     # its latent is learned), true L0 about 13. Chosen by the characterisation: "lowsup_nome".
-    "synth-cpu": dict(
-        num_features=1024,
-        hidden_dim=256,
-        firing_probability=dict(generator_name="zipfian", exponent=0.5, max_prob=0.4, min_prob=5e-4),
-        hierarchy=dict(
-            total_root_nodes=32,
-            branching_factor=4,
-            max_depth=2,
-            mutually_exclusive_portion=0.0,
-            compensate_probabilities=True,
-            scale_children_by_parent=True,
-        ),
-        orthogonalization=dict(num_steps=100, lr=3e-4, chunk_size=1024),
-        correlation=dict(rank=25, correlation_scale=0.1, seed=None),
-        mean_firing_magnitudes=dict(generator_name="linear", start=5.0, end=4.0),
-        std_firing_magnitudes=dict(generator_name="folded_normal", mean=0.5, std=0.5, min_value=None, max_value=None),
-    ),
+    "synth-cpu": _synthsaebench(1024, 256, roots=32, depth=2, mutually_exclusive=0.0),
     # The published SynthSAEBench-16k world (SAELens docs/synthsaebench.md, Chanin et al. 2026,
     # arXiv 2602.14687), calibrated to gemma-2-2b layer 12. A GPU job: train width 4096, k 25,
     # 200M samples, lr 3e-4, batch 1024.
-    "synthsaebench-16k": dict(
-        num_features=16_384,
-        hidden_dim=768,
-        firing_probability=dict(generator_name="zipfian", exponent=0.5, max_prob=0.4, min_prob=5e-4),
-        hierarchy=dict(
-            total_root_nodes=128,
-            branching_factor=4,
-            max_depth=3,
-            mutually_exclusive_portion=1.0,
-            compensate_probabilities=True,
-            scale_children_by_parent=True,
-        ),
-        orthogonalization=dict(num_steps=100, lr=3e-4, chunk_size=1024),
-        correlation=dict(rank=25, correlation_scale=0.1, seed=None),
-        mean_firing_magnitudes=dict(generator_name="linear", start=5.0, end=4.0),
-        std_firing_magnitudes=dict(generator_name="folded_normal", mean=0.5, std=0.5, min_value=None, max_value=None),
-    ),
+    "synthsaebench-16k": _synthsaebench(16_384, 768, roots=128, depth=3, mutually_exclusive=1.0),
 }
 
 
