@@ -267,10 +267,13 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 # ----------------------------------------------------------------------------------------------
 
 
+TERMLESS = ("none", "matryoshka")  # the variants without the orthogonality term
+
+
 def ortho_lambda(p: float, cfg: Config) -> float:
     """lambda2(p); static holds p at 0; static_matched is constant at the schedule's mean over p
     (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
-    if cfg.variant in ("none", "matryoshka"):
+    if cfg.variant in TERMLESS:
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
     if cfg.variant == "static_matched":
@@ -413,7 +416,7 @@ class TrainerTopK:
         of the first, and the recon at init that the term's scale s is set from."""
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(batch(0)))
-        if self.cfg.variant not in ("none", "matryoshka"):
+        if self.cfg.variant not in TERMLESS:
             self.calibrate_ortho_scale(batch(i) for i in range(min(self.SCALE_BATCHES, self.total_steps)))
 
     @torch.no_grad()

@@ -256,24 +256,24 @@ def collect(args, runs):
             )
         )
     baseline_arm = next((a for a, v in arms.items() if v["variant"] == "none" and not v["overrides"]), None)
-    result_arms = {}
+    result_arms, per_seed = {}, {}  # per_seed: {arm: {seed: summary}}, for the comparisons paired by seed
     for arm, entry in arms.items():
         info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
         if (ROOT / entry["run_dir"]).is_dir():
             write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", info)
         result_arms[arm] = entry | dict(summary=info["summary"])
+        per_seed[arm] = per_seed_summaries(info)
     if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
         try:
-            summary = summarize(read_info(Path(args.baseline)))
+            baseline_info = read_info(Path(args.baseline))
+            summary = summarize(baseline_info)
         except ValueError:
             raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
         if not any(entry["n"] for entry in summary.values()):
             raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
         baseline_arm = f"baseline: {args.baseline}"
         result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
-    per_seed = {arm: {r["seed"]: r["summary"] for r in records if r["arm"] == arm} for arm in arms}
-    if baseline_arm and baseline_arm not in per_seed:  # --baseline: that arm's own per-seed summaries
-        per_seed[baseline_arm] = per_seed_summaries(read_info(Path(args.baseline)))
+        per_seed[baseline_arm] = per_seed_summaries(baseline_info)
     for arm, entry in result_arms.items():
         if baseline_arm and arm != baseline_arm:
             entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])
