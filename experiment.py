@@ -42,10 +42,9 @@ import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
 from sae_harness import cli, data, evals, ortho_fast, precision, rundir, synth
-from sae_harness.notes import baseline_beside, update_notes
+from sae_harness.notes import report_run
 from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
-from sae_harness.schema import run_number
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -671,7 +670,7 @@ def main(argv: list[str]) -> int:
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
             info = rundir.write_seeds_aggregate(out, runs)
     if len(seeds) > 1:
-        report(cfg, out, info, None)
+        report_run(out, info, None, profile_defaults(cfg.profile))
     if failed:
         print(
             f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
@@ -711,28 +710,8 @@ def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Preci
     with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {run.info_path} are kept"):
         failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: load_sae(out / "sae", device), heldout, device)
     run.write_summary()
-    report(cfg, out, run.info, tracker, notes)
+    report_run(out, run.info, tracker, profile_defaults(cfg.profile), notes)
     return run.info, failed
-
-
-def report(cfg: Config, out: Path, info: dict, tracker: Tracker | None, notes: bool = True) -> None:
-    """Plots into the run dir, the run's entry in notes.txt beside the run dirs (with the Δ vs the
-    baseline run of the same profile), wandb's summary."""
-    import plot
-
-    pngs = plot.plot_run(plot.load_run(out), plot.siblings(out, {}))
-    plots = [str(p.relative_to(out.parent)) for p in pngs]
-    notes_path = out.resolve().parent / "notes.txt"
-    if notes and run_number(out.resolve().name) is not None:
-        baseline = baseline_beside(out, info)
-        update_notes(notes_path, out.resolve().name, info, plots, defaults=profile_defaults(cfg.profile), baseline=baseline)
-        print(f"notes: {notes_path} has the entry for {out.name}")
-    elif notes:
-        print(f"notes: {notes_path} not updated ({out.name} is not named run_<i>)")
-    if tracker is not None:
-        tracker.summary(info["summary"])
-        tracker.images(pngs)
-        tracker.finish()
 
 
 def profile_defaults(profile: str) -> dict:

@@ -169,3 +169,23 @@ def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, r
         out.pop()
     text = "\n".join(out).rstrip("\n") + "\n"
     write_atomic(Path(notes_path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def report_run(out: Path, info: dict, tracker, defaults: dict, notes: bool = True) -> None:
+    """After a run's evals: plots into the run dir, the run's entry in notes.txt beside the run dirs
+    (with the Δ vs the baseline run of the same profile; defaults: the profile's config, so the entry
+    lists what differs), wandb's summary (tracker: a tracking.Tracker, or None)."""
+    import plot  # here, not at the top: this module stays importable without matplotlib
+
+    pngs = plot.plot_run(plot.load_run(out), plot.siblings(out, {}))
+    plots = [str(p.relative_to(out.parent)) for p in pngs]
+    notes_path = out.resolve().parent / "notes.txt"
+    if notes and run_number(out.resolve().name) is not None:
+        update_notes(notes_path, out.resolve().name, info, plots, defaults=defaults, baseline=baseline_beside(out, info))
+        print(f"notes: {notes_path} has the entry for {out.name}")
+    elif notes:
+        print(f"notes: {notes_path} not updated ({out.name} is not named run_<i>)")
+    if tracker is not None:
+        tracker.summary(info["summary"])
+        tracker.images(pngs)
+        tracker.finish()
