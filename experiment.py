@@ -121,7 +121,7 @@ class Config:
     matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2])
     """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
     ortho_lambda_max: float = 0.05
-    """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of the first step, so there the term is lambda2 x recon on any profile (0.05: 5 percent of the loss)"""
+    """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of each step, so the term is lambda2(p) x recon on every step and profile (0.05: 5 percent of the recon loss at p=0)"""
     ortho_base_threshold: float = 0.25
     """co-firing threshold thr at p=0"""
     weight_schedule: Literal["quadratic", "constant"] = "quadratic"
@@ -380,7 +380,7 @@ class StepOutput(NamedTuple):
     loss: torch.Tensor  # recon + nested + auxk_alpha * auxk + ortho_weight * ortho
     terms: LossTerms
     ortho_lambda: float  # lambda2(p)
-    ortho_weight: float  # lambda2(p) * ortho_scale, the weight of P in the loss
+    ortho_weight: float  # lambda2(p) * s, s = recon / P of this step: the weight of P in the loss
     threshold: float  # thr(p)
     active_BF: torch.Tensor  # which latents fired for which token
     dead_F: torch.Tensor  # latents that had not fired for dead_tokens tokens before this step
@@ -402,27 +402,13 @@ class TrainerTopK:
         self.ortho_impl = cfg.ortho_impl
         self.matryoshka_widths = [max(1, round(w * cfg.dict_size)) for w in cfg.matryoshka_widths]
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
-        # recon / P on the first step with P > 0 (step 0 on both profiles), then fixed: lambda2 is the
-        # term's size relative to the recon loss there, whatever D, F, k and the data's scale are;
-        # recon: the median of SCALE_BATCHES batches at init (one batch can hold outlier-norm tokens)
-        self.ortho_scale = None
-        self.recon_at_init = None
-
-    SCALE_BATCHES = 8
+        self.ortho_scale = None  # s = recon / P of the latest step with the term on (logged)
+        self.ortho_grad_share = None  # |weight * dP/dW_dec| / |the rest of W_dec's gradient| on that step (logged)
 
     def start(self, batch) -> None:
-        """A fresh run's start from its batches (batch(i): the i-th): b_dec at the geometric median
-        of the first, and the recon at init that the term's scale s is set from."""
+        """A fresh run's start: b_dec at the geometric median of the first batch (batch(i): the i-th)."""
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(batch(0)))
-        if self.cfg.variant not in TERMLESS:
-            self.calibrate_ortho_scale(batch(i) for i in range(min(self.SCALE_BATCHES, self.total_steps)))
-
-    @torch.no_grad()
-    def calibrate_ortho_scale(self, batches) -> None:
-        """The recon loss at initialisation that s = recon / P is set from: the median over batches."""
-        recon = [recon_loss(x_BD - self.sae.forward_train(x_BD, self.dtype).x_hat_BD) for x_BD in batches]
-        self.recon_at_init = torch.stack(recon).median().item()
 
     def lr_at(self, step: int) -> float:
         decay_from = int(self.cfg.lr_decay_start * self.total_steps)
@@ -467,16 +453,21 @@ class TrainerTopK:
         for name, value in terms._asdict().items():
             if not torch.isfinite(value):
                 raise NonFiniteLoss(f"{name} became {value.item()} at step {step}")
-        if self.ortho_scale is None and lam > 0 and terms.ortho.item() > 0:  # s = recon / P, once
-            self.ortho_scale = (self.recon_at_init or terms.recon.item()) / terms.ortho.item()
-        weight = lam * (self.ortho_scale or 0.0)
+        # s = recon / P of this step (both detached): the term's value is lambda2(p) x recon on every
+        # step, so lambda2 is the term's share of the recon loss whatever the data, D, F, k and however
+        # P grows as co-firing structure forms (docs/method.md: the dose)
+        if lam > 0 and terms.ortho.item() > 0:
+            self.ortho_scale = terms.recon.item() / terms.ortho.item()
+        weight = lam * self.ortho_scale if lam > 0 and terms.ortho.item() > 0 else 0.0
         loss = terms.recon + terms.nested + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
             if weight:  # the term's gradient, added in place: through autograd it costs an F x D copy a step
+                rest = W_dec.grad.norm().item()
                 W_dec.grad.add_(self.held_ortho[1], alpha=weight)
+                self.ortho_grad_share = weight * self.held_ortho[1].norm().item() / rest if rest else None
             W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec  # none parallel to the (unit) rows
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
         for group in self.optimizer.param_groups:
@@ -496,7 +487,7 @@ class TrainerTopK:
             held_ortho=self.held_ortho,
             ortho_impl=self.ortho_impl,
             ortho_scale=self.ortho_scale,
-            recon_at_init=self.recon_at_init,
+            ortho_grad_share=self.ortho_grad_share,
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -504,7 +495,7 @@ class TrainerTopK:
         self.optimizer.load_state_dict(state["optimizer"])
         self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
         self.held_ortho, self.ortho_impl, self.ortho_scale = state["held_ortho"], state["ortho_impl"], state["ortho_scale"]
-        self.recon_at_init = state.get("recon_at_init")
+        self.ortho_grad_share = state.get("ortho_grad_share")
 
 
 class NonFiniteLoss(Exception):
@@ -536,7 +527,8 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         nested_loss=out.terms.nested.item(),
         ortho_penalty=ortho,
         ortho_lambda=out.ortho_lambda,
-        ortho_scale=trainer.ortho_scale,
+        ortho_scale=trainer.ortho_scale if out.ortho_weight else None,
+        ortho_grad_share=trainer.ortho_grad_share if out.ortho_weight else None,
         threshold=out.threshold,
         ortho_loss=ortho_loss,
         ortho_share=ortho_loss / loss if loss else None,
@@ -567,13 +559,15 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
         print(f"resuming from {ckpt_path} at step {start}/{cfg.total_steps}")
     else:
         trainer.start(buffer.batch)
-    rundir.rewrite_log(log_path, rundir.read_log(log_path, start))
+    kept = rundir.read_log(log_path, start)
+    rundir.rewrite_log(log_path, kept)
 
     def checkpoint(step: int) -> None:
         state = dict(trainer=trainer.state_dict(), step=step, elapsed_s=elapsed_before + time.time() - t0, config=dataclasses.asdict(cfg))
         rundir.save_checkpoint(ckpt_path, state)
 
     log_every = cfg.log_every or cfg.ortho_every * math.ceil(cfg.total_steps / (100 * cfg.ortho_every))  # <= 100 records, on the stride
+    dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
     t0 = time.time()
     bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="training", file=sys.stdout, dynamic_ncols=True)
     with rundir.stop_requests() as stop, open(log_path, "a") as log:
@@ -587,6 +581,7 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
                 raise TrainingFailed(f"training stopped: {e}; {kept}") from None
             if step % log_every == 0 or last:
                 record = log_record(cfg, trainer, step_out, x_BD, step, elapsed_before + time.time() - t0)
+                dose += [record] if record.get("ortho_scale") else []
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 tracker.log(record)
@@ -619,8 +614,23 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
         dead_fraction=record["dead_fraction"],
         fvu=record["fvu"],
         ortho_impl=trainer.ortho_impl,
-    )
+    ) | dose_summary(dose)
     return sae, final
+
+
+def dose_summary(records: list[dict]) -> dict:
+    """The term's dose over the logged steps where it was on: s = recon / P (median, range), the
+    term's mean share of the loss, and its gradient on W_dec against the rest's (mean, range)."""
+    if not records:
+        return {}
+    scale, grad = sorted(r["ortho_scale"] for r in records), [r["ortho_grad_share"] for r in records if r.get("ortho_grad_share")]
+    return dict(
+        ortho_scale=scale[len(scale) // 2],
+        ortho_scale_range=[scale[0], scale[-1]],
+        ortho_share_mean=sum(r["ortho_share"] for r in records) / len(records),
+        ortho_grad_share_mean=sum(grad) / len(grad) if grad else None,
+        ortho_grad_share_range=[min(grad), max(grad)] if grad else None,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

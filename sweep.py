@@ -253,6 +253,7 @@ def collect(args, runs):
                 state=run_status(out, cfg) if out.exists() else "new",
                 config=block.get("config") or comparable_config(cfg),
                 summary=summarize(info),
+                dose={k: v for k, v in (block.get("final_info") or {}).items() if k.startswith("ortho_") and k != "ortho_impl"},
             )
         )
     baseline_arm = next((a for a, v in arms.items() if v["variant"] == "none" and not v["overrides"]), None)

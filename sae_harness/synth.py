@@ -369,12 +369,24 @@ PREFIX = "synth:"
 
 
 def world_of(lm_name: str) -> dict:
-    """The world dict that lm_name ("synth:<name>", a key of WORLDS) names."""
+    """The world dict that lm_name names: "synth:<name>", a key of WORLDS, or "synth:<file>.json",
+    a world dict of your own (SyntheticModelConfig's fields, as in WORLDS)."""
     from sae_harness.rundir import UsageError
 
     name = lm_name.removeprefix(PREFIX)
+    if lm_name.startswith(PREFIX) and name.endswith(".json"):
+        try:
+            world = json.loads(Path(name).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"synthetic world file {name}: {e}") from None
+        try:
+            model_config(world, 0)  # a world SAELens cannot build fails here, in one line
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UsageError(f"synthetic world file {name}: not a SyntheticModelConfig ({type(e).__name__}: {e})") from None
+        return world
     if not lm_name.startswith(PREFIX) or name not in WORLDS:
-        raise UsageError(f"unknown synthetic world {lm_name!r}: choose {', '.join(PREFIX + w for w in WORLDS)}")
+        choices = ", ".join(PREFIX + w for w in WORLDS)
+        raise UsageError(f"unknown synthetic world {lm_name!r}: choose {choices}, or synth:<file>.json (a world dict)")
     return WORLDS[name]
 
 

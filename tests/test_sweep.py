@@ -80,3 +80,28 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     assert result["baseline"].endswith("ablation/none") and list(result["arms"])[1:] == ["progressive"]
     assert result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]["delta"] == pytest.approx(vs["delta"])
     assert result["arms"]["progressive"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]["lo"] == pytest.approx(paired["lo"])
+
+
+def test_synth_sweep_end_to_end(tmp_path):
+    """The synth profile through sweep.py (subprocess jobs): a tiny world from a JSON file, two arms
+    at two seeds, the ground-truth metrics paired by seed, and the dose recorded per run."""
+    from test_synth import TINY
+
+    world = tmp_path / "tiny.json"
+    world.write_text(json.dumps(TINY))
+    command = [sys.executable, "sweep.py", "--name", "synth_tiny", "--seeds", "2", "--executor", "local", "--variants", "none,progressive"]
+    command += ["--runs_dir", str(tmp_path / "sweeps"), "--results", str(tmp_path / "results"), "--cache_dir", str(tmp_path / "cache")]
+    command += ["--profile", "synth", "--lm_name", f"synth:{world}", "--tokens", "4096", "--epochs", "2", "--dict_size", "64", "--k", "4"]
+    command += ["--batch_size", "256"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "synth_tiny.json").read_text())
+    assert result["profile"] == "synth" and len(result["runs"]) == 4
+    for record in result["runs"]:
+        assert record["summary"]["synth_absorption"]["status"] == "ok"
+        assert bool(record["dose"]) == (record["arm"] == "progressive")  # none has no term, so no dose
+    paired = result["arms"]["progressive"]["paired_vs_baseline"]["synth_absorption"]
+    by_seed = {(r["arm"], r["seed"]): r["summary"]["synth_absorption"]["value"] for r in result["runs"]}
+    assert paired["n"] == 2 and paired["delta"] == pytest.approx(sum(by_seed["progressive", s] - by_seed["none", s] for s in (42, 43)) / 2)
+    dose = next(r["dose"] for r in result["runs"] if r["arm"] == "progressive")
+    assert dose["ortho_share_mean"] > 0 and dose["ortho_scale_range"][0] <= dose["ortho_scale"] <= dose["ortho_scale_range"][1]

@@ -236,3 +236,17 @@ def test_world_seed_never_equals_the_sae_seed(tmp_path):
     assert synth.world_seed(42) != 42 and cos_N.mean() < 0.5
     same = synth.world(TINY, 42, tmp_path)  # what a shared seed would do
     assert synth.match_by_direction(sae.W_dec, same.feature_dict.feature_vectors)[1].mean() > 0.8
+
+
+def test_a_world_can_come_from_a_json_file(tmp_path):
+    from sae_harness.rundir import UsageError
+
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    assert synth.world_of(f"synth:{path}") == TINY
+    (tmp_path / "bad.json").write_text(json.dumps(dict(hidden_dim=8)))  # no num_features
+    for name, match in (("bad.json", "not a SyntheticModelConfig"), ("missing.json", "synthetic world file")):
+        with pytest.raises(UsageError, match=match):
+            synth.world_of(f"synth:{tmp_path / name}")
+    with pytest.raises(UsageError, match="synth-cpu"):
+        synth.world_of("synth:nowhere")
