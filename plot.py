@@ -9,6 +9,8 @@ Per run (written into the run directory):
     schedule.png    the logged orthogonality weight λ2 and co-firing threshold against progress
     separation.png  training-batch separation diagnostics (what the term minimises) against
                     progress, early/middle/late shaded
+    mechanism.png   synth profile: co-firing, decoder |cos| and share of the penalty of the true
+                    parent/child latent pairs against all other pairs, over training
     metrics.png     headline eval metrics beside the baseline run of the same profile: mean over
                     seeds, error bars ± std, dots per seed; "within noise" where the 95% Welch
                     interval of the difference from the baseline includes 0
@@ -33,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from sae_harness.formatting import fmt, fmt_delta, fmt_spread  # noqa: E402
+from sae_harness.registry import EVALS  # noqa: E402
 from sae_harness.schema import (  # noqa: E402
     EVAL_BLOCKS,
     METRICS,
@@ -53,6 +56,11 @@ SEPARATION = (
     ("sep_cos_p95", "95th pct |cos| of co-firing decoder pairs"),
     ("sep_frac_above_thr", "fraction of co-firing pairs with n_ij > threshold"),
     ("sep_pairs_penalized", "pairs with c_ij > 0 (count)"),
+)
+MECHANISM = (  # synth profile: the true parent / child latent pairs against all other pairs (sae_harness/synth.py: mechanism)
+    ("mech_hier_cofire", "mech_other_cofire", "co-firing n_ij"),
+    ("mech_hier_cos", "mech_other_cos", "decoder |cos|"),
+    ("mech_hier_share", None, "share of P on\nparent/child pairs"),
 )
 UNITS = {
     "absorption_full": "rate (0-1)",
@@ -373,6 +381,39 @@ def annotate_phase_means(ax, log, keys):
         )
 
 
+def has_mechanism(run) -> bool:
+    return has_data(series(run.log, "mech_hier_cofire")) if run.log else False
+
+
+def mechanism_panels(axes, runs, colors, single):
+    """The synth profile's mechanism: for the latent pairs of true parent -> child edges (solid) and
+    all other co-firing pairs (dashed), their co-firing, their decoder |cos|, and the share of the
+    penalty P the hierarchy pairs carry (for plain TopK: the share the term would carry)."""
+    for ax, (hier, other, label) in zip(axes, MECHANISM):
+        shade_phases(ax, label=ax is axes[0], long=single)
+        ax.grid(alpha=0.3)
+        for run, color in zip(runs, colors):
+            if not has_mechanism(run):
+                continue
+            p, tag = progress(run.log), "" if single else f"{run.label}: "
+            ax.plot(p, series(run.log, hier), "-", color=color, lw=1.8, label=f"{tag}parent/child pairs")
+            if other:
+                ax.plot(p, series(run.log, other), "--", color=color, lw=1.3, label=f"{tag}other pairs")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        headroom(ax)
+    axes[0].legend(loc="best", fontsize=8, framealpha=0.9)
+
+
+def plot_mechanism(run):
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True)
+    mechanism_panels(axes, [run], ["C0"], single=True)
+    axes[-1].set_xlabel("training progress p (fraction of steps)")
+    fig.suptitle(f"{run.label}, {run.profile}: where the term acts, against the true hierarchy\n(latents matched to features by decoder direction)")
+    fig.tight_layout()
+    return save(fig, run.path / "mechanism.png")
+
+
 def plot_separation(run):
     fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True)
     separation_panels(axes, [run], ["C0"], single=True)
@@ -502,12 +543,24 @@ def eval_block_status(info, key):
     return "not run" if status == "missing" else status
 
 
+def asked_for(run, block) -> bool:
+    """Whether run's config asked for the eval of this block (--evals as recorded; a file without
+    it: every eval of its kind, language model or synthetic)."""
+    entry = next(e for e in EVALS if e.block == block)
+    evals = run.config.get("evals")
+    if isinstance(evals, str):
+        return entry.name in evals.split(",")
+    return entry.synthetic == (run.profile == "synth")
+
+
 def missing_report(run):
     """One line per eval that did not give results, per metric absent from a run eval, and
     per problem with the training log."""
     lines = []
     for key in EVAL_BLOCKS:
         status = eval_block_status(run.info, key)
+        if status == "not run" and not asked_for(run, key):  # another profile's eval, or left out by --evals
+            continue
         if status != "ok":
             lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
     for metric in METRICS:
@@ -526,6 +579,7 @@ def plot_run(run, candidates):
     written = []
     if run.log and len(run.seeds) <= 1:  # several seeds: the curves are in each seed_<s>/
         written += [plot_losses(run), plot_schedule(run), plot_separation(run)]
+        written += [plot_mechanism(run)] if has_mechanism(run) else []
     if eval_metric_ok(run):
         written.append(plot_metrics(run, find_baseline(run, candidates)))
     print(f"{run.path}: wrote {', '.join(p.name for p in written) or 'nothing'}")
@@ -567,12 +621,19 @@ def config_differences(runs):
 
 def plot_comparison(profile, runs, out_dir):
     n_panels = len(shown_metrics([r.summary for r in runs]))
-    rows = 1 + math.ceil(n_panels / 3)
+    mech = 1 if any(has_mechanism(r) for r in runs) else 0
+    rows = 1 + mech + math.ceil(n_panels / 3)
     fig = plt.figure(figsize=(15, 3.6 * rows + 0.6))
-    grid = fig.add_gridspec(rows, 3, height_ratios=[1.25] + [1] * (rows - 1))
+    grid = fig.add_gridspec(rows, 3, height_ratios=[1.25] * (1 + mech) + [1] * (rows - 1 - mech))
     sep_axes = [fig.add_subplot(grid[0, j]) for j in range(3)]
     colors = [f"C{i % 10}" for i in range(len(runs))]
     separation_panels(sep_axes, runs, colors, single=False)
+    if mech:
+        mech_axes = [fig.add_subplot(grid[1, j]) for j in range(3)]
+        mechanism_panels(mech_axes, runs, colors, single=False)
+        for ax, title in zip(mech_axes, ("true parent/child latent pairs (solid) vs other pairs (dashed)", "", "")):
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("training progress p (fraction of steps)")
     for ax in sep_axes:
         ax.set_xlabel("training progress p (fraction of steps)")
     titles = (
@@ -582,7 +643,7 @@ def plot_comparison(profile, runs, out_dir):
     )
     for ax, title in zip(sep_axes, titles):
         ax.set_title(title, fontsize=10, pad=18)
-    metric_axes = [fig.add_subplot(grid[1 + i // 3, i % 3]) for i in range(n_panels)]
+    metric_axes = [fig.add_subplot(grid[1 + mech + i // 3, i % 3]) for i in range(n_panels)]
     baseline = next((r for r in runs if r.variant == "none"), None)
     metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
     differs = [k for k in config_differences(runs)[0] if k != "variant"]

@@ -368,6 +368,7 @@ def test_partial_runs_still_plot(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run_5" / "metrics.png").exists()  # no eval produced results
     assert "missing: core eval: error: RuntimeError: out of memory" in stdout
     assert "missing: sparse probing eval: not run" in stdout
+    assert "synthetic eval" not in stdout  # another profile's eval is not missing here
     assert "missing: training_log.jsonl: missing or empty" in stdout
     assert "1 unreadable line(s) skipped" in stdout
     assert_png(tmp_path / "comparison_gemma-3-270m.png")
@@ -540,3 +541,25 @@ def test_panels_leave_out_the_metrics_no_run_has():
     assert "unlearning_score" in shown_lm and not any(n.startswith("synth_") for n in shown_lm)
     assert [m.name for m in plot.shown_metrics([synth])] == [m.name for m in METRICS if m.name.startswith("synth_")]
     assert len(plot.shown_metrics([lm, synth])) == len(METRICS)
+
+
+def test_mechanism_figure_for_synth_runs_and_in_their_comparison(tmp_path, monkeypatch, capsys):
+    """A synth run's log carries the mechanism fields: mechanism.png per run, a mechanism row in the
+    comparison; a language-model run gets neither, and neither reports the other's evals missing."""
+    for name, variant, hier_cos in (("run_1", "none", 0.30), ("run_2", "progressive", 0.05)):
+        log = training_log(variant)
+        for i, row in enumerate(log):
+            row |= dict(mech_hier_cofire=0.6, mech_other_cofire=0.1, mech_hier_cos=hier_cos * (1 + i / 60), mech_other_cos=0.03)
+            row |= dict(mech_hier_share=0.4, mech_hier_pairs=600)
+        info = final_info(variant, profile="synth", evals=False)
+        info[next(iter(info))]["config"]["evals"] = "synth"
+        make_run(tmp_path, name, info, log)
+    make_run(tmp_path, "run_3", final_info("none", evals=False), training_log("none"))
+    code, stdout, stderr = run_plot_inprocess(tmp_path, monkeypatch, capsys, "run_1", "run_2", "run_3")
+    assert code == 0, stderr
+    assert_png(tmp_path / "run_1" / "mechanism.png") and assert_png(tmp_path / "run_2" / "mechanism.png")
+    assert not (tmp_path / "run_3" / "mechanism.png").exists()
+    assert_png(tmp_path / "comparison_synth.png")
+    assert "missing: synthetic eval: not run" in stdout  # asked for by the synth runs, absent
+    assert stdout.count("missing: synthetic eval: not run") == 2  # run_1, run_2; not run_3 (a language-model run)
+    assert stdout.count("eval: not run") == 2 + 5  # and run_3's five language-model evals, none of them in the synth runs'
