@@ -409,7 +409,9 @@ def plot_mechanism(run):
     fig, axes = plt.subplots(3, 1, figsize=(9, 9.5), sharex=True)
     mechanism_panels(axes, [run], ["C0"], single=True)
     axes[-1].set_xlabel("training progress p (fraction of steps)")
-    fig.suptitle(f"{run.label}, {run.profile}: where the term acts, against the true hierarchy\n(latents matched to features by decoder direction)")
+    fig.suptitle(
+        f"{run.label}, {run.profile}: where the term acts, against the true hierarchy\n(latents matched to features by decoder direction)"
+    )
     fig.tight_layout()
     return save(fig, run.path / "mechanism.png")
 
