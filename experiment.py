@@ -5,13 +5,15 @@ A TopK sparse autoencoder is trained on residual-stream activations with
     L = L_recon + auxk_alpha * L_auxk + lambda2(p) * s * P,    p = step / total_steps
     P = (1/F) * sum_{i != j} c_ij(p) * |w_i . w_j|         (w_i: unit decoder direction of latent i)
     c_ij(p) = clamp((n_ij - thr(p)) / thr(p), 0, 1)        (n_ij: normalised co-firing in the batch)
-    s = L_recon / P on the first step (then fixed; L_recon: median of 8 batches at init)
+    s = L_recon / P of the same step, without gradient (lambda2 is the term's share of L_recon)
 
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
 training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
 the threshold at their p=0 values, `--variant static_matched` holds them too with lambda2 at the
-progressive schedule's mean (the same dose, integral of lambda2 dp). `--variant matryoshka` is
-the field's answer to absorption as an arm: plain TopK plus Matryoshka's nested reconstruction losses.
+progressive schedule's mean (the same dose, integral of lambda2 dp). The field's answers to
+absorption are arms too: `--variant matryoshka` (plain TopK plus Matryoshka's nested reconstruction
+losses) and `--variant ortsae` (OrtSAE's penalty on decoder cosines within random blocks of latents,
+at the same dose as static_matched).
 
     python experiment.py --out_dir=run_1            # train + evaluate, writes run_1/final_info.json
     python experiment.py --out_dir=run_2 --variant none --k 32
@@ -116,10 +118,12 @@ class Config:
     sae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
-    variant: Literal["progressive", "static", "static_matched", "none", "matryoshka"] = "progressive"
-    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK) | matryoshka (plain TopK plus nested reconstruction losses, no term)"""
+    variant: Literal["progressive", "static", "static_matched", "none", "matryoshka", "ortsae"] = "progressive"
+    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK) | matryoshka (plain TopK plus nested reconstruction losses, no term) | ortsae (OrtSAE's block-sampled cosine penalty in place of P, at static_matched's dose)"""
     matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2])
     """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
+    ortsae_chunks: int = 4
+    """ortsae: the latents are split into this many random blocks each step; cosines are taken within blocks only"""
     ortho_lambda_max: float = 0.05
     """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of each step, so the term is lambda2(p) x recon on every step and profile (0.05: 5 percent of the recon loss at p=0)"""
     ortho_base_threshold: float = 0.25
@@ -270,12 +274,12 @@ TERMLESS = ("none", "matryoshka")  # the variants without the orthogonality term
 
 
 def ortho_lambda(p: float, cfg: Config) -> float:
-    """lambda2(p); static holds p at 0; static_matched is constant at the schedule's mean over p
-    (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
+    """lambda2(p); static holds p at 0; static_matched (and ortsae) is constant at the schedule's mean
+    over p (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
     if cfg.variant in TERMLESS:
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
-    if cfg.variant == "static_matched":
+    if cfg.variant in ("static_matched", "ortsae"):
         return cfg.ortho_lambda_max / 3 if quadratic else cfg.ortho_lambda_max
     p = 0.0 if cfg.variant == "static" else p
     return cfg.ortho_lambda_max * (1 - p) ** 2 if quadratic else cfg.ortho_lambda_max
@@ -283,7 +287,7 @@ def ortho_lambda(p: float, cfg: Config) -> float:
 
 def ortho_threshold(p: float, cfg: Config) -> float:
     """thr(p), never below threshold_floor; static and static_matched hold p at 0."""
-    p = 0.0 if cfg.variant in ("static", "static_matched") else p
+    p = 0.0 if cfg.variant in ("static", "static_matched", "ortsae") else p
     base = cfg.ortho_base_threshold
     thr = {"linear": base * (1 - p), "exponential": base * math.exp(-cfg.decay_rate * p), "constant": base}[cfg.threshold_schedule]
     return max(thr, cfg.threshold_floor)
@@ -304,6 +308,20 @@ def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, thres
     W_hat_AD = W_AD / W_AD.norm(dim=-1, keepdim=True)
     cos_AA = W_hat_AD @ W_hat_AD.T
     return (c_AA * cos_AA.abs()).sum() / W_dec_FD.shape[0]
+
+
+def ortsae_penalty(W_dec_FD: torch.Tensor, chunks: int, generator: torch.Generator) -> torch.Tensor:
+    """OrtSAE's orthogonality loss (Korznikov et al. 2025, arXiv 2509.22033), as this harness reads it:
+    the latents are split into `chunks` random blocks; each latent's largest squared cosine with
+    another latent of its block, averaged over latents. No co-firing weight; cost F^2 D / chunks."""
+    W_hat_FD = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
+    order = torch.randperm(W_dec_FD.shape[0], generator=generator).to(W_dec_FD.device)
+    total = W_dec_FD.new_zeros(())
+    for block in order.chunk(chunks):
+        cos_CC = W_hat_FD[block] @ W_hat_FD[block].T
+        self_CC = torch.eye(len(block), dtype=torch.bool, device=W_dec_FD.device)
+        total = total + cos_CC.pow(2).masked_fill(self_CC, 0).max(dim=1).values.sum()
+    return total / W_dec_FD.shape[0]
 
 
 def recon_loss(residual_BD: torch.Tensor) -> torch.Tensor:
@@ -426,7 +444,11 @@ class TrainerTopK:
 
     def ortho_term(self, active_BF: torch.Tensor, threshold: float, step: int) -> torch.Tensor:
         """P, computed on every ortho_every-th step and held in between (from a batch at most
-        ortho_every - 1 steps old), as is dP/dW_dec, which update adds to W_dec.grad itself."""
+        ortho_every - 1 steps old), as is dP/dW_dec, which update adds to W_dec.grad itself.
+        ortsae: its penalty instead, on every step, with its gradient through autograd."""
+        if self.cfg.variant == "ortsae":
+            blocks = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # a fresh split each step, the same on resume
+            return ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
         if self.held_ortho is None or step % self.cfg.ortho_every == 0:
             if self.held_ortho is None and self.ortho_impl == "fast":
                 self.ortho_impl = ortho_fast.check_against_reference(
@@ -464,7 +486,9 @@ class TrainerTopK:
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
-            if weight:  # the term's gradient, added in place: through autograd it costs an F x D copy a step
+            if (
+                weight and not terms.ortho.requires_grad
+            ):  # the held gradient, added in place: through autograd it costs an F x D copy a step
                 rest = W_dec.grad.norm().item()
                 W_dec.grad.add_(self.held_ortho[1], alpha=weight)
                 self.ortho_grad_share = weight * self.held_ortho[1].norm().item() / rest if rest else None
@@ -511,7 +535,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     """One training_log.jsonl line: loss terms, sparsity, dead latents, and the training-batch
     separation diagnostics (sep_*: what the term itself minimises, so not evidence of separation)."""
     ortho = out.terms.ortho.item()
-    if out.ortho_lambda > 0 and step % cfg.ortho_every:  # the held P is older: report this batch's
+    if out.ortho_lambda > 0 and step % cfg.ortho_every and cfg.variant != "ortsae":  # the held P is older: report this batch's
         ortho = trainer.penalty_value_and_grad(out.active_BF, out.threshold)[0].item()
     loss, recon = out.loss.item(), out.terms.recon.item()
     ortho_loss = out.ortho_weight * ortho

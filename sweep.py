@@ -29,7 +29,7 @@ from pathlib import Path
 import submitit
 
 ROOT = Path(__file__).resolve().parent
-VARIANTS = ("none", "static", "static_matched", "progressive", "matryoshka")
+VARIANTS = ("none", "static", "static_matched", "progressive", "matryoshka", "ortsae")
 ABLATION = VARIANTS[:4]  # the default arms: the term against its controls
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
 _CHILD = {}  # the experiment.py process of the running job (so a requeue can stop it cleanly)

@@ -110,6 +110,10 @@ def validate(cfg) -> None:
             not all(0 < w < 1 for w in cfg.matryoshka_widths) or list(cfg.matryoshka_widths) != sorted(set(cfg.matryoshka_widths)),
             f"matryoshka_widths must be increasing fractions of dict_size in (0, 1), got {list(cfg.matryoshka_widths)}",
         ),
+        (
+            not 1 <= cfg.ortsae_chunks <= cfg.dict_size // 2,
+            f"ortsae_chunks must be in [1, dict_size / 2] (blocks of two latents or more), got {cfg.ortsae_chunks}",
+        ),
     ]
     n_layers = KNOWN_LAYERS.get(cfg.lm_name)
     if n_layers is not None:

@@ -40,6 +40,7 @@ def run_cli(capsys, argv):
         (["--tokens", "0"], "must give at least one step"),
         (["--matryoshka_widths", "0.5", "0.25"], "matryoshka_widths must be increasing fractions of dict_size in (0, 1)"),
         (["--matryoshka_widths", "1.0"], "matryoshka_widths must be increasing fractions"),
+        (["--ortsae_chunks", "0"], "ortsae_chunks must be in [1, dict_size / 2]"),
         (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
         (["--k", "many"], "--k: invalid int value: 'many'"),
         (["--evals", "autointerp"], "unknown evals"),

@@ -196,6 +196,19 @@ def test_matryoshka_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
     assert info["training results for layer 1"]["config"]["variant"] == "matryoshka"
 
 
+def test_ortsae_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
+    """The OrtSAE arm: the same init and first batch as plain TopK, its penalty at static_matched's
+    share of the recon loss from step 0, its dose in final_info."""
+    assert E.main(tiny_args(tmp_path, "run_1", "--variant", "ortsae", "--evals", "none")) == 0
+    assert E.main(tiny_args(tmp_path, "run_2", "--variant", "none", "--evals", "none")) == 0
+    o, n = (read_log(tmp_path / r) for r in ("run_1", "run_2"))
+    assert o[0]["recon_loss"] == pytest.approx(n[0]["recon_loss"], rel=1e-6)
+    assert o[0]["ortho_loss"] == pytest.approx(o[0]["ortho_lambda"] * o[0]["recon_loss"]) and o[0]["ortho_lambda"] > 0
+    assert o[-1]["recon_loss"] != pytest.approx(n[-1]["recon_loss"], rel=1e-6)
+    final = json.loads((tmp_path / "run_1" / "final_info.json").read_text())["training results for layer 1"]["final_info"]
+    assert final["ortho_share_mean"] > 0 and final["ortho_grad_share_mean"] is None  # autograd path: no held gradient to measure
+
+
 def key_tree(value, depth=3):
     """The nested keys of a final_info.json block, to `depth` levels (values left out)."""
     if not isinstance(value, dict) or depth == 0:

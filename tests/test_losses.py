@@ -337,3 +337,44 @@ def test_matryoshka_variant_adds_the_nested_losses_and_no_term():
     assert trainer.matryoshka_widths == [16, 32]
     torch.testing.assert_close(out.terms.nested, expected)
     torch.testing.assert_close(out.loss, out.terms.recon + out.terms.nested + cfg.auxk_alpha * out.terms.auxk)
+
+
+def ortsae_brute_force(W, blocks):
+    """OrtSAE's loss written out pair by pair: for each latent, the largest squared cosine with
+    another latent of its block; the mean over all latents."""
+    total = 0.0
+    for block in blocks:
+        for i in block.tolist():
+            others = [torch.dot(W[i], W[j]) ** 2 / (W[i].norm() ** 2 * W[j].norm() ** 2) for j in block.tolist() if j != i]
+            total = total + torch.stack(others).max()
+    return total / W.shape[0]
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 8])
+def test_ortsae_penalty_matches_a_pairwise_brute_force_in_value_and_gradient(chunks):
+    torch.manual_seed(0)
+    W = (torch.randn(40, 6, dtype=torch.float64) * torch.rand(40, 1, dtype=torch.float64)).requires_grad_()  # rows not unit
+    fast = E.ortsae_penalty(W, chunks, torch.Generator().manual_seed(5))
+    blocks = torch.randperm(40, generator=torch.Generator().manual_seed(5)).chunk(chunks)
+    assert len(blocks) == chunks and sum(len(b) for b in blocks) == 40
+    brute = ortsae_brute_force(W, blocks)
+    torch.testing.assert_close(fast, brute)
+    torch.testing.assert_close(torch.autograd.grad(fast, W)[0], torch.autograd.grad(brute, W)[0])
+    if chunks > 1:  # another split gives another value: the blocks really are sampled
+        assert E.ortsae_penalty(W, chunks, torch.Generator().manual_seed(6)).item() != pytest.approx(fast.item())
+
+
+def test_ortsae_variant_trains_on_its_penalty_at_static_matcheds_dose():
+    trainer = make_trainer("ortsae", grad_clip=1e9, ortsae_chunks=2)
+    ref = copy.deepcopy(trainer.sae)
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(0)) * 3
+    out = trainer.update(x, 3)
+    assert out.ortho_lambda == pytest.approx(0.5 / 3) == E.ortho_lambda(0.9, trainer.cfg)  # constant, progressive's mean
+    fwd, _ = firing(ref, x)
+    recon = (x - fwd.x_hat_BD).pow(2).sum(-1).mean()
+    penalty = E.ortsae_penalty(ref.W_dec, 2, torch.Generator().manual_seed(trainer.cfg.seed * 1_000_003 + 3))
+    torch.testing.assert_close(out.terms.ortho, penalty.detach())
+    assert out.ortho_weight * out.terms.ortho.item() == pytest.approx(out.ortho_lambda * out.terms.recon.item())  # the same share
+    (recon + out.ortho_lambda * (recon / penalty).detach() * penalty).backward()
+    g, W = ref.W_dec.grad, ref.W_dec.detach()
+    torch.testing.assert_close(trainer.sae.W_dec.grad, g - (g * W).sum(-1, keepdim=True) * W, rtol=1e-4, atol=1e-6)
