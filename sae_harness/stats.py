@@ -78,8 +78,8 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
         return out | {"lo": delta, "hi": delta, "df": n - 1, "p": 1.0 if delta == 0 else 0.0, "within_noise": delta == 0}
     from scipy.stats import t  # scipy comes with scikit-learn (SAEBench)
 
-    half = t.ppf(0.5 + level / 2, n - 1) * se
-    p = 2 * t.sf(abs(delta) / se, n - 1)
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * se  # plain floats: the result goes into JSON
+    p = float(2 * t.sf(abs(delta) / se, n - 1))
     return out | {"lo": delta - half, "hi": delta + half, "df": n - 1, "p": p, "within_noise": delta - half <= 0 <= delta + half}
 
 

@@ -1,0 +1,153 @@
+"""Each arm read at plain TopK's absorption for the same explained variance (the matched-
+reconstruction reading). Absorption tracks reconstruction: a plain TopK trained less reconstructs
+worse and absorbs less, so "lower absorption" alone may be "less trained". The reading:
+
+- plain TopK's curve, per seed: its (x, y) points over training lengths (a sweep such as
+  `python sweep.py --name synth_curves --variants none --grid epochs=1,2,3,4`), plus the default
+  `none` arm's point at that seed; x is explained variance, y absorption (any two metrics);
+- an arm's SAE at seed s with (x_s, y_s) is compared with curve_s(x_s), plain TopK's y at the same
+  x on that seed's curve (linear between neighbouring points; none outside the curve's range);
+- the difference y_s - curve_s(x_s), paired over seeds: mean and paired t 95% interval
+  (stats.paired_interval). Below 0 for a lower-is-better y: less absorption than plain TopK
+  reaches at that reconstruction.
+
+    python -m sae_harness.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
+        --out results/synth_curves_matched
+
+writes <out>.json and <out>.png (the curves and every arm's seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sae_harness.stats import mean_std, paired_interval
+
+
+def points(result: dict, x: str, y: str, arm: str | None = None) -> dict:
+    """{arm: {seed: (x, y)}} from a sweep's results JSON (its "runs"), runs with both metrics only."""
+    out = {}
+    for run in result["runs"]:
+        xs, ys = (run["summary"].get(m, {}) for m in (x, y))
+        if xs.get("status") == "ok" and ys.get("status") == "ok" and (arm is None or run["arm"] == arm):
+            out.setdefault(run["arm"], {})[run["seed"]] = (xs["value"], ys["value"])
+    return out
+
+
+def read_at(curve: list[tuple[float, float]], x: float) -> float | None:
+    """y of the piecewise-linear curve through the (x, y) points (sorted by x) at x; None outside."""
+    curve = sorted(curve)
+    if not curve or not curve[0][0] <= x <= curve[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return curve[0][1]  # a single point, x on it
+
+
+def curves_by_seed(curve_arms: dict) -> dict:
+    """{seed: [(x, y), ...]}: every curve arm's point at that seed."""
+    out = {}
+    for by_seed in curve_arms.values():
+        for seed, xy in by_seed.items():
+            out.setdefault(seed, []).append(xy)
+    return out
+
+
+def matched(curves: dict, arm: dict) -> dict:
+    """The arm ({seed: (x, y)}) against plain TopK's curves ({seed: [(x, y), ...]}): per seed the
+    curve's y at the arm's x, the difference, and the paired interval over the seeds read."""
+    at_curve, own, outside = {}, {}, []
+    for seed, (x, y) in sorted(arm.items()):
+        if seed not in curves:
+            continue
+        reference = read_at(curves[seed], x)
+        if reference is None:
+            outside.append(seed)
+            continue
+        at_curve[seed], own[seed] = reference, y
+    return dict(
+        per_seed={s: dict(x=arm[s][0], y=own[s], curve_y=at_curve[s], delta=own[s] - at_curve[s]) for s in own},
+        paired=paired_interval(at_curve, own),
+        outside_curve=outside,
+        x=mean_std([arm[s][0] for s in arm]),
+        y=mean_std([arm[s][1] for s in arm]),
+    )
+
+
+def reading(curve_result: dict, arms_result: dict, x: str, y: str, baseline: str = "none") -> dict:
+    curve_arms = points(curve_result, x, y)
+    arms = points(arms_result, x, y)
+    if baseline in arms:  # the default-length plain TopK is the curve's last point
+        curve_arms = curve_arms | {f"{baseline} (default length)": arms[baseline]}
+    curves = curves_by_seed(curve_arms)
+    return dict(
+        x=x,
+        y=y,
+        method="per seed: the arm's y minus plain TopK's y at the arm's x on that seed's curve (linear between training lengths); "
+        "paired t 95% interval over seeds; seeds whose x falls outside the curve are left out (outside_curve)",
+        curve={arm: {str(s): xy for s, xy in sorted(by_seed.items())} for arm, by_seed in curve_arms.items()},
+        arms={arm: matched(curves, by_seed) for arm, by_seed in arms.items() if arm != baseline},
+    )
+
+
+def figure(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    seeds = sorted({s for by_seed in result["curve"].values() for s in by_seed})
+    for i, seed in enumerate(seeds):
+        xy = sorted(by_seed[seed] for by_seed in result["curve"].values() if seed in by_seed)
+        ax.plot(*zip(*xy), "-o", color="#999999", lw=1, ms=3, alpha=0.7, label="plain TopK over training length (one line per seed)" if i == 0 else None)
+    for j, (arm, entry) in enumerate(result["arms"].items()):
+        rows = entry["per_seed"].values()
+        ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=arm_label(arm, entry["paired"]))
+    ax.set_xlabel(f"{result['x']} (higher is better)")
+    ax.set_ylabel(f"{result['y']} (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("each arm against plain TopK's own curve (matched reconstruction)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def arm_label(arm: str, paired: dict | None) -> str:
+    if not paired or paired["lo"] is None:
+        return arm
+    verdict = "within noise" if paired["within_noise"] else ("below" if paired["hi"] < 0 else "above")
+    return f"{arm}: {paired['delta']:+.3f} [{paired['lo']:+.3f}, {paired['hi']:+.3f}] vs the curve ({verdict}, n={paired['n']})"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--curves", required=True, help="results JSON of plain TopK over training lengths (a sweep)")
+    parser.add_argument("--arms", required=True, help="results JSON of the arms (a sweep with a none arm at the default length)")
+    parser.add_argument("--x", default="synth_explained_variance")
+    parser.add_argument("--y", default="synth_absorption")
+    parser.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
+    args = parser.parse_args(argv)
+    try:
+        curve_result, arms_result = (json.loads(Path(p).read_text()) for p in (args.curves, args.arms))
+    except (OSError, ValueError) as e:
+        print(f"matched: {e}", file=sys.stderr)
+        return 2
+    result = reading(curve_result, arms_result, args.x, args.y) | dict(curves_file=args.curves, arms_file=args.arms)
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    figure(result, out.with_suffix(".png"))
+    for arm, entry in result["arms"].items():
+        print(arm_label(arm, entry["paired"]) + (f"; outside the curve: seeds {entry['outside_curve']}" if entry["outside_curve"] else ""))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
