@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -107,6 +108,12 @@ def parse(argv):
     )
     parser.add_argument("--collect", action="store_true", help="submit nothing: rebuild the results from the run directories")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and their state, submit nothing")
+    parser.add_argument(
+        "--from_json",
+        action="store_true",
+        help="with --collect: rebuild the comparisons (Welch and paired) from results/<name>.json's own per-run records, "
+        "for a sweep whose run directories are gone; the figure is left as it is",
+    )
     args, passthrough = parser.parse_known_args(argv)
     return args, passthrough
 
@@ -232,6 +239,12 @@ def shown(path) -> str:
         return str(path)
 
 
+PAIRED_NOTE = (
+    "paired_vs_baseline: mean over shared seeds of (arm - baseline) at each seed (same initialisation and batches), paired t 95% interval; "
+    "p two-sided; p_holm Holm-adjusted over the non-reference metrics of that comparison"
+)
+
+
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     import plot
@@ -287,8 +300,7 @@ def collect(args, runs):
         profile=profile,
         baseline=baseline_arm,
         interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
-        paired="paired_vs_baseline: mean over shared seeds of (arm - baseline) at each seed (same initialisation and batches), paired t 95% interval; "
-        "p two-sided; p_holm Holm-adjusted over the non-reference metrics of that comparison",
+        paired=PAIRED_NOTE,
         spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
         directions={m.name: m.direction for m in METRICS},
         arms=result_arms,
@@ -311,8 +323,43 @@ def collect(args, runs):
     return result
 
 
+def recompare_from_json(args) -> dict:
+    """--collect --from_json: each arm's comparisons with the baseline (Welch from the arms' summaries,
+    paired by seed from the per-run records) rebuilt inside results/<name>.json, and its table."""
+    from sae_harness.formatting import results_markdown
+    from sae_harness.rundir import write_atomic, write_json_atomic
+    from sae_harness.schema import compare_paired, compare_summaries
+
+    path = Path(args.results) / f"{args.name}.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SweepError(f"--from_json: cannot read {path}: {e}") from None
+    per_seed = {}
+    for run in result.get("runs", []):
+        per_seed.setdefault(run["arm"], {})[run["seed"]] = run["summary"]
+    baseline = result.get("baseline")
+    if baseline not in result.get("arms", {}) or baseline not in per_seed:
+        raise SweepError(f"--from_json: {path} has no baseline arm with per-run records to compare with")
+    for arm, entry in result["arms"].items():
+        if arm != baseline:
+            entry["vs_baseline"] = compare_summaries(entry["summary"], result["arms"][baseline]["summary"])
+            entry["paired_vs_baseline"] = compare_paired(per_seed.get(arm, {}), per_seed[baseline])
+    result["paired"] = PAIRED_NOTE
+    write_json_atomic(path, result)
+    markdown = results_markdown(result) + "\n"
+    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown))
+    print(f"rebuilt the comparisons in {path} and {path.with_suffix('.md')} from its per-run records")
+    return result
+
+
 def main(argv) -> int:
     args, passthrough = parse(argv)
+    if args.from_json:
+        if not args.collect:
+            raise SweepError("--from_json goes with --collect")
+        recompare_from_json(args)
+        return 0
     if args.parallel < 1:
         raise SweepError(f"--parallel must be >= 1, got {args.parallel}")
     runs = plan(args, passthrough)

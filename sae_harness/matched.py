@@ -104,7 +104,15 @@ def figure(result: dict, path: Path) -> Path:
     seeds = sorted({s for by_seed in result["curve"].values() for s in by_seed})
     for i, seed in enumerate(seeds):
         xy = sorted(by_seed[seed] for by_seed in result["curve"].values() if seed in by_seed)
-        ax.plot(*zip(*xy), "-o", color="#999999", lw=1, ms=3, alpha=0.7, label="plain TopK over training length (one line per seed)" if i == 0 else None)
+        ax.plot(
+            *zip(*xy),
+            "-o",
+            color="#999999",
+            lw=1,
+            ms=3,
+            alpha=0.7,
+            label="plain TopK over training length (one line per seed)" if i == 0 else None,
+        )
     for j, (arm, entry) in enumerate(result["arms"].items()):
         rows = entry["per_seed"].values()
         ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=arm_label(arm, entry["paired"]))

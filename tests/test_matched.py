@@ -30,7 +30,10 @@ def test_an_arm_on_a_shifted_curve_reads_its_shift_paired_by_seed():
     for seed in range(5):
         for x in (0.6, 0.7, 0.8):
             curve_rows.append((f"none_epochs={x}", seed, x, x - 0.5 + 0.02 * seed))
-        arm_rows += [("none", seed, 0.9, 0.4 + 0.02 * seed), ("idea", seed, 0.65 + 0.01 * seed, 0.65 + 0.01 * seed - 0.5 + 0.02 * seed - 0.1)]
+        arm_rows += [
+            ("none", seed, 0.9, 0.4 + 0.02 * seed),
+            ("idea", seed, 0.65 + 0.01 * seed, 0.65 + 0.01 * seed - 0.5 + 0.02 * seed - 0.1),
+        ]
     arm_rows.append(("far", 0, 0.95, 0.1))  # beyond the curve's range (0.6 .. 0.9)
     result = matched.reading(sweep_result(curve_rows), sweep_result(arm_rows), "ev", "abs")
     idea = result["arms"]["idea"]

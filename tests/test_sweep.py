@@ -105,3 +105,27 @@ def test_synth_sweep_end_to_end(tmp_path):
     assert paired["n"] == 2 and paired["delta"] == pytest.approx(sum(by_seed["progressive", s] - by_seed["none", s] for s in (42, 43)) / 2)
     dose = next(r["dose"] for r in result["runs"] if r["arm"] == "progressive")
     assert dose["ortho_share_mean"] > 0 and dose["ortho_scale_range"][0] <= dose["ortho_scale"] <= dose["ortho_scale_range"][1]
+
+
+def test_collect_from_json_rebuilds_paired_comparisons_from_the_per_run_records(tmp_path):
+    """A sweep whose run directories are gone: its JSON's per-run records give the paired intervals."""
+    ok = lambda v: {"status": "ok", "value": v, "direction": "lower is better", "se": None, "std": None, "n": 1, "values": [v]}  # noqa: E731
+    runs, values = [], {"none": [0.50, 0.60, 0.55], "idea": [0.45, 0.56, 0.49]}
+    for arm, vals in values.items():
+        runs += [dict(arm=arm, seed=42 + i, summary={"synth_absorption": ok(v)}) for i, v in enumerate(vals)]
+    arm_summary = lambda vals: {"synth_absorption": ok(sum(vals) / 3) | {"n": 3, "values": vals, "std": 0.05}}  # noqa: E731
+    result = dict(baseline="none", runs=runs, arms={arm: dict(summary=arm_summary(vals)) for arm, vals in values.items()})
+    (tmp_path / "old.json").write_text(json.dumps(result))
+    command = [sys.executable, "sweep.py", "--name", "old", "--results", str(tmp_path), "--collect", "--from_json"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rebuilt = json.loads((tmp_path / "old.json").read_text())
+    paired = rebuilt["arms"]["idea"]["paired_vs_baseline"]["synth_absorption"]
+    assert (
+        paired["n"] == 3 and paired["delta"] == pytest.approx(-0.05) and paired["lo"] < -0.05 < paired["hi"] < 0
+    )  # diffs -0.05, -0.04, -0.06
+    assert "paired [" in (tmp_path / "old.md").read_text()
+    missing = subprocess.run(
+        [*command[:4], "--results", str(tmp_path / "none"), "--collect", "--from_json"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read" in missing.stderr
