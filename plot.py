@@ -35,14 +35,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from sae_harness.formatting import fmt, fmt_delta, fmt_spread  # noqa: E402
-from sae_harness.registry import EVALS  # noqa: E402
+from sae_harness.registry import REFERENCE  # noqa: E402
 from sae_harness.schema import (  # noqa: E402
     EVAL_BLOCKS,
+    EVAL_OF_BLOCK,
     METRICS,
     SEEDS,
     block_status,
+    compare_paired,
     compare_summaries,
+    evals_asked,
     info_training_key,
+    metric_asked,
+    per_seed_summaries,
     pick_baseline,
     run_identity,
     run_number,
@@ -462,11 +467,13 @@ def shown_metrics(summaries) -> list:
     return shown or list(METRICS)
 
 
-def metric_panels(axes, items, colors, baseline=None):
+def metric_panels(axes, items, colors, baseline=None, paired=None):
     """One small bar chart per headline metric the items have (shown_metrics), one bar per (name,
     summary) item: the mean over seeds, error bar ± std (sample, n - 1), a dot per seed. Against the
     baseline summary (None for none), each other bar says Δ and whether its 95% Welch interval
-    includes 0 ("within noise")."""
+    includes 0 ("within noise"), and where paired ({name: {metric: paired interval}}) holds the
+    item's comparison paired by seed, whether that interval does."""
+    paired = paired or {}
     for ax, metric in zip(axes, shown_metrics([summary for _, summary in items])):
         values, notes, tops = [], [], [0.0]
         for i, ((name, summary), color) in enumerate(zip(items, colors)):
@@ -490,6 +497,9 @@ def metric_panels(axes, items, colors, baseline=None):
                     text += f"\nΔ {cmp['delta']:+.3g}" + (  # the verdict on a line of its own, so four arms' labels fit
                         "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
                     )
+                pair = (paired.get(name) or {}).get(metric.name)
+                if pair is not None and pair.get("lo") is not None and metric.direction != REFERENCE:
+                    text += "\npaired: " + ("within noise" if pair["within_noise"] else "excl. 0")
             ax.annotate(
                 text,
                 (i, max(value + (std or 0), max(seeds, default=0))),
@@ -545,30 +555,20 @@ def eval_block_status(info, key):
     return "not run" if status == "missing" else status
 
 
-def asked_for(run, block) -> bool:
-    """Whether run's config asked for the eval of this block (--evals as recorded; a file without
-    it: every eval of its kind, language model or synthetic)."""
-    entry = next(e for e in EVALS if e.block == block)
-    evals = run.config.get("evals")
-    if isinstance(evals, str):
-        return entry.name in evals.split(",")
-    return entry.synthetic == (run.profile == "synth")
-
-
 def missing_report(run):
     """One line per eval that did not give results, per metric absent from a run eval, and
     per problem with the training log."""
     lines = []
     for key in EVAL_BLOCKS:
         status = eval_block_status(run.info, key)
-        if status == "not run" and not asked_for(run, key):  # another profile's eval, or left out by --evals
+        if status == "not run" and EVAL_OF_BLOCK[key] not in evals_asked(run.info):  # another profile's eval, or left out by --evals
             continue
         if status != "ok":
             lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
     for metric in METRICS:
         status = run.summary[metric.name]["status"]
         block = metric.sources[0][0]
-        if status != "ok" and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
+        if status != "ok" and metric_asked(run.info, metric) and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
             lines.append(f"{metric.name}: {status}")
     if not run.log:
         lines.append("training_log.jsonl: missing or empty")
@@ -647,7 +647,12 @@ def plot_comparison(profile, runs, out_dir):
         ax.set_title(title, fontsize=10, pad=18)
     metric_axes = [fig.add_subplot(grid[1 + mech + i // 3, i % 3]) for i in range(n_panels)]
     baseline = next((r for r in runs if r.variant == "none"), None)
-    metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
+    paired = {
+        r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info))
+        for r in runs
+        if baseline and r is not baseline
+    }
+    metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None, paired)
     differs = [k for k in config_differences(runs)[0] if k != "variant"]
     subtitle = (
         ("config differs in: " + ", ".join(differs[:8]) + (" ..." if len(differs) > 8 else ""))
@@ -662,15 +667,16 @@ def plot_comparison(profile, runs, out_dir):
     return save(fig, Path(out_dir) / f"comparison_{profile}.png")
 
 
-def plot_summaries(items, baseline, path, title):
+def plot_summaries(items, baseline, path, title, paired=None):
     """The comparison figure of a sweep: one panel per headline metric, one bar per (name, summary)
-    item (mean, ± std, a dot per seed, Δ vs baseline and whether it is within noise)."""
+    item (mean, ± std, a dot per seed, Δ vs baseline and whether it is within noise, by Welch's
+    interval and, where paired holds it, by the paired one)."""
     n_panels = len(shown_metrics([summary for _, summary in items]))
     rows = math.ceil(n_panels / 3)
     fig, axes = plt.subplots(rows, 3, figsize=(max(12, 1.6 * 3 * len(items)), 3.6 * rows))
     axes = list(axes.flat)
     colors = ["#999999" if summary is baseline else f"C{i % 10}" for i, (_, summary) in enumerate(items)]
-    metric_panels(axes, items, colors, baseline)
+    metric_panels(axes, items, colors, baseline, paired)
     for ax in axes[n_panels:]:
         ax.axis("off")
     fig.suptitle(textwrap.fill(title, 140), fontsize=11)

@@ -314,7 +314,8 @@ def collect(args, runs):
         result_arms[baseline_arm]["summary"] if baseline_arm else None,
         results / f"{args.name}.png",
         f"{args.name}: {profile or 'unknown profile'}; mean ± std over seeds, dots per seed"
-        + (f"; Δ vs {baseline_arm}, 'within noise' = 95% Welch interval includes 0" if baseline_arm else ""),
+        + (f"; Δ vs {baseline_arm}, 'within noise' = 95% Welch interval includes 0; paired = paired by seed" if baseline_arm else ""),
+        paired={arm: entry.get("paired_vs_baseline") for arm, entry in result_arms.items()},
     )
     markdown = results_markdown(result) + "\n"
     write_atomic(results / f"{args.name}.md", lambda tmp: tmp.write_text(markdown))

@@ -29,14 +29,15 @@ def fmt_spread(entry):
     return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (std over seeds, n={entry['n']}{eval_se})"
 
 
-def fmt_delta(cmp):
-    """ "Δ +0.01 [95% CI -0.02, 0.04], within noise" for a welch_interval result."""
+def fmt_delta(cmp, kind: str = "Welch"):
+    """ "Δ +0.01 [95% Welch CI -0.02, 0.04], within noise" for a welch_interval result (kind
+    "paired" for a paired_interval one)."""
     if cmp is None:
         return "Δ n/a"
     text = f"Δ {cmp['delta']:+.4g}"
     if cmp["lo"] is None:
         return text + " (no interval: one seed on a side)"
-    text += f" [{cmp['level']:.0%} Welch CI {cmp['lo']:+.4g}, {cmp['hi']:+.4g}]"
+    text += f" [{cmp['level']:.0%} {kind} CI {cmp['lo']:+.4g}, {cmp['hi']:+.4g}]"
     return text + (", within noise" if cmp["within_noise"] else "")
 
 

@@ -6,15 +6,21 @@ import re
 from pathlib import Path
 
 from sae_harness.formatting import fmt, fmt_delta, fmt_spread
+from sae_harness.registry import REFERENCE
 from sae_harness.rundir import write_atomic
 from sae_harness.schema import (
     EVAL_BLOCKS,
+    EVAL_OF_BLOCK,
     METRICS,
     SEEDS,
     TRAINING,
     _source_used,
     block_status,
+    compare_paired,
     compare_summaries,
+    evals_asked,
+    metric_asked,
+    per_seed_summaries,
     pick_baseline,
     run_identity,
     run_number,
@@ -70,13 +76,20 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
     summary = summarize(info)
     seeds = info.get(SEEDS, {}).get("values") if isinstance(info.get(SEEDS), dict) else None
     seeds = seeds or ([config["seed"]] if "seed" in config else [])
-    vs = None
+    vs = paired = None
     if baseline is not None:
         vs = compare_summaries(summary, summarize(baseline[1]))
+        paired = compare_paired(per_seed_summaries(info), per_seed_summaries(baseline[1]))
+        paired = {m: cmp for m, cmp in paired.items() if cmp["lo"] is not None}  # two or more shared seeds
         lines.append(
             f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'}; "
             f"Δ = this run - {baseline[0]} ({run_identity(baseline[1])['variant']}, same profile) "
-            "with Welch's t 95% interval (within noise: the interval includes 0):"
+            "with Welch's t 95% interval (within noise: the interval includes 0)"
+            + (
+                "; paired: the same Δ over the seeds both runs have (same initialisation and batches), paired t 95% interval:"
+                if paired
+                else ":"
+            )
         )
     else:
         lines.append(
@@ -89,6 +102,8 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
             shown = fmt_spread(entry)
             if vs is not None and metric.name in vs:
                 shown += "; " + fmt_delta(vs[metric.name])
+            if paired and metric.name in paired and metric.direction != REFERENCE:
+                shown += "; " + fmt_delta(paired[metric.name], "paired")
             if metric.name == "l0" and "k" in config:
                 note = f", target k = {fmt(config['k'])}"
             used = _source_used(info, metric)
@@ -97,13 +112,14 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
                 where = "training" if block_name == TRAINING else EVAL_BLOCKS[block_name]
                 note += f"; read from {where} {path[-1]}"
             lines.append(f"- {metric.name} = {shown} ({entry['direction']}{note})")
-        else:
+        elif metric_asked(info, metric):
             lines.append(f"- {metric.name}: {entry['status']} ({entry['direction']}{note})")
     problems, timings = [], []
     for block_name, short in EVAL_BLOCKS.items():
         block = info.get(block_name)
         if block is None:
-            problems.append(f"- {short}: not run")
+            if EVAL_OF_BLOCK[block_name] in evals_asked(info):
+                problems.append(f"- {short}: not run")
             continue
         status = block_status(block)
         if status != "ok":

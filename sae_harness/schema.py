@@ -32,6 +32,8 @@ EVAL_BLOCKS = {e.block: e.name.replace("_", " ") for e in EVALS}
 """final_info.json's eval blocks -> the eval's name as notes and plots show it."""
 EVAL_KEYS = {e.name: e.block for e in EVALS}
 """Eval name (as in --evals) -> its final_info.json block."""
+EVAL_OF_BLOCK = {e.block: e.name for e in EVALS}
+"""final_info.json block -> its eval's name (as in --evals)."""
 METRICS = tuple(metric for e in EVALS for metric in e.metrics)
 """Every eval's headline metrics, in the registry's order."""
 SEEDS = "seeds"
@@ -185,6 +187,22 @@ def run_identity(info):
         "config": config,
         "final_info": final,
     }
+
+
+def evals_asked(info) -> set:
+    """The eval names a run asked for: its recorded --evals, else (a file without it) every eval of
+    its kind, the language model's or the synthetic one."""
+    identity = run_identity(info)
+    evals = identity["config"].get("evals")
+    if isinstance(evals, str):
+        return {name for name in evals.split(",") if name}
+    return {e.name for e in EVALS if e.synthetic == (identity["profile"] == "synth")}
+
+
+def metric_asked(info, metric) -> bool:
+    """Whether the run asked for the eval a headline metric comes from (training metrics always)."""
+    asked = evals_asked(info)
+    return any(block not in EVAL_OF_BLOCK or EVAL_OF_BLOCK[block] in asked for block, _ in metric.sources)
 
 
 def eval_done(block) -> bool:

@@ -478,6 +478,14 @@ def test_metric_panels_error_bars_and_within_noise():
     texts = [t.get_text() for t in ax.texts]
     assert any("within noise" in t for t in texts if t.startswith("0.51"))
     assert any("CI excl. 0" in t and "Δ -0.3" in t for t in texts if t.startswith("0.2"))
+    assert not any("paired" in t for t in texts)  # no paired comparisons given
+    plt.close(fig)
+    fig, axes = plt.subplots(4, 3)
+    axes = list(axes.flat)
+    paired = {"close": {"absorption_full": {"delta": 0.01, "lo": 0.005, "hi": 0.015, "within_noise": False}}}
+    plot.metric_panels(axes, [("none", base), ("close", close)], ["#999999", "C0"], base, paired)
+    texts = [t.get_text() for t in axes[[m.name for m in METRICS].index("absorption_full")].texts]
+    assert any("within noise" in t and "paired: excl. 0" in t for t in texts if t.startswith("0.51"))  # Welch blurs what pairing shows
     assert not any("Δ" in t for t in texts if t.startswith("0.5\n"))  # the baseline itself
     bars = [c for c in ax.containers if hasattr(c, "errorbar")]
     assert len(bars) == 3 and all(c.errorbar is not None for c in bars)  # ± std drawn for every bar
@@ -503,6 +511,8 @@ def test_seeded_runs_plot_and_notes_show_spread_and_delta(tmp_path, monkeypatch,
     assert "mean ± std over seeds 42, 43, 44" in text and "Welch" in text
     assert "- absorption_full = 0.2 ± 0.01 (std over seeds, n=3); Δ -0.3 [95% Welch CI" in text
     assert "within noise" in text  # explained variance etc. are identical across seeds: Δ 0 with no spread
+    line = next(row for row in text.splitlines() if row.startswith("- absorption_full"))
+    assert "Δ -0.3 [95% paired CI -0.3248, -0.2752]" in line  # diffs -0.30, -0.31, -0.29 at seeds 42-44: t(0.975, 2) x 0.01 / sqrt(3)
 
 
 def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
