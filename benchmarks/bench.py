@@ -11,6 +11,9 @@
                                               # empty eval cache, ~25 minutes)
     python benchmarks/bench.py --gemma2       # only the gemma-2-2b-dims keys (no embedded model needed; a
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
+    python benchmarks/bench.py --arms synth   # each arm's training step against plain TopK's, interleaved
+                                              # over a whole default run of that profile (synth: ~5 min;
+                                              # gemma-3-270m: ~40 min); keys arm_step_s, arm_step_ratio
 
 Every JSON carries the machine it came from: cpu_capability (AVX2, AVX512, AMX, ...), the measured
 float32 / bfloat16 and float32 / int8 matmul speedups here (> 1: the low precision is faster), and
@@ -286,14 +289,14 @@ def measure_whole_runs(cfg, device, results, rows, repeat=2):
     )
 
 
-def interleaved_step_seconds(cfg, device, buf) -> dict:
-    """Seconds of plain TopK and of the default, stepping alternately in one process over the
-    whole schedule (cfg.total_steps steps, the same batches, training steps only: no logging or
-    checkpoints). Each step of one is timed next to the same step of the other, so a drift in the
-    machine's speed (whole runs on this CPU have differed by 12% between identical runs) falls on
-    both alike."""
+def interleaved_step_seconds(cfg, device, buf, arms=None) -> dict:
+    """Seconds of plain TopK and of the default (or of each {name: variant} in arms), stepping
+    alternately in one process over the whole schedule (cfg.total_steps steps, the same batches,
+    training steps only: no logging or checkpoints). Each step of one is timed next to the same step
+    of the others, so a drift in the machine's speed (whole runs on this CPU have differed by 12%
+    between identical runs) falls on all alike."""
     trainers = {}
-    for name, variant in (("plain", "none"), ("default", cfg.variant)):
+    for name, variant in (arms or {"plain": "none", "default": cfg.variant}).items():
         c = dataclasses.replace(cfg, variant=variant)
         torch.manual_seed(c.seed)
         sae = E.AutoEncoderTopK(buf.d_model, c.dict_size, c.k, c.lm_name, c.layer, device="cpu", seed=c.seed).to(device)
@@ -475,12 +478,45 @@ def measure_machine(device, results, rows):
     rows.append(("machine", f"{device_name(device)}, CPU {prec.cpu_capability}", prec.line().removeprefix("precision: ")))
 
 
+ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
+
+
+def measure_arms(profile, device, results, rows):
+    """What each arm costs: its training step over plain TopK's, all interleaved over one whole
+    default run of the profile (the same batches)."""
+    cfg = cli.apply_profile(E.Config(out_dir="bench", profile=profile), E.PROFILES, cuda_available=device.type == "cuda")
+    if profile == "synth":
+        from sae_harness import synth
+
+        buf = synth.activation_buffer(cfg, device)
+    else:
+        buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])
+    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS})
+    per_step = {arm: s / cfg.total_steps for arm, s in seconds.items()}
+    results.update(arms_profile=profile, arm_step_s=per_step, arm_step_ratio={arm: s / per_step["none"] for arm, s in per_step.items()})
+    for arm in ARMS:
+        rows.append(
+            (
+                f"{profile}: {arm}, {cfg.total_steps} steps interleaved with the other arms",
+                f"{1000 * per_step[arm]:.1f} ms/step",
+                f"{per_step[arm] / per_step['none']:.2f}x plain TopK",
+            )
+        )
+
+
 def main(argv):
     quick = "--quick" in argv
     results, rows = dict.fromkeys(KEYS), []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     measure_machine(device, results, rows)
     results["device"] = device_name(device)
+    if "--arms" in argv:  # only the arms' step costs on one profile
+        profile = argv[argv.index("--arms") + 1] if len(argv) > argv.index("--arms") + 1 else "synth"
+        if profile not in E.PROFILES:
+            raise SystemExit(f"--arms {profile}: choose one of {', '.join(E.PROFILES)}")
+        measure_arms(profile, device, results, rows)
+        machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup", "sae_dtype")
+        return report({k: results[k] for k in results if k.startswith("arm") or k in machine}, rows)
     if "--evals-only" in argv:  # only the eval-cache measurement (two default runs)
         measure_eval_cache(results, rows)
         return report(results, rows)
