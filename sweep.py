@@ -155,6 +155,7 @@ def plan(args, passthrough):
         seeds = cli.seed_list(E.Config(seeds=args.seeds, seed=args.seed))
     except UsageError as e:
         raise SweepError(str(e)) from None
+    passthrough = passthrough + pinned_precision(args, passthrough)
     runs = []
     for arm, variant, overrides in arms_of(args):
         for seed in seeds:
@@ -169,6 +170,42 @@ def plan(args, passthrough):
                 raise SweepError(f"experiment options: {e}") from None
             runs.append((arm, variant, overrides, seed, out, argv, cfg))
     return runs
+
+
+PINNED = ("llm_dtype", "sae_dtype")
+
+
+def pinned_precision(args, passthrough) -> list[str]:
+    """--llm_dtype / --sae_dtype for every job of the sweep, so that all its arms and seeds compute
+    in one precision: `auto` rests on a speed probe, and under load it flips (a synth sweep got
+    bfloat16 for some seeds and float32 for another). The value is what the sweep's finished runs
+    recorded, else auto resolved once, here. An option given, or gridded, is left alone."""
+    import experiment as E
+    from sae_harness import precision
+    from sae_harness.rundir import read_info
+    from sae_harness.schema import run_identity
+
+    given = {o.lstrip("-").split("=")[0].replace("-", "_") for o in passthrough if o.startswith("--")}
+    given |= {item.partition("=")[0] for item in args.grid}
+    recorded = {}
+    for path in sorted((Path(args.runs_dir) / args.name).glob("*/seed_*/final_info.json")):
+        with contextlib.suppress(ValueError, OSError):
+            config = run_identity(read_info(path.parent))["config"]
+            recorded = {option: config[option] for option in PINNED if option in config}
+            if recorded:
+                break
+    pinned = []
+    for option in PINNED:
+        if option in given:
+            continue
+        if option not in recorded:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cfg = E.parse_args(["--out_dir", "pinned", *passthrough])
+            recorded[option] = precision.name(precision.choose(getattr(cfg, option), precision.device_of(cfg)))
+        pinned += [f"--{option}", str(recorded[option])]
+    if pinned:
+        print("precision for every run of this sweep: " + " ".join(pinned))
+    return pinned
 
 
 def run_status(out: Path, cfg) -> str:

@@ -129,3 +129,25 @@ def test_collect_from_json_rebuilds_paired_comparisons_from_the_per_run_records(
         [*command[:4], "--results", str(tmp_path / "none"), "--collect", "--from_json"], cwd=ROOT, capture_output=True, text=True
     )
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "cannot read" in missing.stderr
+
+
+def test_every_run_of_a_sweep_gets_one_precision_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    """auto rests on a speed probe that flips under load: the sweep resolves it once and pins it for
+    every job, and a later launch of the same sweep takes what its finished runs recorded."""
+    import sweep
+    from sae_harness import precision
+
+    calls = []
+    monkeypatch.setattr(precision, "choose", lambda requested, device: calls.append(requested) or __import__("torch").bfloat16)
+    argv = ["--name", "p", "--runs_dir", str(tmp_path), "--variants", "none,progressive", "--seeds", "2", "--profile", "synth"]
+    runs = sweep.plan(*sweep.parse(argv))
+    assert calls == ["auto", "auto"]  # llm_dtype and sae_dtype, once each for the whole sweep
+    assert {(r[6].llm_dtype, r[6].sae_dtype) for r in runs} == {("bfloat16", "bfloat16")}
+    recorded = tmp_path / "p" / "none" / "seed_42"
+    recorded.mkdir(parents=True)
+    config = dict(profile="synth", variant="none", llm_dtype="float32", sae_dtype="float32", seed=42)
+    (recorded / "final_info.json").write_text(json.dumps({"training results for layer 0": {"config": config, "final_info": {}}}))
+    runs = sweep.plan(*sweep.parse(argv))
+    assert calls == ["auto", "auto"] and {r[6].sae_dtype for r in runs} == {"float32"}  # from the finished run, no probe
+    runs = sweep.plan(*sweep.parse([*argv, "--sae_dtype", "bfloat16"]))
+    assert {r[6].sae_dtype for r in runs} == {"bfloat16"}  # given: left alone
