@@ -597,12 +597,13 @@ def plot_run(run, candidates):
 
 
 def metrics_table(runs):
-    width = max([len(m.name) for m in METRICS] + [10]) + 2
-    directions = [m.direction + (f" ({m.note})" if m.note else "") for m in METRICS]
+    metrics = shown_metrics([run.summary for run in runs])
+    width = max([len(m.name) for m in metrics] + [10]) + 2
+    directions = [m.direction + (f" ({m.note})" if m.note else "") for m in metrics]
     dwidth = max(len(d) for d in directions) + 2
     cols = [max(len(run.label), 17) + 2 for run in runs]
     lines = [f"{'metric':<{width}}{'direction':<{dwidth}}" + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
-    for metric, direction in zip(METRICS, directions):
+    for metric, direction in zip(metrics, directions):
         cells = []
         for run, c in zip(runs, cols):
             entry = run.summary[metric.name]
@@ -634,7 +635,7 @@ def plot_comparison(profile, runs, out_dir):
         mech_axes = [fig.add_subplot(grid[1, j]) for j in range(3)]
         mechanism_panels(mech_axes, runs, colors, single=False)
         for ax, title in zip(mech_axes, ("true parent/child latent pairs (solid) vs other pairs (dashed)", "", "")):
-            ax.set_title(title, fontsize=10)
+            ax.set_title(title, fontsize=10, pad=18)
             ax.set_xlabel("training progress p (fraction of steps)")
     for ax in sep_axes:
         ax.set_xlabel("training progress p (fraction of steps)")
@@ -691,7 +692,7 @@ def summaries_table(items, baseline_name=None):
     names = [name for name, _ in items]
     cols = [max(len(n), 24) + 3 for n in names]
     lines = [f"{'metric (direction)':<{width + 20}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols))]
-    for metric in METRICS:
+    for metric in shown_metrics([summary for _, summary in items]):
         cells = [fmt_spread(summary[metric.name]) for _, summary in items]
         lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells, cols)))
     base = dict(items).get(baseline_name)
