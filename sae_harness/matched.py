@@ -73,6 +73,7 @@ def matched(curves: dict, arm: dict) -> dict:
         per_seed={s: dict(x=arm[s][0], y=own[s], curve_y=at_curve[s], delta=own[s] - at_curve[s]) for s in own},
         paired=paired_interval(at_curve, own),
         outside_curve=outside,
+        points={s: dict(x=x, y=y) for s, (x, y) in sorted(arm.items())},
         x=mean_std([arm[s][0] for s in arm]),
         y=mean_std([arm[s][1] for s in arm]),
     )
@@ -83,7 +84,7 @@ def reading(curve_result: dict, arms_result: dict, x: str, y: str, baseline: str
     arms = points(arms_result, x, y)
     if baseline in arms:  # the default-length plain TopK is the curve's last point
         curve_arms = curve_arms | {f"{baseline} (default length)": arms[baseline]}
-    curves = curves_by_seed(curve_arms)
+    curves = {seed: xy for seed, xy in curves_by_seed(curve_arms).items() if len(xy) >= 2}  # a seed the curve sweep ran
     return dict(
         x=x,
         y=y,
@@ -114,8 +115,11 @@ def figure(result: dict, path: Path) -> Path:
             label="plain TopK over training length (one line per seed)" if i == 0 else None,
         )
     for j, (arm, entry) in enumerate(result["arms"].items()):
-        rows = entry["per_seed"].values()
-        ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=arm_label(arm, entry["paired"]))
+        rows = entry["points"].values()
+        outside = f"; {len(entry['outside_curve'])} seeds beyond the curve (hollow)" if entry["outside_curve"] else ""
+        ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=arm_label(arm, entry["paired"]) + outside)
+        beyond = [entry["points"][s] for s in entry["outside_curve"]]
+        ax.scatter([r["x"] for r in beyond], [r["y"] for r in beyond], s=40, facecolors="white", edgecolors=f"C{j}", zorder=3)
     ax.set_xlabel(f"{result['x']} (higher is better)")
     ax.set_ylabel(f"{result['y']} (lower is better)")
     ax.grid(alpha=0.3)
