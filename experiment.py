@@ -478,17 +478,17 @@ class TrainerTopK:
         # s = recon / P of this step (both detached): the term's value is lambda2(p) x recon on every
         # step, so lambda2 is the term's share of the recon loss whatever the data, D, F, k and however
         # P grows as co-firing structure forms (docs/method.md: the dose)
-        if lam > 0 and terms.ortho.item() > 0:
+        term_on = lam > 0 and terms.ortho.item() > 0
+        if term_on:
             self.ortho_scale = terms.recon.item() / terms.ortho.item()
-        weight = lam * self.ortho_scale if lam > 0 and terms.ortho.item() > 0 else 0.0
+        weight = lam * self.ortho_scale if term_on else 0.0
         loss = terms.recon + terms.nested + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
-            if (
-                weight and not terms.ortho.requires_grad
-            ):  # the held gradient, added in place: through autograd it costs an F x D copy a step
+            # the held gradient, added in place (through autograd it costs an F x D copy a step); ortsae's went through autograd
+            if weight and not terms.ortho.requires_grad:
                 rest = W_dec.grad.norm().item()
                 W_dec.grad.add_(self.held_ortho[1], alpha=weight)
                 self.ortho_grad_share = weight * self.held_ortho[1].norm().item() / rest if rest else None
