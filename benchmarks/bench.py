@@ -504,26 +504,44 @@ def measure_arms(profile, device, results, rows):
         )
 
 
+def parse_args(argv):
+    """The modes in the docstring; --help prints it instead of starting a 70-minute benchmark."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="no whole runs, extraction, start-up or evals")
+    mode.add_argument("--evals-only", action="store_true", help="only the eval-cache measurement")
+    mode.add_argument("--gemma2", action="store_true", help="only the gemma-2-2b-dims keys")
+    mode.add_argument(
+        "--arms",
+        metavar="PROFILE",
+        nargs="?",
+        const="synth",
+        choices=list(E.PROFILES),
+        help="each arm's step cost on one profile (default synth)",
+    )
+    return parser.parse_args(argv)
+
+
 def main(argv):
-    quick = "--quick" in argv
+    args = parse_args(argv)
+    quick = args.quick
     results, rows = dict.fromkeys(KEYS), []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     measure_machine(device, results, rows)
     results["device"] = device_name(device)
-    if "--arms" in argv:  # only the arms' step costs on one profile
-        profile = argv[argv.index("--arms") + 1] if len(argv) > argv.index("--arms") + 1 else "synth"
-        if profile not in E.PROFILES:
-            raise SystemExit(f"--arms {profile}: choose one of {', '.join(E.PROFILES)}")
-        measure_arms(profile, device, results, rows)
+    if args.arms:  # only the arms' step costs on one profile
+        measure_arms(args.arms, device, results, rows)
         machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup", "sae_dtype")
         return report({k: results[k] for k in results if k.startswith("arm") or k in machine}, rows)
-    if "--evals-only" in argv:  # only the eval-cache measurement (two default runs)
+    if args.evals_only:  # only the eval-cache measurement (two default runs)
         measure_eval_cache(results, rows)
         return report(results, rows)
     torch.manual_seed(0)
 
     cfg = embedded_config()
-    if "--gemma2" in argv:
+    if args.gemma2:
         measure_gemma2(cfg, device, results, rows)
         machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup")
         return report({k: results[k] for k in results if "gemma2" in k or k in machine}, rows)

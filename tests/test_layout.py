@@ -46,3 +46,13 @@ def test_readme_stays_short_and_links_to_the_docs():
     for doc in DOCS:
         assert (ROOT / doc).is_file(), f"{doc} is missing"
         assert doc in links, f"README.md does not link to {doc}"
+
+
+def test_bench_parses_its_modes_without_starting_work():
+    """--help prints the modes and exits (it once started the 70-minute benchmark); a bad profile
+    is one line, not a traceback."""
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py")]
+    ok = subprocess.run([*bench, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert ok.returncode == 0 and "--arms" in ok.stdout
+    bad = subprocess.run([*bench, "--arms", "nope"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr and "Traceback" not in bad.stderr
