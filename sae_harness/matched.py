@@ -14,6 +14,8 @@ worse and absorbs less, so "lower absorption" alone may be "less trained". The r
     python -m sae_harness.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
         --out results/synth_curves_matched
 
+--curves takes several sweeps (their runs merged), e.g. short and long training lengths run apart.
+
 writes <out>.json and <out>.png (the curves and every arm's seeds).
 """
 
@@ -140,17 +142,21 @@ def arm_label(arm: str, paired: dict | None) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--curves", required=True, help="results JSON of plain TopK over training lengths (a sweep)")
+    parser.add_argument(
+        "--curves", required=True, nargs="+", help="results JSON of plain TopK over training lengths (one sweep or several, merged)"
+    )
     parser.add_argument("--arms", required=True, help="results JSON of the arms (a sweep with a none arm at the default length)")
     parser.add_argument("--x", default="synth_explained_variance")
     parser.add_argument("--y", default="synth_absorption")
     parser.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
     args = parser.parse_args(argv)
     try:
-        curve_result, arms_result = (json.loads(Path(p).read_text()) for p in (args.curves, args.arms))
+        curve_results = [json.loads(Path(p).read_text()) for p in args.curves]
+        arms_result = json.loads(Path(args.arms).read_text())
     except (OSError, ValueError) as e:
         print(f"matched: {e}", file=sys.stderr)
         return 2
+    curve_result = dict(runs=[run for r in curve_results for run in r["runs"]])  # the sweeps' runs, merged
     result = reading(curve_result, arms_result, args.x, args.y) | dict(curves_file=args.curves, arms_file=args.arms)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))

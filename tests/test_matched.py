@@ -55,3 +55,20 @@ def test_cli_writes_json_and_figure(tmp_path, capsys):
     assert written["arms"]["idea"]["paired"]["n"] == 3 and (tmp_path / "m.png").stat().st_size > 0
     assert "idea:" in capsys.readouterr().out
     assert matched.main(["--curves", str(tmp_path / "nope.json"), "--arms", str(tmp_path / "arms.json"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_cli_merges_several_curve_sweeps(tmp_path, capsys):
+    """A short-training sweep alone leaves an arm beyond the curve; with a long-training sweep added
+    (run apart, its own results file) the same arm is read on the merged curve."""
+    short = [(f"none_epochs={e}", s, 0.5 + 0.1 * e, 0.1 * e) for e in (1, 2) for s in range(3)]
+    long = [("none_epochs=8", s, 0.95, 0.5) for s in range(3)]
+    arms = [("none", s, 0.8, 0.3) for s in range(3)] + [("idea", s, 0.9, 0.35) for s in range(3)]
+    for name, result in (("short", short), ("long", long), ("arms", arms)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(sweep_result(result)))
+    base = ["--arms", str(tmp_path / "arms.json"), "--x", "ev", "--y", "abs"]
+    assert matched.main(["--curves", str(tmp_path / "short.json"), *base, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["arms"]["idea"]["outside_curve"] == [0, 1, 2]
+    assert matched.main(["--curves", str(tmp_path / "short.json"), str(tmp_path / "long.json"), *base, "--out", str(tmp_path / "b")]) == 0
+    idea = json.loads((tmp_path / "b.json").read_text())["arms"]["idea"]
+    # between (0.8, 0.3) and (0.95, 0.5): the curve reads 0.3 + 0.2 * (0.1 / 0.15) at 0.9
+    assert idea["outside_curve"] == [] and idea["paired"]["delta"] == pytest.approx(0.35 - (0.3 + 0.2 * 0.1 / 0.15))
