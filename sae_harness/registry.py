@@ -76,6 +76,12 @@ EVALS = (
                 LOWER,
             ),
             Metric("absorption_fraction", ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),), LOWER),
+            Metric(
+                "absorption_full_dscaled",
+                ((ABSORPTION, ("full_absorption_dim_scaled", "mean_full_absorption_score")),),
+                LOWER,
+                note="full absorption with the cosine criterion scaled to the residual width (0.025 * sqrt(2304 / d))",
+            ),
         ),
         cache_key=dict(llm_batch_size="llm_batch_size"),
         needs_eval_model=True,

@@ -250,6 +250,14 @@ def test_absorption_cached_equals_uncached(tl_model, tmp_path):
     assert first["standard_errors"] == second["standard_errors"]
     assert first["standard_errors"]["absorption_full"] > 0
     assert len(list((tmp_path / "cache").glob("absorption-*"))) == 1
+    # the re-aggregation behind the dimension-scaled score reproduces SAEBench's at SAEBench's threshold
+    scaled = first["full_absorption_dim_scaled"]
+    saebench = first["eval_result_metrics"]["mean"]["mean_full_absorption_score"]
+    assert scaled["saebench_score_recomputed"] == pytest.approx(saebench, abs=1e-12)
+    assert scaled["d"] == sae.W_dec.shape[1] and scaled["threshold"] > 0.025 and scaled["mean_full_absorption_score"] <= saebench
+    assert set(first["probe_f1_by_letter"]) == set("abcdefghijklmnopqrstuvwxyz")
+    passing = sum(f1 > first["probe_f1_gate"] for f1 in first["probe_f1_by_letter"].values())
+    assert first["letters_passing_gate"] == passing >= len(first["eval_result_details"])
 
 
 def test_absorption_other_seed_other_entry(tl_model, tmp_path):
@@ -413,6 +421,45 @@ def test_accuracy_se_brute_force():
     var_x = (0.9 * 0.1 / 40 + 0.6 * 0.4 / 20) / 4
     var_y = 0.75 * 0.25 / 100
     assert sparse_probing._accuracy_se(acc, n) == pytest.approx(((var_x + var_y) / 4) ** 0.5)
+
+
+def test_full_absorption_at_a_stricter_threshold_brute_force():
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    letters = list("a" * 12 + "b" * 7 + "c" * 5)
+    positives = {"a": 15, "b": 9, "c": 5}  # SAEBench's per-letter denominator, repeated on each row
+    df = pd.DataFrame(
+        {
+            "letter": letters,
+            "is_full_absorption": rng.random(24) < 0.6,
+            "top_projection_feat_probe_cos": rng.uniform(0.0, 0.1, 24),
+            "num_probe_true_positives": [positives[x] for x in letters],
+        }
+    )
+    for threshold in (0.025, 0.05, 0.08):
+        rates = []
+        for letter in ("a", "b"):
+            rows = df[df.letter == letter].to_dict("records")
+            count = sum(1 for r in rows if r["is_full_absorption"] and r["top_projection_feat_probe_cos"] >= threshold)
+            rates.append(count / positives[letter])
+        assert absorption.full_absorption_at(df, {"a", "b"}, threshold) == pytest.approx(sum(rates) / 2)
+    assert absorption.full_absorption_at(df, {"z"}, 0.05) is None
+
+
+def test_dim_scaled_threshold_keeps_the_chance_rate_of_gemma2():
+    """Random unit vectors: the chance rate matches a Monte Carlo count, and the scaled threshold at
+    d = 640 is met by chance about as often as 0.025 is at d = 2304 (0.23), not 0.53."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.nn.functional.normalize(torch.randn(20000, 640, generator=gen), dim=1) for _ in range(2))
+    cos = (a * b).sum(1).abs()
+    assert absorption.chance_rate(0.025, 640) == pytest.approx((cos >= 0.025).float().mean().item(), abs=0.015)
+    assert absorption.chance_rate(0.025, 640) == pytest.approx(0.53, abs=0.01)
+    assert absorption.dim_scaled_threshold(2304) == 0.025 and absorption.dim_scaled_threshold(4096) == 0.025
+    scaled = absorption.dim_scaled_threshold(640)
+    assert scaled == pytest.approx(0.025 * (2304 / 640) ** 0.5)
+    assert absorption.chance_rate(scaled, 640) == pytest.approx(absorption.chance_rate(0.025, 2304), abs=0.01)
 
 
 def test_absorption_se_brute_force():

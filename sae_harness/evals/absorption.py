@@ -115,6 +115,46 @@ def _absorption_se(raw_df, letters: set[str]) -> dict:
     return out
 
 
+SAEBENCH_COS_THRESHOLD = 0.025
+"""SAEBench's full-absorption criterion: the top-projecting latent's cosine with the probe is at least this."""
+SAEBENCH_D = 2304
+"""The residual width SAEBench's threshold was set on (Gemma 2 2B)."""
+
+
+def chance_rate(threshold: float, d: int) -> float:
+    """P(|cos| >= threshold) for two independent random unit vectors in d dimensions
+    (cos^2 ~ Beta(1/2, (d - 1)/2)): how often the cosine criterion is met by chance."""
+    from scipy.stats import beta
+
+    return float(beta.sf(threshold**2, 0.5, (d - 1) / 2))
+
+
+def dim_scaled_threshold(d: int) -> float:
+    """SAEBench's 0.025 scaled by sqrt(2304 / d), so the criterion's chance rate at d is about what it
+    is on Gemma 2 2B (random cosines have std 1/sqrt(d)); never below 0.025 (a looser criterion
+    cannot be recomputed from SAEBench's per-word table)."""
+    return max(SAEBENCH_COS_THRESHOLD, SAEBENCH_COS_THRESHOLD * float(np.sqrt(SAEBENCH_D / d)))
+
+
+def full_absorption_at(raw_df, letters: set[str], threshold: float) -> float | None:
+    """SAEBench's mean full-absorption score with its cosine criterion at `threshold` (>= 0.025): a
+    word counts where SAEBench counted it and its top-projecting latent's cosine with the probe is at
+    least `threshold`; each letter's rate over its probe true positives, the mean over `letters`."""
+    rows = raw_df[raw_df["letter"].isin(letters)]
+    if not len(rows):
+        return None
+    full = rows["is_full_absorption"].astype(bool) & (rows["top_projection_feat_probe_cos"] >= threshold)
+    per_letter = full.groupby(rows["letter"]).sum() / rows.groupby("letter")["num_probe_true_positives"].mean()
+    return float(per_letter.mean())
+
+
+def _probe_gate(probe_path: Path, min_f1: float) -> dict:
+    """The LLM's first-letter probes: each letter's F1 (SAEBench's k-sparse probing table) and how many
+    pass the gate F1 > min_f1 (the letters absorption is averaged over)."""
+    f1 = {row["letter"]: float(row["f1_probe"]) for row in json.loads(probe_path.read_text())}
+    return dict(probe_f1_by_letter=f1, letters_passing_gate=sum(v > min_f1 for v in f1.values()), probe_f1_gate=min_f1)
+
+
 def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     """SAEBench first-letter absorption (k-sparse probing, then absorption of the split latents).
     Cached per key: the LLM's first-letter probe with its word-prompt activations (SAEBench's probe
@@ -219,10 +259,10 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     if prompt_model.added and ctx.cache_dir is not None:
         write_atomic(acts_path, lambda tmp: torch.save(prompt_model.store, tmp))
     cache_info = dict(probe_hit=probe_hit, prompt_acts_hit=prompt_model.added == 0, entry=str(entry))
+    probe_path = out_dir / "artifacts" / "absorption" / f"{ctx.sae_name}_{SAE_ID}_k_sparse_probing.json".replace("/", "_")
+    gate = _probe_gate(probe_path, ctx.absorption_min_probe_f1)
     if not results:  # the gate failed: SAEBench printed "Cannot evaluate absorption" and wrote nothing
-        probe_path = out_dir / "artifacts" / "absorption" / f"{ctx.sae_name}_{SAE_ID}_k_sparse_probing.json".replace("/", "_")
-        f1 = [row["f1_probe"] for row in json.loads(probe_path.read_text())]
-        passed = sum(v > ctx.absorption_min_probe_f1 for v in f1)
+        passed = gate["letters_passing_gate"]
         return {
             "skipped": f"only {passed}/26 first-letter LLM probes reached F1 > {ctx.absorption_min_probe_f1} "
             f"(gate {ctx.absorption_min_letters}) with {len(vocab)} words; raise absorption_vocab_size "
@@ -234,6 +274,18 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     raw_df = pd.read_parquet(experiments_dir / "feature_absorption" / name / f"layer_{ctx.layer}_{name}.parquet")
     letters = {d["first_letter"] for d in result["eval_result_details"]}
     result["standard_errors"] = _absorption_se(raw_df, letters)
+    result |= gate
+    d = int(sae.W_dec.shape[-1])
+    threshold = dim_scaled_threshold(d)
+    result["full_absorption_dim_scaled"] = dict(
+        d=d,
+        threshold=threshold,
+        chance_rate=chance_rate(threshold, d),
+        saebench_threshold=SAEBENCH_COS_THRESHOLD,
+        saebench_chance_rate=chance_rate(SAEBENCH_COS_THRESHOLD, d),
+        saebench_score_recomputed=full_absorption_at(raw_df, letters, SAEBENCH_COS_THRESHOLD),  # equals SAEBench's own
+        mean_full_absorption_score=full_absorption_at(raw_df, letters, threshold),
+    )
     result["n_test_words"] = int(sum(d["num_probe_true_positives"] for d in result["eval_result_details"]))
     result["cache"] = cache_info
     result["stage_seconds"] = timings
