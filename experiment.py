@@ -638,23 +638,8 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
         dead_fraction=record["dead_fraction"],
         fvu=record["fvu"],
         ortho_impl=trainer.ortho_impl,
-    ) | dose_summary(dose)
+    ) | rundir.dose_summary(dose)
     return sae, final
-
-
-def dose_summary(records: list[dict]) -> dict:
-    """The term's dose over the logged steps where it was on: s = recon / P (median, range), the
-    term's mean share of the loss, and its gradient on W_dec against the rest's (mean, range)."""
-    if not records:
-        return {}
-    scale, grad = sorted(r["ortho_scale"] for r in records), [r["ortho_grad_share"] for r in records if r.get("ortho_grad_share")]
-    return dict(
-        ortho_scale=scale[len(scale) // 2],
-        ortho_scale_range=[scale[0], scale[-1]],
-        ortho_share_mean=sum(r["ortho_share"] for r in records) / len(records),
-        ortho_grad_share_mean=sum(grad) / len(grad) if grad else None,
-        ortho_grad_share_range=[min(grad), max(grad)] if grad else None,
-    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -237,3 +237,18 @@ def stage(doing: str, kept: str):
         yield
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted while {doing}; {kept}. The same command continues: {resume_hint()}") from None
+
+
+def dose_summary(records: list[dict]) -> dict:
+    """The term's dose over the logged steps where it was on: s = recon / P (median, range), the
+    term's mean share of the loss, and its gradient on W_dec against the rest's (mean, range)."""
+    if not records:
+        return {}
+    scale, grad = sorted(r["ortho_scale"] for r in records), [r["ortho_grad_share"] for r in records if r.get("ortho_grad_share")]
+    return dict(
+        ortho_scale=scale[len(scale) // 2],
+        ortho_scale_range=[scale[0], scale[-1]],
+        ortho_share_mean=sum(r["ortho_share"] for r in records) / len(records),
+        ortho_grad_share_mean=sum(grad) / len(grad) if grad else None,
+        ortho_grad_share_range=[min(grad), max(grad)] if grad else None,
+    )

@@ -9,6 +9,7 @@ import torch
 
 import experiment as E
 from sae_harness import ortho_fast as O
+from sae_harness import rundir
 
 
 def schedule_cfg(**kw):
@@ -289,14 +290,14 @@ def test_the_dose_is_logged_and_summarised_per_run():
     assert all(r["ortho_scale"] == pytest.approx(r["recon_loss"] / r["ortho_penalty"]) for r in records)
     assert all(r["ortho_loss"] == pytest.approx(r["ortho_lambda"] * r["recon_loss"]) for r in records)
     assert all(r["ortho_grad_share"] > 0 for r in records)
-    summary = E.dose_summary(records)
+    summary = rundir.dose_summary(records)
     scales = sorted(r["ortho_scale"] for r in records)
     assert summary["ortho_scale"] == scales[2] and summary["ortho_scale_range"] == [scales[0], scales[-1]]
     assert summary["ortho_share_mean"] == pytest.approx(sum(r["ortho_share"] for r in records) / 4)
     resumed = make_trainer("progressive", ortho_every=1)
     resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
     assert resumed.ortho_scale == trainer.ortho_scale and resumed.ortho_grad_share == trainer.ortho_grad_share
-    assert E.dose_summary([]) == {}  # none and matryoshka: no dose
+    assert rundir.dose_summary([]) == {}  # none and matryoshka: no dose
 
 
 def test_nested_recon_loss_matches_a_dense_brute_force_in_value_and_gradient():
