@@ -27,6 +27,7 @@ Run it on an idle machine: on 2 cores, torch slows down many times when the othe
 Prints a table, then one JSON object as the last line.
 """
 
+import argparse
 import copy
 import dataclasses
 import json
@@ -506,8 +507,6 @@ def measure_arms(profile, device, results, rows):
 
 def parse_args(argv):
     """The modes in the docstring; --help prints it instead of starting a 70-minute benchmark."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="no whole runs, extraction, start-up or evals")
@@ -526,7 +525,6 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    quick = args.quick
     results, rows = dict.fromkeys(KEYS), []
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     measure_machine(device, results, rows)
@@ -547,13 +545,13 @@ def main(argv):
         return report({k: results[k] for k in results if "gemma2" in k or k in machine}, rows)
     buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])  # reused, or built first on a fresh clone
     batch = lambda i: buf.batch(i % cfg.total_steps)  # noqa: E731
-    if not quick:
+    if not args.quick:
         measure_whole_runs(cfg, device, results, rows)
         measure_interleaved(cfg, device, buf, results, rows)
     state = measure_trained_state(cfg, device, batch, results, rows)
     measure_dense_vs_optimized(cfg, device, batch, state, results, rows)
     measure_gemma2(cfg, device, results, rows)
-    if not quick:
+    if not args.quick:
         measure_extraction(device, results, rows)
         measure_cached_start(results, rows)
         measure_eval_cache(results, rows)
