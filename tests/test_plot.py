@@ -199,6 +199,7 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
     assert directions == {
         "absorption_full": "lower is better",
         "absorption_fraction": "lower is better",
+        "absorption_full_dscaled": "lower is better",
         "explained_variance": "higher is better",
         "kl_div_score": "higher is better",
         "ce_loss_score": "higher is better",
