@@ -104,7 +104,9 @@ def parse(argv):
     parser.add_argument(
         "--baseline",
         default="",
-        help="compare with this arm directory of another sweep (e.g. sweeps/ablation/none) when this sweep has no plain none arm",
+        help="when this sweep has no plain none arm, compare with this baseline: an arm directory of another sweep "
+        "(e.g. sweeps/ablation/none), or another sweep's results JSON with its per-run records (e.g. "
+        "results/ablation_e4.json, its own baseline arm; results/x.json#arm for another arm), for a baseline run apart",
     )
     parser.add_argument("--collect", action="store_true", help="submit nothing: rebuild the results from the run directories")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and their state, submit nothing")
@@ -314,17 +316,25 @@ def collect(args, runs):
             write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", info)
         result_arms[arm] = entry | dict(summary=info["summary"])
         per_seed[arm] = per_seed_summaries(info)
+    baseline_config_diff = None
     if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
-        try:
-            baseline_info = read_info(Path(args.baseline))
-            summary = summarize(baseline_info)
-        except ValueError:
-            raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
+        if args.baseline.partition("#")[0].endswith(".json"):
+            summary, base_per_seed, base_configs = baseline_from_results(args.baseline)
+            baseline_config_diff = config_differences(base_configs, records)
+            if baseline_config_diff:
+                print(f"note: the baseline's training config differs from this sweep's in {', '.join(baseline_config_diff)}")
+        else:
+            try:
+                baseline_info = read_info(Path(args.baseline))
+                summary = summarize(baseline_info)
+            except ValueError:
+                raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
+            base_per_seed = per_seed_summaries(baseline_info)
         if not any(entry["n"] for entry in summary.values()):
             raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
         baseline_arm = f"baseline: {args.baseline}"
         result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
-        per_seed[baseline_arm] = per_seed_summaries(baseline_info)
+        per_seed[baseline_arm] = base_per_seed
     for arm, entry in result_arms.items():
         if baseline_arm and arm != baseline_arm:
             entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])
@@ -336,6 +346,7 @@ def collect(args, runs):
         command="python sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--collect") if sys.argv[0].endswith("sweep.py") else None,
         profile=profile,
         baseline=baseline_arm,
+        **({"baseline_config_differences": baseline_config_diff} if baseline_config_diff is not None else {}),
         interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
         paired=PAIRED_NOTE,
         spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
@@ -359,6 +370,47 @@ def collect(args, runs):
     print(f"wrote {results / f'{args.name}.json'}, {args.name}.md (its Markdown table) and {figure}")
     print(plot.summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
     return result
+
+
+NOT_TRAINING = ("out_dir", "cache_dir", "overwrite", "seed", "seeds", "variant", "evals", "wandb_project", "log_every", "checkpoint_every")
+
+
+def baseline_from_results(spec: str):
+    """(summary, {seed: summary}, {seed: training config}) of one arm of another sweep's results
+    JSON: `path` (its own baseline arm) or `path#arm`."""
+    path, _, arm = spec.partition("#")
+    try:
+        result = json.loads(Path(path).read_text())
+        arm = arm or result["baseline"]
+        summary = result["arms"][arm]["summary"]
+    except (OSError, ValueError) as e:
+        raise SweepError(f"--baseline {spec}: cannot read {path}: {e}") from None
+    except (KeyError, TypeError):
+        raise SweepError(f"--baseline {spec}: {path} has no arm {arm or '(no baseline named)'!r}") from None
+    runs = [r for r in result.get("runs", []) if r.get("arm") == arm]
+    return summary, {r["seed"]: r["summary"] for r in runs}, {r["seed"]: r.get("config") or {} for r in runs}
+
+
+def config_differences(base_configs: dict, records: list) -> list[str]:
+    """The training options (not paths, seeds, variant, evals, ortho_* weights) on which a baseline
+    run apart differs from this sweep's run at the same seed: a paired comparison across sweeps
+    holds only where this list is empty or harmless (e.g. an option renamed between commits)."""
+    differing = set()
+    for record in records:
+        base = base_configs.get(record["seed"])
+        if base is None:
+            continue
+        for key in set(base) | set(record["config"]):
+            if (
+                key in NOT_TRAINING
+                or key.startswith(("ortho_", "ortsae_", "matryoshka_"))
+                or key.endswith("_schedule")
+                or key in ("decay_rate", "threshold_floor")
+            ):
+                continue
+            if base.get(key, "(absent)") != record["config"].get(key, "(absent)"):
+                differing.add(key)
+    return sorted(differing)
 
 
 def recompare_from_json(args) -> dict:

@@ -174,7 +174,12 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
     assert [e.name for e in registry.run_order(["core", "separation", "absorption", "core"])] == ["separation", "core", "absorption"]
     assert list(schema.EVAL_KEYS) == ["absorption", "core", "sparse_probing", "unlearning", "separation", "synth"]
     assert list(schema.EVAL_BLOCKS.values()) == ["absorption", "core", "sparse probing", "unlearning", "separation", "synth"]
-    assert [m.name for m in schema.METRICS][:4] == ["absorption_full", "absorption_fraction", "absorption_full_dscaled", "explained_variance"]
+    assert [m.name for m in schema.METRICS][:4] == [
+        "absorption_full",
+        "absorption_fraction",
+        "absorption_full_dscaled",
+        "explained_variance",
+    ]
     assert [m.name for m in schema.METRICS][-8:-5] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
     assert [m.name for m in schema.METRICS][-5:] == [
         "synth_absorption",

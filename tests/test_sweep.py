@@ -73,6 +73,25 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     other = sweep(tmp_path, "--k", "4")
     assert other.returncode == 2 and other.stderr.count("\n") == 1 and "other options" in other.stderr
 
+    # another sweep's results JSON as the baseline (a baseline run apart, e.g. in another session)
+    (tmp_path / "base.json").write_text((tmp_path / "results" / "ablation.json").read_text())
+    apart = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", f"{tmp_path / 'base.json'}#none")
+    assert apart.returncode == 0, apart.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    assert list(result["arms"]) == [f"baseline: {tmp_path / 'base.json'}#none", "progressive"]
+    assert result["baseline_config_differences"] == [] and "differs" not in apart.stdout
+    assert result["arms"]["progressive"]["vs_baseline"]["heldout_cofire_cos_mean"]["delta"] == pytest.approx(vs["delta"])
+    assert result["arms"]["progressive"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]["lo"] == pytest.approx(paired["lo"])
+    base = json.loads((tmp_path / "base.json").read_text())
+    for run in base["runs"]:
+        run["config"]["lr"] = 1.0  # a baseline trained differently is named, not refused
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    apart = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", str(tmp_path / "base.json"))
+    assert apart.returncode == 0 and "differs from this sweep's in lr" in apart.stdout
+    assert json.loads((tmp_path / "results" / "ablation.json").read_text())["baseline_config_differences"] == ["lr"]
+    missing = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", f"{tmp_path / 'base.json'}#nope")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "has no arm 'nope'" in missing.stderr
+
     # an arm of another sweep as the baseline (e.g. a lambda sweep of progressive against the ablation's none)
     alone = sweep(tmp_path, "--variants", "progressive", "--collect", "--baseline", str(tmp_path / "sweeps" / "ablation" / "none"))
     assert alone.returncode == 0, alone.stderr[-2000:]
