@@ -14,7 +14,9 @@ worse and absorbs less, so "lower absorption" alone may be "less trained". The r
     python -m sae_harness.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
         --out results/synth_curves_matched
 
---curves takes several sweeps (their runs merged), e.g. short and long training lengths run apart.
+--curves takes several sweeps (their runs merged), e.g. short and long training lengths run apart;
+`file.json#arm` takes one arm of a sweep, e.g. the default-length `none` of an ablation whose other
+arms are not plain TopK, for arms compared with a baseline run apart (sweep.py --baseline x.json).
 
 writes <out>.json and <out>.png (the curves and every arm's seeds).
 """
@@ -143,20 +145,29 @@ def arm_label(arm: str, paired: dict | None) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--curves", required=True, nargs="+", help="results JSON of plain TopK over training lengths (one sweep or several, merged)"
+        "--curves",
+        required=True,
+        nargs="+",
+        help="results JSON of plain TopK over training lengths (one sweep or several, merged; file.json#arm: that arm only)",
     )
     parser.add_argument("--arms", required=True, help="results JSON of the arms (a sweep with a none arm at the default length)")
     parser.add_argument("--x", default="synth_explained_variance")
     parser.add_argument("--y", default="synth_absorption")
     parser.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
     args = parser.parse_args(argv)
+    runs = []  # the curve sweeps' runs, merged
     try:
-        curve_results = [json.loads(Path(p).read_text()) for p in args.curves]
+        for spec in args.curves:
+            path, _, only = spec.partition("#")
+            chosen = [run for run in json.loads(Path(path).read_text())["runs"] if not only or run["arm"] == only]
+            if not chosen:
+                raise ValueError(f"{spec}: no runs{f' of arm {only!r}' if only else ''}")
+            runs += chosen
         arms_result = json.loads(Path(args.arms).read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError) as e:
         print(f"matched: {e}", file=sys.stderr)
         return 2
-    curve_result = dict(runs=[run for r in curve_results for run in r["runs"]])  # the sweeps' runs, merged
+    curve_result = dict(runs=runs)
     result = reading(curve_result, arms_result, args.x, args.y) | dict(curves_file=args.curves, arms_file=args.arms)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))

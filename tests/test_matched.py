@@ -72,3 +72,20 @@ def test_cli_merges_several_curve_sweeps(tmp_path, capsys):
     idea = json.loads((tmp_path / "b.json").read_text())["arms"]["idea"]
     # between (0.8, 0.3) and (0.95, 0.5): the curve reads 0.3 + 0.2 * (0.1 / 0.15) at 0.9
     assert idea["outside_curve"] == [] and idea["paired"]["delta"] == pytest.approx(0.35 - (0.3 + 0.2 * 0.1 / 0.15))
+
+
+def test_cli_takes_one_arm_of_a_curve_sweep(tmp_path, capsys):
+    """`file.json#none`: the default-length plain TopK of an ablation joins the curve and its other
+    arms do not (they are not plain TopK), for arms whose baseline was run apart."""
+    short = [(f"none_epochs={e}", s, 0.5 + 0.1 * e, 0.1 * e) for e in (1, 2) for s in range(3)]
+    ablation = [("none", s, 0.95, 0.5) for s in range(3)] + [("static", s, 0.9, 0.0) for s in range(3)]
+    arms = [("idea", s, 0.9, 0.35) for s in range(3)]  # no none arm: compared with ablation's none
+    for name, result in (("short", short), ("ablation", ablation), ("arms", arms)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(sweep_result(result)))
+    base = ["--arms", str(tmp_path / "arms.json"), "--x", "ev", "--y", "abs", "--out", str(tmp_path / "m")]
+    assert matched.main(["--curves", str(tmp_path / "short.json"), f"{tmp_path / 'ablation.json'}#none", *base]) == 0
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert sorted(written["curve"]) == ["none", "none_epochs=1", "none_epochs=2"]  # static is not on the curve
+    assert written["arms"]["idea"]["paired"]["delta"] == pytest.approx(0.35 - (0.2 + 0.3 * 0.2 / 0.25))
+    assert matched.main(["--curves", f"{tmp_path / 'ablation.json'}#nope", *base]) == 2
+    assert "no runs of arm 'nope'" in capsys.readouterr().err
