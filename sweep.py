@@ -331,7 +331,9 @@ def collect(args, runs):
                 raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
             base_per_seed = per_seed_summaries(baseline_info)
         if not any(entry["n"] for entry in summary.values()):
-            raise SweepError(f"--baseline {args.baseline}: no results there (an arm directory of a finished sweep is expected)")
+            raise SweepError(
+                f"--baseline {args.baseline}: no results there (an arm directory or results JSON of a finished sweep is expected)"
+            )
         baseline_arm = f"baseline: {args.baseline}"
         result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
         per_seed[baseline_arm] = base_per_seed
