@@ -13,7 +13,9 @@
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
     python benchmarks/bench.py --arms synth   # each arm's training step against plain TopK's, interleaved
                                               # over a whole default run of that profile (synth: ~5 min;
-                                              # gemma-3-270m: ~40 min); keys arm_step_s, arm_step_ratio
+                                              # gemma-3-270m: ~60 min); keys arm_step_s, arm_step_ratio
+    python benchmarks/bench.py --arms gemma-3-270m --arm_steps 200   # the same over 200 of the
+                                              # schedule's steps, 10 blocks of 20 spread over it (~6 min)
 
 Every JSON carries the machine it came from: cpu_capability (AVX2, AVX512, AMX, ...), the measured
 float32 / bfloat16 and float32 / int8 matmul speedups here (> 1: the low precision is faster), and
@@ -290,12 +292,23 @@ def measure_whole_runs(cfg, device, results, rows, repeat=2):
     )
 
 
-def interleaved_step_seconds(cfg, device, buf, arms=None) -> dict:
+def sampled_steps(total: int, n: int, block: int = 20) -> list[int]:
+    """n of a schedule's total steps (all of them when n is 0 or >= total), as blocks of `block`
+    consecutive steps spread evenly over the schedule: every p is visited, and a block of 20 holds
+    every phase of a term computed every 5th (or 2nd, 4th, 10th) step equally often."""
+    if not n or n >= total:
+        return list(range(total))
+    n_blocks = max(1, n // block)
+    starts = [round(i * (total - block) / max(1, n_blocks - 1)) for i in range(n_blocks)] if n_blocks > 1 else [0]
+    return [s + j for s in starts for j in range(block)]
+
+
+def interleaved_step_seconds(cfg, device, buf, arms=None, steps=None) -> dict:
     """Seconds of plain TopK and of the default (or of each {name: variant} in arms), stepping
-    alternately in one process over the whole schedule (cfg.total_steps steps, the same batches,
-    training steps only: no logging or checkpoints). Each step of one is timed next to the same step
-    of the others, so a drift in the machine's speed (whole runs on this CPU have differed by 12%
-    between identical runs) falls on all alike."""
+    alternately in one process over the whole schedule (cfg.total_steps steps, or the given step
+    indices of it; the same batches, training steps only: no logging or checkpoints). Each step of
+    one is timed next to the same step of the others, so a drift in the machine's speed (whole runs
+    on this CPU have differed by 12% between identical runs) falls on all alike."""
     trainers = {}
     for name, variant in (arms or {"plain": "none", "default": cfg.variant}).items():
         c = dataclasses.replace(cfg, variant=variant)
@@ -304,7 +317,7 @@ def interleaved_step_seconds(cfg, device, buf, arms=None) -> dict:
         trainers[name] = E.TrainerTopK(c, sae)
         trainers[name].start(buf.batch)  # as experiment.train starts a fresh run
     seconds = dict.fromkeys(trainers, 0.0)
-    for step in range(cfg.total_steps):
+    for step in range(cfg.total_steps) if steps is None else steps:
         x_BD = buf.batch(step)
         for name, trainer in trainers.items():
             t = time.perf_counter()
@@ -482,9 +495,10 @@ def measure_machine(device, results, rows):
 ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
 
 
-def measure_arms(profile, device, results, rows):
+def measure_arms(profile, device, results, rows, n_steps=0):
     """What each arm costs: its training step over plain TopK's, all interleaved over one whole
-    default run of the profile (the same batches)."""
+    default run of the profile (the same batches), or over n_steps of its steps in blocks spread
+    over the schedule (sampled_steps)."""
     cfg = cli.apply_profile(E.Config(out_dir="bench", profile=profile), E.PROFILES, cuda_available=device.type == "cuda")
     if profile == "synth":
         from sae_harness import synth
@@ -492,13 +506,20 @@ def measure_arms(profile, device, results, rows):
         buf = synth.activation_buffer(cfg, device)
     else:
         buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])
-    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS})
-    per_step = {arm: s / cfg.total_steps for arm, s in seconds.items()}
-    results.update(arms_profile=profile, arm_step_s=per_step, arm_step_ratio={arm: s / per_step["none"] for arm, s in per_step.items()})
+    steps = sampled_steps(cfg.total_steps, n_steps)
+    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS}, steps)
+    per_step = {arm: s / len(steps) for arm, s in seconds.items()}
+    results.update(
+        arms_profile=profile,
+        arm_steps=len(steps),
+        arm_step_s=per_step,
+        arm_step_ratio={arm: s / per_step["none"] for arm, s in per_step.items()},
+    )
+    which = f"{cfg.total_steps} steps" if len(steps) == cfg.total_steps else f"{len(steps)} of {cfg.total_steps} steps (blocks of 20)"
     for arm in ARMS:
         rows.append(
             (
-                f"{profile}: {arm}, {cfg.total_steps} steps interleaved with the other arms",
+                f"{profile}: {arm}, {which} interleaved with the other arms",
                 f"{1000 * per_step[arm]:.1f} ms/step",
                 f"{per_step[arm] / per_step['none']:.2f}x plain TopK",
             )
@@ -520,6 +541,13 @@ def parse_args(argv):
         choices=list(E.PROFILES),
         help="each arm's step cost on one profile (default synth)",
     )
+    parser.add_argument(
+        "--arm_steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --arms: time N steps (blocks of 20 spread over the schedule) instead of the whole run",
+    )
     return parser.parse_args(argv)
 
 
@@ -530,7 +558,7 @@ def main(argv):
     measure_machine(device, results, rows)
     results["device"] = device_name(device)
     if args.arms:  # only the arms' step costs on one profile
-        measure_arms(args.arms, device, results, rows)
+        measure_arms(args.arms, device, results, rows, args.arm_steps)
         machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup", "sae_dtype")
         return report({k: results[k] for k in results if k.startswith("arm") or k in machine}, rows)
     if args.evals_only:  # only the eval-cache measurement (two default runs)
