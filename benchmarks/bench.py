@@ -13,7 +13,7 @@
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
     python benchmarks/bench.py --arms synth   # each arm's training step against plain TopK's, interleaved
                                               # over a whole default run of that profile (synth: ~5 min;
-                                              # gemma-3-270m: ~60 min); keys arm_step_s, arm_step_ratio
+                                              # gemma-3-270m: ~40 min); keys arm_step_s, arm_step_ratio
     python benchmarks/bench.py --arms gemma-3-270m --arm_steps 200   # the same over 200 of the
                                               # schedule's steps, 10 blocks of 20 spread over it (~4 min)
 
@@ -293,14 +293,16 @@ def measure_whole_runs(cfg, device, results, rows, repeat=2):
 
 
 def sampled_steps(total: int, n: int, block: int = 20) -> list[int]:
-    """n of a schedule's total steps (all of them when n is 0 or >= total), as blocks of `block`
-    consecutive steps spread evenly over the schedule: every p is visited, and a block of 20 holds
-    every phase of a term computed every 5th (or 2nd, 4th, 10th) step equally often."""
+    """n of a schedule's total steps, rounded down to whole blocks of `block` consecutive steps (at
+    least one) spread evenly over the schedule, first and last step included; all of them when n is
+    0 or >= total. Every p is visited, and a block of 20 holds every phase of a term computed every
+    5th (or 2nd, 4th, 10th) step equally often."""
     if not n or n >= total:
         return list(range(total))
+    block = min(block, total)
     n_blocks = max(1, n // block)
-    starts = [round(i * (total - block) / max(1, n_blocks - 1)) for i in range(n_blocks)] if n_blocks > 1 else [0]
-    return [s + j for s in starts for j in range(block)]
+    spacing = (total - block) / (n_blocks - 1) if n_blocks > 1 else 0
+    return [round(i * spacing) + j for i in range(n_blocks) for j in range(block)]
 
 
 def interleaved_step_seconds(cfg, device, buf, arms=None, steps=None) -> dict:
@@ -510,8 +512,8 @@ def measure_arms(profile, device, results, rows, n_steps=0):
     else:
         buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])
     steps = sampled_steps(cfg.total_steps, n_steps)
-    sample = steps if len(steps) < cfg.total_steps else None
-    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS}, sample)
+    whole = len(steps) == cfg.total_steps
+    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS}, None if whole else steps)
     per_step = {arm: s / len(steps) for arm, s in seconds.items()}
     results.update(
         arms_profile=profile,
@@ -519,7 +521,7 @@ def measure_arms(profile, device, results, rows, n_steps=0):
         arm_step_s=per_step,
         arm_step_ratio={arm: s / per_step["none"] for arm, s in per_step.items()},
     )
-    which = f"{cfg.total_steps} steps" if len(steps) == cfg.total_steps else f"{len(steps)} of {cfg.total_steps} steps (blocks of 20)"
+    which = f"{cfg.total_steps} steps" if whole else f"{len(steps)} of {cfg.total_steps} steps (blocks of 20)"
     for arm in ARMS:
         rows.append(
             (

@@ -23,3 +23,4 @@ def test_sampled_steps_whole_run_when_not_asked_or_too_many():
     assert sampled_steps(100, 0) == list(range(100))
     assert sampled_steps(100, 500) == list(range(100))
     assert sampled_steps(100, 5) == list(range(20))  # fewer than a block: one block from the start
+    assert sampled_steps(10, 5) == list(range(10))  # a schedule shorter than a block: no step past its end
