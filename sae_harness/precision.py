@@ -45,10 +45,11 @@ SCREEN_SLOW = 4.0
 
 
 def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int, masks: bool = False) -> float:
-    """Median seconds of an (m, k) @ (k, n) product in dtype on the CPU (int8: torch._int_mm, int8
-    x int8 -> int32, as the exact co-firing counts use it), after one warm-up call (oneDNN builds a
-    kernel per new shape). masks: operands are 0/1 firing masks (MASK_DENSITY), else Gaussian
-    (int8 always gets 0/1 operands)."""
+    """Fastest of `repeat` timings, in seconds, of an (m, k) @ (k, n) product in dtype on the CPU
+    (int8: torch._int_mm, int8 x int8 -> int32, as the exact co-firing counts use it), after one
+    warm-up call (oneDNN builds a kernel per new shape). The fastest, not the median: another process
+    only ever adds time, and one preempted call of a 0.1 ms product reads 40x slower. masks: operands
+    are 0/1 firing masks (MASK_DENSITY), else Gaussian (int8 always gets 0/1 operands)."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(0)
     if masks or dtype == torch.int8:
@@ -63,15 +64,26 @@ def time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeat: int, ma
         t = time.perf_counter()
         product()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return min(times)
 
 
 def measure_speedup(dtype: torch.dtype, timer=time_matmul) -> float:
     """float32 seconds / dtype seconds of a matmul on this CPU (> 1: dtype is faster).
     timer(dtype, shape, repeat, masks) -> seconds. A few milliseconds where dtype is native, ~20 ms where
-    it is emulated."""
+    it is emulated.
+
+    The screen runs on one thread: with every thread, a small float32 product on a CPU whose other core
+    is busy waits on the busy thread (measured: 7.8 ms instead of 0.1 ms, on an AMX CPU with AVX2
+    kernels forced), the screen then reads an emulated bfloat16 as "about as fast" and the large probe
+    runs in emulation, 30 s. On one thread, the fastest of 3 calls, the screen read 0.013-0.02 there
+    (busy or not); a native bfloat16 reads 0.5-1.0 and goes on to the probe."""
     masks = dtype == torch.int8  # the counts' float32 route multiplies the same 0/1 masks
-    screen = timer(torch.float32, SCREEN_SHAPE, 3, masks) / timer(dtype, SCREEN_SHAPE, 1, masks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        screen = timer(torch.float32, SCREEN_SHAPE, 3, masks) / timer(dtype, SCREEN_SHAPE, 3, masks)
+    finally:
+        torch.set_num_threads(threads)
     if screen < 1 / SCREEN_SLOW:
         return screen
     shape = PROBE_SHAPES[dtype]

@@ -33,6 +33,31 @@ def test_measure_speedup_follows_the_timer_and_stops_early_when_emulated(dtype):
     assert {(torch.float32, precision.PROBE_SHAPES[dtype], masks), (dtype, precision.PROBE_SHAPES[dtype], masks)} <= set(calls)
 
 
+def test_the_screen_runs_on_one_thread_and_the_probe_on_all():
+    """A small product on every thread waits on a busy core and misreads an emulated dtype as fast."""
+    threads_seen, before = {}, torch.get_num_threads()
+
+    def timer(dtype, shape, repeat, masks):
+        threads_seen.setdefault(shape, set()).add(torch.get_num_threads())
+        return 1.0
+
+    torch.set_num_threads(2)
+    try:
+        precision.measure_speedup(torch.bfloat16, timer)
+        assert threads_seen[precision.SCREEN_SHAPE] == {1}
+        assert threads_seen[precision.PROBE_SHAPES[torch.bfloat16]] == {2}
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_time_matmul_takes_the_fastest_call(monkeypatch):
+    """A call preempted by another process must not decide the dtype: the fastest call counts."""
+    clock = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0])  # three calls: 5 s, 1 s, 3 s
+    monkeypatch.setattr(precision.time, "perf_counter", lambda: next(clock))
+    assert precision.time_matmul(torch.float32, (4, 4, 4), 3) == 1.0
+
+
 def test_the_int8_probe_times_firing_masks_and_the_dtypes_multiply_the_same_ones():
     m, k, n = 64, 128, 256
     seen = {}
