@@ -75,7 +75,7 @@ def measure_speedup(dtype: torch.dtype, timer=time_matmul) -> float:
     The screen runs on one thread: with every thread, a small float32 product on a CPU whose other core
     is busy waits on the busy thread (measured: 7.8 ms instead of 0.1 ms, on an AMX CPU with AVX2
     kernels forced), the screen then reads an emulated bfloat16 as "about as fast" and the large probe
-    runs in emulation, 30 s. On one thread, the fastest of 3 calls, the screen read 0.013-0.02 there
+    runs in emulation, 35 s. On one thread, the fastest of 3 calls, the screen read 0.013-0.02 there
     (busy or not); a native bfloat16 reads 0.5-1.0 and goes on to the probe."""
     masks = dtype == torch.int8  # the counts' float32 route multiplies the same 0/1 masks
     threads = torch.get_num_threads()
