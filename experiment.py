@@ -652,13 +652,12 @@ def parse_args(argv: list[str]) -> Config:
 
 
 def resolve_device(cfg: Config) -> torch.device:
-    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UsageError(
-                "--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)"
-            )
-        return torch.device("cuda")
-    return torch.device("cpu")
+    device = precision.device_of(cfg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)"
+        )
+    return device
 
 
 def main(argv: list[str]) -> int:
