@@ -432,12 +432,13 @@ def plot_separation(run):
 
 def separation_table(runs):
     """Per-phase means of the separation measures, one block of rows per run."""
-    header = f"{'run':<22}{'measure':<22}" + "".join(f"{n:>10}" for n, _, _ in PHASES)
+    width = max([len(run.label) for run in runs] + [20]) + 2  # a long run name keeps its gap
+    header = f"{'run':<{width}}{'measure':<22}" + "".join(f"{n:>10}" for n, _, _ in PHASES)
     lines = [header]
     for run in runs:
         for key, _ in SEPARATION:
             means = phase_means(run.log, key)
-            lines.append(f"{run.label:<22}{key:<22}" + "".join(f"{fmt(m):>10}" for m in means))
+            lines.append(f"{run.label:<{width}}{key:<22}" + "".join(f"{fmt(m):>10}" for m in means))
     return "\n".join(lines)
 
 

@@ -574,3 +574,21 @@ def test_mechanism_figure_for_synth_runs_and_in_their_comparison(tmp_path, monke
     assert "missing: synthetic eval: not run" in stdout  # asked for by the synth runs, absent
     assert stdout.count("missing: synthetic eval: not run") == 2  # run_1, run_2; not run_3 (a language-model run)
     assert stdout.count("eval: not run") == 2 + 5  # and run_3's five language-model evals, none of them in the synth runs'
+
+
+def test_separation_table_keeps_a_gap_after_a_long_run_name():
+    """A run name longer than the column (run_s_avx2 (progressive, 5 seeds)) ran into the
+    measure's name; every row still splits into the label, the measure and three phase means."""
+    log = training_log("progressive")
+    runs = [
+        plot.Run(name, Path(name), {}, log, 0, "synth", "progressive", {}, {}, seeds)
+        for name, seeds in (("run_1", []), ("run_synth_long_name", [42, 43, 44, 45, 46]))
+    ]
+    lines = plot.separation_table(runs).splitlines()
+    for run in runs:
+        rows = [line for line in lines if line.startswith(run.label)]
+        assert len(rows) == len(plot.SEPARATION)
+        for row, (key, _) in zip(rows, plot.SEPARATION):
+            assert row[len(run.label)] == " "
+            measure, *means = row[len(run.label) :].split()
+            assert measure == key and len(means) == 3
