@@ -470,7 +470,8 @@ def shown_metrics(summaries) -> list:
 
 def metric_panels(axes, items, colors, baseline=None, paired=None):
     """One small bar chart per headline metric the items have (shown_metrics), one bar per (name,
-    summary) item: the mean over seeds, error bar ± std (sample, n - 1), a dot per seed. Against the
+    summary) item: the mean over seeds, error bar ± std (sample, n - 1), a dot per seed; for one
+    seed, ± the eval's own standard error where it reports one ("eval SE"). Against the
     baseline summary (None for none), each other bar says Δ and whether its 95% Welch interval
     includes 0 ("within noise"), and where paired ({name: {metric: paired interval}}) holds the
     item's comparison paired by seed, whether that interval does."""
@@ -481,17 +482,21 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             entry = summary[metric.name]
             ok = entry["status"] == "ok"
             value, std = (entry["value"], entry.get("std")) if ok else (0.0, None)
+            se = entry.get("se") if ok and not std and entry.get("n") == 1 else None  # one seed: the eval's own noise
+            err = std or se
             values.append(value)
             if not ok:
                 notes.append(f"{name}: {entry['status']}")
-            ax.bar(i, value, color=color, width=0.6, yerr=std if std else None, capsize=4, ecolor="#333333")
+            ax.bar(i, value, color=color, width=0.6, yerr=err if err else None, capsize=4, ecolor="#333333")
             seeds = entry.get("values") or []
             if len(seeds) > 1:
                 ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
-            tops.append(max([value + (std or 0)] + seeds))
+            tops.append(max([value + (err or 0)] + seeds))
             text = fmt(entry["value"]) if ok else entry["status"].split(":")[0]
             if ok and std:
                 text += f"\n± {fmt(std)} (n={entry['n']})"
+            elif se:
+                text += f"\n± {fmt(se)} (eval SE)"
             if ok and baseline is not None and summary is not baseline:
                 cmp = compare_summaries({metric.name: entry}, {metric.name: baseline[metric.name]}).get(metric.name)
                 if cmp is not None:
@@ -503,7 +508,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
                     text += "\npaired: " + ("within noise" if pair["within_noise"] else "excl. 0")
             ax.annotate(
                 text,
-                (i, max(value + (std or 0), max(seeds, default=0))),
+                (i, max(value + (err or 0), max(seeds, default=0))),
                 xytext=(0, 2),
                 textcoords="offset points",
                 ha="center",

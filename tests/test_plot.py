@@ -592,3 +592,21 @@ def test_separation_table_keeps_a_gap_after_a_long_run_name():
             assert row[len(run.label)] == " "
             measure, *means = row[len(run.label) :].split()
             assert measure == key and len(means) == 3
+
+
+def test_one_seed_bars_carry_the_evals_own_standard_error():
+    """A one-seed run's bar has ± the eval's SE (and says so); one with no SE has no error bar."""
+    import matplotlib.pyplot as plt
+
+    entry = {"value": 0.37, "se": 0.012, "status": "ok", "std": None, "n": 1, "values": [0.37], "direction": "lower is better"}
+    with_se = {m.name: dict(entry) for m in METRICS}
+    without = {m.name: dict(entry, se=None) for m in METRICS}
+    fig, axes = plt.subplots(4, 5)
+    plot.metric_panels(list(axes.flat), [("a", with_se), ("b", without)], ["C0", "C1"])
+    ax = list(axes.flat)[[m.name for m in plot.shown_metrics([with_se, without])].index("absorption_full")]
+    assert [t.get_text() for t in ax.texts] == ["0.37\n± 0.012 (eval SE)", "0.37"]
+    bars = [c for c in ax.containers if hasattr(c, "errorbar")]
+    assert bars[0].errorbar is not None and bars[1].errorbar is None
+    (caps,) = bars[0].errorbar.lines[2]  # the vertical segment spans value ± SE
+    assert caps.get_segments()[0][:, 1] == pytest.approx([0.358, 0.382])
+    plt.close(fig)
