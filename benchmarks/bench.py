@@ -13,7 +13,7 @@
                                               # GPU run: benchmarks/gemma2_cost.py has the whole profile)
     python benchmarks/bench.py --arms synth   # each arm's training step against plain TopK's, interleaved
                                               # over a whole default run of that profile (synth: ~5 min;
-                                              # gemma-3-270m: ~40 min); keys arm_step_s, arm_step_ratio
+                                              # gemma-3-270m: 40-52 min); keys arm_step_s, arm_step_ratio
     python benchmarks/bench.py --arms gemma-3-270m --arm_steps 200   # the same over 200 of the
                                               # schedule's steps, 10 blocks of 20 spread over it (~4 min;
                                               # the idea's ratio reads ~4% high: its SAEs stay young)
