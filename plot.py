@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae_harness.formatting import fmt, fmt_delta, fmt_spread  # noqa: E402
+from sae_harness.formatting import fmt, fmt_delta, fmt_spread, spread_of  # noqa: E402
 from sae_harness.registry import REFERENCE  # noqa: E402
 from sae_harness.schema import (  # noqa: E402
     EVAL_BLOCKS,
@@ -481,22 +481,19 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
         for i, ((name, summary), color) in enumerate(zip(items, colors)):
             entry = summary[metric.name]
             ok = entry["status"] == "ok"
-            value, std = (entry["value"], entry.get("std")) if ok else (0.0, None)
-            se = entry.get("se") if ok and not std and entry.get("n") == 1 else None  # one seed: the eval's own noise
-            err = std or se
+            value = entry["value"] if ok else 0.0
+            err, kind = spread_of(entry) if ok else (None, None)  # one seed: the eval's own SE
             values.append(value)
             if not ok:
                 notes.append(f"{name}: {entry['status']}")
-            ax.bar(i, value, color=color, width=0.6, yerr=err if err else None, capsize=4, ecolor="#333333")
+            ax.bar(i, value, color=color, width=0.6, yerr=err or None, capsize=4, ecolor="#333333")
             seeds = entry.get("values") or []
             if len(seeds) > 1:
                 ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
             tops.append(max([value + (err or 0)] + seeds))
             text = fmt(entry["value"]) if ok else entry["status"].split(":")[0]
-            if ok and std:
-                text += f"\n± {fmt(std)} (n={entry['n']})"
-            elif se:
-                text += f"\n± {fmt(se)} (eval SE)"
+            if err:
+                text += f"\n± {fmt(err)} " + (f"(n={entry['n']})" if kind == "std" else "(eval SE)")
             if ok and baseline is not None and summary is not baseline:
                 cmp = compare_summaries({metric.name: entry}, {metric.name: baseline[metric.name]}).get(metric.name)
                 if cmp is not None:

@@ -17,16 +17,25 @@ def fmt(value):
     return f"{value:.4g}"
 
 
+def spread_of(entry):
+    """The noise an ok summary entry carries: (std, "std") over several seeds; for one seed (se,
+    "se"), the eval's own standard error, or (None, "se") where it reports none."""
+    if (entry.get("n") or 1) < 2 or entry.get("std") is None:
+        return entry.get("se"), "se"
+    return entry["std"], "std"
+
+
 def fmt_spread(entry):
     """ "mean ± std (std over seeds, n=N; eval SE s)" of a summary entry; for one seed
     "value ± se (eval SE, n=1)", the eval's own standard error."""
     if entry.get("status") != "ok" or entry.get("value") is None:
         return entry.get("status") or "missing"
+    spread, kind = spread_of(entry)
     se = entry.get("se")
-    if (entry.get("n") or 1) < 2 or entry.get("std") is None:
+    if kind == "se":
         return f"{fmt(entry['value'])} ± {fmt(se)} (eval SE, n=1)" if se is not None else f"{fmt(entry['value'])} (n=1)"
     eval_se = f"; eval SE {fmt(se)}" if se is not None else ""
-    return f"{fmt(entry['value'])} ± {fmt(entry['std'])} (std over seeds, n={entry['n']}{eval_se})"
+    return f"{fmt(entry['value'])} ± {fmt(spread)} (std over seeds, n={entry['n']}{eval_se})"
 
 
 def fmt_delta(cmp, kind: str = "Welch"):

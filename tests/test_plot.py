@@ -577,7 +577,7 @@ def test_mechanism_figure_for_synth_runs_and_in_their_comparison(tmp_path, monke
 
 
 def test_separation_table_keeps_a_gap_after_a_long_run_name():
-    """A run name longer than the column (run_s_avx2 (progressive, 5 seeds)) ran into the
+    """A run name longer than the column (run_synth_long_name (progressive, 5 seeds)) ran into the
     measure's name; every row still splits into the label, the measure and three phase means."""
     log = training_log("progressive")
     runs = [
