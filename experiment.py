@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from sae_bench.custom_saes.topk_sae import TopKSAE
 
-from sae_harness import cli, data, evals, ortho_fast, precision, rundir, synth
+from sae_harness import cli, data, ortho_fast, precision, rundir, runner, synth
 from sae_harness.notes import report_run
 from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
@@ -651,24 +651,16 @@ def parse_args(argv: list[str]) -> Config:
     return cli.parse_config(Config, PROFILES, argv, torch.cuda.is_available(), doc=__doc__)
 
 
-def resolve_device(cfg: Config) -> torch.device:
-    device = precision.device_of(cfg)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            "--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)"
-        )
-    return device
-
-
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     cli.validate(cfg)
-    device = resolve_device(cfg)
+    device = cli.resolve_device(cfg)
     prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
     print(prec.line())
     for warning in prec.warnings():
         print(warning, file=sys.stderr)
     out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
+    defaults = cli.profile_defaults(Config, PROFILES, cfg.profile)  # what the notes compare a run's config with
     runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
     if out.exists() and not out.is_dir():
         raise UsageError(f"out_dir {out} is a file, not a directory")
@@ -683,58 +675,19 @@ def main(argv: list[str]) -> int:
     for i, (seed, run) in enumerate(runs.items()):
         if len(seeds) > 1:
             print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
-        info, seed_failed = run_seed(dataclasses.replace(cfg, seed=seed, out_dir=str(run)), run, device, prec, notes=len(seeds) == 1)
+        seed_cfg = dataclasses.replace(cfg, seed=seed, out_dir=str(run))
+        info, seed_failed = runner.run_seed(seed_cfg, run, device, prec, train, load_sae, defaults, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
             info = rundir.write_seeds_aggregate(out, runs)
     if len(seeds) > 1:
-        report_run(out, info, None, profile_defaults(cfg.profile))
+        report_run(out, info, None, defaults)
     if failed:
         print(
             f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
         )
         return 1
     return 0
-
-
-def run_seed(cfg: Config, out: Path, device: torch.device, prec: precision.Precision, notes: bool) -> tuple[dict, list[str]]:
-    """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
-    A finished one is left as it is."""
-    run = rundir.RunDir(out, cfg.layer)
-    if run.state(cli.eval_names(cfg)) == "finished":
-        print(f"{out}: finished already")
-        return run.info, []
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    train_texts, heldout, split = data.text_split(cfg)
-    rundir.write_json_atomic(out / "split.json", split)
-    tracker = Tracker(cfg.wandb_project, out.resolve().name, dataclasses.asdict(cfg), out)
-
-    if not run.trained:
-        with rundir.stage("extracting activations", "nothing was trained yet and the partial cache is discarded"):
-            buffer = data.activation_buffer(cfg, device, train_texts)
-        sae, final = train(cfg, buffer, device, out, tracker)
-        rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
-        final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
-        extra = dict(activation_dim=buffer.d_model, trainer_class="TrainerTopK", dict_class="AutoEncoderTopK")
-        run.record_training(rundir.recorded_config(cfg, **extra), final)
-        (out / "checkpoint.pt").unlink(missing_ok=True)
-        print(
-            f"trained: final loss {final['final_loss']:.4g}, L0 {final['l0']:.1f}, dead {final['dead_fraction']:.3f}, "
-            f"{final['seconds']:.0f} s; SAE saved to {out / 'sae'}"
-        )
-    else:
-        print(f"{out}: training already finished; running the pending evals")
-    with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {run.info_path} are kept"):
-        failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: load_sae(out / "sae", device), heldout, device)
-    run.write_summary()
-    report_run(out, run.info, tracker, profile_defaults(cfg.profile), notes)
-    return run.info, failed
-
-
-def profile_defaults(profile: str) -> dict:
-    """The config a run of this profile records when nothing is overridden."""
-    return rundir.recorded_config(cli.apply_profile(Config(profile=profile), PROFILES, cuda_available=False))
 
 
 if __name__ == "__main__":

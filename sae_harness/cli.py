@@ -9,7 +9,7 @@ import sys
 import simple_parsing
 
 from sae_harness.registry import EVAL_NAMES
-from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
+from sae_harness.rundir import Interrupted, TrainingFailed, UsageError, recorded_config
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
 
@@ -55,6 +55,26 @@ def apply_profile(cfg, profiles: dict, cuda_available: bool, verbose: bool = Fal
         shown = ", ".join(f"{k}={v}" for k, v in set_by_profile.items()) or "nothing (every field was given)"
         print(f"profile: {profile}{why}; it set {shown}")
     return cfg
+
+
+def profile_defaults(config_cls, profiles: dict, profile: str) -> dict:
+    """The config a run of this profile records when nothing is overridden."""
+    return recorded_config(apply_profile(config_cls(profile=profile), profiles, cuda_available=False))
+
+
+def resolve_device(cfg):
+    """The torch device the run asks for (precision.device_of); --device cuda with no GPU visible
+    is bad input."""
+    import torch
+
+    from sae_harness import precision
+
+    device = precision.device_of(cfg)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)"
+        )
+    return device
 
 
 def eval_names(cfg) -> list[str]:
