@@ -1,0 +1,82 @@
+"""Tiny runs pinned before a refactor: their final_info.json and training log must stay what they
+were, so moving code around cannot silently change a number. One synth run per arm on the tiny
+world (float32 everywhere, so the figures do not hang on the precision probe), plus the language-model
+path on the tiny Gemma 3.
+
+The pins were recorded on an AMD EPYC (AVX-512) CPU; another CPU's float32 kernels may differ in the
+last bits, hence the 1e-4 relative tolerance. After a deliberate change of behaviour, rewrite them:
+
+    PIN_WRITE=1 python -m pytest tests/test_pinned.py
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+from conftest import tiny_args
+from test_synth import TINY
+
+import experiment as E
+from sae_harness import synth
+
+PINS = Path(__file__).parent / "pinned"
+VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "written"}  # time and machine, not results
+ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
+
+
+def normalised(obj, tmp: str):
+    """obj with the volatile keys dropped and the test's temporary folder written as <tmp>."""
+    if isinstance(obj, dict):
+        return {k: normalised(v, tmp) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [normalised(v, tmp) for v in obj]
+    if isinstance(obj, str):
+        return obj.replace(tmp, "<tmp>")
+    return obj
+
+
+def assert_same(got, pinned, where="") -> None:
+    if isinstance(pinned, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(pinned), f"{where}: keys {sorted(set(got) ^ set(pinned))}"
+        for key in pinned:
+            assert_same(got[key], pinned[key], f"{where}/{key}")
+    elif isinstance(pinned, list):
+        assert isinstance(got, list) and len(got) == len(pinned), where
+        for i, (a, b) in enumerate(zip(got, pinned)):
+            assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(pinned, float) and not isinstance(got, bool):
+        assert isinstance(got, int | float), f"{where}: {got!r} != {pinned!r}"
+        assert (math.isnan(got) and math.isnan(pinned)) or got == pytest.approx(pinned, rel=1e-4, abs=1e-6), f"{where}: {got} != {pinned}"
+    else:
+        assert got == pinned, f"{where}: {got!r} != {pinned!r}"
+
+
+def check_pin(name: str, run: Path, tmp_path: Path) -> None:
+    got = dict(
+        final_info=json.loads((run / "final_info.json").read_text()),
+        training_log=[json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()],
+    )
+    got = json.loads(json.dumps(normalised(got, str(tmp_path))))
+    path = PINS / f"{name}.json"
+    if os.environ.get("PIN_WRITE"):
+        PINS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    assert_same(got, json.loads(path.read_text()), name)
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_tiny_synth_run_is_pinned(arm, tmp_path, monkeypatch):
+    monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
+    monkeypatch.setattr(synth, "EVAL_SAMPLES", 5000)
+    argv = ["--out_dir", str(tmp_path / "run_1"), "--cache_dir", str(tmp_path / "cache"), "--profile", "synth", "--lm_name", "synth:tiny"]
+    argv += ["--tokens", "4096", "--epochs", "2", "--dict_size", "64", "--k", "4", "--batch_size", "256", "--variant", arm]
+    argv += ["--sae_dtype", "float32", "--llm_dtype", "float32", "--log_every", "5"]
+    assert E.main(argv) == 0
+    check_pin(f"synth_{arm}", tmp_path / "run_1", tmp_path)
+
+
+def test_tiny_language_model_run_is_pinned(tmp_path, tiny_lm):
+    assert E.main(tiny_args(tmp_path, "run_1", "--sae_dtype", "float32", "--llm_dtype", "float32", "--evals", "separation")) == 0
+    check_pin("tiny_lm_progressive", tmp_path / "run_1", tmp_path)
