@@ -41,9 +41,11 @@ from typing import Literal, NamedTuple
 import beartype  # noqa: F401
 import torch
 import torch.nn.functional as F
-from sae_bench.custom_saes.topk_sae import TopKSAE
+from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
+from torch import nn
 
 from sae_harness import cli, data, ortho_fast, precision, rundir, runner, synth
+from sae_harness.checks import SEED_MAX, creatable_dir, eval_list, increasing_fractions, integer, real, seed_spec, text, word
 from sae_harness.notes import report_run
 from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
@@ -56,98 +58,122 @@ HERE = Path(__file__).resolve().parent
 # ----------------------------------------------------------------------------------------------
 
 
+# The arms a comparison trains, one entry each: the CLI's --variant choices, sweep.py and the
+# benchmarks read this table, so a new arm is one entry here (and a term of its own, if new).
+@dataclass(frozen=True)
+class Arm:
+    weight: Literal["schedule", "start", "mean"] = "schedule"
+    """lambda2: weight_schedule over p | held at its p=0 value | constant at the schedule's mean over p (the same dose)"""
+    threshold: Literal["schedule", "start"] = "schedule"
+    """thr: threshold_schedule over p | held at its p=0 value"""
+    term: Literal["cofiring", "ortsae"] | None = "cofiring"
+    """the orthogonality term: P, weighted by co-firing (the idea) | OrtSAE's block-sampled cosine penalty | none"""
+    nested: bool = False
+    """Matryoshka's nested reconstruction losses join the loss"""
+
+
+ARMS = {
+    "progressive": Arm(),  # the idea
+    "static": Arm(weight="start", threshold="start"),
+    "static_matched": Arm(weight="mean", threshold="start"),  # static at progressive's dose
+    "none": Arm(term=None),  # plain TopK, the baseline
+    "matryoshka": Arm(term=None, nested=True),  # the field's answer to absorption: nested losses
+    "ortsae": Arm(weight="mean", threshold="start", term="ortsae"),  # the field's orthogonality penalty, at static_matched's dose
+}
+
+
 @dataclass
 class Config:
     # run
-    out_dir: str = ""
+    out_dir: str = field(default="", metadata=creatable_dir("--out_dir=run_1"))
     """run directory (required): results, logs, the SAE and plots go here"""
     profile: Literal["auto", "gemma-3-270m", "gemma-2-2b", "synth"] = "auto"
     """fills every field left at None (see PROFILES); auto = gemma-2-2b with CUDA, else gemma-3-270m"""
     overwrite: bool = False
     """replace a finished run in out_dir instead of refusing"""
-    seed: int = 42
+    seed: int = field(default=42, metadata=integer(0, SEED_MAX))
     """seed of the SAE: its initialisation and the order of training batches"""
-    seeds: str = "1"
+    seeds: str = field(default="1", metadata=seed_spec())
     """SAEs trained and evaluated in this run: a count N (seeds seed .. seed+N-1) or a comma list (42,43); several go into out_dir/seed_<s>/"""
-    data_seed: int = 42
+    data_seed: int = field(default=42, metadata=integer(0, SEED_MAX))
     """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
-    eval_seed: int = 42
+    eval_seed: int = field(default=42, metadata=integer(0, SEED_MAX))
     """seed of the evals: absorption's word sample, the probes' train / test splits, every eval stage's RNG"""
     device: Literal["auto", "cpu", "cuda"] | None = None
     """where the model and the SAE run (profile)"""
     # text and model
-    lm_name: str | None = None
+    lm_name: str | None = field(default=None, metadata=text())
     """language model whose activations are encoded (profile)"""
-    layer: int | None = None
+    layer: int | None = field(default=None, metadata=integer(0))
     """residual stream after this decoder layer, resid_post (profile)"""
     text_source: Literal["bbc", "pile", "synth"] | None = None
     """bbc (BBC News, embedded) | pile (monology/pile-uncopyrighted, hub) | synth (samples of the world lm_name names) (profile)"""
-    heldout_fraction: float = 0.3
+    heldout_fraction: float = field(default=0.3, metadata=real(0, 1, lo_open=True, hi_open=True))
     """share of BBC articles per topic held out for evals"""
-    heldout_tokens: int = 65_536
+    heldout_tokens: int = field(default=65_536, metadata=integer(1))
     """held-out tokens for the separation eval, extracted once into a small cache beside the training one"""
-    context_length: int = 128
+    context_length: int = field(default=128, metadata=integer(2))
     """tokens per context window (BOS first; BOS is not trained on)"""
-    tokens: int | None = None
+    tokens: int | None = field(default=None, metadata=integer(1))
     """training activations (tokens) extracted and cached (profile)"""
-    epochs: int | None = None
+    epochs: int | None = field(default=None, metadata=integer(1))
     """passes over the cached activations (a fresh order each pass): trains on epochs x tokens (profile)"""
-    llm_batch_size: int | None = None
+    llm_batch_size: int | None = field(default=None, metadata=integer(1))
     """contexts per language-model forward during extraction (profile)"""
     llm_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the language-model forward during extraction; auto = bfloat16 where a matmul is measured faster in it here (CUDA; CPUs with AMX / AVX-512-BF16), else float32"""
-    cache_dir: str = str(HERE / ".cache")
+    cache_dir: str = field(default=str(HERE / ".cache"), metadata=creatable_dir("--cache_dir=.cache"))
     """activation cache shared by all run dirs"""
     # SAE
-    dict_size: int | None = None
+    dict_size: int | None = field(default=None, metadata=integer(1))
     """number of latents F (profile)"""
-    k: int | None = None
+    k: int | None = field(default=None, metadata=integer(1))
     """latents kept per token, TopK (profile)"""
-    batch_size: int | None = None
+    batch_size: int | None = field(default=None, metadata=integer(1))
     """activations per SAE training step (profile)"""
-    lr: float = 0.0
+    lr: float = field(default=0.0, metadata=real(0))
     """Adam learning rate; 0 = auto, 2e-4 / sqrt(dict_size / 2^14)"""
-    lr_decay_start: float = 0.8
+    lr_decay_start: float = field(default=0.8, metadata=real(0, 1))
     """fraction of training after which lr decays linearly to 0"""
-    auxk_alpha: float = 1 / 32
+    auxk_alpha: float = field(default=1 / 32, metadata=real(0))
     """weight of the AuxK loss on dead latents"""
-    dead_tokens: int | None = None
+    dead_tokens: int | None = field(default=None, metadata=integer(1))
     """a latent that has not fired for this many tokens is dead (profile)"""
-    grad_clip: float = 1.0
+    grad_clip: float = field(default=1.0, metadata=real(0, lo_open=True))
     """max gradient norm"""
     sae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
-    variant: Literal["progressive", "static", "static_matched", "none", "matryoshka", "ortsae"] = "progressive"
-    """progressive | static (lambda, threshold fixed at p=0) | static_matched (static at progressive's dose: lambda = max/3 for the quadratic weight schedule, = max for constant) | none (plain TopK) | matryoshka (plain TopK plus nested reconstruction losses, no term) | ortsae (OrtSAE's block-sampled cosine penalty in place of P, at static_matched's dose)"""
-    matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2])
+    variant: Literal[tuple(ARMS)] = "progressive"
+    """the arm to train, an entry of ARMS: progressive (the idea) | static (lambda, thr held at p=0) | static_matched (static at progressive's dose) | none (plain TopK) | matryoshka (nested losses, no term) | ortsae (OrtSAE's penalty at static_matched's dose)"""
+    matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2], metadata=increasing_fractions())
     """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
-    ortsae_chunks: int = 4
+    ortsae_chunks: int = field(default=4, metadata=integer(1))
     """ortsae: the latents are split into this many random blocks each step; cosines are taken within blocks only"""
-    ortho_lambda_max: float = 0.05
+    ortho_lambda_max: float = field(default=0.05, metadata=real(0))
     """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of each step, so the term is lambda2(p) x recon on every step and profile (0.05: 5 percent of the recon loss at p=0)"""
-    ortho_base_threshold: float = 0.25
+    ortho_base_threshold: float = field(default=0.25, metadata=real(0, 1, lo_open=True))
     """co-firing threshold thr at p=0"""
     weight_schedule: Literal["quadratic", "constant"] = "quadratic"
     """lambda2(p): quadratic = max*(1-p)^2 | constant"""
     threshold_schedule: Literal["linear", "exponential", "constant"] = "linear"
     """thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant"""
-    decay_rate: float = 3.0
+    decay_rate: float = field(default=3.0, metadata=real(0))
     """rate of the exponential threshold schedule"""
-    threshold_floor: float = 1e-3
+    threshold_floor: float = field(default=1e-3, metadata=real(0, 1, lo_open=True))
     """thr(p) never goes below this, so p -> 1 stays finite"""
-    ortho_every: int = 5
+    ortho_every: int = field(default=5, metadata=integer(1))
     """compute the orthogonality term on every n-th step and hold its gradient in between (1 = every step)"""
     ortho_impl: Literal["fast", "reference"] = "fast"
     """reference = orthogonality_penalty below, by autograd; fast = sae_harness/ortho_fast.py, the same math"""
     # logging, checkpoints, evals
-    log_every: int = 0
+    log_every: int = field(default=0, metadata=integer(0))
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
-    checkpoint_every: int = 200
+    checkpoint_every: int = field(default=200, metadata=integer(1))
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str | None = None
+    evals: str | None = field(default=None, metadata=eval_list())
     """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text; synth: ground truth) (profile)"""
-    wandb_project: str = ""
+    wandb_project: str = field(default="", metadata=word())
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
 
     @property
@@ -223,20 +249,45 @@ class TrainOutput(NamedTuple):
     pre_BF: torch.Tensor  # post-ReLU pre-activations of all latents (for AuxK)
 
 
-class AutoEncoderTopK(TopKSAE):
-    """SAEBench's TopKSAE (same fields, encode/decode/forward, CustomSAEConfig) plus the training
-    forward. Decoder rows are kept at unit norm."""
+class AutoEncoderTopK(nn.Module):
+    """A TopK SAE with the fields and methods SAEBench's evals read from a custom SAE (as its
+    TopKSAE: W_enc, W_dec, b_enc, b_dec, the k buffer, encode / decode / forward, device, dtype and a
+    CustomSAEConfig), plus the training forward. Decoder rows are kept at unit norm."""
 
     def __init__(self, d_in: int, d_sae: int, k: int, model_name: str, hook_layer: int, device, dtype=torch.float32, seed: int = 0):
-        super().__init__(d_in=d_in, d_sae=d_sae, k=k, model_name=model_name, hook_layer=hook_layer, device=device, dtype=dtype)
-        self.cfg.architecture = "topk"
-        self.cfg.activation_fn_str = "topk"
-        self.cfg.apply_b_dec_to_input = True
+        super().__init__()
         W_dec_FD = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed))
         W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)
-        with torch.no_grad():
-            self.W_dec.copy_(W_dec_FD)
-            self.W_enc.copy_(W_dec_FD.T)
+        self.W_enc = nn.Parameter(W_dec_FD.T.clone())
+        self.W_dec = nn.Parameter(W_dec_FD)
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("k", torch.tensor(k, dtype=torch.int))
+        hook_name = f"blocks.{hook_layer}.hook_resid_post"
+        self.cfg = CustomSAEConfig(model_name, d_in=d_in, d_sae=d_sae, hook_layer=hook_layer, hook_name=hook_name)
+        self.cfg.architecture, self.cfg.activation_fn_str, self.cfg.apply_b_dec_to_input = "topk", "topk", True
+        self.cfg.dtype = str(dtype).removeprefix("torch.")
+        self.to(device=device, dtype=dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The k largest post-ReLU pre-activations of each token, the rest 0 (x: (..., D) -> (..., F))."""
+        pre = F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        top = pre.topk(int(self.k), dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
+
+    def decode(self, acts: torch.Tensor) -> torch.Tensor:
+        return acts @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
 
     def forward_train(self, x_BD: torch.Tensor, dtype: torch.dtype = torch.float32) -> TrainOutput:
         with torch.autocast(x_BD.device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -270,40 +321,50 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 # ----------------------------------------------------------------------------------------------
 
 
-TERMLESS = ("none", "matryoshka")  # the variants without the orthogonality term
-
-
 def ortho_lambda(p: float, cfg: Config) -> float:
-    """lambda2(p); static holds p at 0; static_matched (and ortsae) is constant at the schedule's mean
-    over p (integral of max * (1-p)^2 dp = max / 3), so its dose equals progressive's; none is 0."""
-    if cfg.variant in TERMLESS:
+    """lambda2(p) as the arm asks: weight_schedule at p, or at p=0 (start), or constant at the schedule's
+    mean over p (mean: the integral of max * (1-p)^2 dp = max / 3, so the same dose); 0 without a term."""
+    arm = ARMS[cfg.variant]
+    if arm.term is None:
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
-    if cfg.variant in ("static_matched", "ortsae"):
+    if arm.weight == "mean":
         return cfg.ortho_lambda_max / 3 if quadratic else cfg.ortho_lambda_max
-    p = 0.0 if cfg.variant == "static" else p
+    p = 0.0 if arm.weight == "start" else p
     return cfg.ortho_lambda_max * (1 - p) ** 2 if quadratic else cfg.ortho_lambda_max
 
 
 def ortho_threshold(p: float, cfg: Config) -> float:
-    """thr(p), never below threshold_floor; static and static_matched hold p at 0."""
-    p = 0.0 if cfg.variant in ("static", "static_matched", "ortsae") else p
+    """thr(p), never below threshold_floor; an arm with threshold 'start' holds p at 0."""
+    p = 0.0 if ARMS[cfg.variant].threshold == "start" else p
     base = cfg.ortho_base_threshold
     thr = {"linear": base * (1 - p), "exponential": base * math.exp(-cfg.decay_rate * p), "constant": base}[cfg.threshold_schedule]
     return max(thr, cfg.threshold_floor)
 
 
-def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float) -> torch.Tensor:
-    """P = (1/F) * sum_{i != j} c_ij * |w_i . w_j|, the definition (edit here to try a variant;
-    run it with --ortho_impl reference). w_i: unit decoder row of latent i. m_i: the tokens of
-    the batch where latent i fired. n_ij = |m_i & m_j| / min(|m_i|, |m_j|), 0 where either never
-    fired; c_ij = clamp((n_ij - thr) / thr, 0, 1) comes from the masks, so it has no gradient."""
-    fired_A = active_BF.any(0).nonzero().squeeze(1)  # a latent that never fired has c = 0
+class Cofiring(NamedTuple):
+    fired_A: torch.Tensor  # the latents that fired in the batch (a latent that never fired has c = 0)
+    n_AA: torch.Tensor  # n_ij = |m_i & m_j| / min(|m_i|, |m_j|)
+    c_AA: torch.Tensor  # c_ij = clamp((n_ij - thr) / thr, 0, 1), 0 on the diagonal
+
+
+def cofiring(active_BF: torch.Tensor, threshold: float) -> Cofiring:
+    """The co-firing weight c_ij of the idea, from a batch's firing masks (m_i: the tokens where
+    latent i fired) and thr, for the latents that fired. The one definition: the penalty, the
+    mechanism log and the benchmark's naive form call it; ortho_fast is tested equal to it."""
+    fired_A = active_BF.any(0).nonzero().squeeze(1)
     mask_BA = active_BF[:, fired_A].float()
     cofire_AA = mask_BA.T @ mask_BA  # |m_i & m_j|, exact in float32; the diagonal is |m_i|
     count_A = cofire_AA.diagonal()
     n_AA = cofire_AA / torch.minimum(count_A[:, None], count_A[None, :])
-    c_AA = ((n_AA - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
+    return Cofiring(fired_A, n_AA, ((n_AA - threshold) / threshold).clamp(0, 1).fill_diagonal_(0))
+
+
+def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float) -> torch.Tensor:
+    """P = (1/F) * sum_{i != j} c_ij * |w_i . w_j|, the definition (edit here or in cofiring to try a
+    variant; run it with --ortho_impl reference). w_i: unit decoder row of latent i; c_ij comes from
+    the firing masks, so it has no gradient."""
+    fired_A, _, c_AA = cofiring(active_BF, threshold)
     W_AD = W_dec_FD[fired_A]
     W_hat_AD = W_AD / W_AD.norm(dim=-1, keepdim=True)
     cos_AA = W_hat_AD @ W_hat_AD.T
@@ -411,6 +472,7 @@ class TrainerTopK:
 
     def __init__(self, cfg: Config, sae: AutoEncoderTopK):
         self.cfg = cfg
+        self.arm = ARMS[cfg.variant]
         self.sae = sae
         self.total_steps = cfg.total_steps
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
@@ -446,7 +508,7 @@ class TrainerTopK:
         """P, computed on every ortho_every-th step and held in between (from a batch at most
         ortho_every - 1 steps old), as is dP/dW_dec, which update adds to W_dec.grad itself.
         ortsae: its penalty instead, on every step, with its gradient through autograd."""
-        if self.cfg.variant == "ortsae":
+        if self.arm.term == "ortsae":
             blocks = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # a fresh split each step, the same on resume
             return ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
         if self.held_ortho is None or step % self.cfg.ortho_every == 0:
@@ -469,7 +531,7 @@ class TrainerTopK:
             auxk=auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux),
             ortho=self.ortho_term(active_BF, thr, step) if lam > 0 else x_BD.new_zeros(()),
             nested=nested_recon_loss(x_BD, out.acts_BK, out.idx_BK, self.sae.W_dec, self.sae.b_dec, self.matryoshka_widths)
-            if self.cfg.variant == "matryoshka"
+            if self.arm.nested
             else x_BD.new_zeros(()),
         )
         for name, value in terms._asdict().items():
@@ -535,7 +597,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     """One training_log.jsonl line: loss terms, sparsity, dead latents, and the training-batch
     separation diagnostics (sep_*: what the term itself minimises, so not evidence of separation)."""
     ortho = out.terms.ortho.item()
-    if out.ortho_lambda > 0 and step % cfg.ortho_every and cfg.variant != "ortsae":  # the held P is older: report this batch's
+    if out.ortho_lambda > 0 and step % cfg.ortho_every and trainer.arm.term == "cofiring":  # the held P is older: report this batch's
         ortho = trainer.penalty_value_and_grad(out.active_BF, out.threshold)[0].item()
     loss, recon = out.loss.item(), out.terms.recon.item()
     ortho_loss = out.ortho_weight * ortho
@@ -561,7 +623,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
     if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/synth.py)
-        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, out.active_BF, out.threshold)
+        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, cofiring(out.active_BF, out.threshold))
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 
@@ -654,23 +716,21 @@ def parse_args(argv: list[str]) -> Config:
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     cli.validate(cfg)
+    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
+    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
+    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
+    if all(state == "finished" for state in states) and not cfg.overwrite:
+        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
     device = cli.resolve_device(cfg)
+    data.check_model_available(cfg.lm_name)
     prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
     print(prec.line())
     for warning in prec.warnings():
         print(warning, file=sys.stderr)
-    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
     defaults = cli.profile_defaults(Config, PROFILES, cfg.profile)  # what the notes compare a run's config with
-    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"out_dir {out} is a file, not a directory")
-    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
-    if all(state == "finished" for state in states) and not cfg.overwrite:
-        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
     if cfg.overwrite and out.exists():
         for run in {out, *runs.values()}:
             rundir.clear_run(run)
-    data.check_model_available(cfg.lm_name)
     failed = []
     for i, (seed, run) in enumerate(runs.items()):
         if len(seeds) > 1:

@@ -15,8 +15,8 @@ Run directories: <runs_dir>/<name>/<arm>/seed_<s>/, each arm laid out as a multi
 experiment.py (its final_info.json aggregates the seeds), so plot.py reads an arm directory too.
 """
 
-import argparse
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -25,13 +25,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+import simple_parsing
 import submitit
 
+import experiment as E
+from sae_harness import checks
+from sae_harness.checks import SEED_MAX, check_fields, creatable_dir, existing_path, integer, seed_spec, word
+from sae_harness.rundir import UsageError
+
 ROOT = Path(__file__).resolve().parent
-VARIANTS = ("none", "static", "static_matched", "progressive", "matryoshka", "ortsae")
-ABLATION = VARIANTS[:4]  # the default arms: the term against its controls
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
 _CHILD = {}  # the experiment.py process of the running job (so a requeue can stop it cleanly)
 
@@ -63,61 +69,110 @@ class ExperimentRun(submitit.helpers.Checkpointable):
         return super().checkpoint(*args, **kwargs)
 
 
-def parse(argv):
-    parser = argparse.ArgumentParser(
+def arm_list() -> dict:
+    """A comma list of arms of experiment.ARMS (read when checked), each once."""
+
+    def ok(v) -> bool:
+        arms = checks.comma_list(v)
+        return bool(arms) and set(arms) <= set(E.ARMS) and len(set(arms)) == len(arms)
+
+    reason = lambda v: f"must be a comma list of distinct arms from {', '.join(E.ARMS)}"
+    return checks.Check("a comma list of arms", ok, (["sideways"], [""], ["none,none"]), reason=reason).metadata()
+
+
+def grid_items() -> dict:
+    """FIELD=V1,V2 items, FIELD an experiment option the sweep does not set itself."""
+
+    def ok(items) -> bool:
+        fields = {f.name for f in dataclasses.fields(E.Config)} - set(SET_BY_SWEEP)
+        parts = [item.partition("=") for item in items]
+        return all(option in fields and eq and checks.comma_list(values) for option, eq, values in parts)
+
+    reason = lambda v: f"takes FIELD=V1,V2 with an experiment option other than {', '.join(SET_BY_SWEEP)}"
+    return checks.Check("FIELD=V1,V2 items", ok, (["k"], ["k="], ["no_such_option=1,2"], ["seed=1,2"]), reason=reason).metadata()
+
+
+def run_name() -> dict:
+    ok = lambda v: bool(v.strip()) and v not in (".", "..") and "/" not in v and os.sep not in v
+    return checks.Check("a name for a folder (no '/')", ok, ([""], ["a/b"], [".."])).metadata()
+
+
+@dataclass
+class SweepOptions:
+    """sweep.py's own options; every other option goes to experiment.py (see python experiment.py --help)."""
+
+    variants: str = field(default="none,static,static_matched,progressive", metadata=arm_list())
+    """comma list of the arms to run (experiment.ARMS); the default is the term against its controls"""
+    seeds: str = field(default="5", metadata=seed_spec())
+    """seeds per arm: a count N (seed .. seed+N-1) or a comma list"""
+    seed: int = field(default=42, metadata=integer(0, SEED_MAX))
+    """first seed when --seeds is a count"""
+    grid: list[str] = simple_parsing.field(default_factory=list, metadata=grid_items(), action="extend", nargs="+", required=False)
+    """FIELD=V1,V2 (repeatable, or several after one --grid): also cross every arm with these values of an experiment option, all combinations"""
+    name: str = field(default="ablation", metadata=run_name())
+    """the sweep's name: <runs_dir>/<name>/ and <results>/<name>.json, .md, .png"""
+    runs_dir: str = field(default=str(ROOT / "sweeps"), metadata=creatable_dir("--runs_dir=sweeps"))
+    """where the run directories go"""
+    results: str = field(default=str(ROOT / "results"), metadata=creatable_dir("--results=results"))
+    """where <name>.json, .md and .png go"""
+    executor: Literal["auto", "local", "slurm"] = "auto"
+    """submitit executor: slurm (a job array) when sbatch is on PATH, else local processes (auto)"""
+    parallel: int = field(default=1, metadata=integer(1))
+    """jobs running at once: local processes, or the SLURM array's parallelism. 1 by default: on a 2-core CPU two training jobs side by side ran 3.5x slower each (the sparse ortho term collapses under contention); with N > 1 locally each job gets cores/N torch threads"""
+    timeout_min: int = field(default=240, metadata=integer(1))
+    """minutes per job (SLURM requeues a timed-out job, which resumes)"""
+    partition: str = field(default="", metadata=word())
+    """SLURM partition"""
+    gpus_per_node: int = field(default=0, metadata=integer(0))
+    """GPUs per job (SLURM; the gemma-2-2b profile wants 1)"""
+    cpus_per_task: int = field(default=0, metadata=integer(0))
+    """CPUs per job (SLURM; 0 = the cluster's default)"""
+    mem_gb: int = field(default=0, metadata=integer(0))
+    """memory per job in GB (SLURM; 0 = the cluster's default)"""
+    baseline: str = field(default="", metadata=existing_path(allow_fragment=True))
+    """when this sweep has no plain none arm, compare with this baseline: an arm directory of another sweep (e.g. sweeps/ablation/none), or another sweep's results JSON with its per-run records (results/ablation_e4.json, its own baseline arm; results/x.json#arm for another arm)"""
+    collect: bool = False
+    """submit nothing: rebuild the results from the run directories"""
+    dry_run: bool = False
+    """print the runs and their state, submit nothing"""
+    from_json: bool = False
+    """with --collect: rebuild the comparisons (Welch and paired) from results/<name>.json's own per-run records, for a sweep whose run directories are gone; the figure is left as it is"""
+
+
+class _Parser(simple_parsing.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise SweepError(f"{message} (see python sweep.py --help)")
+
+
+def parse(argv) -> tuple[SweepOptions, list[str]]:
+    """(the sweep's options, the experiment options to pass on to every run)."""
+    parser = _Parser(
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=simple_parsing.SimpleHelpFormatter,
+        add_option_string_dash_variants=simple_parsing.DashVariant.UNDERSCORE,
+        add_config_path_arg=False,
         epilog="Every other option goes to experiment.py (see python experiment.py --help).",
     )
-    parser.add_argument("--variants", default=",".join(ABLATION), help=f"comma list of arms' variants ({', '.join(VARIANTS)})")
-    parser.add_argument("--seeds", default="5", help="seeds per arm: a count N (seed .. seed+N-1) or a comma list (default 5)")
-    parser.add_argument("--seed", type=int, default=42, help="first seed when --seeds is a count (default 42)")
-    parser.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="FIELD=V1,V2",
-        help="also cross every variant with these values of an experiment option (repeatable: all combinations)",
-    )
-    parser.add_argument("--name", default="ablation", help="the sweep's name: <runs_dir>/<name>/ and <results>/<name>.json, .png")
-    parser.add_argument("--runs_dir", default=str(ROOT / "sweeps"), help="where the run directories go (default ./sweeps)")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="where <name>.json and <name>.png go (default ./results)")
-    parser.add_argument(
-        "--executor",
-        choices=("auto", "local", "slurm"),
-        default="auto",
-        help="submitit executor: slurm (a job array) when sbatch is on PATH, else local processes (auto)",
-    )
-    parser.add_argument(
-        "--parallel",
-        type=int,
-        default=1,
-        help="jobs running at once: local processes, or the SLURM array's parallelism. Default 1: on a "
-        "2-core CPU two training jobs side by side ran 3.5x slower each (the sparse ortho term collapses "
-        "under contention), so one at a time finishes first; with N > 1 locally each job gets cores/N torch threads",
-    )
-    parser.add_argument("--timeout_min", type=int, default=240, help="per job (SLURM requeues a timed-out job, which resumes)")
-    parser.add_argument("--partition", default="", help="SLURM partition")
-    parser.add_argument("--gpus_per_node", type=int, default=0, help="GPUs per job (SLURM; the gemma-2-2b profile wants 1)")
-    parser.add_argument("--cpus_per_task", type=int, default=0, help="CPUs per job (SLURM; 0 = the cluster's default)")
-    parser.add_argument("--mem_gb", type=int, default=0, help="memory per job (SLURM; 0 = the cluster's default)")
-    parser.add_argument(
-        "--baseline",
-        default="",
-        help="when this sweep has no plain none arm, compare with this baseline: an arm directory of another sweep "
-        "(e.g. sweeps/ablation/none), or another sweep's results JSON with its per-run records (e.g. "
-        "results/ablation_e4.json, its own baseline arm; results/x.json#arm for another arm), for a baseline run apart",
-    )
-    parser.add_argument("--collect", action="store_true", help="submit nothing: rebuild the results from the run directories")
-    parser.add_argument("--dry_run", action="store_true", help="print the runs and their state, submit nothing")
-    parser.add_argument(
-        "--from_json",
-        action="store_true",
-        help="with --collect: rebuild the comparisons (Welch and paired) from results/<name>.json's own per-run records, "
-        "for a sweep whose run directories are gone; the figure is left as it is",
-    )
-    args, passthrough = parser.parse_known_args(argv)
-    return args, passthrough
+    parser.add_arguments(SweepOptions, dest="opts")
+    parsed, passthrough = parser.parse_known_args(argv)
+    try:
+        check_fields(parsed.opts)
+    except UsageError as e:
+        raise SweepError(str(e)) from None
+    return parsed.opts, passthrough
+
+
+@dataclass
+class PlannedRun:
+    """One (arm, seed) of the sweep: its run directory, its experiment.py command line and config."""
+
+    arm: str
+    variant: str
+    overrides: dict
+    seed: int
+    out: Path
+    argv: list[str]
+    cfg: "E.Config"
 
 
 class SweepError(Exception):
@@ -126,16 +181,11 @@ class SweepError(Exception):
 
 def arms_of(args) -> list[tuple[str, str, dict]]:
     """(arm name, variant, {option: value}) for every variant x grid combination."""
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise SweepError(f"--variants: unknown {unknown or 'empty'}; choose from {', '.join(VARIANTS)}")
+    variants = checks.comma_list(args.variants)
     axes = []
     for item in args.grid:
-        field, _, values = item.partition("=")
-        if not field or not values or field in SET_BY_SWEEP:
-            raise SweepError(f"--grid takes FIELD=V1,V2 with an experiment option other than {', '.join(SET_BY_SWEEP)}; got {item!r}")
-        axes.append([(field, v.strip()) for v in values.split(",") if v.strip()])
+        option, _, values = item.partition("=")
+        axes.append([(option, v.strip()) for v in values.split(",") if v.strip()])
     arms = []
     for variant, combo in itertools.product(variants, itertools.product(*axes)):
         name = "_".join([variant] + [f"{f}={v}" for f, v in combo])
@@ -143,11 +193,9 @@ def arms_of(args) -> list[tuple[str, str, dict]]:
     return arms
 
 
-def plan(args, passthrough):
-    """[(arm, variant, overrides, seed, out_dir, argv, cfg)] with each run's experiment config parsed."""
-    import experiment as E
+def plan(args, passthrough) -> list[PlannedRun]:
+    """Every (arm, seed) of the sweep, with its experiment config parsed and checked."""
     from sae_harness import cli
-    from sae_harness.rundir import UsageError
 
     for option in passthrough:
         name = option.lstrip("-").split("=")[0].replace("-", "_")
@@ -170,7 +218,7 @@ def plan(args, passthrough):
                 cli.validate(cfg)
             except UsageError as e:
                 raise SweepError(f"experiment options: {e}") from None
-            runs.append((arm, variant, overrides, seed, out, argv, cfg))
+            runs.append(PlannedRun(arm, variant, overrides, seed, out, argv, cfg))
     return runs
 
 
@@ -182,7 +230,6 @@ def pinned_precision(args, passthrough) -> list[str]:
     in one precision: `auto` rests on a speed probe, and under load it flips (a synth sweep got
     bfloat16 for some seeds and float32 for another). The value is what the sweep's finished runs
     recorded, else auto resolved once, here. An option given, or gridded, is left alone."""
-    import experiment as E
     from sae_harness import precision
     from sae_harness.rundir import read_info
     from sae_harness.schema import run_identity
@@ -253,13 +300,13 @@ def launch(args, todo):
     codes = {}
     for wave in waves:
         with executor.batch():
-            jobs = [executor.submit(ExperimentRun(run[5], threads)) for run in wave]
+            jobs = [executor.submit(ExperimentRun(run.argv, threads)) for run in wave]
         for run, job in zip(wave, jobs):
             try:
-                codes[run[4]] = job.result()
+                codes[run.out] = job.result()
             except Exception as e:  # the job itself failed (killed, node lost): its log says why
-                codes[run[4]] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
-            print(f"  {run[0]} seed {run[3]}: {describe(codes[run[4]])} (log: {job.paths.stdout})")
+                codes[run.out] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+            print(f"  {run.arm} seed {run.seed}: {describe(codes[run.out])} (log: {job.paths.stdout})")
     return codes
 
 
@@ -292,7 +339,8 @@ def collect(args, runs):
     from sae_harness.schema import METRICS, aggregate, compare_paired, compare_summaries, per_seed_summaries, summarize, training_key
 
     arms, records = {}, []
-    for arm, variant, overrides, seed, out, _, cfg in runs:
+    for run in runs:
+        arm, variant, overrides, seed, out, cfg = run.arm, run.variant, run.overrides, run.seed, run.out, run.cfg
         info = read_info(out) if (out / "final_info.json").exists() else {}
         arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}))["per_seed"][seed] = info
         block = info.get(training_key(cfg.layer), {})
@@ -452,14 +500,12 @@ def main(argv) -> int:
             raise SweepError("--from_json goes with --collect")
         recompare_from_json(args)
         return 0
-    if args.parallel < 1:
-        raise SweepError(f"--parallel must be >= 1, got {args.parallel}")
     runs = plan(args, passthrough)
-    states = {run[4]: run_status(run[4], run[6]) for run in runs}
-    todo = [run for run in runs if states[run[4]] != "finished"]
+    states = {run.out: run_status(run.out, run.cfg) for run in runs}
+    todo = [run for run in runs if states[run.out] != "finished"]
     print(f"sweep {args.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
     for run in runs:
-        print(f"  {run[0]} seed {run[3]}: {states[run[4]]} ({run[4]})")
+        print(f"  {run.arm} seed {run.seed}: {states[run.out]} ({run.out})")
     if args.dry_run:
         return 0
     codes = launch(args, todo) if todo and not args.collect else {}
@@ -471,12 +517,17 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli_main(argv) -> int:
+    """main(argv) with bad input as one line on stderr and exit status 2, an interrupt as 130."""
     try:
-        sys.exit(main(sys.argv[1:]))
+        return main(argv)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept and running ones resume: run the same command again", file=sys.stderr)
-        sys.exit(130)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(sys.argv[1:]))

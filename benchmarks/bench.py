@@ -135,12 +135,12 @@ def whole_run_seconds(cfg, device) -> float:
 
 
 def dense_reference_penalty(W_dec_FD, active_BF, threshold):
-    """The naive form: F x F co-firing counts and Gram, autograd through everything."""
+    """The naive form: experiment.cofiring's weights spread to F x F, the whole F x F Gram, autograd
+    through everything."""
+    fired_A, _, c_AA = E.cofiring(active_BF, threshold)
+    c_FF = W_dec_FD.new_zeros(W_dec_FD.shape[0], W_dec_FD.shape[0])
+    c_FF[fired_A[:, None], fired_A[None, :]] = c_AA
     W_hat = W_dec_FD / W_dec_FD.norm(dim=-1, keepdim=True)
-    m = active_BF.float()
-    count_F = m.sum(0)
-    n_FF = (m.T @ m) / torch.minimum(count_F[:, None], count_F[None, :]).clamp_min(1)
-    c_FF = ((n_FF - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
     return (c_FF * (W_hat @ W_hat.T).abs()).sum() / W_dec_FD.shape[0]
 
 
@@ -498,9 +498,6 @@ def measure_machine(device, results, rows):
     rows.append(("machine", f"{device_name(device)}, CPU {prec.cpu_capability}", prec.line().removeprefix("precision: ")))
 
 
-ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
-
-
 def measure_arms(profile, device, results, rows, n_steps=0):
     """What each arm costs: its training step over plain TopK's, all interleaved over one whole
     default run of the profile (the same batches), or over n_steps of its steps in blocks spread
@@ -514,7 +511,7 @@ def measure_arms(profile, device, results, rows, n_steps=0):
         buf = data.activation_buffer(cfg, device, data.text_split(cfg)[0])
     steps = sampled_steps(cfg.total_steps, n_steps)
     whole = len(steps) == cfg.total_steps
-    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in ARMS}, None if whole else steps)
+    seconds = interleaved_step_seconds(cfg, device, buf, {arm: arm for arm in E.ARMS}, None if whole else steps)
     per_step = {arm: s / len(steps) for arm, s in seconds.items()}
     results.update(
         arms_profile=profile,
@@ -523,7 +520,7 @@ def measure_arms(profile, device, results, rows, n_steps=0):
         arm_step_ratio={arm: s / per_step["none"] for arm, s in per_step.items()},
     )
     which = f"{cfg.total_steps} steps" if whole else f"{len(steps)} of {cfg.total_steps} steps (blocks of 20)"
-    for arm in ARMS:
+    for arm in E.ARMS:
         rows.append(
             (
                 f"{profile}: {arm}, {which} interleaved with the other arms",

@@ -8,7 +8,7 @@ import sys
 
 import simple_parsing
 
-from sae_harness.registry import EVAL_NAMES
+from sae_harness.checks import SEED_MAX, check_fields, names_in, seeds_from
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError, recorded_config
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
@@ -33,6 +33,7 @@ def parse_config(config_cls, profiles: dict, argv: list[str], cuda_available: bo
     )
     parser.add_arguments(config_cls, dest="cfg")
     cfg = parser.parse_args(argv).cfg
+    check_fields(cfg)  # what was given, before the profile says anything
     return apply_profile(cfg, profiles, cuda_available, verbose=True)
 
 
@@ -78,77 +79,40 @@ def resolve_device(cfg):
 
 
 def eval_names(cfg) -> list[str]:
-    names = [e.strip() for e in cfg.evals.split(",") if e.strip()]
-    return [] if names == ["none"] else names
+    return names_in(cfg.evals)
 
 
 def seed_list(cfg) -> list[int]:
     """The seeds of a run from --seeds: a count N gives seed, seed+1, .., seed+N-1; a comma list
     (42,43 or 7,) gives those seeds."""
-    spec = str(cfg.seeds).strip()
     try:
-        if "," not in spec:
-            count = int(spec)
-            if count < 1:
-                raise ValueError
-            return list(range(cfg.seed, cfg.seed + count))
-        seeds = [int(part) for part in spec.split(",") if part.strip()]
+        return seeds_from(cfg.seeds, cfg.seed)
     except ValueError:
-        raise UsageError(f"--seeds takes a count (5) or a comma list of seeds (42,43), got {spec!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds lists no seed or a seed twice: {spec!r}")
-    return seeds
+        raise UsageError(f"--seeds takes a count (5) or a comma list of distinct seeds (42,43), got {cfg.seeds!r}") from None
 
 
 def validate(cfg) -> None:
-    """Reject impossible configs with one sentence, before anything heavy loads."""
-    checks = [
-        (not cfg.out_dir, "--out_dir is required, e.g. python experiment.py --out_dir=run_1"),
-        (cfg.dict_size <= 0, f"dict_size must be positive, got {cfg.dict_size}"),
-        (not 0 < cfg.k <= cfg.dict_size, f"k must be in 1..dict_size ({cfg.dict_size}), got {cfg.k}"),
-        (cfg.lr < 0, f"lr must be positive (or 0 for auto), got {cfg.lr}"),
-        (cfg.ortho_lambda_max < 0, f"ortho_lambda_max must be >= 0, got {cfg.ortho_lambda_max}"),
-        (cfg.ortho_base_threshold <= 0, f"ortho_base_threshold must be > 0, got {cfg.ortho_base_threshold}"),
-        (cfg.threshold_floor <= 0, f"threshold_floor must be > 0, got {cfg.threshold_floor}"),
-        (cfg.decay_rate < 0, f"decay_rate must be >= 0, got {cfg.decay_rate}"),
-        (cfg.auxk_alpha < 0, f"auxk_alpha must be >= 0, got {cfg.auxk_alpha}"),
-        (cfg.batch_size <= 0, f"batch_size must be positive, got {cfg.batch_size}"),
-        (
-            cfg.tokens <= 0 or cfg.tokens // cfg.batch_size <= 0,
-            f"tokens ({cfg.tokens}) must give at least one step of batch_size {cfg.batch_size}",
-        ),
-        (cfg.heldout_tokens <= 0, f"heldout_tokens must be positive, got {cfg.heldout_tokens}"),
-        (cfg.epochs is not None and cfg.epochs <= 0, f"epochs must be positive, got {cfg.epochs}"),
-        (cfg.context_length < 2, f"context_length must be >= 2, got {cfg.context_length}"),
-        (not 0 < cfg.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {cfg.heldout_fraction}"),
-        (cfg.llm_batch_size <= 0, f"llm_batch_size must be positive, got {cfg.llm_batch_size}"),
-        (cfg.checkpoint_every <= 0, f"checkpoint_every must be positive, got {cfg.checkpoint_every}"),
-        (cfg.ortho_every <= 0, f"ortho_every must be positive, got {cfg.ortho_every}"),
-        (cfg.log_every < 0, f"log_every must be >= 0, got {cfg.log_every}"),
-        (not 0 <= cfg.lr_decay_start <= 1, f"lr_decay_start must be in [0, 1], got {cfg.lr_decay_start}"),
-        (
-            not all(0 < w < 1 for w in cfg.matryoshka_widths) or list(cfg.matryoshka_widths) != sorted(set(cfg.matryoshka_widths)),
-            f"matryoshka_widths must be increasing fractions of dict_size in (0, 1), got {list(cfg.matryoshka_widths)}",
-        ),
-        (
-            not 1 <= cfg.ortsae_chunks <= cfg.dict_size // 2,
-            f"ortsae_chunks must be in [1, dict_size / 2] (blocks of two latents or more), got {cfg.ortsae_chunks}",
-        ),
-    ]
+    """Reject an impossible config with one sentence, before anything heavy loads: each field
+    against its own declaration (checks.py, beside the field in Config), then the constraints
+    between fields, here and nowhere else."""
+    check_fields(cfg)
     n_layers = KNOWN_LAYERS.get(cfg.lm_name)
-    if n_layers is not None:
-        checks.append((not 0 <= cfg.layer < n_layers, f"layer {cfg.layer} is outside {cfg.lm_name} (layers 0..{n_layers - 1})"))
-    else:
-        checks.append((cfg.layer < 0, f"layer must be >= 0, got {cfg.layer}"))
-    unknown = set(eval_names(cfg)) - set(EVAL_NAMES)
-    checks.append((bool(unknown), f"unknown evals {sorted(unknown)}: choose from {', '.join(EVAL_NAMES)} or none"))
-    synthetic = cfg.text_source == "synth"
-    checks.append((synthetic and set(eval_names(cfg)) - {"synth"}, "the synth profile has no language model: --evals synth (or none)"))
-    checks.append((not synthetic and "synth" in eval_names(cfg), "--evals synth needs synthetic data: --profile synth"))
+    evals, synthetic = set(eval_names(cfg)), cfg.text_source == "synth"
+    checks = [
+        (cfg.k > cfg.dict_size, f"--k ({cfg.k}) must be at most --dict_size ({cfg.dict_size})"),
+        (cfg.tokens < cfg.batch_size, f"--tokens ({cfg.tokens}) must give at least one step of --batch_size {cfg.batch_size}"),
+        (
+            cfg.ortsae_chunks > cfg.dict_size // 2,
+            f"--ortsae_chunks must be at most dict_size / 2 (blocks of two latents or more), got {cfg.ortsae_chunks}",
+        ),
+        (n_layers is not None and cfg.layer >= n_layers, f"--layer {cfg.layer} is outside {cfg.lm_name} (layers 0..{(n_layers or 0) - 1})"),
+        (synthetic and bool(evals - {"synth"}), "the synth profile has no language model: --evals synth (or none)"),
+        (not synthetic and "synth" in evals, "--evals synth needs synthetic data: --profile synth"),
+        (max(seed_list(cfg)) > SEED_MAX, f"--seed {cfg.seed} with --seeds {cfg.seeds} runs past the largest seed, {SEED_MAX}"),
+    ]
     for bad, message in checks:
         if bad:
             raise UsageError(message)
-    seed_list(cfg)
 
 
 def run(main, argv: list[str]) -> int:

@@ -449,22 +449,17 @@ def evaluate(sae, inputs) -> dict:
 
 
 @torch.no_grad()
-def mechanism(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, model) -> dict:
-    """Where the orthogonality term acts on one batch, against the truth. Hierarchy pairs: the
-    latents (l(p), l(c)) of every edge, matched by decoder direction at this step; other pairs:
-    every other pair of latents that fired in the batch. For each group: mean co-firing n_ij (as the
-    term defines it: |m_i & m_j| / min(|m_i|, |m_j|)), mean decoder |cos|, and the share of
-    P = sum c_ij |cos_ij| the group carries (c_ij = clamp((n_ij - thr) / thr, 0, 1); computed for
-    every variant, so plain TopK shows the share the term would carry)."""
+def mechanism(W_dec_FD: torch.Tensor, cofiring, model) -> dict:
+    """Where the orthogonality term acts on one batch, against the truth. cofiring: the batch's
+    (fired_A, n_AA, c_AA) as experiment.cofiring defines them (the term's own definition, handed in,
+    never restated here). Hierarchy pairs: the latents (l(p), l(c)) of every edge, matched by decoder
+    direction at this step; other pairs: every other pair of latents that fired in the batch. For
+    each group: mean co-firing n_ij, mean decoder |cos|, and the share of P = sum c_ij |cos_ij| the
+    group carries (computed for every arm, so plain TopK shows the share the term would carry)."""
     parent_E, child_E = _edges(model)
     latent_N, _ = match_by_direction(W_dec_FD, model.feature_dict.feature_vectors, (parent_E, child_E))
     l_parent_E, l_child_E = latent_N[parent_E], latent_N[child_E]
-    fired_A = active_BF.any(0).nonzero().squeeze(1)
-    mask_BA = active_BF[:, fired_A].float()
-    cofire_AA = mask_BA.T @ mask_BA
-    count_A = cofire_AA.diagonal()
-    n_AA = cofire_AA / torch.minimum(count_A[:, None], count_A[None, :])
-    c_AA = ((n_AA - threshold) / threshold).clamp(0, 1).fill_diagonal_(0)
+    fired_A, n_AA, c_AA = (t.cpu() for t in cofiring)
     W_hat_AD = unit(W_dec_FD.detach().float()[fired_A])
     cos_AA = (W_hat_AD @ W_hat_AD.T).abs()
     position_F = torch.full((W_dec_FD.shape[0],), -1, dtype=torch.long)
@@ -497,9 +492,9 @@ def _edges(model) -> tuple[torch.Tensor, torch.Tensor]:
 _WORLDS_LOADED: dict = {}
 
 
-def mechanism_record(cfg, W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float) -> dict:
+def mechanism_record(cfg, W_dec_FD: torch.Tensor, cofiring) -> dict:
     """mechanism(...) for a training-log record of the synth profile (the world loaded once)."""
     key = (cfg.lm_name, cfg.data_seed, str(cfg.cache_dir))
     if key not in _WORLDS_LOADED:
         _WORLDS_LOADED[key] = world(world_of(cfg.lm_name), world_seed(cfg.data_seed), cfg.cache_dir)
-    return mechanism(W_dec_FD.cpu(), active_BF.cpu(), threshold, _WORLDS_LOADED[key])
+    return mechanism(W_dec_FD.cpu(), cofiring, _WORLDS_LOADED[key])

@@ -31,19 +31,19 @@ def run_cli(capsys, argv):
         (["--weight_schedule", "cubic"], "--weight_schedule: invalid choice"),
         (["--device", "tpu"], "--device: invalid choice: 'tpu' (choose from 'auto', 'cpu', 'cuda')"),
         (["--threshold_schedule", "step"], "--threshold_schedule: invalid choice"),
-        (["--k", "0"], "k must be in 1..dict_size"),
-        (["--k", "5000"], "k must be in 1..dict_size"),
-        (["--dict_size", "0"], "dict_size must be positive"),
-        (["--lr", "-1"], "lr must be positive"),
-        (["--ortho_base_threshold", "0"], "ortho_base_threshold must be > 0"),
-        (["--ortho_lambda_max", "-0.1"], "ortho_lambda_max must be >= 0"),
-        (["--tokens", "0"], "must give at least one step"),
-        (["--matryoshka_widths", "0.5", "0.25"], "matryoshka_widths must be increasing fractions of dict_size in (0, 1)"),
-        (["--matryoshka_widths", "1.0"], "matryoshka_widths must be increasing fractions"),
-        (["--ortsae_chunks", "0"], "ortsae_chunks must be in [1, dict_size / 2]"),
+        (["--k", "0"], "--k must be an integer >= 1, got 0"),
+        (["--k", "5000"], "--k (5000) must be at most --dict_size (4096)"),
+        (["--dict_size", "0"], "--dict_size must be an integer >= 1"),
+        (["--lr", "-1"], "--lr must be a finite number in [0, inf)"),
+        (["--ortho_base_threshold", "0"], "--ortho_base_threshold must be a finite number in (0, 1]"),
+        (["--ortho_lambda_max", "-0.1"], "--ortho_lambda_max must be a finite number in [0, inf)"),
+        (["--tokens", "100"], "--tokens (100) must give at least one step of --batch_size 1024"),
+        (["--matryoshka_widths", "0.5", "0.25"], "--matryoshka_widths must be increasing fractions in (0, 1)"),
+        (["--matryoshka_widths", "1.0"], "--matryoshka_widths must be increasing fractions"),
+        (["--ortsae_chunks", "5000"], "--ortsae_chunks must be at most dict_size / 2"),
         (["--layer", "18"], "layer 18 is outside google/gemma-3-270m"),
         (["--k", "many"], "--k: invalid int value: 'many'"),
-        (["--evals", "autointerp"], "unknown evals"),
+        (["--evals", "autointerp"], "--evals must be a comma list of"),
         (["--profile", "gemma-2-2b"], "needs a CUDA GPU"),
     ],
 )
@@ -188,5 +188,7 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
         "synth_explained_variance",
         "synth_f1",
     ]
-    with pytest.raises(rundir.UsageError, match="choose from separation, synth, absorption, core, sparse_probing, unlearning or none"):
+    with pytest.raises(
+        rundir.UsageError, match="must be a comma list of separation, synth, absorption, core, sparse_probing, unlearning, or none"
+    ):
         cli.validate(E.parse_args(["--out_dir", "x", "--evals", "core,nope"]))

@@ -74,7 +74,9 @@ def test_main_end_to_end_writes_results_log_and_saelens_sae(tmp_path, tiny_lm):
     sae = E.load_sae(run / "sae")
     x = torch.randn(20, 64) * 30
     torch.testing.assert_close(lens(x), sae(x), rtol=1e-4, atol=1e-3)
-    assert sae.check_decoder_norms()
+    from sae_bench.sae_bench_utils.general_utils import check_decoder_norms
+
+    assert check_decoder_norms(sae.W_dec.data)  # what SAEBench checks before its evals
     assert not (run / "checkpoint.pt").exists()
 
 
@@ -290,7 +292,7 @@ def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch
         "toy", block, "test_experiment:toy_eval", metrics=(registry.Metric("toy_score", ((block, ("score",)),), registry.HIGHER),)
     )
     monkeypatch.setattr(registry, "EVALS", (*registry.EVALS, toy))
-    monkeypatch.setattr(cli, "EVAL_NAMES", (*registry.EVAL_NAMES, "toy"))
+    monkeypatch.setattr(registry, "EVAL_NAMES", (*registry.EVAL_NAMES, "toy"))
     monkeypatch.setattr(schema, "METRICS", (*schema.METRICS, *toy.metrics))
     monkeypatch.setattr(schema, "EVAL_BLOCKS", schema.EVAL_BLOCKS | {block: "toy"})
     assert E.main(tiny_args(tmp_path, "run_1", "--evals", "toy")) == 0

@@ -285,3 +285,18 @@ def test_bool_nonzero_equals_nonzero(shape, p, first_row):
     mask = (torch.rand(shape, generator=torch.Generator().manual_seed(3)) < p)[first_row:]
     for got, want in zip(O.bool_nonzero(mask), mask.nonzero(as_tuple=True)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_fast_cofiring_pairs_equal_the_one_definition(route):
+    """The fast path's co-firing pairs are experiment.cofiring's: the same fired latents, a pair
+    exactly where two latents co-fired, and the same n_ij there (so c_ij, a function of n_ij and thr)."""
+    _, active = random_case(9, B=200, F=40)
+    ref = E.cofiring(active, threshold=0.3)
+    pairs = O.cofiring_pairs(active, route)
+    assert torch.equal(pairs.fired_A, ref.fired_A)
+    r, c = (ref.n_AA > 0).nonzero(as_tuple=True)
+    order = (pairs.row_P * 1000 + pairs.col_P).argsort()
+    assert torch.equal(pairs.row_P[order], r) and torch.equal(pairs.col_P[order], c)
+    torch.testing.assert_close(pairs.n()[order], ref.n_AA[r, c])
+    assert torch.equal(ref.c_AA, ((ref.n_AA - 0.3) / 0.3).clamp(0, 1).fill_diagonal_(0))

@@ -205,11 +205,37 @@ def test_mechanism_sees_the_hierarchy_pairs(world):
     hierarchy pairs carry P's co-firing weight; other pairs co-fire far less."""
     sae = true_feature_sae(world)
     _, f_BN = world.sample_with_features(4000)
-    m = synth.mechanism(sae.W_dec, f_BN > 0, threshold=0.25, model=world)
+    import experiment as E
+
+    m = synth.mechanism(sae.W_dec, E.cofiring(f_BN > 0, threshold=0.25), model=world)
     assert m["mech_hier_pairs"] == 12
     assert m["mech_hier_cofire"] == pytest.approx(1.0)
     assert m["mech_other_cofire"] < 0.5
     assert m["mech_hier_cos"] < 0.1  # the true features are nearly orthogonal
+
+
+def test_an_edit_of_cofiring_reaches_the_penalty_and_the_mechanism(world, monkeypatch):
+    """c_ij is defined once (experiment.cofiring): edited there (here to 1 for every pair that fired),
+    the penalty and the mechanism's share of P both follow, without an edit of their own."""
+    import experiment as E
+
+    original = E.cofiring
+
+    def every_pair(active_BF, threshold):
+        fired_A, n_AA, _ = original(active_BF, threshold)
+        return E.Cofiring(fired_A, n_AA, torch.ones_like(n_AA).fill_diagonal_(0))
+
+    monkeypatch.setattr(E, "cofiring", every_pair)
+    sae = true_feature_sae(world)
+    _, f_BN = world.sample_with_features(4000)
+    active, W = f_BN > 0, sae.W_dec.detach().double()  # float64: the true features' cosines are ~1e-3
+    W_hat = W / W.norm(dim=-1, keepdim=True)
+    cos = (W_hat @ W_hat.T).abs().fill_diagonal_(0)  # every feature fires in 4000 samples: fired = all
+    assert active.any(0).all()
+    assert E.orthogonality_penalty(W, active, 0.25).item() == pytest.approx(cos.sum().item() / len(W), rel=1e-5)
+    parent_E, child_E = synth.hierarchy_edges(world)  # the true-feature SAE's latent n is feature n
+    hier = 2 * cos[parent_E, child_E].sum().item() / cos.sum().item()
+    assert synth.mechanism(W, E.cofiring(active, 0.25), world)["mech_hier_share"] == pytest.approx(hier, rel=1e-3)
 
 
 def test_synth_training_log_has_the_mechanism(tmp_path, monkeypatch):
