@@ -47,6 +47,7 @@ from torch import nn
 from sae_harness import cli, data, ortho_fast, precision, rundir, runner, synth
 from sae_harness.checks import SEED_MAX, creatable_dir, eval_list, increasing_fractions, integer, real, seed_spec, text, word
 from sae_harness.notes import report_run
+from sae_harness.progress import Progress
 from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
 from sae_harness.tracking import Tracker
@@ -627,11 +628,19 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 
+def progress_fields(record: dict) -> dict:
+    """The latest log record as the progress bar or line shows it."""
+    terms = {name: record[f"{name}_loss"] for name in ("recon", "auxk", "nested", "ortho") if record.get(f"{name}_loss")}
+    return (
+        dict(loss=f"{record['loss']:.4g}")
+        | {k: f"{v:.4g}" for k, v in terms.items()}
+        | dict(l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.3f}")
+    )
+
+
 def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out: Path, tracker: Tracker) -> tuple[AutoEncoderTopK, dict]:
     """The training loop: resumes from out/checkpoint.pt, logs to out/training_log.jsonl (and
     wandb), writes a checkpoint every cfg.checkpoint_every steps and on SIGINT / SIGTERM."""
-    from tqdm import tqdm
-
     torch.manual_seed(cfg.seed)
     sae = AutoEncoderTopK(buffer.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed).to(device=device)
     trainer = TrainerTopK(cfg, sae)
@@ -655,9 +664,9 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
     log_every = cfg.log_every or cfg.ortho_every * math.ceil(cfg.total_steps / (100 * cfg.ortho_every))  # <= 100 records, on the stride
     dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
     t0 = time.time()
-    bar = tqdm(range(start, cfg.total_steps), initial=start, total=cfg.total_steps, desc="training", file=sys.stdout, dynamic_ncols=True)
+    bar = Progress("training step", cfg.total_steps, initial=start)  # a bar on a terminal, else a line per logged step
     with rundir.stop_requests() as stop, open(log_path, "a") as log:
-        for step in bar:
+        for step in range(start, cfg.total_steps):
             x_BD = buffer.batch(step)
             last = step == cfg.total_steps - 1
             try:
@@ -671,13 +680,9 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 tracker.log(record)
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4g}",
-                    recon=f"{record['recon_loss']:.4g}",
-                    ortho=f"{record['ortho_loss']:.3g}",
-                    l0=f"{record['l0']:.0f}",
-                    dead=f"{record['dead_fraction']:.2f}",
-                )
+                bar.update(step + 1, **progress_fields(record))
+            else:
+                bar.update(step + 1)
             if "signal" in stop or (not last and (step + 1) % cfg.checkpoint_every == 0):
                 checkpoint(step + 1)
             if "signal" in stop:

@@ -33,7 +33,7 @@ import simple_parsing
 import submitit
 
 import experiment as E
-from sae_harness import checks
+from sae_harness import checks, cli
 from sae_harness.checks import SEED_MAX, check_fields, creatable_dir, existing_path, integer, seed_spec, word
 from sae_harness.rundir import UsageError
 
@@ -48,17 +48,30 @@ class ExperimentRun(submitit.helpers.Checkpointable):
     interrupted). On a SLURM timeout or preemption submitit calls checkpoint(): the experiment gets
     SIGTERM (it writes a checkpoint) and the job is requeued, resuming where it stopped."""
 
-    def __init__(self, argv: list[str], threads: int = 0):
+    def __init__(self, argv: list[str], threads: int = 0, pid_file: Path | None = None):
         self.argv = argv
         self.threads = threads
+        self.pid_file = pid_file  # where the experiment's pid goes, so an interrupted sweep can stop it cleanly
 
     def __call__(self) -> int:
         env = dict(os.environ) | ({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})
         print("running: python experiment.py " + " ".join(self.argv), flush=True)
         _CHILD["process"] = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), *self.argv], cwd=ROOT, env=env)
-        return _CHILD["process"].wait()
+        if self.pid_file is not None:
+            self.pid_file.write_text(str(_CHILD["process"].pid))
+        try:
+            return _CHILD["process"].wait()
+        finally:
+            if self.pid_file is not None:
+                self.pid_file.unlink(missing_ok=True)
 
     def checkpoint(self, *args, **kwargs):
+        self.stop_experiment()
+        return super().checkpoint(*args, **kwargs)
+
+    @staticmethod
+    def stop_experiment() -> None:
+        """SIGTERM to the running experiment: it finishes its step, writes a checkpoint and exits."""
         process = _CHILD.get("process")
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -66,7 +79,6 @@ class ExperimentRun(submitit.helpers.Checkpointable):
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 process.kill()
-        return super().checkpoint(*args, **kwargs)
 
 
 def arm_list() -> dict:
@@ -179,6 +191,10 @@ class SweepError(Exception):
     """Bad input or an unusable run directory: one line, exit status 2."""
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C or SIGTERM: one line saying what is kept, exit status 130."""
+
+
 def arms_of(args) -> list[tuple[str, str, dict]]:
     """(arm name, variant, {option: value}) for every variant x grid combination."""
     variants = checks.comma_list(args.variants)
@@ -195,7 +211,6 @@ def arms_of(args) -> list[tuple[str, str, dict]]:
 
 def plan(args, passthrough) -> list[PlannedRun]:
     """Every (arm, seed) of the sweep, with its experiment config parsed and checked."""
-    from sae_harness import cli
 
     for option in passthrough:
         name = option.lstrip("-").split("=")[0].replace("-", "_")
@@ -297,16 +312,33 @@ def launch(args, todo):
     waves = [todo[:1]] + (
         [todo[i : i + args.parallel] for i in range(1, len(todo), args.parallel)] if local else ([todo[1:]] if todo[1:] else [])
     )
-    codes = {}
-    for wave in waves:
-        with executor.batch():
-            jobs = [executor.submit(ExperimentRun(run.argv, threads)) for run in wave]
-        for run, job in zip(wave, jobs):
-            try:
-                codes[run.out] = job.result()
-            except Exception as e:  # the job itself failed (killed, node lost): its log says why
-                codes[run.out] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
-            print(f"  {run.arm} seed {run.seed}: {describe(codes[run.out])} (log: {job.paths.stdout})")
+    codes, wave = {}, []
+    pid_file = lambda run: folder / f"{run.arm}.seed_{run.seed}.pid"
+    try:
+        for wave in waves:
+            with executor.batch():
+                jobs = [executor.submit(ExperimentRun(run.argv, threads, pid_file(run) if local else None)) for run in wave]
+            for run, job in zip(wave, jobs):
+                try:
+                    codes[run.out] = job.result()
+                except Exception as e:  # the job itself failed (killed, node lost): its log says why
+                    codes[run.out] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+                print(f"  {run.arm} seed {run.seed}: {describe(codes[run.out])} (log: {job.paths.stdout})")
+    except KeyboardInterrupt:
+        if not local:
+            raise SweepInterrupted(
+                "interrupted; the submitted jobs go on running on the cluster and the finished runs are kept. "
+                "Rerun the same command once they have ended (squeue shows them) to collect and resume"
+            ) from None
+        for run in wave:  # stop the running experiments cleanly: on SIGTERM each writes a checkpoint and exits
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file(run).read_text()), signal.SIGTERM)
+        deadline = time.time() + 120
+        while any(pid_file(run).exists() for run in wave) and time.time() < deadline:
+            time.sleep(0.2)
+        raise SweepInterrupted(
+            "interrupted; finished runs are kept and the running ones wrote a checkpoint: run the same command again to resume"
+        ) from None
     return codes
 
 
@@ -520,10 +552,14 @@ def main(argv) -> int:
 def cli_main(argv) -> int:
     """main(argv) with bad input as one line on stderr and exit status 2, an interrupt as 130."""
     try:
-        return main(argv)
+        with cli.sigterm_as_interrupt():
+            return main(argv)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SweepInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept and running ones resume: run the same command again", file=sys.stderr)
         return 130

@@ -2,8 +2,10 @@
 (`--field value` or `--field=value`), its docstring is the help, Literal fields take only their
 choices. Profiles fill the fields left at None; bad input is one line and exit status 2."""
 
+import contextlib
 import dataclasses
 import re
+import signal
 import sys
 
 import simple_parsing
@@ -115,12 +117,29 @@ def validate(cfg) -> None:
             raise UsageError(message)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) raises KeyboardInterrupt, as Ctrl-C does, so every stage
+    stops the same way: temporary files removed, finished work kept, one line saying how to go on.
+    Training installs its own handler for both (rundir.stop_requests: finish the step, checkpoint)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(main, argv: list[str]) -> int:
     """main(argv) with failures turned into one line on stderr and an exit status: 2 bad input,
-    3 training failed, 130 interrupted (the message says what is kept and how to continue), 1 an
-    eval failed (main's own return)."""
+    3 training failed, 130 interrupted by Ctrl-C or SIGTERM (the message says what is kept and how
+    to continue), 1 an eval failed (main's own return)."""
     try:
-        return main(argv)
+        with sigterm_as_interrupt():
+            return main(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from sae_harness import precision
+from sae_harness.progress import Progress
 from sae_harness.rundir import UsageError
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
@@ -175,11 +175,9 @@ def read_cache(path: Path, key: dict):
 def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_file: Path, batch_size: int, device) -> None:
     """Run the model up to `layer` on token windows, drop BOS/pad positions, and write n_rows
     activations (bf16 bits as int16) to out_file in order."""
-    from tqdm import tqdm
-
     out = None
     row = 0
-    bar = tqdm(total=n_rows, desc="activations", unit="tok", unit_scale=True, file=sys.stdout)
+    bar = Progress("activations", n_rows, unit="tokens", unit_scale=True)  # off a terminal: a line per chunk
     batch: list[list[int]] = []
 
     def flush():
@@ -196,7 +194,7 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
         take = min(len(rows_ND), n_rows - row)
         out[row : row + take] = rows_ND[:take]
         row += take
-        bar.update(take)
+        bar.update(row, chunk=f"{take} tokens")
         batch.clear()
 
     for window in windows:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_harness.progress import library_bars_quiet
+
 CACHE_FORMAT = 1
 
 
@@ -113,7 +115,8 @@ def world(world: dict, seed: int, cache_dir: str | Path, verbose: bool = True):
     if verbose:
         print(f"synthetic world: building {path} ({world['num_features']} features in {world['hidden_dim']} dims)")
     with _building(path) as tmp, torch.random.fork_rng(), torch.enable_grad():  # the orthogonalisation is gradient descent
-        model = SyntheticModel(model_config(world, seed))
+        with library_bars_quiet():  # SAELens draws a bar it offers no switch for
+            model = SyntheticModel(model_config(world, seed))
         model.save(tmp)
         (tmp / "key.json").write_text(json.dumps(key, indent=1))
     if verbose:

@@ -299,3 +299,20 @@ def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch
     info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
     assert info[block]["score"] == 128 * 8 and info[block]["seconds"] >= 0
     assert info["summary"]["toy_score"]["value"] == 128 * 8 and info["summary"]["toy_score"]["direction"] == registry.HIGHER
+
+
+def test_off_a_terminal_the_log_is_one_plain_line_per_logged_step(tmp_path, tiny_lm, capsys):
+    """stdout to a file or a job log: no redrawn bar (no carriage return), one line per logged step
+    with the step, the loss terms, L0, the dead fraction and the seconds, and one per extraction chunk."""
+    import re
+
+    assert E.main(tiny_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    lines = [line for line in out.splitlines() if line.startswith("training step ")]
+    pattern = r"training step (\d+)/30: loss \S+, recon \S+(, auxk \S+)?, ortho \S+, l0 [\d.]+, dead [\d.]+, [\d.]+ s"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    logged = [r["step"] + 1 for r in read_log(tmp_path / "run_1")]
+    assert [int(re.match(r"training step (\d+)", line).group(1)) for line in lines] == logged
+    chunks = [line for line in out.splitlines() if line.startswith("activations ")]
+    assert chunks and all(re.fullmatch(r"activations \d+/\d+ tokens: chunk \d+ tokens, [\d.]+ s", line) for line in chunks), chunks
