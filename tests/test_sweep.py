@@ -161,12 +161,12 @@ def test_every_run_of_a_sweep_gets_one_precision_and_a_resume_keeps_it(tmp_path,
     argv = ["--name", "p", "--runs_dir", str(tmp_path), "--variants", "none,progressive", "--seeds", "2", "--profile", "synth"]
     runs = sweep.plan(*sweep.parse(argv))
     assert calls == ["auto", "auto"]  # llm_dtype and sae_dtype, once each for the whole sweep
-    assert {(r[6].llm_dtype, r[6].sae_dtype) for r in runs} == {("bfloat16", "bfloat16")}
+    assert {(r.cfg.llm_dtype, r.cfg.sae_dtype) for r in runs} == {("bfloat16", "bfloat16")}
     recorded = tmp_path / "p" / "none" / "seed_42"
     recorded.mkdir(parents=True)
     config = dict(profile="synth", variant="none", llm_dtype="float32", sae_dtype="float32", seed=42)
     (recorded / "final_info.json").write_text(json.dumps({"training results for layer 0": {"config": config, "final_info": {}}}))
     runs = sweep.plan(*sweep.parse(argv))
-    assert calls == ["auto", "auto"] and {r[6].sae_dtype for r in runs} == {"float32"}  # from the finished run, no probe
+    assert calls == ["auto", "auto"] and {r.cfg.sae_dtype for r in runs} == {"float32"}  # from the finished run, no probe
     runs = sweep.plan(*sweep.parse([*argv, "--sae_dtype", "bfloat16"]))
-    assert {r[6].sae_dtype for r in runs} == {"bfloat16"}  # given: left alone
+    assert {r.cfg.sae_dtype for r in runs} == {"bfloat16"}  # given: left alone
