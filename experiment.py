@@ -445,22 +445,34 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-5) ->
 # ----------------------------------------------------------------------------------------------
 
 
-class LossTerms(NamedTuple):
-    """One step's loss terms, unweighted; the trainer weights and sums them."""
+class Term(NamedTuple):
+    """One loss term of a step: its value (unweighted) and its weight in the loss."""
 
-    recon: torch.Tensor  # sum over D of (x - x_hat)^2, mean over tokens
-    auxk: torch.Tensor  # AuxK on dead latents (0 when none is dead)
-    ortho: torch.Tensor  # P, computed on every ortho_every-th step and held in between (0 for none)
-    nested: torch.Tensor  # matryoshka: the inner levels' recon losses, summed (0 for the other variants)
+    value: torch.Tensor
+    weight: float  # 0: off on this step
+
+
+class HeldGradient(torch.autograd.Function):
+    """P with dP/dW_dec computed beforehand (by the fast path, or held from an earlier step), so
+    autograd hands weight x dP/dW_dec to W_dec.grad as it does every other term's gradient."""
+
+    @staticmethod
+    def forward(ctx, W_dec_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad_FD)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_FD,) = ctx.saved_tensors
+        return grad_output * grad_FD, None, None
 
 
 class StepOutput(NamedTuple):
     """What one training step did, for the logger."""
 
-    loss: torch.Tensor  # recon + nested + auxk_alpha * auxk + ortho_weight * ortho
-    terms: LossTerms
+    loss: torch.Tensor  # the sum of weight x value over the terms
+    terms: dict  # name -> Term (detached), in the order the log and the figures show them
     ortho_lambda: float  # lambda2(p)
-    ortho_weight: float  # lambda2(p) * s, s = recon / P of this step: the weight of P in the loss
     threshold: float  # thr(p)
     active_BF: torch.Tensor  # which latents fired for which token
     dead_F: torch.Tensor  # latents that had not fired for dead_tokens tokens before this step
@@ -505,20 +517,47 @@ class TrainerTopK:
             return value.detach(), torch.autograd.grad(value, W_dec_FD)[0]
         return ortho_fast.penalty_value_and_grad(self.sae.W_dec, active_BF, threshold, self.dtype)
 
-    def ortho_term(self, active_BF: torch.Tensor, threshold: float, step: int) -> torch.Tensor:
-        """P, computed on every ortho_every-th step and held in between (from a batch at most
-        ortho_every - 1 steps old), as is dP/dW_dec, which update adds to W_dec.grad itself.
-        ortsae: its penalty instead, on every step, with its gradient through autograd."""
+    def ortho_term(self, active_BF: torch.Tensor, threshold: float, step: int, lam: float, recon: torch.Tensor) -> Term:
+        """P with its weight lambda2(p) x s, s = recon / P of this step (both detached): the term's
+        value is lambda2(p) x recon on every step, so lambda2 is its share of the recon loss whatever
+        the data, D, F, k and however P grows as co-firing forms (docs/method.md: the dose). P and
+        dP/dW_dec are computed on every ortho_every-th step and held in between (from a batch at most
+        ortho_every - 1 steps old). ortsae: its penalty instead, on every step, by plain autograd."""
+        if lam == 0:
+            return Term(recon.new_zeros(()), 0.0)
         if self.arm.term == "ortsae":
             blocks = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # a fresh split each step, the same on resume
-            return ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
-        if self.held_ortho is None or step % self.cfg.ortho_every == 0:
-            if self.held_ortho is None and self.ortho_impl == "fast":
-                self.ortho_impl = ortho_fast.check_against_reference(
-                    orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
-                )
-            self.held_ortho = self.penalty_value_and_grad(active_BF, threshold)
-        return self.held_ortho[0]
+            value = ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
+        else:
+            if self.held_ortho is None or step % self.cfg.ortho_every == 0:
+                if self.held_ortho is None and self.ortho_impl == "fast":
+                    self.ortho_impl = ortho_fast.check_against_reference(
+                        orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
+                    )
+                self.held_ortho = self.penalty_value_and_grad(active_BF, threshold)
+            value = HeldGradient.apply(self.sae.W_dec, *self.held_ortho)
+        if value.item() <= 0:
+            return Term(value, 0.0)
+        self.ortho_scale = recon.item() / value.item()
+        return Term(value, lam * self.ortho_scale)
+
+    def loss_terms(self, x_BD: torch.Tensor, out: TrainOutput, active_BF, dead_F, step: int, lam: float, thr: float) -> dict:
+        """This step's loss terms by name, each with its weight. The loss is their weighted sum; the
+        log records each as <name>_loss (weight x value), and the progress line and the loss figure
+        show each. A new term is its function (above) and one entry here."""
+        residual_BD = x_BD - out.x_hat_BD
+        recon = recon_loss(residual_BD)
+        W_dec, b_dec = self.sae.W_dec, self.sae.b_dec
+        nested = self.arm.nested
+        return dict(
+            recon=Term(recon, 1.0),
+            auxk=Term(auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), W_dec, self.k_aux), self.cfg.auxk_alpha),
+            nested=Term(
+                nested_recon_loss(x_BD, out.acts_BK, out.idx_BK, W_dec, b_dec, self.matryoshka_widths) if nested else recon.new_zeros(()),
+                float(nested),
+            ),
+            ortho=self.ortho_term(active_BF, thr, step, lam, recon.detach()),
+        )
 
     def update(self, x_BD: torch.Tensor, step: int) -> StepOutput:
         p = step / self.total_steps
@@ -526,35 +565,20 @@ class TrainerTopK:
         out = self.sae.forward_train(x_BD, self.dtype)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
-        residual_BD = x_BD - out.x_hat_BD
-        terms = LossTerms(
-            recon=recon_loss(residual_BD),
-            auxk=auxk_loss(out.pre_BF, dead_F, residual_BD.detach(), self.sae.W_dec, self.k_aux),
-            ortho=self.ortho_term(active_BF, thr, step) if lam > 0 else x_BD.new_zeros(()),
-            nested=nested_recon_loss(x_BD, out.acts_BK, out.idx_BK, self.sae.W_dec, self.sae.b_dec, self.matryoshka_widths)
-            if self.arm.nested
-            else x_BD.new_zeros(()),
-        )
-        for name, value in terms._asdict().items():
-            if not torch.isfinite(value):
-                raise NonFiniteLoss(f"{name} became {value.item()} at step {step}")
-        # s = recon / P of this step (both detached): the term's value is lambda2(p) x recon on every
-        # step, so lambda2 is the term's share of the recon loss whatever the data, D, F, k and however
-        # P grows as co-firing structure forms (docs/method.md: the dose)
-        term_on = lam > 0 and terms.ortho.item() > 0
-        if term_on:
-            self.ortho_scale = terms.recon.item() / terms.ortho.item()
-        weight = lam * self.ortho_scale if term_on else 0.0
-        loss = terms.recon + terms.nested + self.cfg.auxk_alpha * terms.auxk + weight * terms.ortho
+        terms = self.loss_terms(x_BD, out, active_BF, dead_F, step, lam, thr)
+        for name, term in terms.items():
+            if not torch.isfinite(term.value):
+                raise NonFiniteLoss(f"{name} became {term.value.item()} at step {step}")
+        loss = sum(term.weight * term.value for term in terms.values() if term.weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         W_dec = self.sae.W_dec
         with torch.no_grad():
-            # the held gradient, added in place (through autograd it costs an F x D copy a step); ortsae's went through autograd
-            if weight and not terms.ortho.requires_grad:
-                rest = W_dec.grad.norm().item()
-                W_dec.grad.add_(self.held_ortho[1], alpha=weight)
-                self.ortho_grad_share = weight * self.held_ortho[1].norm().item() / rest if rest else None
+            ortho = terms["ortho"]
+            if ortho.weight and self.arm.term == "cofiring":  # the term's gradient against the other terms' on W_dec (logged)
+                term_grad = ortho.weight * self.held_ortho[1]
+                rest = (W_dec.grad - term_grad).norm().item()
+                self.ortho_grad_share = term_grad.norm().item() / rest if rest else None
             W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec  # none parallel to the (unit) rows
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.cfg.grad_clip)
         for group in self.optimizer.param_groups:
@@ -564,7 +588,8 @@ class TrainerTopK:
             W_dec /= W_dec.norm(dim=-1, keepdim=True)
             self.tokens_since_fired_F += len(x_BD)
             self.tokens_since_fired_F[active_BF.any(0)] = 0
-        return StepOutput(loss.detach(), LossTerms(*(t.detach() for t in terms)), lam, weight, thr, active_BF, dead_F)
+        detached = {name: Term(term.value.detach(), term.weight) for name, term in terms.items()}
+        return StepOutput(loss.detach(), detached, lam, thr, active_BF, dead_F)
 
     def state_dict(self) -> dict:
         return dict(
@@ -595,30 +620,24 @@ class NonFiniteLoss(Exception):
 
 
 def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.Tensor, step: int, elapsed: float) -> dict:
-    """One training_log.jsonl line: loss terms, sparsity, dead latents, and the training-batch
-    separation diagnostics (sep_*: what the term itself minimises, so not evidence of separation)."""
-    ortho = out.terms.ortho.item()
+    """One training_log.jsonl line: each loss term's part of the loss (<name>_loss = weight x value),
+    the term's schedule and dose, sparsity, dead latents, and the training-batch separation
+    diagnostics (sep_*: what the term itself minimises, so not evidence of separation)."""
+    losses = {f"{name}_loss": term.weight * term.value.item() for name, term in out.terms.items()}
+    ortho, weight = out.terms["ortho"].value.item(), out.terms["ortho"].weight
     if out.ortho_lambda > 0 and step % cfg.ortho_every and trainer.arm.term == "cofiring":  # the held P is older: report this batch's
         ortho = trainer.penalty_value_and_grad(out.active_BF, out.threshold)[0].item()
-    loss, recon = out.loss.item(), out.terms.recon.item()
-    ortho_loss = out.ortho_weight * ortho
-    record = dict(
-        step=step,
-        progress=step / cfg.total_steps,
-        tokens=(step + 1) * cfg.batch_size,
-        elapsed_s=round(elapsed, 3),
-        lr=trainer.lr_at(step),
-        loss=loss,
-        recon_loss=recon,
-        auxk_loss=out.terms.auxk.item(),
-        nested_loss=out.terms.nested.item(),
+        losses["ortho_loss"] = weight * ortho
+    loss, recon = out.loss.item(), out.terms["recon"].value.item()
+    record = dict(step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3))
+    record |= dict(lr=trainer.lr_at(step), loss=loss) | losses
+    record |= dict(
         ortho_penalty=ortho,
         ortho_lambda=out.ortho_lambda,
-        ortho_scale=trainer.ortho_scale if out.ortho_weight else None,
-        ortho_grad_share=trainer.ortho_grad_share if out.ortho_weight else None,
+        ortho_scale=trainer.ortho_scale if weight else None,
+        ortho_grad_share=trainer.ortho_grad_share if weight else None,
         threshold=out.threshold,
-        ortho_loss=ortho_loss,
-        ortho_share=ortho_loss / loss if loss else None,
+        ortho_share=losses["ortho_loss"] / loss if loss else None,
         l0=out.active_BF.sum(-1).float().mean().item(),
         dead_fraction=out.dead_F.float().mean().item(),
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
@@ -628,12 +647,12 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 
-def progress_fields(record: dict) -> dict:
-    """The latest log record as the progress bar or line shows it."""
-    terms = {name: record[f"{name}_loss"] for name in ("recon", "auxk", "nested", "ortho") if record.get(f"{name}_loss")}
+def progress_fields(record: dict, terms) -> dict:
+    """The latest log record as the progress bar or line shows it: the loss, each term that is on."""
+    shown = {name: record[f"{name}_loss"] for name in terms if record.get(f"{name}_loss")}
     return (
         dict(loss=f"{record['loss']:.4g}")
-        | {k: f"{v:.4g}" for k, v in terms.items()}
+        | {name: f"{v:.4g}" for name, v in shown.items()}
         | dict(l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.3f}")
     )
 
@@ -680,7 +699,7 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 tracker.log(record)
-                bar.update(step + 1, **progress_fields(record))
+                bar.update(step + 1, **progress_fields(record, step_out.terms))
             else:
                 bar.update(step + 1)
             if "signal" in stop or (not last and (step + 1) % cfg.checkpoint_every == 0):

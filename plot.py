@@ -3,6 +3,7 @@
     python plot.py run_1            # figures inside run_1/
     python plot.py run_1 run_2 ...  # the same for each, plus comparison_<profile>.png here
     python plot.py                  # every run_* directory here
+    python plot.py results/x.json   # a sweep's comparison figure, results/x.png (sweep.py runs this)
 
 Per run (written into the run directory):
     losses.png      loss terms over training, ortho share of the loss on a twin axis
@@ -25,7 +26,6 @@ import json
 import math
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -34,164 +34,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae_harness.formatting import fmt, fmt_delta, fmt_spread, spread_of  # noqa: E402
+from sae_harness.formatting import fmt, spread_of  # noqa: E402
 from sae_harness.registry import REFERENCE  # noqa: E402
-from sae_harness.schema import (  # noqa: E402
-    EVAL_BLOCKS,
-    EVAL_OF_BLOCK,
-    METRICS,
-    SEEDS,
-    block_status,
-    compare_paired,
-    compare_summaries,
-    evals_asked,
-    info_training_key,
-    metric_asked,
-    per_seed_summaries,
-    pick_baseline,
-    run_identity,
-    run_number,
-    summarize,
+from sae_harness.report import (  # noqa: E402
+    MECHANISM,
+    PHASES,
+    RunError,
+    comparison_report,
+    config_differences,
+    eval_metric_ok,
+    find_baseline,
+    has_data,
+    load_run,
+    phase_means,
+    progress,
+    run_dirs_here,
+    run_report,
+    series,
+    shown_metrics,
+    siblings,
 )
+from sae_harness.schema import compare_paired, compare_summaries, per_seed_summaries  # noqa: E402
 
-PHASES = (("early", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("late", 2 / 3, 1.0))
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
-SEPARATION = (
-    ("sep_cos_mean", "mean |cos| of co-firing decoder pairs"),
-    ("sep_cos_p95", "95th pct |cos| of co-firing decoder pairs"),
-    ("sep_frac_above_thr", "fraction of co-firing pairs with n_ij > threshold"),
-    ("sep_pairs_penalized", "pairs with c_ij > 0 (count)"),
-)
-MECHANISM = (  # synth profile: the true parent / child latent pairs against all other pairs (sae_harness/synth.py: mechanism)
-    ("mech_hier_cofire", "mech_other_cofire", "co-firing n_ij"),
-    ("mech_hier_cos", "mech_other_cos", "decoder |cos|"),
-    ("mech_hier_share", None, "share of P on\nparent/child pairs"),
-)
-UNITS = {
-    "absorption_full": "rate (0-1)",
-    "absorption_fraction": "fraction (0-1)",
-    "explained_variance": "fraction of variance",
-    "kl_div_score": "score (1 = no change)",
-    "ce_loss_score": "score (1 = no change)",
-    "l0": "active latents per token",
-    "sparse_probing_sae_top1": "test accuracy",
-    "sparse_probing_llm_top1": "test accuracy",
-    "unlearning_score": "score (0-1)",
-    "heldout_cofire_cos_mean": "|cos| (held-out)",
-    "heldout_cofire_cos_p95": "|cos| (held-out)",
-    "heldout_nn_cos_above_half": "fraction of latents",
-}
-NAN = float("nan")
-
-
-class RunError(Exception):
-    """A run directory that cannot be read; the message is the one line shown."""
-
-
-@dataclass
-class Run:
-    name: str
-    path: Path
-    info: dict
-    log: list
-    bad_log_lines: int
-    profile: str
-    variant: str
-    config: dict
-    summary: dict
-    seeds: list
-
-    @property
-    def number(self):
-        number = run_number(self.name)
-        return 10**9 if number is None else number
-
-    @property
-    def label(self):
-        return f"{self.name} ({self.variant}{f', {len(self.seeds)} seeds' if len(self.seeds) > 1 else ''})"
-
-
-def load_run(path):
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"{path}: not a directory")
-    info_path = path / "final_info.json"
-    if not info_path.is_file():
-        raise RunError(f"{path}: no final_info.json")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunError(f"{info_path}: not valid JSON ({e})") from None
-    if not isinstance(info, dict):
-        raise RunError(f"{info_path}: not a JSON object")
-    if info_training_key(info) is None:
-        raise RunError(f"{info_path}: no 'training results for layer N' block")
-    seeds = info.get(SEEDS, {}).get("values", []) if isinstance(info.get(SEEDS), dict) else []
-    log_path = path / "training_log.jsonl"
-    if not log_path.exists() and seeds:  # several seeds: the first seed's curves
-        first = info[SEEDS].get("per_seed", {}).get(str(seeds[0]), {})
-        log_path = path / first.get("dir", f"seed_{seeds[0]}") / "training_log.jsonl"
-    log, bad = read_log(log_path)
-    ident = run_identity(info)
-    name = path.resolve().name
-    return Run(name, path, info, log, bad, ident["profile"], ident["variant"], ident["config"], summarize(info), seeds)
-
-
-def read_log(path):
-    """(rows, number of unreadable lines); a missing log is an empty one."""
-    rows, bad = [], 0
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return rows, bad
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
-
-
-def series(log, key, scale=1.0):
-    """The logged values of key as floats, NaN where absent, null or not a number."""
-    out = []
-    for row in log:
-        value = row.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        out.append(float(value) * scale if ok and math.isfinite(value) else NAN)
-    return out
-
-
-def progress(log):
-    """Progress 0..1 per row: the logged value, else step / last step."""
-    p = series(log, "progress")
-    if all(math.isnan(v) for v in p):
-        steps = series(log, "step")
-        last = max((s for s in steps if not math.isnan(s)), default=NAN)
-        p = [s / last if last and last > 0 else NAN for s in steps]
-    return p
-
-
-def has_data(values):
-    return any(not math.isnan(v) for v in values)
-
-
-def phase_means(log, key):
-    """Mean of key over the rows of each third of training (None where nothing logged)."""
-    p, values = progress(log), series(log, key)
-    means = []
-    for i, (_, lo, hi) in enumerate(PHASES):
-        last = i == len(PHASES) - 1
-        chosen = [v for x, v in zip(p, values) if not math.isnan(v) and lo <= x and (x < hi or (last and x <= hi))]
-        means.append(sum(chosen) / len(chosen) if chosen else None)
-    return means
 
 
 def log_scale_if_wide(ax, *value_lists, axis="y"):
@@ -204,7 +69,7 @@ def log_scale_if_wide(ax, *value_lists, axis="y"):
 
 
 def positive_only(values):
-    return [v if v > 0 else NAN for v in values]
+    return [v if v > 0 else math.nan for v in values]
 
 
 def shade_phases(ax, label=True, long=True):
@@ -246,12 +111,10 @@ def plot_losses(run):
     log = run.log
     steps = series(log, "step")
     fig, ax = plt.subplots(figsize=(9, 5.2))
-    curves = (
-        ("recon_loss", "reconstruction", "C0", "-"),
-        ("auxk_loss", "AuxK (as logged)", "C2", "-"),
-        ("ortho_loss", "ortho λ2·P", "C3", "-"),
-        ("loss", "total loss", "black", "--"),
-    )
+    terms = list(dict.fromkeys(k for row in log for k in row if k.endswith("_loss")))  # every term the trainer logged, in its order
+    colors = [f"C{i}" for i in range(10) if i != 1]  # C1: the ortho share's axis
+    curves = [(k, f"{k.removesuffix('_loss')} (weight x value)", colors[i % 9], "-") for i, k in enumerate(terms)]
+    curves += [("loss", "total loss", "black", "--")]
     plotted, absent = [], []
     for key, label, color, style in curves:
         values = series(log, key)
@@ -430,42 +293,10 @@ def plot_separation(run):
     return save(fig, run.path / "separation.png")
 
 
-def separation_table(runs):
-    """Per-phase means of the separation measures, one block of rows per run."""
-    width = max([len(run.label) for run in runs] + [20]) + 2  # a long run name keeps its gap
-    header = f"{'run':<{width}}{'measure':<22}" + "".join(f"{n:>10}" for n, _, _ in PHASES)
-    lines = [header]
-    for run in runs:
-        for key, _ in SEPARATION:
-            means = phase_means(run.log, key)
-            lines.append(f"{run.label:<{width}}{key:<22}" + "".join(f"{fmt(m):>10}" for m in means))
-    return "\n".join(lines)
-
-
-def find_baseline(run, candidates):
-    """The `none` run of the same profile to show beside run (schema.pick_baseline): run_0 for
-    gemma-2-2b when it qualifies, else the one whose key config matches best, then the lowest number."""
-    by_name = {c.name: c for c in candidates if c.path.resolve() != run.path.resolve()}
-    picked = pick_baseline(run.name, run.info, [(c.name, c.info) for c in by_name.values()])
-    return by_name[picked[0]] if picked else None
-
-
-def eval_metric_ok(run):
-    """True when at least one eval block holds results (not skipped, not errored)."""
-    return any(isinstance(run.info.get(k), dict) and "skipped" not in run.info[k] and "error" not in run.info[k] for k in EVAL_BLOCKS)
-
-
 def metric_title(metric):
     if metric.direction == "reference":
         return f"{metric.name}\n(reference{', ' + metric.note if metric.note else ''})"
     return f"{metric.name}\n({metric.direction})"
-
-
-def shown_metrics(summaries) -> list:
-    """The headline metrics some summary has (ok, skipped or failed): a profile's panels leave out
-    the other profiles' evals (the synth profile's ground truth on a language model, and back)."""
-    shown = [m for m in METRICS if any((s.get(m.name) or {}).get("status", "missing") != "missing" for s in summaries)]
-    return shown or list(METRICS)
 
 
 def metric_panels(axes, items, colors, baseline=None, paired=None):
@@ -515,7 +346,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
         ax.set_xticks(list(range(len(items))))
         ax.set_xticklabels([name for name, _ in items], rotation=30 if len(items) > 3 else 0, fontsize=9)
         ax.set_title(metric_title(metric), fontsize=10)
-        ax.set_ylabel(UNITS.get(metric.name, "value"), fontsize=9)
+        ax.set_ylabel(metric.unit, fontsize=9)
         top = max(tops)
         room = 1.6 + 0.15 * min(len(notes), 4)  # keep the labels and status notes clear of the bars
         ax.set_ylim(0, top * room if top > 0 else 1.0)
@@ -532,16 +363,20 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             )
 
 
-def plot_metrics(run, baseline):
-    runs = [baseline, run] if baseline else [run]
-    colors = ["#999999", "C0"] if baseline else ["C0"]
-    n_panels = len(shown_metrics([r.summary for r in runs]))
-    rows = math.ceil(n_panels / 3)
-    fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows))
+def metric_grid(items, colors, baseline, paired, width: float, row_height: float):
+    """A figure of metric_panels, three a row, the spare axes hidden."""
+    n_panels = len(shown_metrics([summary for _, summary in items]))
+    fig, axes = plt.subplots(math.ceil(n_panels / 3), 3, figsize=(width, row_height * math.ceil(n_panels / 3)))
     axes = list(axes.flat)
-    metric_panels(axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None)
+    metric_panels(axes, items, colors, baseline, paired)
     for ax in axes[n_panels:]:
         ax.axis("off")
+    return fig
+
+
+def plot_metrics(run, baseline):
+    runs = [baseline, run] if baseline else [run]
+    fig = metric_grid([(r.name, r.summary) for r in runs], ["#999999", "C0"][-len(runs) :], baseline and baseline.summary, None, 12, 3.3)
     if baseline:
         against = f"grey: baseline {baseline.label}"
     elif run.variant == "none":
@@ -553,33 +388,6 @@ def plot_metrics(run, baseline):
     return save(fig, run.path / "metrics.png")
 
 
-def eval_block_status(info, key):
-    status = block_status(info.get(key))
-    return "not run" if status == "missing" else status
-
-
-def missing_report(run):
-    """One line per eval that did not give results, per metric absent from a run eval, and
-    per problem with the training log."""
-    lines = []
-    for key in EVAL_BLOCKS:
-        status = eval_block_status(run.info, key)
-        if status == "not run" and EVAL_OF_BLOCK[key] not in evals_asked(run.info):  # another profile's eval, or left out by --evals
-            continue
-        if status != "ok":
-            lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
-    for metric in METRICS:
-        status = run.summary[metric.name]["status"]
-        block = metric.sources[0][0]
-        if status != "ok" and metric_asked(run.info, metric) and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
-            lines.append(f"{metric.name}: {status}")
-    if not run.log:
-        lines.append("training_log.jsonl: missing or empty")
-    if run.bad_log_lines:
-        lines.append(f"training_log.jsonl: {run.bad_log_lines} unreadable line(s) skipped")
-    return lines
-
-
 def plot_run(run, candidates):
     written = []
     if run.log and len(run.seeds) <= 1:  # several seeds: the curves are in each seed_<s>/
@@ -588,41 +396,11 @@ def plot_run(run, candidates):
     if eval_metric_ok(run):
         written.append(plot_metrics(run, find_baseline(run, candidates)))
     print(f"{run.path}: wrote {', '.join(p.name for p in written) or 'nothing'}")
-    for line in missing_report(run):
-        print(f"  missing: {line}")
-    if run.log:
-        print("  feature separation, per-phase means (thirds of training):")
-        print(textwrap.indent(separation_table([run]), "    "))
+    print(run_report(run))
     return written
 
 
 # ---------------------------------------------------------------- comparison within a profile
-
-
-def metrics_table(runs):
-    metrics = shown_metrics([run.summary for run in runs])
-    width = max([len(m.name) for m in metrics] + [10]) + 2
-    directions = [m.direction + (f" ({m.note})" if m.note else "") for m in metrics]
-    dwidth = max(len(d) for d in directions) + 2
-    cols = [max(len(run.label), 17) + 2 for run in runs]
-    lines = [f"{'metric':<{width}}{'direction':<{dwidth}}" + "".join(f"{run.label:>{c}}" for run, c in zip(runs, cols))]
-    for metric, direction in zip(metrics, directions):
-        cells = []
-        for run, c in zip(runs, cols):
-            entry = run.summary[metric.name]
-            cell = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
-            cell += f"±{fmt(entry['std'])}" if entry["status"] == "ok" and entry.get("std") else ""
-            cells.append(f"{cell:>{c}}")
-        lines.append(f"{metric.name:<{width}}{direction:<{dwidth}}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def config_differences(runs):
-    """(fields recorded by every run with differing values, fields only some runs record)."""
-    keys = sorted({k for run in runs for k in run.config})
-    shared = [k for k in keys if all(k in run.config for run in runs)]
-    differ = [k for k in shared if len({json.dumps(run.config[k], sort_keys=True) for run in runs}) > 1]
-    return differ, [k for k in keys if k not in shared]
 
 
 def plot_comparison(profile, runs, out_dir):
@@ -675,38 +453,11 @@ def plot_summaries(items, baseline, path, title, paired=None):
     """The comparison figure of a sweep: one panel per headline metric, one bar per (name, summary)
     item (mean, ± std, a dot per seed, Δ vs baseline and whether it is within noise, by Welch's
     interval and, where paired holds it, by the paired one)."""
-    n_panels = len(shown_metrics([summary for _, summary in items]))
-    rows = math.ceil(n_panels / 3)
-    fig, axes = plt.subplots(rows, 3, figsize=(max(12, 1.6 * 3 * len(items)), 3.6 * rows))
-    axes = list(axes.flat)
     colors = ["#999999" if summary is baseline else f"C{i % 10}" for i, (_, summary) in enumerate(items)]
-    metric_panels(axes, items, colors, baseline, paired)
-    for ax in axes[n_panels:]:
-        ax.axis("off")
+    fig = metric_grid(items, colors, baseline, paired, max(12, 1.6 * 3 * len(items)), 3.6)
     fig.suptitle(textwrap.fill(title, 140), fontsize=11)
     fig.tight_layout()
     return save(fig, Path(path))
-
-
-def summaries_table(items, baseline_name=None):
-    """Text table: mean ± std (n) per metric and item, then Δ vs the baseline with its 95% Welch
-    interval, "within noise" where the interval includes 0."""
-    width = max(len(m.name) for m in METRICS) + 2
-    names = [name for name, _ in items]
-    cols = [max(len(n), 24) + 3 for n in names]
-    lines = [f"{'metric (direction)':<{width + 20}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols))]
-    for metric in shown_metrics([summary for _, summary in items]):
-        cells = [fmt_spread(summary[metric.name]) for _, summary in items]
-        lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells, cols)))
-    base = dict(items).get(baseline_name)
-    if base is not None and len(items) > 1:
-        lines.append(f"Δ vs {baseline_name} (Welch's t 95% interval):")
-        for name, summary in items:
-            if name == baseline_name:
-                continue
-            for metric_name, cmp in compare_summaries(summary, base).items():
-                lines.append(f"  {name:<28}{metric_name:<{width}}{fmt_delta(cmp)}")
-    return "\n".join(lines)
 
 
 def compare(runs, out_dir):
@@ -720,33 +471,22 @@ def compare(runs, out_dir):
             continue
         path = plot_comparison(profile, group, out_dir)
         print(f"\nprofile {profile}: wrote {path}")
-        print(metrics_table(group))
-        differs, partial = config_differences(group)
-        print("config fields that differ: " + (", ".join(differs) if differs else "none"))
-        if partial:
-            print("config fields only some runs record: " + ", ".join(partial))
-        print("feature separation, per-phase means (thirds of training):")
-        print(separation_table([r for r in group if r.log]))
+        print(comparison_report(group))
 
 
-def run_dirs_here(cwd):
-    dirs = [p for p in Path(cwd).iterdir() if p.is_dir() and run_number(p.name) is not None]
-    return sorted(dirs, key=lambda p: int(p.name.split("_")[1]))
-
-
-def siblings(run_path, loaded):
-    """Loadable run_* directories next to run_path (for baselines); unreadable ones are skipped."""
-    out = []
-    for path in run_dirs_here(Path(run_path).resolve().parent):
-        key = path.resolve()
-        if key not in loaded:
-            try:
-                loaded[key] = load_run(path)
-            except RunError:
-                loaded[key] = None
-        if loaded[key] is not None:
-            out.append(loaded[key])
-    return out
+def plot_results(path: Path) -> Path:
+    """A sweep's results JSON (sweep.py) as its comparison figure, beside it as <name>.png."""
+    try:
+        result = json.loads(path.read_text())
+        arms, baseline = result["arms"], result.get("baseline")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path}: not a sweep's results JSON ({type(e).__name__}: {e})") from None
+    title = f"{result.get('name', path.stem)}: {result.get('profile') or 'unknown profile'}; mean ± std over seeds, dots per seed"
+    if baseline:
+        title += f"; Δ vs {baseline}, 'within noise' = 95% Welch interval includes 0; paired = paired by seed"
+    items = [(arm, entry["summary"]) for arm, entry in arms.items()]
+    paired = {arm: entry.get("paired_vs_baseline") for arm, entry in arms.items()}
+    return plot_summaries(items, arms[baseline]["summary"] if baseline in arms else None, path.with_suffix(".png"), title, paired)
 
 
 def main(argv):
@@ -757,7 +497,10 @@ def main(argv):
     runs, failed = [], False
     for path in paths:
         try:
-            runs.append(load_run(path))
+            if path.suffix == ".json":
+                print(f"plot.py: wrote {plot_results(path)}")
+            else:
+                runs.append(load_run(path))
         except RunError as e:
             print(f"plot.py: {e}", file=sys.stderr)
             failed = True

@@ -365,8 +365,8 @@ PAIRED_NOTE = (
 
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
-    import plot
     from sae_harness.formatting import results_markdown
+    from sae_harness.report import summaries_table
     from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
     from sae_harness.schema import METRICS, aggregate, compare_paired, compare_summaries, per_seed_summaries, summarize, training_key
 
@@ -439,18 +439,13 @@ def collect(args, runs):
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results / f"{args.name}.json", result)
-    figure = plot.plot_summaries(
-        [(arm, entry["summary"]) for arm, entry in result_arms.items()],
-        result_arms[baseline_arm]["summary"] if baseline_arm else None,
-        results / f"{args.name}.png",
-        f"{args.name}: {profile or 'unknown profile'}; mean ± std over seeds, dots per seed"
-        + (f"; Δ vs {baseline_arm}, 'within noise' = 95% Welch interval includes 0; paired = paired by seed" if baseline_arm else ""),
-        paired={arm: entry.get("paired_vs_baseline") for arm, entry in result_arms.items()},
-    )
     markdown = results_markdown(result) + "\n"
     write_atomic(results / f"{args.name}.md", lambda tmp: tmp.write_text(markdown))
+    sys.stdout.flush()
+    drawn = subprocess.run([sys.executable, str(ROOT / "plot.py"), str(results / f"{args.name}.json")], capture_output=True, text=True)
+    figure = results / f"{args.name}.png" if drawn.returncode == 0 else f"no figure ({drawn.stderr.strip().splitlines()[-1:]})"
     print(f"wrote {results / f'{args.name}.json'}, {args.name}.md (its Markdown table) and {figure}")
-    print(plot.summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
+    print(summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
     return result
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sae_harness import precision
+from sae_harness.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
 from sae_harness.progress import Progress
 from sae_harness.rundir import UsageError
 
@@ -159,18 +160,6 @@ def cache_path(cfg, split: str = "train") -> Path:
     return Path(cfg.cache_dir) / f"acts-{name}-L{cfg.layer}{'-heldout' if split == 'heldout' else ''}-{digest}"
 
 
-def read_cache(path: Path, key: dict):
-    """(acts memmap (N, D) int16 holding bf16 bits, meta) for a complete, matching cache, else None."""
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        acts = np.load(path / "acts.npy", mmap_mode="r")
-    except (OSError, ValueError):
-        return None
-    if meta.get("key") != key or acts.shape != (meta["rows"], meta["d_model"]) or acts.dtype != np.int16:
-        return None
-    return acts, meta
-
-
 @torch.no_grad()
 def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_file: Path, batch_size: int, device) -> None:
     """Run the model up to `layer` on token windows, drop BOS/pad positions, and write n_rows
@@ -243,39 +232,6 @@ def build_activation_cache(cfg, device: torch.device, train_texts, split: str = 
         shutil.rmtree(tmp, ignore_errors=True)
     del lm, model
     return path
-
-
-class ActivationBuffer:
-    """Serves (B, D) float32 batches from the activation cache in a seeded random order over all
-    contexts, scaled by a fixed factor so that E||x||^2 = D. Batch `step` is a pure function of
-    (seed, step), which makes resuming exact. Past the end of the cache (more than one epoch) the
-    rows are served again in a fresh order per epoch; epoch 0's order is seeded by `seed` alone."""
-
-    def __init__(self, path: Path, key: dict, batch_size: int, seed: int, device: torch.device):
-        found = read_cache(path, key)
-        if found is None:
-            raise RuntimeError(f"activation cache {path} is missing or incomplete")
-        self.acts, meta = found
-        self.path = path
-        self.rows, self.d_model = self.acts.shape
-        self.scale = math.sqrt(meta["mean_sq_norm"] / self.d_model)  # x_normalized = x / scale
-        self.batch_size = batch_size
-        self.device = device
-        self.seed = seed
-        self.steps_per_epoch = self.rows // batch_size
-        self._orders = {}
-
-    def order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            generator = torch.Generator().manual_seed(self.seed + 1_000_003 * epoch)
-            self._orders = {epoch: torch.randperm(self.rows, generator=generator).numpy()}  # one epoch held at a time
-        return self._orders[epoch]
-
-    def batch(self, step: int) -> torch.Tensor:
-        epoch, step = divmod(step, self.steps_per_epoch)
-        rows = np.sort(self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size])
-        x_BD = torch.from_numpy(self.acts[rows]).view(torch.bfloat16)
-        return x_BD.to(self.device, non_blocking=True).float() / self.scale
 
 
 def check_model_available(lm_name: str) -> None:

@@ -3,6 +3,9 @@ written atomically and replaced (not duplicated) when the same run directory run
 
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from sae_harness.formatting import fmt, fmt_delta, fmt_spread
@@ -26,6 +29,8 @@ from sae_harness.schema import (
     run_number,
     summarize,
 )
+
+PLOT = Path(__file__).resolve().parents[1] / "plot.py"  # the figures: plot.py's command line, never imported
 
 KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
 """Config fields every entry shows (those the run records)."""
@@ -188,12 +193,14 @@ def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, r
 
 
 def report_run(out: Path, info: dict, tracker, defaults: dict, notes: bool = True) -> None:
-    """After a run's evals: plots into the run dir, the run's entry in notes.txt beside the run dirs
-    (with the Δ vs the baseline run of the same profile; defaults: the profile's config, so the entry
-    lists what differs), wandb's summary (tracker: a tracking.Tracker, or None)."""
-    import plot  # here, not at the top: this module stays importable without matplotlib
-
-    pngs = plot.plot_run(plot.load_run(out), plot.siblings(out, {}))
+    """After a run's evals: the figures into the run dir (plot.py, run as its command line, so the
+    figures are whatever plot.py draws today), the run's entry in notes.txt beside the run dirs (with
+    the Δ vs the baseline run of the same profile; defaults: the profile's config, so the entry lists
+    what differs), wandb's summary (tracker: a tracking.Tracker, or None)."""
+    t0 = time.time()
+    sys.stdout.flush()
+    subprocess.run([sys.executable, str(PLOT), str(out)], check=False)  # its own lines; a plotting failure costs no result
+    pngs = sorted(p for p in Path(out).glob("*.png") if p.stat().st_mtime >= t0 - 1)
     plots = [str(p.relative_to(out.parent)) for p in pngs]
     notes_path = out.resolve().parent / "notes.txt"
     if notes and run_number(out.resolve().name) is not None:

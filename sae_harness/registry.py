@@ -23,6 +23,8 @@ class Metric:
     """LOWER, HIGHER or REFERENCE (no better side)."""
     note: str = ""
     """Shown beside the value in notes and plots."""
+    unit: str = "value"
+    """What the number counts, on the figures' axes."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,19 @@ EVALS = (
                     (ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_score")),
                 ),
                 LOWER,
+                unit="rate (0-1)",
             ),
-            Metric("absorption_fraction", ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),), LOWER),
+            Metric(
+                "absorption_fraction",
+                ((ABSORPTION, ("eval_result_metrics", "mean", "mean_absorption_fraction_score")),),
+                LOWER,
+                unit="fraction (0-1)",
+            ),
             Metric(
                 "absorption_full_dscaled",
                 ((ABSORPTION, ("full_absorption_dim_scaled", "mean_full_absorption_score")),),
                 LOWER,
+                unit="rate (0-1)",
                 note="full absorption with the cosine criterion scaled to the residual width (0.025 * sqrt(2304 / d))",
             ),
         ),
@@ -102,6 +111,7 @@ EVALS = (
                     (CORE, ("metrics", "reconstruction_quality", "explained_variance")),
                 ),
                 HIGHER,
+                unit="fraction of variance",
             ),
             Metric(
                 "kl_div_score",
@@ -110,6 +120,7 @@ EVALS = (
                     (CORE, ("metrics", "model_behavior_preservation", "kl_div_score")),
                 ),
                 HIGHER,
+                unit="score (1 = no change)",
             ),
             Metric(
                 "ce_loss_score",
@@ -118,6 +129,7 @@ EVALS = (
                     (CORE, ("metrics", "model_performance_preservation", "ce_loss_score")),
                 ),
                 HIGHER,
+                unit="score (1 = no change)",
             ),
             Metric(
                 "l0",
@@ -127,6 +139,7 @@ EVALS = (
                     (TRAINING, ("final_info", "l0")),
                 ),
                 REFERENCE,
+                unit="active latents per token",
                 note="target k",
             ),
         ),
@@ -143,11 +156,17 @@ EVALS = (
         SPARSE_PROBING,
         "sae_harness.evals.sparse_probing:eval_sparse_probing",
         metrics=(
-            Metric("sparse_probing_sae_top1", ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),), HIGHER),
+            Metric(
+                "sparse_probing_sae_top1",
+                ((SPARSE_PROBING, ("eval_result_metrics", "sae", "sae_top_1_test_accuracy")),),
+                HIGHER,
+                unit="test accuracy",
+            ),
             Metric(
                 "sparse_probing_llm_top1",
                 ((SPARSE_PROBING, ("eval_result_metrics", "llm", "llm_top_1_test_accuracy")),),
                 REFERENCE,
+                unit="test accuracy",
                 note="the LLM's own probe",
             ),
         ),
@@ -164,7 +183,11 @@ EVALS = (
         "unlearning",
         UNLEARNING,
         "sae_harness.evals.unlearning:eval_unlearning",
-        metrics=(Metric("unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER),),
+        metrics=(
+            Metric(
+                "unlearning_score", ((UNLEARNING, ("eval_result_metrics", "unlearning", "unlearning_score")),), HIGHER, unit="score (0-1)"
+            ),
+        ),
         needs_eval_model=True,
     ),
     Eval(  # decoder |cos| of latents that co-fire on held-out text (separation.py): lower = more separated
@@ -176,18 +199,21 @@ EVALS = (
                 "heldout_cofire_cos_mean",
                 ((SEPARATION, ("cofire_cos_mean",)),),
                 LOWER,
+                unit="|cos| (held-out)",
                 note="held-out co-firing pairs; lower = more separated",
             ),
             Metric(
                 "heldout_cofire_cos_p95",
                 ((SEPARATION, ("cofire_cos_p95",)),),
                 LOWER,
+                unit="|cos| (held-out)",
                 note="held-out co-firing pairs; lower = more separated",
             ),
             Metric(
                 "heldout_nn_cos_above_half",
                 ((SEPARATION, ("nn_cos_above_half",)),),
                 LOWER,
+                unit="fraction of latents",
                 note="latents with a decoder neighbour |cos| > 0.5",
             ),
         ),
@@ -201,12 +227,27 @@ EVALS = (
                 "synth_absorption",
                 ((SYNTH, ("absorption", "absorption")),),
                 LOWER,
+                unit="miss-rate difference (0-1)",
                 note="parent latent's miss rate with child on minus alone",
             ),
-            Metric("synth_full_absorption", ((SYNTH, ("absorption", "full_absorption")),), LOWER, note="misses the child latent covers"),
-            Metric("synth_mcc", ((SYNTH, ("metrics", "mcc")),), HIGHER, note="decoder vs true features, one-to-one"),
-            Metric("synth_explained_variance", ((SYNTH, ("metrics", "explained_variance")),), HIGHER),
-            Metric("synth_f1", ((SYNTH, ("metrics", "f1")),), HIGHER, note="latents as detectors of their nearest true feature"),
+            Metric(
+                "synth_full_absorption",
+                ((SYNTH, ("absorption", "full_absorption")),),
+                LOWER,
+                unit="rate (0-1)",
+                note="misses the child latent covers",
+            ),
+            Metric(
+                "synth_mcc", ((SYNTH, ("metrics", "mcc")),), HIGHER, unit="mean |cos| (0-1)", note="decoder vs true features, one-to-one"
+            ),
+            Metric("synth_explained_variance", ((SYNTH, ("metrics", "explained_variance")),), HIGHER, unit="fraction of variance"),
+            Metric(
+                "synth_f1",
+                ((SYNTH, ("metrics", "f1")),),
+                HIGHER,
+                unit="F1 (0-1)",
+                note="latents as detectors of their nearest true feature",
+            ),
         ),
         synthetic=True,
     ),

@@ -7,7 +7,7 @@ firing, a forest of parent -> child edges (a child fires only with its parent; m
 siblings), low-rank correlations and superposition (N > D). Building one orthogonalises the
 features (minutes at 16k), so `world(...)` builds once into `<cache_dir>/synth-world-<digest>/`;
 `training_cache(...)` samples its training rows once into the activation cache's own format
-(`data.read_cache`), so `data.ActivationBuffer` serves them unchanged: a seeded order, E||x||^2 = D.
+(`buffer.read_cache`), so `buffer.ActivationBuffer` serves them unchanged: a seeded order, E||x||^2 = D.
 
 Shape suffixes: B samples, D model width, F SAE latents, N true features, E hierarchy edges,
 P parents (features with children).
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_harness import buffer
 from sae_harness.progress import library_bars_quiet
 
 CACHE_FORMAT = 1
@@ -133,12 +134,10 @@ def training_key(world: dict, seed: int, rows: int, data_seed: int) -> dict:
 def training_cache(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_dir: str | Path, chunk: int = 8192) -> tuple[Path, dict]:
     """(path, key) of `rows` samples of the world, written once in the activation cache's format
     (acts.npy: bfloat16 bits as int16; meta.json with key, rows, d_model, mean_sq_norm), so that
-    data.ActivationBuffer(path, key, ...) serves them. Sampled with torch's RNG seeded by data_seed."""
-    from sae_harness import data
-
+    buffer.ActivationBuffer(path, key, ...) serves them. Sampled with torch's RNG seeded by data_seed."""
     key = training_key(world_cfg, seed, rows, data_seed)
     path = Path(cache_dir) / f"acts-synth-{_digest(key)}"
-    if data.read_cache(path, key) is not None:
+    if buffer.read_cache(path, key) is not None:
         return path, key
     model = world(world_cfg, seed, cache_dir)
     t0 = time.time()
@@ -403,14 +402,12 @@ def world_seed(data_seed: int) -> int:
 
 
 def activation_buffer(cfg, device: torch.device):
-    """data.ActivationBuffer over cfg.tokens samples of the world cfg.lm_name names (world seed
+    """buffer.ActivationBuffer over cfg.tokens samples of the world cfg.lm_name names (world seed
     world_seed(cfg.data_seed); the samples' seed cfg.data_seed), built once into cfg.cache_dir."""
-    from sae_harness import data
-
     path, key = training_cache(world_of(cfg.lm_name), world_seed(cfg.data_seed), cfg.tokens, cfg.data_seed, cfg.cache_dir)
-    buffer = data.ActivationBuffer(path, key, cfg.batch_size, cfg.seed, device)
-    print(f"synthetic samples: {path} ({buffer.rows} x {buffer.d_model}); clear with: rm -r {path}")
-    return buffer
+    samples = buffer.ActivationBuffer(path, key, cfg.batch_size, cfg.seed, device)
+    print(f"synthetic samples: {path} ({samples.rows} x {samples.d_model}); clear with: rm -r {path}")
+    return samples
 
 
 def run_synth_eval(sae, cfg, n_samples: int | None = None) -> dict:

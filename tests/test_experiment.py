@@ -316,3 +316,66 @@ def test_off_a_terminal_the_log_is_one_plain_line_per_logged_step(tmp_path, tiny
     assert [int(re.match(r"training step (\d+)", line).group(1)) for line in lines] == logged
     chunks = [line for line in out.splitlines() if line.startswith("activations ")]
     assert chunks and all(re.fullmatch(r"activations \d+/\d+ tokens: chunk \d+ tokens, [\d.]+ s", line) for line in chunks), chunks
+
+
+def test_a_new_loss_term_is_one_function_and_one_entry(tmp_path, tiny_lm, monkeypatch, capsys):
+    """A term added to TrainerTopK.loss_terms (here an L1 penalty on the kept activations) is in the
+    loss and its gradient, the log (l1_loss), the progress line and the loss figure, with no other edit."""
+    import plot
+    from sae_harness import report
+
+    original = E.TrainerTopK.loss_terms
+
+    def with_l1(self, x_BD, out, *args):
+        return original(self, x_BD, out, *args) | {"l1": E.Term(out.acts_BK.sum(-1).mean(), 1e-2)}
+
+    assert E.main(tiny_args(tmp_path, "run_2")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(E.TrainerTopK, "loss_terms", with_l1)
+    assert E.main(tiny_args(tmp_path, "run_1")) == 0
+    log = read_log(tmp_path / "run_1")
+    assert all(r["l1_loss"] > 0 for r in log)
+    on_stride = [r for r in log if r["step"] % 5 == 0]  # where the logged ortho_loss is the one in the loss
+    for r in on_stride:
+        assert r["loss"] == pytest.approx(sum(v for k, v in r.items() if k.endswith("_loss")), rel=1e-5)
+    assert log[-1]["recon_loss"] != pytest.approx(read_log(tmp_path / "run_2")[-1]["recon_loss"], rel=1e-6)  # its gradient acted
+    assert all(", l1 " in line for line in capsys.readouterr().out.splitlines() if line.startswith("training step "))
+    drawn = []  # the curves plot_losses draws, by label
+    monkeypatch.setattr(plot.plt.Axes, "plot", lambda self, *a, **k: drawn.append(k.get("label")) or [plot.plt.Line2D([], [])])
+    plot.plot_losses(report.load_run(tmp_path / "run_1"))
+    assert any(label and label.startswith("l1") for label in drawn), drawn
+
+
+def experiment_with(tmp_path, after: str, line: str):
+    """experiment.py with one line added after the line `after`, imported as a module of its own."""
+    import importlib.util
+    import sys
+
+    source = (E.HERE / "experiment.py").read_text()
+    assert source.count(after) == 1
+    path = tmp_path / "experiment_edited.py"
+    path.write_text(source.replace(after, after + "\n" + line))
+    spec = importlib.util.spec_from_file_location("experiment_edited", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["experiment_edited"] = module  # the dataclasses resolve their annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_new_arm_is_one_entry(tmp_path, tiny_lm, monkeypatch):
+    """One line added to ARMS is all a new arm needs: --variant takes it, its schedule follows the
+    entry, sweep.py plans it, and it trains end to end."""
+    import sweep
+
+    M = experiment_with(tmp_path, '    "progressive": Arm(),  # the idea', '    "progressive_fixed_thr": Arm(threshold="start"),')
+    cfg = M.parse_args(["--out_dir", str(tmp_path / "x"), "--variant", "progressive_fixed_thr"])
+    cli.validate(cfg)
+    assert M.ortho_threshold(0.5, cfg) == cfg.ortho_base_threshold
+    assert M.ortho_lambda(0.5, cfg) == pytest.approx(cfg.ortho_lambda_max * 0.25)
+    monkeypatch.setattr(sweep, "E", M)
+    args, passthrough = sweep.parse(["--variants", "none,progressive_fixed_thr", "--seeds", "1", "--runs_dir", str(tmp_path / "sweeps")])
+    runs = sweep.plan(args, passthrough + ["--evals", "none"])
+    assert [(r.arm, r.cfg.variant) for r in runs] == [("none", "none"), ("progressive_fixed_thr", "progressive_fixed_thr")]
+    assert M.main(tiny_args(tmp_path, "run_1", "--variant", "progressive_fixed_thr")) == 0
+    log = read_log(tmp_path / "run_1")
+    assert {r["threshold"] for r in log} == {0.25} and log[0]["ortho_lambda"] > log[-1]["ortho_lambda"] > 0

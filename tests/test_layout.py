@@ -2,6 +2,7 @@
 experiment.py (no cycle: experiment.py imports the package, plot.py imports neither), and README.md
 stays a short page that links to the docs holding the detail."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -26,10 +27,39 @@ def test_schema_and_notes_are_pure_python():
     assert "torch" not in modules and "numpy" not in modules
 
 
-def test_the_package_never_imports_experiment():
-    for path in (ROOT / "sae_harness").glob("*.py"):
+def test_the_package_never_imports_experiment_or_plot():
+    """The package is plumbing under the scripts: experiment.py, plot.py and sweep.py import it,
+    never the other way (plot.py's figures are drawn by running it)."""
+    for path in (ROOT / "sae_harness").rglob("*.py"):
         for line in path.read_text().splitlines():
-            assert not re.match(r"\s*(import experiment|from experiment import)\b", line), f"{path.name}: {line}"
+            assert not re.match(r"\s*(import (experiment|plot|sweep)|from (experiment|plot|sweep) import)\b", line), f"{path.name}: {line}"
+
+
+def package_imports() -> dict[str, set[str]]:
+    """{module: the sae_harness modules it imports, at its top or inside a function}."""
+    graph = {}
+    for path in (ROOT / "sae_harness").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sae_harness"):
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("sae_harness")}
+        graph[name] = found
+    return {m: {i for i in imports if i in graph and i != m} for m, imports in graph.items()}
+
+
+def test_no_import_cycle_in_the_package():
+    """No module imports one that imports it back, even lazily (data.py and synth.py once did:
+    the activation cache's reader now lives in buffer.py, which both import)."""
+    graph = package_imports()
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph[start])
+
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert not cycles, f"modules on an import cycle: {cycles}"
 
 
 README_MAX_LINES = 250

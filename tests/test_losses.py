@@ -72,9 +72,9 @@ def test_none_variant_is_plain_topk_loss():
     e = (x - x_hat).detach()
     e_hat = torch.zeros(32, 64).scatter(1, aux_idx, aux_vals.relu()) @ sae.W_dec
     auxk = (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
-    assert out.ortho_lambda == 0.0 and out.terms.ortho.item() == 0.0
-    torch.testing.assert_close(out.terms.recon, recon.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.terms.auxk, auxk.detach(), rtol=1e-5, atol=1e-6)
+    assert out.ortho_lambda == 0.0 and out.terms["ortho"].value.item() == 0.0
+    torch.testing.assert_close(out.terms["recon"].value, recon.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.terms["auxk"].value, auxk.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss, (recon + trainer.cfg.auxk_alpha * auxk).detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.dead_F, dead)
 
@@ -90,10 +90,10 @@ def test_progressive_adds_weighted_penalty(impl):
     _, active = firing(sae, x)
     expected = E.orthogonality_penalty(sae.W_dec, active, out.threshold)
     assert expected.item() > 0
-    torch.testing.assert_close(out.terms.ortho, expected.detach(), rtol=1e-5, atol=1e-7)
-    assert trainer.ortho_scale == pytest.approx(out.terms.recon.item() / out.terms.ortho.item())  # s = recon / P of this step
-    assert out.ortho_weight == pytest.approx(out.ortho_lambda * trainer.ortho_scale)
-    torch.testing.assert_close(out.loss, out.terms.recon + trainer.cfg.auxk_alpha * out.terms.auxk + out.ortho_weight * out.terms.ortho)
+    torch.testing.assert_close(out.terms["ortho"].value, expected.detach(), rtol=1e-5, atol=1e-7)
+    assert trainer.ortho_scale == pytest.approx(out.terms["recon"].value.item() / out.terms["ortho"].value.item())  # s = recon / P of this step
+    assert out.terms["ortho"].weight == pytest.approx(out.ortho_lambda * trainer.ortho_scale)
+    torch.testing.assert_close(out.loss, out.terms["recon"].value + trainer.cfg.auxk_alpha * out.terms["auxk"].value + out.terms["ortho"].weight * out.terms["ortho"].value)
 
 
 def test_encode_keeps_exactly_k_and_forward_train_agrees():
@@ -150,9 +150,9 @@ def test_ortho_every_computes_on_its_stride_and_holds_the_gradient_in_between(im
     off = trainer.update(x4, 4)  # not on the stride: the held value and gradient
     twin.update(x4, 4)
     assert trainer.held_ortho is held
-    torch.testing.assert_close(off.terms.ortho, on.terms.ortho)
+    torch.testing.assert_close(off.terms["ortho"].value, on.terms["ortho"].value)
     W4 = sae4.W_dec.detach()  # the step adds weight * held dP/dW_dec, less its part along the rows
-    added = off.ortho_weight * (held[1] - (held[1] * W4).sum(-1, keepdim=True) * W4)
+    added = off.terms["ortho"].weight * (held[1] - (held[1] * W4).sum(-1, keepdim=True) * W4)
     assert added.abs().max() > 0
     torch.testing.assert_close(trainer.sae.W_dec.grad - twin.sae.W_dec.grad, added, rtol=1e-4, atol=1e-6)
     # the log reports this batch's P on a step off the stride; the loss kept the held one
@@ -160,7 +160,7 @@ def test_ortho_every_computes_on_its_stride_and_holds_the_gradient_in_between(im
     _, active4 = firing(sae4, x4)
     fresh = O.penalty_value_and_grad(trainer.sae.W_dec, active4, off.threshold)[0].item()
     assert record["ortho_penalty"] == pytest.approx(fresh, rel=1e-4)
-    assert record["ortho_penalty"] != pytest.approx(on.terms.ortho.item())
+    assert record["ortho_penalty"] != pytest.approx(on.terms["ortho"].value.item())
 
 
 def test_held_gradient_survives_a_checkpoint():
@@ -205,7 +205,7 @@ def test_edited_reference_is_not_silently_replaced_by_the_stale_fast_version(mon
     out = trainer.update(x, 0)
     assert trainer.ortho_impl == "reference" and "using the reference" in capsys.readouterr().out
     _, active = firing(sae, x)
-    torch.testing.assert_close(out.terms.ortho, 2 * original(sae.W_dec, active, out.threshold).detach())
+    torch.testing.assert_close(out.terms["ortho"].value, 2 * original(sae.W_dec, active, out.threshold).detach())
 
 
 def plain_topk_steps(sae, cfg, xs):
@@ -264,9 +264,9 @@ def shares_over_training(d_in, dict_size, k, scale, lam, steps=12):
     for step in range(steps):
         x = (torch.randn(64, d_in, generator=g) + (1 + step) * shared) * scale
         out = trainer.update(x, step)
-        assert out.terms.auxk.item() == 0  # nothing dead: the loss is recon + the term
-        shares.append(out.ortho_weight * out.terms.ortho.item() / (out.ortho_lambda * out.terms.recon.item()))
-        ratios.append(out.terms.ortho.item() / out.terms.recon.item())
+        assert out.terms["auxk"].value.item() == 0  # nothing dead: the loss is recon + the term
+        shares.append(out.terms["ortho"].weight * out.terms["ortho"].value.item() / (out.ortho_lambda * out.terms["recon"].value.item()))
+        ratios.append(out.terms["ortho"].value.item() / out.terms["recon"].value.item())
     return shares, ratios
 
 
@@ -334,10 +334,10 @@ def test_matryoshka_variant_adds_the_nested_losses_and_no_term():
         before = sae.forward_train(x)
         expected = E.nested_recon_loss(x, before.acts_BK, before.idx_BK, sae.W_dec, sae.b_dec, [16, 32])
     out = trainer.update(x, 0)
-    assert out.ortho_weight == 0 and out.terms.ortho.item() == 0 and trainer.ortho_scale is None
+    assert out.terms["ortho"].weight == 0 and out.terms["ortho"].value.item() == 0 and trainer.ortho_scale is None
     assert trainer.matryoshka_widths == [16, 32]
-    torch.testing.assert_close(out.terms.nested, expected)
-    torch.testing.assert_close(out.loss, out.terms.recon + out.terms.nested + cfg.auxk_alpha * out.terms.auxk)
+    torch.testing.assert_close(out.terms["nested"].value, expected)
+    torch.testing.assert_close(out.loss, out.terms["recon"].value + out.terms["nested"].value + cfg.auxk_alpha * out.terms["auxk"].value)
 
 
 def ortsae_brute_force(W, blocks):
@@ -374,8 +374,8 @@ def test_ortsae_variant_trains_on_its_penalty_at_static_matcheds_dose():
     fwd, _ = firing(ref, x)
     recon = (x - fwd.x_hat_BD).pow(2).sum(-1).mean()
     penalty = E.ortsae_penalty(ref.W_dec, 2, torch.Generator().manual_seed(trainer.cfg.seed * 1_000_003 + 3))
-    torch.testing.assert_close(out.terms.ortho, penalty.detach())
-    assert out.ortho_weight * out.terms.ortho.item() == pytest.approx(out.ortho_lambda * out.terms.recon.item())  # the same share
+    torch.testing.assert_close(out.terms["ortho"].value, penalty.detach())
+    assert out.terms["ortho"].weight * out.terms["ortho"].value.item() == pytest.approx(out.ortho_lambda * out.terms["recon"].value.item())  # the same share
     (recon + out.ortho_lambda * (recon / penalty).detach() * penalty).backward()
     g, W = ref.W_dec.grad, ref.W_dec.detach()
     torch.testing.assert_close(trainer.sae.W_dec.grad, g - (g * W).sum(-1, keepdim=True) * W, rtol=1e-4, atol=1e-6)
