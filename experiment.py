@@ -44,12 +44,28 @@ import torch.nn.functional as F
 from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
 from torch import nn
 
-from sae_harness import cli, data, ortho_fast, precision, rundir, runner, synth
-from sae_harness.checks import SEED_MAX, creatable_dir, eval_list, increasing_fractions, integer, real, seed_spec, text, word
+from sae_harness import cli, data, ortho_fast, precision, profiles, rundir, runner, synth
+from sae_harness.checks import (
+    ARM,
+    EVAL,
+    LOG,
+    PLACE,
+    SEED,
+    SEED_MAX,
+    creatable_dir,
+    eval_list,
+    fields_with,
+    increasing_fractions,
+    integer,
+    real,
+    seed_spec,
+    text,
+    word,
+)
 from sae_harness.notes import report_run
 from sae_harness.progress import Progress
 from sae_harness.registry import LM_EVAL_NAMES
-from sae_harness.rundir import Interrupted, TrainingFailed, UsageError  # noqa: F401  (raised to the CLI)
+from sae_harness.rundir import Exit, Interrupted, TrainingFailed, UsageError
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -86,15 +102,15 @@ ARMS = {
 @dataclass
 class Config:
     # run
-    out_dir: str = field(default="", metadata=creatable_dir("--out_dir=run_1"))
+    out_dir: str = field(default="", metadata=creatable_dir("--out_dir=run_1") | PLACE)
     """run directory (required): results, logs, the SAE and plots go here"""
-    profile: Literal["auto", "gemma-3-270m", "gemma-2-2b", "synth"] = "auto"
+    profile: Literal[(profiles.AUTO, *PROFILES)] = profiles.AUTO
     """fills every field left at None (see PROFILES); auto = gemma-2-2b with CUDA, else gemma-3-270m"""
-    overwrite: bool = False
+    overwrite: bool = field(default=False, metadata=PLACE)
     """replace a finished run in out_dir instead of refusing"""
-    seed: int = field(default=42, metadata=integer(0, SEED_MAX))
+    seed: int = field(default=42, metadata=integer(0, SEED_MAX) | SEED)
     """seed of the SAE: its initialisation and the order of training batches"""
-    seeds: str = field(default="1", metadata=seed_spec())
+    seeds: str = field(default="1", metadata=seed_spec() | SEED)
     """SAEs trained and evaluated in this run: a count N (seeds seed .. seed+N-1) or a comma list (42,43); several go into out_dir/seed_<s>/"""
     data_seed: int = field(default=42, metadata=integer(0, SEED_MAX))
     """seed of the data: the train / held-out text split, so the activation cache and the evals' held-out text"""
@@ -123,7 +139,7 @@ class Config:
     """contexts per language-model forward during extraction (profile)"""
     llm_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the language-model forward during extraction; auto = bfloat16 where a matmul is measured faster in it here (CUDA; CPUs with AMX / AVX-512-BF16), else float32"""
-    cache_dir: str = field(default=str(HERE / ".cache"), metadata=creatable_dir("--cache_dir=.cache"))
+    cache_dir: str = field(default=str(HERE / ".cache"), metadata=creatable_dir("--cache_dir=.cache") | PLACE)
     """activation cache shared by all run dirs"""
     # SAE
     dict_size: int | None = field(default=None, metadata=integer(1))
@@ -133,7 +149,7 @@ class Config:
     batch_size: int | None = field(default=None, metadata=integer(1))
     """activations per SAE training step (profile)"""
     lr: float = field(default=0.0, metadata=real(0))
-    """Adam learning rate; 0 = auto, 2e-4 / sqrt(dict_size / 2^14)"""
+    """Adam learning rate; 0 = auto, 2e-4 / sqrt(dict_size / 2^14) (the 1/sqrt(F) scaling law of Gao et al. 2024, figure 3, as dictionary_learning's TopK trainer applies it)"""
     lr_decay_start: float = field(default=0.8, metadata=real(0, 1))
     """fraction of training after which lr decays linearly to 0"""
     auxk_alpha: float = field(default=1 / 32, metadata=real(0))
@@ -145,36 +161,36 @@ class Config:
     sae_dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
-    variant: Literal[tuple(ARMS)] = "progressive"
+    variant: Literal[tuple(ARMS)] = field(default="progressive", metadata=ARM)
     """the arm to train, an entry of ARMS: progressive (the idea) | static (lambda, thr held at p=0) | static_matched (static at progressive's dose) | none (plain TopK) | matryoshka (nested losses, no term) | ortsae (OrtSAE's penalty at static_matched's dose)"""
-    matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2], metadata=increasing_fractions())
+    matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2], metadata=increasing_fractions() | ARM)
     """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
-    ortsae_chunks: int = field(default=4, metadata=integer(1))
+    ortsae_chunks: int = field(default=4, metadata=integer(1) | ARM)
     """ortsae: the latents are split into this many random blocks each step; cosines are taken within blocks only"""
-    ortho_lambda_max: float = field(default=0.05, metadata=real(0))
+    ortho_lambda_max: float = field(default=0.05, metadata=real(0) | ARM)
     """lambda2 at p=0, in units of the recon loss: P is scaled by recon / P of each step, so the term is lambda2(p) x recon on every step and profile (0.05: 5 percent of the recon loss at p=0)"""
-    ortho_base_threshold: float = field(default=0.25, metadata=real(0, 1, lo_open=True))
+    ortho_base_threshold: float = field(default=0.25, metadata=real(0, 1, lo_open=True) | ARM)
     """co-firing threshold thr at p=0"""
-    weight_schedule: Literal["quadratic", "constant"] = "quadratic"
+    weight_schedule: Literal["quadratic", "constant"] = field(default="quadratic", metadata=ARM)
     """lambda2(p): quadratic = max*(1-p)^2 | constant"""
-    threshold_schedule: Literal["linear", "exponential", "constant"] = "linear"
+    threshold_schedule: Literal["linear", "exponential", "constant"] = field(default="linear", metadata=ARM)
     """thr(p): linear = base*(1-p) | exponential = base*exp(-decay_rate*p) | constant"""
-    decay_rate: float = field(default=3.0, metadata=real(0))
+    decay_rate: float = field(default=3.0, metadata=real(0) | ARM)
     """rate of the exponential threshold schedule"""
-    threshold_floor: float = field(default=1e-3, metadata=real(0, 1, lo_open=True))
+    threshold_floor: float = field(default=1e-3, metadata=real(0, 1, lo_open=True) | ARM)
     """thr(p) never goes below this, so p -> 1 stays finite"""
-    ortho_every: int = field(default=5, metadata=integer(1))
+    ortho_every: int = field(default=5, metadata=integer(1) | ARM)
     """compute the orthogonality term on every n-th step and hold its gradient in between (1 = every step)"""
-    ortho_impl: Literal["fast", "reference"] = "fast"
+    ortho_impl: Literal["fast", "reference"] = field(default="fast", metadata=ARM)
     """reference = orthogonality_penalty below, by autograd; fast = sae_harness/ortho_fast.py, the same math"""
     # logging, checkpoints, evals
-    log_every: int = field(default=0, metadata=integer(0))
+    log_every: int = field(default=0, metadata=integer(0) | LOG)
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
-    checkpoint_every: int = field(default=200, metadata=integer(1))
+    checkpoint_every: int = field(default=200, metadata=integer(1) | PLACE)
     """steps between checkpoints (an interrupt always writes one)"""
-    evals: str | None = field(default=None, metadata=eval_list())
+    evals: str | None = field(default=None, metadata=eval_list() | EVAL)
     """comma list of evals to run after training, or none (separation: decoder |cos| of latents co-firing on held-out text; synth: ground truth) (profile)"""
-    wandb_project: str = field(default="", metadata=word())
+    wandb_project: str = field(default="", metadata=word() | PLACE)
     """log to this Weights & Biases project too (off when empty; WANDB_MODE=offline works)"""
 
     @property
@@ -193,7 +209,7 @@ class Config:
 # The one place for every value that differs between profiles: a Config field left at None takes
 # its value from here; a value given on the command line wins.
 PROFILES = {
-    "gemma-3-270m": dict(  # the embedded default: offline, CPU
+    profiles.EMBEDDED: dict(  # gemma-3-270m, the embedded default: offline, CPU
         lm_name="google/gemma-3-270m",
         layer=9,
         text_source="bbc",
@@ -207,7 +223,7 @@ PROFILES = {
         dead_tokens=100_000,
         evals=",".join(LM_EVAL_NAMES),
     ),
-    "gemma-2-2b": dict(  # the seed's setting: CUDA and the Hugging Face hub
+    profiles.GEMMA2: dict(  # gemma-2-2b, the seed's setting: CUDA and the Hugging Face hub
         lm_name="google/gemma-2-2b",
         layer=12,
         text_source="pile",
@@ -221,7 +237,7 @@ PROFILES = {
         dead_tokens=10_000_000,
         evals=",".join(LM_EVAL_NAMES),
     ),
-    "synth": dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
+    profiles.SYNTH: dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
         lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
         layer=0,
         text_source="synth",
@@ -490,7 +506,7 @@ class TrainerTopK:
         self.total_steps = cfg.total_steps
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.resolved_lr)
         self.tokens_since_fired_F = torch.zeros(cfg.dict_size, dtype=torch.long, device=sae.W_dec.device)
-        self.k_aux = sae.cfg.d_in // 2
+        self.k_aux = sae.cfg.d_in // 2  # AuxK's k: half the model width (Gao et al. 2024, appendix B.1; dictionary_learning's TopK trainer)
         self.dtype = precision.choose(cfg.sae_dtype, sae.W_dec.device)  # of the encoder's and the fast term's matmuls
         self.ortho_impl = cfg.ortho_impl
         self.matryoshka_widths = [max(1, round(w * cfg.dict_size)) for w in cfg.matryoshka_widths]
@@ -666,7 +682,10 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
     ckpt_path, log_path = out / "checkpoint.pt", out / "training_log.jsonl"
     start, elapsed_before = 0, 0.0
     if ckpt := rundir.load_checkpoint(ckpt_path, device):
-        if ckpt["config"] != dataclasses.asdict(cfg) | {"overwrite": ckpt["config"]["overwrite"]}:
+        place = fields_with(cfg, PLACE)  # where it is kept may change; what it computes may not
+        if {k: v for k, v in ckpt["config"].items() if k not in place} != {
+            k: v for k, v in dataclasses.asdict(cfg).items() if k not in place
+        }:
             raise UsageError(f"{ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
         trainer.load_state_dict(ckpt["trainer"])
         start, elapsed_before = ckpt["step"], ckpt["elapsed_s"]
@@ -691,8 +710,8 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
             try:
                 step_out = trainer.update(x_BD, step)
             except NonFiniteLoss as e:
-                kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                raise TrainingFailed(f"training stopped: {e}; {kept}") from None
+                last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
+                raise TrainingFailed(f"training stopped: {e}; {last_good}") from None
             if step % log_every == 0 or last:
                 record = log_record(cfg, trainer, step_out, x_BD, step, elapsed_before + time.time() - t0)
                 dose += [record] if record.get("ortho_scale") else []
@@ -770,8 +789,8 @@ def main(argv: list[str]) -> int:
         print(
             f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
         )
-        return 1
-    return 0
+        return Exit.EVAL_FAILED
+    return Exit.DONE
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ more runs. A run directory that is missing or unreadable gets one line on stderr
 code 2; what exists for the other runs is still plotted.
 """
 
-import json
 import math
 import sys
 import textwrap
@@ -35,26 +34,28 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from sae_harness.formatting import fmt, spread_of  # noqa: E402
-from sae_harness.registry import REFERENCE  # noqa: E402
 from sae_harness.report import (  # noqa: E402
     MECHANISM,
     PHASES,
     RunError,
+    bar_label,
+    by_profile,
     comparison_report,
-    config_differences,
     eval_metric_ok,
     find_baseline,
     has_data,
     load_run,
+    paired_with_baseline,
     phase_means,
     progress,
+    results_items,
     run_dirs_here,
     run_report,
     series,
     shown_metrics,
     siblings,
 )
-from sae_harness.schema import compare_paired, compare_summaries, per_seed_summaries  # noqa: E402
+from sae_harness.schema import config_differences, is_baseline  # noqa: E402
 
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
 
@@ -313,7 +314,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             entry = summary[metric.name]
             ok = entry["status"] == "ok"
             value = entry["value"] if ok else 0.0
-            err, kind = spread_of(entry) if ok else (None, None)  # one seed: the eval's own SE
+            err, _ = spread_of(entry) if ok else (None, None)  # one seed: the eval's own SE
             values.append(value)
             if not ok:
                 notes.append(f"{name}: {entry['status']}")
@@ -322,18 +323,8 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             if len(seeds) > 1:
                 ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
             tops.append(max([value + (err or 0)] + seeds))
-            text = fmt(entry["value"]) if ok else entry["status"].split(":")[0]
-            if err:
-                text += f"\n± {fmt(err)} " + (f"(n={entry['n']})" if kind == "std" else "(eval SE)")
-            if ok and baseline is not None and summary is not baseline:
-                cmp = compare_summaries({metric.name: entry}, {metric.name: baseline[metric.name]}).get(metric.name)
-                if cmp is not None:
-                    text += f"\nΔ {cmp['delta']:+.3g}" + (  # the verdict on a line of its own, so four arms' labels fit
-                        "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
-                    )
-                pair = (paired.get(name) or {}).get(metric.name)
-                if pair is not None and pair.get("lo") is not None and metric.direction != REFERENCE:
-                    text += "\npaired: " + ("within noise" if pair["within_noise"] else "excl. 0")
+            against = baseline[metric.name] if baseline is not None and summary is not baseline else None
+            text = bar_label(metric, entry, against, (paired.get(name) or {}).get(metric.name))
             ax.annotate(
                 text,
                 (i, max(value + (err or 0), max(seeds, default=0))),
@@ -379,7 +370,7 @@ def plot_metrics(run, baseline):
     fig = metric_grid([(r.name, r.summary) for r in runs], ["#999999", "C0"][-len(runs) :], baseline and baseline.summary, None, 12, 3.3)
     if baseline:
         against = f"grey: baseline {baseline.label}"
-    elif run.variant == "none":
+    elif is_baseline(run.variant):
         against = "this run is a baseline (variant none)"
     else:
         against = f"no baseline (variant none) run of {run.profile} found"
@@ -428,18 +419,11 @@ def plot_comparison(profile, runs, out_dir):
     for ax, title in zip(sep_axes, titles):
         ax.set_title(title, fontsize=10, pad=18)
     metric_axes = [fig.add_subplot(grid[1 + mech + i // 3, i % 3]) for i in range(n_panels)]
-    baseline = next((r for r in runs if r.variant == "none"), None)
-    paired = {
-        r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info))
-        for r in runs
-        if baseline and r is not baseline
-    }
+    baseline, paired = paired_with_baseline(runs)
     metric_panels(metric_axes, [(r.name, r.summary) for r in runs], colors, baseline.summary if baseline else None, paired)
-    differs = [k for k in config_differences(runs)[0] if k != "variant"]
+    differs = [k for k in config_differences([r.config for r in runs])[0] if k != "variant"]
     subtitle = (
-        ("config differs in: " + ", ".join(differs[:8]) + (" ..." if len(differs) > 8 else ""))
-        if differs
-        else "same config apart from variant"
+        f"config differs in: {', '.join(differs[:8])}{' ...' if len(differs) > 8 else ''}" if differs else "same config apart from variant"
     )
     fig.suptitle(
         f"Profile {profile}: {', '.join(r.label for r in runs)}\n(runs of other profiles are not comparable and are not shown; {subtitle})",
@@ -461,11 +445,7 @@ def plot_summaries(items, baseline, path, title, paired=None):
 
 
 def compare(runs, out_dir):
-    by_profile = {}
-    for run in runs:
-        by_profile.setdefault(run.profile, []).append(run)
-    for profile, group in sorted(by_profile.items()):
-        group.sort(key=lambda r: (r.number, r.name))
+    for profile, group in by_profile(runs):
         if len(group) < 2:
             print(f"profile {profile}: only {group[0].name}; no comparison figure")
             continue
@@ -476,17 +456,8 @@ def compare(runs, out_dir):
 
 def plot_results(path: Path) -> Path:
     """A sweep's results JSON (sweep.py) as its comparison figure, beside it as <name>.png."""
-    try:
-        result = json.loads(path.read_text())
-        arms, baseline = result["arms"], result.get("baseline")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path}: not a sweep's results JSON ({type(e).__name__}: {e})") from None
-    title = f"{result.get('name', path.stem)}: {result.get('profile') or 'unknown profile'}; mean ± std over seeds, dots per seed"
-    if baseline:
-        title += f"; Δ vs {baseline}, 'within noise' = 95% Welch interval includes 0; paired = paired by seed"
-    items = [(arm, entry["summary"]) for arm, entry in arms.items()]
-    paired = {arm: entry.get("paired_vs_baseline") for arm, entry in arms.items()}
-    return plot_summaries(items, arms[baseline]["summary"] if baseline in arms else None, path.with_suffix(".png"), title, paired)
+    items, baseline, paired, title = results_items(path)
+    return plot_summaries(items, baseline, path.with_suffix(".png"), title, paired)
 
 
 def main(argv):

@@ -34,8 +34,24 @@ import submitit
 
 import experiment as E
 from sae_harness import checks, cli
-from sae_harness.checks import SEED_MAX, check_fields, creatable_dir, existing_path, integer, seed_spec, word
-from sae_harness.rundir import UsageError
+from sae_harness.checks import (
+    ARM,
+    EVAL,
+    LOG,
+    PLACE,
+    SEED,
+    SEED_MAX,
+    BadValue,
+    check_fields,
+    creatable_dir,
+    existing_path,
+    fields_with,
+    integer,
+    seed_spec,
+    word,
+)
+from sae_harness.rundir import Exit, UsageError, describe_exit
+from sae_harness.schema import BASELINE_VARIANT, config_differences, is_baseline
 
 ROOT = Path(__file__).resolve().parent
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
@@ -169,7 +185,7 @@ def parse(argv) -> tuple[SweepOptions, list[str]]:
     parsed, passthrough = parser.parse_known_args(argv)
     try:
         check_fields(parsed.opts)
-    except UsageError as e:
+    except BadValue as e:
         raise SweepError(str(e)) from None
     return parsed.opts, passthrough
 
@@ -342,10 +358,7 @@ def launch(args, todo):
     return codes
 
 
-def describe(code) -> str:
-    return {0: "done", 1: "done, an eval failed (rerun to retry it)", 2: "bad input", 3: "training failed", 130: "interrupted"}.get(
-        code, str(code)
-    )
+describe = describe_exit
 
 
 def shown(path) -> str:
@@ -388,7 +401,7 @@ def collect(args, runs):
                 dose={k: v for k, v in (block.get("final_info") or {}).items() if k.startswith("ortho_") and k != "ortho_impl"},
             )
         )
-    baseline_arm = next((a for a, v in arms.items() if v["variant"] == "none" and not v["overrides"]), None)
+    baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)
     result_arms, per_seed = {}, {}  # per_seed: {arm: {seed: summary}}, for the comparisons paired by seed
     for arm, entry in arms.items():
         info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
@@ -400,7 +413,7 @@ def collect(args, runs):
     if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
         if args.baseline.partition("#")[0].endswith(".json"):
             summary, base_per_seed, base_configs = baseline_from_results(args.baseline)
-            baseline_config_diff = config_differences(base_configs, records)
+            baseline_config_diff = baseline_differences(base_configs, records)
             if baseline_config_diff:
                 print(f"note: the baseline's training config differs from this sweep's in {', '.join(baseline_config_diff)}")
         else:
@@ -415,7 +428,9 @@ def collect(args, runs):
                 f"--baseline {args.baseline}: no results there (an arm directory or results JSON of a finished sweep is expected)"
             )
         baseline_arm = f"baseline: {args.baseline}"
-        result_arms = {baseline_arm: dict(variant="none", overrides={}, run_dir=str(args.baseline), summary=summary)} | result_arms
+        result_arms = {
+            baseline_arm: dict(variant=BASELINE_VARIANT, overrides={}, run_dir=str(args.baseline), summary=summary)
+        } | result_arms
         per_seed[baseline_arm] = base_per_seed
     for arm, entry in result_arms.items():
         if baseline_arm and arm != baseline_arm:
@@ -449,9 +464,6 @@ def collect(args, runs):
     return result
 
 
-NOT_TRAINING = ("out_dir", "cache_dir", "overwrite", "seed", "seeds", "variant", "evals", "wandb_project", "log_every", "checkpoint_every")
-
-
 def baseline_from_results(spec: str):
     """(summary, {seed: summary}, {seed: training config}) of one arm of another sweep's results
     JSON: `path` (its own baseline arm) or `path#arm`."""
@@ -468,25 +480,17 @@ def baseline_from_results(spec: str):
     return summary, {r["seed"]: r["summary"] for r in runs}, {r["seed"]: r.get("config") or {} for r in runs}
 
 
-def config_differences(base_configs: dict, records: list) -> list[str]:
-    """The training options (not paths, seeds, variant, evals, ortho_* weights) on which a baseline
-    run apart differs from this sweep's run at the same seed: a paired comparison across sweeps
-    holds only where this list is empty or harmless (e.g. an option renamed between commits)."""
+def baseline_differences(base_configs: dict, records: list) -> list[str]:
+    """The training options on which a baseline run apart differs from this sweep's run at the same
+    seed (the fields of Config with no role: not where it is kept, the seed, the evals, the log or
+    the arm's own options): a paired comparison across sweeps holds only where this list is empty
+    or harmless (e.g. an option renamed between commits)."""
+    ignore = fields_with(E.Config, PLACE, SEED, EVAL, LOG, ARM)
     differing = set()
     for record in records:
-        base = base_configs.get(record["seed"])
-        if base is None:
-            continue
-        for key in set(base) | set(record["config"]):
-            if (
-                key in NOT_TRAINING
-                or key.startswith(("ortho_", "ortsae_", "matryoshka_"))
-                or key.endswith("_schedule")
-                or key in ("decay_rate", "threshold_floor")
-            ):
-                continue
-            if base.get(key, "(absent)") != record["config"].get(key, "(absent)"):
-                differing.add(key)
+        if (base := base_configs.get(record["seed"])) is not None:
+            differ, partial = config_differences([base, record["config"]], ignore)
+            differing |= set(differ) | set(partial)
     return sorted(differing)
 
 
@@ -537,11 +541,11 @@ def main(argv) -> int:
         return 0
     codes = launch(args, todo) if todo and not args.collect else {}
     collect(args, runs)
-    failed = [f"{out} ({describe(code)})" for out, code in codes.items() if code != 0]
+    failed = [f"{out} ({describe(code)})" for out, code in codes.items() if code != Exit.DONE]
     if failed:
         print(f"error: {len(failed)} runs did not finish: {'; '.join(failed)}. Rerun the same command to resume them.", file=sys.stderr)
-        return 1
-    return 0
+        return Exit.EVAL_FAILED
+    return Exit.DONE
 
 
 def cli_main(argv) -> int:
@@ -551,13 +555,13 @@ def cli_main(argv) -> int:
             return main(argv)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return Exit.BAD_INPUT
     except SweepInterrupted as e:
         print(str(e), file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept and running ones resume: run the same command again", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ heavy import. Literal and bool fields need no declaration: the parser refuses wh
 not allow. Each check also lists values it must refuse (`bad`), which tests/test_bad_input.py feeds
 to every field: the enumeration comes from the config, not from a hand-kept list.
 
-Only the standard library here (and rundir's exceptions): nothing heavy is imported."""
+Only the standard library here: nothing heavy is imported."""
 
 import dataclasses
 import math
@@ -20,14 +20,28 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from sae_harness.rundir import UsageError
-
 INT_MAX = 2**31 - 1  # sizes and counts beyond int32 are typos, and torch indexes tensors with them
 SEED_MAX = 2**32 - 1  # numpy's and torch's seeds
 
 
-class BadValue(UsageError):
-    """A field's value outside its declaration: one sentence naming the field (exit status 2)."""
+# What a field is to a run, declared beside what it may hold (metadata=integer(1) | ARM). A run's
+# identity is its config less its PLACE fields; a comparison with a baseline run apart also sets
+# aside the SEED, EVAL, LOG and ARM fields. A field without a role is a training option.
+PLACE = {"role": "place"}  # where the run is kept and how it is watched: never changes a number
+SEED = {"role": "seed"}  # which replicate
+EVAL = {"role": "eval"}  # what is measured after training
+LOG = {"role": "log"}  # what the training log records (and the dose summary read from it)
+ARM = {"role": "arm"}  # the arm and its own options (a plain TopK baseline ignores them)
+
+
+def fields_with(config, *roles: dict) -> list[str]:
+    """The names of config's fields (a dataclass or its class) that have one of these roles."""
+    wanted = {role["role"] for role in roles}
+    return [f.name for f in dataclasses.fields(config) if f.metadata.get("role") in wanted]
+
+
+class BadValue(ValueError):
+    """A field's value outside its declaration: one sentence naming the field (the CLI's bad input)."""
 
 
 @dataclasses.dataclass(frozen=True)

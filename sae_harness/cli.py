@@ -10,8 +10,9 @@ import sys
 
 import simple_parsing
 
-from sae_harness.checks import SEED_MAX, check_fields, names_in, seeds_from
-from sae_harness.rundir import Interrupted, TrainingFailed, UsageError, recorded_config
+from sae_harness.checks import SEED_MAX, BadValue, check_fields, names_in, seeds_from
+from sae_harness.profiles import AUTO, EMBEDDED, GEMMA2
+from sae_harness.rundir import Exit, Interrupted, TrainingFailed, UsageError, comparable_config
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
 
@@ -35,16 +36,16 @@ def parse_config(config_cls, profiles: dict, argv: list[str], cuda_available: bo
     )
     parser.add_arguments(config_cls, dest="cfg")
     cfg = parser.parse_args(argv).cfg
-    check_fields(cfg)  # what was given, before the profile says anything
+    refuse_bad_fields(cfg)  # what was given, before the profile says anything
     return apply_profile(cfg, profiles, cuda_available, verbose=True)
 
 
 def apply_profile(cfg, profiles: dict, cuda_available: bool, verbose: bool = False):
     """cfg with profile 'auto' resolved and every None field taken from the profile table."""
     profile = cfg.profile
-    cfg_was_auto = profile == "auto"
+    cfg_was_auto = profile == AUTO
     if cfg_was_auto:
-        profile = "gemma-2-2b" if cuda_available else "gemma-3-270m"
+        profile = GEMMA2 if cuda_available else EMBEDDED
     if profile not in profiles:
         raise UsageError(f"unknown profile {profile!r}: choose auto, {', '.join(profiles)}")
     table = profiles[profile]
@@ -61,8 +62,9 @@ def apply_profile(cfg, profiles: dict, cuda_available: bool, verbose: bool = Fal
 
 
 def profile_defaults(config_cls, profiles: dict, profile: str) -> dict:
-    """The config a run of this profile records when nothing is overridden."""
-    return recorded_config(apply_profile(config_cls(profile=profile), profiles, cuda_available=False))
+    """The config a run of this profile records when nothing is overridden, less where it is kept
+    (the PLACE fields): what a run's notes entry lists its differences from."""
+    return comparable_config(apply_profile(config_cls(profile=profile), profiles, cuda_available=False))
 
 
 def resolve_device(cfg):
@@ -78,6 +80,13 @@ def resolve_device(cfg):
             "--device cuda (the gemma-2-2b profile) needs a CUDA GPU; none is visible here (use --profile gemma-3-270m on CPU)"
         )
     return device
+
+
+def refuse_bad_fields(cfg) -> None:
+    try:
+        check_fields(cfg)
+    except BadValue as e:
+        raise UsageError(str(e)) from None
 
 
 def eval_names(cfg) -> list[str]:
@@ -97,7 +106,7 @@ def validate(cfg) -> None:
     """Reject an impossible config with one sentence, before anything heavy loads: each field
     against its own declaration (checks.py, beside the field in Config), then the constraints
     between fields, here and nowhere else."""
-    check_fields(cfg)
+    refuse_bad_fields(cfg)
     n_layers = KNOWN_LAYERS.get(cfg.lm_name)
     evals, synthetic = set(eval_names(cfg)), cfg.text_source == "synth"
     checks = [
@@ -134,21 +143,21 @@ def sigterm_as_interrupt():
 
 
 def run(main, argv: list[str]) -> int:
-    """main(argv) with failures turned into one line on stderr and an exit status: 2 bad input,
-    3 training failed, 130 interrupted by Ctrl-C or SIGTERM (the message says what is kept and how
-    to continue), 1 an eval failed (main's own return)."""
+    """main(argv) with failures turned into one line on stderr and an exit status (rundir.Exit):
+    bad input, training failed, interrupted by Ctrl-C or SIGTERM (the message says what is kept
+    and how to continue); an eval failed is main's own return."""
     try:
         with sigterm_as_interrupt():
             return main(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return Exit.BAD_INPUT
     except TrainingFailed as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return Exit.TRAINING_FAILED
     except Interrupted as e:
         print(str(e), file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted; nothing was lost that a rerun cannot rebuild. Run the same command again.", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED

@@ -34,8 +34,9 @@ PLOT = Path(__file__).resolve().parents[1] / "plot.py"  # the figures: plot.py's
 
 KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
 """Config fields every entry shows (those the run records)."""
-NOT_COMPARED = ("profile", "variant", "out_dir", "overwrite", "cache_dir")
-"""Config fields never listed as differing from the profile defaults."""
+NOT_COMPARED = ("profile", "variant")
+"""Config fields the entry's heading shows, so not listed again as differing from the defaults
+(the defaults leave out where a run is kept: cli.profile_defaults)."""
 
 
 def _require_run_number(run_name) -> int:

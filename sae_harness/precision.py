@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from sae_harness import profiles
+
 CHOICES = ("auto", "bfloat16", "float32")
 FASTER = 1.1
 """auto takes bfloat16 when a bfloat16 matmul is at least this many times faster than float32."""
@@ -174,7 +176,7 @@ def speed_words(speedup: float) -> str:
 
 def eval_dtype(profile: str, device: torch.device) -> str:
     """The evals' language-model dtype: float32 on CPU; on CUDA bfloat16 for gemma-2-2b (the seed's)."""
-    return "bfloat16" if torch.device(device).type == "cuda" and profile == "gemma-2-2b" else "float32"
+    return "bfloat16" if torch.device(device).type == "cuda" and profile == profiles.GEMMA2 else "float32"
 
 
 def resolve(llm_dtype: str, sae_dtype: str, device: torch.device, profile: str) -> Precision:

@@ -9,17 +9,22 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from sae_harness.formatting import fmt, fmt_delta, fmt_spread
+from sae_harness.formatting import fmt, fmt_delta, fmt_spread, spread_of
+from sae_harness.registry import REFERENCE
 from sae_harness.schema import (
     EVAL_BLOCKS,
     EVAL_OF_BLOCK,
     METRICS,
     SEEDS,
     block_status,
+    compare_paired,
     compare_summaries,
+    config_differences,
     evals_asked,
     info_training_key,
+    is_baseline,
     metric_asked,
+    per_seed_summaries,
     pick_baseline,
     run_identity,
     run_number,
@@ -228,14 +233,6 @@ def metrics_table(runs):
     return "\n".join(lines)
 
 
-def config_differences(runs):
-    """(fields recorded by every run with differing values, fields only some runs record)."""
-    keys = sorted({k for run in runs for k in run.config})
-    shared = [k for k in keys if all(k in run.config for run in runs)]
-    differ = [k for k in shared if len({json.dumps(run.config[k], sort_keys=True) for run in runs}) > 1]
-    return differ, [k for k in keys if k not in shared]
-
-
 def summaries_table(items, baseline_name=None):
     """Text table: mean ± std (n) per metric and item, then Δ vs the baseline with its 95% Welch
     interval, "within noise" where the interval includes 0."""
@@ -287,8 +284,62 @@ def run_report(run) -> str:
 
 def comparison_report(group) -> str:
     """The runs of one profile side by side: metrics, the config fields that differ, separation."""
-    differs, partial = config_differences(group)
+    differs, partial = config_differences([run.config for run in group])
     lines = [metrics_table(group), "config fields that differ: " + (", ".join(differs) if differs else "none")]
     lines += ["config fields only some runs record: " + ", ".join(partial)] if partial else []
     lines += ["feature separation, per-phase means (thirds of training):", separation_table([r for r in group if r.log])]
     return "\n".join(lines)
+
+
+def bar_label(metric, entry: dict, baseline_entry: dict | None, pair: dict | None) -> str:
+    """The text above a metric's bar: the value, its spread (± std over n seeds, or the eval's own
+    SE for one seed), and against a baseline the difference, whether its 95% Welch interval holds 0,
+    and the same for the paired interval where there is one. Each verdict on a line of its own."""
+    ok = entry["status"] == "ok"
+    text = fmt(entry["value"]) if ok else entry["status"].split(":")[0]
+    err, kind = spread_of(entry) if ok else (None, None)
+    if err:
+        text += f"\n± {fmt(err)} " + (f"(n={entry['n']})" if kind == "std" else "(eval SE)")
+    if ok and baseline_entry is not None:
+        cmp = compare_summaries({metric.name: entry}, {metric.name: baseline_entry}).get(metric.name)
+        if cmp is not None:
+            text += f"\nΔ {cmp['delta']:+.3g}" + (
+                "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
+            )
+        if pair is not None and pair.get("lo") is not None and metric.direction != REFERENCE:
+            text += "\npaired: " + ("within noise" if pair["within_noise"] else "excl. 0")
+    return text
+
+
+def results_items(path: Path):
+    """(items [(arm, summary)], the baseline's summary or None, {arm: paired comparison}, the figure's
+    title) of a sweep's results JSON; RunError when it is not one."""
+    try:
+        result = json.loads(Path(path).read_text())
+        arms, baseline = result["arms"], result.get("baseline")
+        items = [(arm, entry["summary"]) for arm, entry in arms.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"{path}: not a sweep's results JSON ({type(e).__name__}: {e})") from None
+    title = f"{result.get('name', Path(path).stem)}: {result.get('profile') or 'unknown profile'}; mean ± std over seeds, dots per seed"
+    if baseline:
+        title += f"; Δ vs {baseline}, 'within noise' = 95% Welch interval includes 0; paired = paired by seed"
+    paired = {arm: entry.get("paired_vs_baseline") for arm, entry in arms.items()}
+    return items, arms[baseline]["summary"] if baseline in arms else None, paired, title
+
+
+def by_profile(runs) -> list:
+    """[(profile, its runs in run-number order)], profiles sorted: runs are compared within one only."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(run.profile, []).append(run)
+    return [(profile, sorted(group, key=lambda r: (r.number, r.name))) for profile, group in sorted(groups.items())]
+
+
+def paired_with_baseline(runs):
+    """(the baseline among runs or None, {run name: its comparison with it paired by seed})."""
+    baseline = next((r for r in runs if is_baseline(r.variant)), None)
+    if baseline is None:
+        return None, {}
+    return baseline, {
+        r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline
+    }

@@ -4,14 +4,39 @@ SIGTERM with a checkpoint."""
 
 import contextlib
 import dataclasses
+import enum
 import json
 import os
 import shutil
 import signal
 from pathlib import Path
 
+from sae_harness.checks import PLACE, fields_with
 from sae_harness.registry import by_name
-from sae_harness.schema import aggregate, eval_done, summarize, training_key
+from sae_harness.schema import aggregate, config_differences, eval_done, summarize, training_key
+
+
+class Exit(enum.IntEnum):
+    """The exit status of experiment.py and sweep.py (and of each sweep job): one table for both."""
+
+    DONE = 0
+    EVAL_FAILED = 1  # training and the other evals are kept; a rerun retries the failed ones
+    BAD_INPUT = 2
+    TRAINING_FAILED = 3
+    INTERRUPTED = 130
+
+
+EXIT_MEANING = {
+    Exit.DONE: "done",
+    Exit.EVAL_FAILED: "done, an eval failed (rerun to retry it)",
+    Exit.BAD_INPUT: "bad input",
+    Exit.TRAINING_FAILED: "training failed",
+    Exit.INTERRUPTED: "interrupted",
+}
+
+
+def describe_exit(code) -> str:
+    return EXIT_MEANING.get(code, str(code))
 
 
 class UsageError(Exception):
@@ -49,8 +74,10 @@ def recorded_config(cfg, **extra) -> dict:
 
 
 def comparable_config(cfg) -> dict:
-    """recorded_config less the fields two copies of one run may differ in (where it runs)."""
-    return {k: v for k, v in recorded_config(cfg).items() if k not in ("out_dir", "overwrite", "cache_dir")}
+    """recorded_config less the fields two copies of one run may differ in (their role PLACE:
+    where it is kept and how it is watched)."""
+    place = fields_with(cfg, PLACE)
+    return {k: v for k, v in recorded_config(cfg).items() if k not in place}
 
 
 class RunDir:
@@ -92,9 +119,9 @@ class RunDir:
 
     def config_differences(self, cfg) -> list[str]:
         """'field: recorded there, wanted now' for each recorded config field that cfg sets otherwise."""
-        recorded = self.info[self.training_key]["config"]
-        wanted = comparable_config(cfg)
-        return [f"{k}: {recorded[k]!r} there, {v!r} now" for k, v in wanted.items() if k in recorded and recorded[k] != v]
+        recorded, wanted = self.info[self.training_key]["config"], comparable_config(cfg)
+        differ, _ = config_differences([recorded, wanted], ignore=fields_with(cfg, PLACE))
+        return [f"{k}: {recorded[k]!r} there, {wanted[k]!r} now" for k in differ]
 
     def record_training(self, config: dict, final: dict) -> None:
         self.info[self.training_key] = dict(config=config, final_info=final)

@@ -5,10 +5,12 @@ without loading the training stack. The statistics are in stats.py, how numbers 
 formatting.py."""
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
 
+from sae_harness import profiles
 from sae_harness.registry import EVALS, REFERENCE, TRAINING, Metric
 from sae_harness.stats import holm, mean_std, paired_interval, se_of_mean, welch_interval
 
@@ -158,6 +160,15 @@ def _source_used(info, metric):
     return next((i for i, (block_name, path) in enumerate(metric.sources) if _read(_block(info, block_name), path)[0] == "ok"), -1)
 
 
+BASELINE_VARIANT = "none"
+"""The arm every other is compared with (plain TopK): the one rule for picking a baseline, read by
+pick_baseline, the figures and sweep.py."""
+
+
+def is_baseline(variant: str) -> bool:
+    return variant == BASELINE_VARIANT
+
+
 def run_identity(info):
     """{"profile", "variant", "layer", "lm_name", "config", "final_info"} of a final_info dict.
 
@@ -174,14 +185,14 @@ def run_identity(info):
     if not profile:
         base = lm_name.replace("\\", "/").rstrip("/").split("/")[-1].lower()
         flat = base.replace("_", "-").replace("gemma3", "gemma-3").replace("gemma2", "gemma-2")
-        profile = next((p for p in ("gemma-2-2b", "gemma-3-270m") if p in flat), base or "unknown")
+        profile = next((p for p in (profiles.GEMMA2, profiles.EMBEDDED) if p in flat), base or "unknown")
     layer = config.get("layer")
     if layer is None and key:
         match = re.search(r"layer (\d+)", key)
         layer = int(match.group(1)) if match else None
     return {
         "profile": str(profile),
-        "variant": str(config.get("variant") or "none"),
+        "variant": str(config.get("variant") or BASELINE_VARIANT),
         "layer": layer,
         "lm_name": lm_name,
         "config": config,
@@ -196,7 +207,7 @@ def evals_asked(info) -> set:
     evals = identity["config"].get("evals")
     if isinstance(evals, str):
         return {name for name in evals.split(",") if name}
-    return {e.name for e in EVALS if e.synthetic == (identity["profile"] == "synth")}
+    return {e.name for e in EVALS if e.synthetic == (identity["profile"] == profiles.SYNTH)}
 
 
 def metric_asked(info, metric) -> bool:
@@ -327,11 +338,11 @@ def pick_baseline(name, info, candidates):
     same = [
         (n, i)
         for n, i in candidates
-        if n != name and run_identity(i)["profile"] == ident["profile"] and run_identity(i)["variant"] == "none"
+        if n != name and run_identity(i)["profile"] == ident["profile"] and is_baseline(run_identity(i)["variant"])
     ]
     if not same:
         return None
-    if ident["profile"] == "gemma-2-2b":
+    if ident["profile"] == profiles.GEMMA2:
         seed = [c for c in same if c[0] == "run_0"]
         if seed:
             return seed[0]
@@ -343,3 +354,13 @@ def pick_baseline(name, info, candidates):
         return (sum(config.get(k) != ident["config"].get(k) for k in keys), 10**9 if number is None else number)
 
     return min(same, key=distance)
+
+
+def config_differences(configs: list[dict], ignore=()) -> tuple[list[str], list[str]]:
+    """(the keys every config records with values that differ, the keys only some record), the
+    keys in ignore left out: the one comparison of recorded configs (a run against the options
+    asked for, runs side by side, a baseline run apart against a sweep's)."""
+    keys = sorted({k for config in configs for k in config} - set(ignore))
+    shared = [k for k in keys if all(k in config for config in configs)]
+    differ = [k for k in shared if len({json.dumps(config[k], sort_keys=True, default=str) for config in configs}) > 1]
+    return differ, [k for k in keys if k not in shared]

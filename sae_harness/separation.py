@@ -18,7 +18,7 @@ Shape suffixes: N held-out tokens, D model width, F latents, K top-k, C a chunk 
 import torch
 
 from sae_harness import data, precision
-from sae_harness.ortho_fast import cofire_counts
+from sae_harness.ortho_fast import cofire_counts, p95
 
 COFIRE_MIN_N = 0.1
 """A pair co-fires when n_ij >= this (chance level is about k / F: 0.016 on the embedded profile)."""
@@ -70,7 +70,7 @@ def separation_measures(W_dec_FD: torch.Tensor, idx_NK: torch.Tensor) -> dict:
     cos_FF.fill_diagonal_(0)
     return dict(
         cofire_cos_mean=cos_P.mean().item() if len(cos_P) else None,
-        cofire_cos_p95=cos_P.sort().values[int(0.95 * (len(cos_P) - 1))].item() if len(cos_P) else None,
+        cofire_cos_p95=p95(cos_P),
         cofire_pairs=int(len(cos_P)),
         nn_cos_above_half=(cos_FF.max(dim=1).values > NN_COS).float().mean().item(),
         nn_cos_mean=cos_FF.max(dim=1).values.mean().item(),

@@ -91,9 +91,14 @@ def test_progressive_adds_weighted_penalty(impl):
     expected = E.orthogonality_penalty(sae.W_dec, active, out.threshold)
     assert expected.item() > 0
     torch.testing.assert_close(out.terms["ortho"].value, expected.detach(), rtol=1e-5, atol=1e-7)
-    assert trainer.ortho_scale == pytest.approx(out.terms["recon"].value.item() / out.terms["ortho"].value.item())  # s = recon / P of this step
+    assert trainer.ortho_scale == pytest.approx(
+        out.terms["recon"].value.item() / out.terms["ortho"].value.item()
+    )  # s = recon / P of this step
     assert out.terms["ortho"].weight == pytest.approx(out.ortho_lambda * trainer.ortho_scale)
-    torch.testing.assert_close(out.loss, out.terms["recon"].value + trainer.cfg.auxk_alpha * out.terms["auxk"].value + out.terms["ortho"].weight * out.terms["ortho"].value)
+    torch.testing.assert_close(
+        out.loss,
+        out.terms["recon"].value + trainer.cfg.auxk_alpha * out.terms["auxk"].value + out.terms["ortho"].weight * out.terms["ortho"].value,
+    )
 
 
 def test_encode_keeps_exactly_k_and_forward_train_agrees():
@@ -375,7 +380,9 @@ def test_ortsae_variant_trains_on_its_penalty_at_static_matcheds_dose():
     recon = (x - fwd.x_hat_BD).pow(2).sum(-1).mean()
     penalty = E.ortsae_penalty(ref.W_dec, 2, torch.Generator().manual_seed(trainer.cfg.seed * 1_000_003 + 3))
     torch.testing.assert_close(out.terms["ortho"].value, penalty.detach())
-    assert out.terms["ortho"].weight * out.terms["ortho"].value.item() == pytest.approx(out.ortho_lambda * out.terms["recon"].value.item())  # the same share
+    assert out.terms["ortho"].weight * out.terms["ortho"].value.item() == pytest.approx(
+        out.ortho_lambda * out.terms["recon"].value.item()
+    )  # the same share
     (recon + out.ortho_lambda * (recon / penalty).detach() * penalty).backward()
     g, W = ref.W_dec.grad, ref.W_dec.detach()
     torch.testing.assert_close(trainer.sae.W_dec.grad, g - (g * W).sum(-1, keepdim=True) * W, rtol=1e-4, atol=1e-6)

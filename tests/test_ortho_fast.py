@@ -133,7 +133,7 @@ def test_feature_separation_matches_brute_force(route, rows, monkeypatch):
     cos, above = brute_force_separation(W, active, range(20), 0.3)
     got = O.feature_separation(W, active, 0.3, torch.float32)
     assert got["sep_cos_mean"] == pytest.approx(sum(cos) / len(cos), rel=1e-5)
-    assert got["sep_cos_p95"] == pytest.approx(torch.quantile(torch.tensor(cos), 0.95).item(), rel=1e-5)
+    assert got["sep_cos_p95"] == pytest.approx(sorted(cos)[int(0.95 * (len(cos) - 1))], rel=1e-5)  # nearest rank, lower
     assert got["sep_pairs_penalized"] == above and got["sep_frac_above_thr"] == pytest.approx(above / len(cos))
     sampled = O.feature_separation(W, active, 0.3, torch.float32, max_pairs=10)
     assert sampled["sep_pairs_penalized"] == above and sampled["sep_cos_mean"] != got["sep_cos_mean"]
@@ -300,3 +300,11 @@ def test_fast_cofiring_pairs_equal_the_one_definition(route):
     assert torch.equal(pairs.row_P[order], r) and torch.equal(pairs.col_P[order], c)
     torch.testing.assert_close(pairs.n()[order], ref.n_AA[r, c])
     assert torch.equal(ref.c_AA, ((ref.n_AA - 0.3) / 0.3).clamp(0, 1).fill_diagonal_(0))
+
+
+def test_p95_is_the_nearest_rank_below():
+    """One p95 for the training diagnostics and the held-out eval: the value at rank
+    int(0.95 (n - 1)) of the sorted values, never interpolated."""
+    values = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0] * 4 + [100.0])  # 21 values: rank 19 of 0..20
+    assert O.p95(values) == sorted(values.tolist())[19] == 5.0
+    assert O.p95(torch.tensor([0.3])) == pytest.approx(0.3) and O.p95(torch.tensor([])) is None

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import plot  # noqa: E402
+from sae_harness import report  # noqa: E402
 from sae_harness.notes import update_notes  # noqa: E402
 from sae_harness.schema import METRICS, summarize  # noqa: E402
 
@@ -339,12 +340,12 @@ def test_plot_text_table(runs_dir):
 def test_baseline_choice(runs_dir):
     d, _ = runs_dir
     loaded = {}
-    runs = plot.siblings(d / "run_2", loaded)
+    runs = report.siblings(d / "run_2", loaded)
     by_name = {r.name: r for r in runs}
-    assert plot.find_baseline(by_name["run_2"], runs).name == "run_1"
-    assert plot.find_baseline(by_name["run_4"], runs).name == "run_0"
-    assert plot.find_baseline(by_name["run_1"], runs) is None  # only itself is `none`
-    means = plot.phase_means(by_name["run_2"].log, "ortho_lambda")
+    assert report.find_baseline(by_name["run_2"], runs).name == "run_1"
+    assert report.find_baseline(by_name["run_4"], runs).name == "run_0"
+    assert report.find_baseline(by_name["run_1"], runs) is None  # only itself is `none`
+    means = report.phase_means(by_name["run_2"].log, "ortho_lambda")
     assert means[0] > means[1] > means[2] > 0
 
 
@@ -548,10 +549,10 @@ def test_panels_leave_out_the_metrics_no_run_has():
     lm = {m.name: {"status": "missing" if m.name.startswith("synth_") else "ok", "value": 0.5} for m in METRICS}
     lm["unlearning_score"] = {"status": "skipped: needs a GPU", "value": None}
     synth = {m.name: {"status": "ok" if m.name.startswith("synth_") else "missing", "value": 0.5} for m in METRICS}
-    shown_lm = [m.name for m in plot.shown_metrics([lm])]
+    shown_lm = [m.name for m in report.shown_metrics([lm])]
     assert "unlearning_score" in shown_lm and not any(n.startswith("synth_") for n in shown_lm)
-    assert [m.name for m in plot.shown_metrics([synth])] == [m.name for m in METRICS if m.name.startswith("synth_")]
-    assert len(plot.shown_metrics([lm, synth])) == len(METRICS)
+    assert [m.name for m in report.shown_metrics([synth])] == [m.name for m in METRICS if m.name.startswith("synth_")]
+    assert len(report.shown_metrics([lm, synth])) == len(METRICS)
 
 
 def test_mechanism_figure_for_synth_runs_and_in_their_comparison(tmp_path, monkeypatch, capsys):
@@ -581,14 +582,14 @@ def test_separation_table_keeps_a_gap_after_a_long_run_name():
     measure's name; every row still splits into the label, the measure and three phase means."""
     log = training_log("progressive")
     runs = [
-        plot.Run(name, Path(name), {}, log, 0, "synth", "progressive", {}, {}, seeds)
+        report.Run(name, Path(name), {}, log, 0, "synth", "progressive", {}, {}, seeds)
         for name, seeds in (("run_1", []), ("run_synth_long_name", [42, 43, 44, 45, 46]))
     ]
-    lines = plot.separation_table(runs).splitlines()
+    lines = report.separation_table(runs).splitlines()
     for run in runs:
         rows = [line for line in lines if line.startswith(run.label)]
-        assert len(rows) == len(plot.SEPARATION)
-        for row, (key, _) in zip(rows, plot.SEPARATION):
+        assert len(rows) == len(report.SEPARATION)
+        for row, (key, _) in zip(rows, report.SEPARATION):
             assert row[len(run.label)] == " "
             measure, *means = row[len(run.label) :].split()
             assert measure == key and len(means) == 3
@@ -603,7 +604,7 @@ def test_one_seed_bars_carry_the_evals_own_standard_error():
     without = {m.name: dict(entry, se=None) for m in METRICS}
     fig, axes = plt.subplots(4, 5)
     plot.metric_panels(list(axes.flat), [("a", with_se), ("b", without)], ["C0", "C1"])
-    ax = list(axes.flat)[[m.name for m in plot.shown_metrics([with_se, without])].index("absorption_full")]
+    ax = list(axes.flat)[[m.name for m in report.shown_metrics([with_se, without])].index("absorption_full")]
     assert [t.get_text() for t in ax.texts] == ["0.37\n± 0.012 (eval SE)", "0.37"]
     bars = [c for c in ax.containers if hasattr(c, "errorbar")]
     assert bars[0].errorbar is not None and bars[1].errorbar is None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sae_harness import data, precision
+from sae_harness import data, precision, profiles
 from sae_harness.eval_cache import EvalCache
 from sae_harness.evals.absorption import eval_absorption
 from sae_harness.evals.context import HELDOUT_DATASET, SAE_ID, EvalContext, gemma2_eval_settings
@@ -51,7 +51,7 @@ def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
     held-out text, its eval seed, a unique SAE name, a work dir inside the run dir, and the shared
     eval cache beside the activation cache."""
     name_digest = hashlib.sha256(f"{out.resolve()}-{time.time()}".encode()).hexdigest()[:8]
-    settings = gemma2_eval_settings() if cfg.profile == "gemma-2-2b" else {}
+    settings = gemma2_eval_settings() if cfg.profile == profiles.GEMMA2 else {}
     return EvalContext(
         **{
             **settings,
@@ -90,7 +90,7 @@ class EvalInputs:
 
     def load_model(self) -> None:
         self.ctx = eval_context(self.cfg, self.out, self.heldout, self.device)
-        self.tl_model = load_eval_model(self.cfg, self.ctx) if self.cfg.profile == "gemma-3-270m" else None
+        self.tl_model = load_eval_model(self.cfg, self.ctx) if self.cfg.profile == profiles.EMBEDDED else None
         print(self.cache_line())
 
     def cache_line(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_harness import profiles
 from sae_harness.eval_cache import sae_bench_version
 from sae_harness.registry import by_name
 
@@ -23,7 +24,7 @@ HELDOUT_DATASET = "bbc_news_heldout"  # name under which the held-out articles a
 class EvalContext:
     model_name: str = "google/gemma-3-270m"
     """TransformerLens / SAEBench model name (sae.cfg.model_name must match)."""
-    profile: str = "gemma-3-270m"
+    profile: str = profiles.EMBEDDED
     """'gemma-3-270m' (embedded, offline CPU) or 'gemma-2-2b' (the seed's setting, CUDA + hub)."""
     layer: int = 9
     """Layer whose residual stream the SAE reads."""
@@ -93,7 +94,7 @@ class EvalContext:
     """Instruct model SAEBench's unlearning eval runs on (the SAE is applied to it)."""
 
     def __post_init__(self):
-        if self.profile not in ("gemma-3-270m", "gemma-2-2b"):
+        if self.profile not in (profiles.EMBEDDED, profiles.GEMMA2):
             raise ValueError(f"profile must be 'gemma-3-270m' or 'gemma-2-2b', not {self.profile!r}")
         if self.hook_name != f"blocks.{self.layer}.hook_resid_post":
             raise ValueError(f"hook_name {self.hook_name!r} does not match layer {self.layer}")
@@ -107,7 +108,7 @@ def gemma2_eval_settings() -> dict:
 
     return dict(
         model_name="google/gemma-2-2b",
-        profile="gemma-2-2b",
+        profile=profiles.GEMMA2,
         layer=12,
         hook_name="blocks.12.hook_resid_post",
         device="cuda",

@@ -3,6 +3,7 @@ gated forget corpus)."""
 
 from pathlib import Path
 
+from sae_harness import profiles
 from sae_harness.evals.context import EvalContext, hub_skip, sae_bench_call, saebench_result
 
 FORGET_CORPUS = Path("sae_bench/evals/unlearning/data/bio-forget-corpus.jsonl")  # SAEBench opens it relative to the cwd
@@ -14,7 +15,7 @@ def eval_unlearning(sae, tl_model, ctx: EvalContext) -> dict:
     import sae_bench.evals.unlearning.main as unlearning_main
     from sae_bench.evals.unlearning.eval_config import UnlearningEvalConfig
 
-    if ctx.profile != "gemma-2-2b":
+    if ctx.profile != profiles.GEMMA2:
         return {
             "skipped": "unlearning needs gemma-2-2b-it, WMDP, MMLU, the gated WMDP bio forget corpus and a CUDA GPU: "
             "run the gemma-2-2b profile (gemma2_eval_settings()) on a GPU machine with hub access."
