@@ -50,7 +50,7 @@ from sae_harness.checks import (
     seed_spec,
     word,
 )
-from sae_harness.rundir import Exit, UsageError, describe_exit
+from sae_harness.rundir import Exit, Interrupted, UsageError, describe_exit
 from sae_harness.schema import BASELINE_VARIANT, config_differences, is_baseline
 
 ROOT = Path(__file__).resolve().parent
@@ -203,11 +203,11 @@ class PlannedRun:
     cfg: "E.Config"
 
 
-class SweepError(Exception):
+class SweepError(UsageError):
     """Bad input or an unusable run directory: one line, exit status 2."""
 
 
-class SweepInterrupted(Exception):
+class SweepInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: one line saying what is kept, exit status 130."""
 
 
@@ -550,18 +550,7 @@ def main(argv) -> int:
 
 def cli_main(argv) -> int:
     """main(argv) with bad input as one line on stderr and exit status 2, an interrupt as 130."""
-    try:
-        with cli.sigterm_as_interrupt():
-            return main(argv)
-    except SweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return Exit.BAD_INPUT
-    except SweepInterrupted as e:
-        print(str(e), file=sys.stderr)
-        return Exit.INTERRUPTED
-    except KeyboardInterrupt:
-        print("interrupted; finished runs are kept and running ones resume: run the same command again", file=sys.stderr)
-        return Exit.INTERRUPTED
+    return cli.run(main, argv, interrupted="interrupted; finished runs are kept and running ones resume: run the same command again")
 
 
 if __name__ == "__main__":

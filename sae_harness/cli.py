@@ -142,10 +142,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(main, argv: list[str]) -> int:
+RERUN = "interrupted; nothing was lost that a rerun cannot rebuild. Run the same command again."
+
+
+def run(main, argv: list[str], interrupted: str = RERUN) -> int:
     """main(argv) with failures turned into one line on stderr and an exit status (rundir.Exit):
     bad input, training failed, interrupted by Ctrl-C or SIGTERM (the message says what is kept
-    and how to continue); an eval failed is main's own return."""
+    and how to continue; `interrupted` where no stage said it); an eval failed is main's own return."""
     try:
         with sigterm_as_interrupt():
             return main(argv)
@@ -158,6 +161,6 @@ def run(main, argv: list[str]) -> int:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return Exit.INTERRUPTED
-    except KeyboardInterrupt:
-        print("interrupted; nothing was lost that a rerun cannot rebuild. Run the same command again.", file=sys.stderr)
+    except KeyboardInterrupt:  # outside every stage that says more
+        print(interrupted, file=sys.stderr)
         return Exit.INTERRUPTED

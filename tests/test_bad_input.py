@@ -67,21 +67,27 @@ def assert_refused(code, err: str, name: str, value) -> None:
     assert f"--{name}" in lines[0], (name, value, lines[0])
 
 
-@pytest.mark.parametrize("f,hints", list(cases(E.Config)))
-def test_every_config_field_refuses_its_bad_values(f, hints, tmp_path, capsys, monkeypatch):
+def refuses_every_bad_value(f, hints, tmp_path, capsys, monkeypatch, run, base: dict, extra=()) -> None:
+    """Each bad value of field f, given with the valid options base, through run (a CLI's main):
+    exit 2, one line naming the option, no traceback, nothing written."""
     monkeypatch.chdir(tmp_path)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     values = bad_values(f, hints, a_file)
     assert values, f"{f.name} has no declared check and no type the parser refuses: declare one beside the field (sae_harness/checks.py)"
-    assert checks.check_of(f) or checks.typed_by_parser(f, hints), f"{f.name} has no check: declare one beside the field"
     before = snapshot(tmp_path)
     for value in values:
-        base = {"out_dir": str(tmp_path / "run_1"), "cache_dir": str(tmp_path / "cache")}
-        argv = [x for name, v in base.items() if name != f.name for x in (f"--{name}", v)] + argv_for(f.name, value)
-        code = cli.run(E.main, argv)
+        argv = [x for name, v in base.items() if name != f.name for x in (f"--{name}", v)] + argv_for(f.name, value) + list(extra)
+        code = run(argv)
         assert_refused(code, capsys.readouterr().err, f.name, value)
         assert snapshot(tmp_path) == before, (f.name, value, snapshot(tmp_path) - before)
+
+
+@pytest.mark.parametrize("f,hints", list(cases(E.Config)))
+def test_every_config_field_refuses_its_bad_values(f, hints, tmp_path, capsys, monkeypatch):
+    assert checks.check_of(f) or checks.typed_by_parser(f, hints), f"{f.name} has no check: declare one beside the field"
+    base = {"out_dir": str(tmp_path / "run_1"), "cache_dir": str(tmp_path / "cache")}
+    refuses_every_bad_value(f, hints, tmp_path, capsys, monkeypatch, lambda argv: cli.run(E.main, argv), base)
 
 
 def test_the_issues_three_escapes_are_refused(tmp_path, capsys):
@@ -123,15 +129,5 @@ def test_interval_checks_refuse_their_edges():
 
 @pytest.mark.parametrize("f,hints", list(cases(sweep.SweepOptions)))
 def test_every_sweep_option_refuses_its_bad_values(f, hints, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    values = bad_values(f, hints, a_file)
-    assert values, f"{f.name} has no declared check and no type the parser refuses: declare one beside the option"
-    before = snapshot(tmp_path)
     base = {"runs_dir": str(tmp_path / "sweeps"), "results": str(tmp_path / "results")}
-    for value in values:
-        argv = [x for name, v in base.items() if name != f.name for x in (f"--{name}", v)] + argv_for(f.name, value) + ["--dry_run"]
-        code = sweep.cli_main(argv)
-        assert_refused(code, capsys.readouterr().err, f.name, value)
-        assert snapshot(tmp_path) == before, (f.name, value, snapshot(tmp_path) - before)
+    refuses_every_bad_value(f, hints, tmp_path, capsys, monkeypatch, sweep.cli_main, base, extra=["--dry_run"])
