@@ -233,8 +233,16 @@ def hierarchy_absorption(
     both conditions occur at least min_count times in the sample (n_edges says how many did).
     parent_recovered: the fraction of parents whose l(p) has cosine >= RECOVERED_COS with v_p. A
     parent below it has no latent of its own: l(p) counts as silent everywhere, so it reads
-    absorption(e) = 0 (missed with and without the child) and full(e) = the share of child-on
-    samples its child's latent covers carrying v_p: read the two together."""
+    absorption(e) = 0 (missed with and without the child), blind to the main form of absorption
+    where siblings exclude each other (SynthSAEBench's design): the parent's direction carried by
+    its children's latents alone. absorption_any sees every form:
+
+        any(e) = absorption(e)   where p has a latent of its own
+               = full(e)         where it has none and l(c) carries v_p (cos >= cos_threshold)
+               left out          where it has none and no child latent carries it: lost, not absorbed
+
+    with parent_lost the fraction of parents lost so. Both miss rates and parent_recovered come with
+    their SEs (over edges; binomial over parents)."""
     parent_E, child_E = hierarchy_edges(model)
     parents_P = parent_E.unique()
     E, P = len(parent_E), len(parents_P)
@@ -276,16 +284,35 @@ def hierarchy_absorption(
     full_E = counts["full_c"] / counts["n_c"].clamp_min(1)
     absorption, absorption_se = mean_se(absorption_E[valid_E])
     full, full_se = mean_se(full_E[valid_E])
+    # every form: a parent with a latent of its own is read by the differential measure; one without,
+    # whose direction its child's latent carries, by the share of child-on samples that latent covers
+    # (full(e)); one without, that no child latent carries, is lost, not absorbed, and is left out
+    represented_E, seen_E = represented_N[parent_E], counts["n_c"] >= min_count
+    valid_any_E = (represented_E & valid_E) | (~represented_E & child_carries_parent_E & seen_E)
+    any_E = torch.where(represented_E, absorption_E, full_E)
+    absorption_any, absorption_any_se = mean_se(any_E[valid_any_E])
+    carried_P = torch.zeros(P).index_add_(0, slot_E, child_carries_parent_E.float()) > 0  # some child's latent carries it
+    lost_P = ~represented_N[parents_P] & ~carried_P
+    recovered = represented_N[parents_P].double().mean().item()
+    miss_with_child, miss_with_child_se = mean_se(miss_c_E[valid_E])
+    miss_alone, miss_alone_se = mean_se(miss_0_E[valid_E])
     return dict(
         absorption=absorption,
         absorption_se=absorption_se,
         full_absorption=full,
         full_absorption_se=full_se,
+        absorption_any=absorption_any,
+        absorption_any_se=absorption_any_se,
         absorbed_edges=(absorption_E[valid_E] > 0.5).double().mean().item() if valid_E.any() else math.nan,
-        miss_with_child=mean_se(miss_c_E[valid_E])[0],
-        miss_alone=mean_se(miss_0_E[valid_E])[0],
-        parent_recovered=represented_N[parents_P].double().mean().item(),
+        miss_with_child=miss_with_child,
+        miss_with_child_se=miss_with_child_se,
+        miss_alone=miss_alone,
+        miss_alone_se=miss_alone_se,
+        parent_recovered=recovered,
+        parent_recovered_se=math.sqrt(recovered * (1 - recovered) / P),
+        parent_lost=lost_P.double().mean().item(),
         n_edges=int(valid_E.sum()),
+        n_edges_any=int(valid_any_E.sum()),
         n_edges_total=E,
         n_samples=n_samples,
         cos_threshold=cos_threshold,
@@ -294,6 +321,7 @@ def hierarchy_absorption(
             child=child_E.tolist(),
             absorption=[round(a, 4) for a in absorption_E.tolist()],
             full=[round(a, 4) for a in full_E.tolist()],
+            absorption_any=[round(a, 4) if v else None for a, v in zip(any_E.tolist(), valid_any_E.tolist())],
             valid=valid_E.tolist(),
         ),
     )
@@ -430,6 +458,10 @@ def run_synth_eval(sae, cfg, n_samples: int | None = None) -> dict:
             synth_full_absorption=absorption.get("full_absorption_se"),
             synth_explained_variance=metrics["explained_variance_se"],
             synth_f1=metrics["f1_se"],
+            synth_absorption_any=absorption.get("absorption_any_se"),
+            synth_parent_recovered=absorption.get("parent_recovered_se"),
+            synth_miss_with_child=absorption.get("miss_with_child_se"),
+            synth_miss_alone=absorption.get("miss_alone_se"),
         ),
     )
 

@@ -180,13 +180,17 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
         "absorption_full_dscaled",
         "explained_variance",
     ]
-    assert [m.name for m in schema.METRICS][-8:-5] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
-    assert [m.name for m in schema.METRICS][-5:] == [
+    assert [m.name for m in schema.METRICS][-12:-9] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
+    assert [m.name for m in schema.METRICS][-9:] == [
         "synth_absorption",
         "synth_full_absorption",
         "synth_mcc",
         "synth_explained_variance",
         "synth_f1",
+        "synth_absorption_any",
+        "synth_parent_recovered",
+        "synth_miss_with_child",
+        "synth_miss_alone",
     ]
     with pytest.raises(
         rundir.UsageError, match="must be a comma list of separation, synth, absorption, core, sparse_probing, unlearning, or none"

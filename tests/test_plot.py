@@ -216,6 +216,10 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
         "synth_mcc": "higher is better",
         "synth_explained_variance": "higher is better",
         "synth_f1": "higher is better",
+        "synth_absorption_any": "lower is better",
+        "synth_parent_recovered": "higher is better",
+        "synth_miss_with_child": "lower is better",
+        "synth_miss_alone": "lower is better",
     }
 
 

@@ -136,6 +136,59 @@ def test_parent_without_a_latent_reads_as_full_absorption(world):
     assert all(result["per_edge"]["full"][i] > 0.95 for i in edges)
 
 
+def without_parent_latents(world, parents, children_carry: bool):
+    """The true-feature SAE with no latent of its own for each of parents (its decoder turned to a
+    direction orthogonal to it, its encoder silent); with children_carry, each of their children's
+    latents decodes child + parent: the parent's direction lives in its children's latents alone."""
+    parent_E, child_E = synth.hierarchy_edges(world)
+    sae = true_feature_sae(world)
+    v = world.feature_dict.feature_vectors.detach()
+    with torch.no_grad():
+        for parent in parents:
+            if children_carry:
+                for child in child_E[parent_E == parent].tolist():
+                    sae.W_dec[child] = synth.unit(v[child] + v[parent])
+            r = torch.randn(TINY["hidden_dim"], generator=torch.Generator().manual_seed(parent))
+            sae.W_dec[parent] = synth.unit(r - (r @ v[parent]) * v[parent])
+            sae.W_enc[:, parent] = 0
+    return sae
+
+
+def test_absorption_any_reads_parents_carried_by_their_children_as_absorbed(world):
+    """The main form of absorption where siblings exclude each other: no parent has a latent of its
+    own and every child's latent carries its parent. The differential measure reads ~0 (each parent
+    is missed with and without a child); absorption_any reads ~1. A measure that scores an unlearned
+    parent as 0 fails here."""
+    parent_E, _ = synth.hierarchy_edges(world)
+    sae = without_parent_latents(world, parent_E.unique().tolist(), children_carry=True)
+    result = synth.hierarchy_absorption(sae, world, n_samples=20_000, seed=1)
+    assert result["parent_recovered"] == 0.0 and result["parent_lost"] == 0.0
+    assert abs(result["absorption"]) < 0.05  # blind to it
+    assert result["absorption_any"] > 0.95 and result["n_edges_any"] == 12
+    assert all(a > 0.95 for a in result["per_edge"]["absorption_any"])
+
+
+def test_absorption_any_is_zero_on_the_true_features_and_one_on_a_carried_parent(world):
+    truth = synth.hierarchy_absorption(true_feature_sae(world), world, n_samples=20_000, seed=1)
+    assert truth["absorption_any"] < 0.01 and truth["parent_lost"] == 0.0 and truth["parent_recovered"] == 1.0
+    assert truth["miss_with_child_se"] >= 0 and truth["parent_recovered_se"] == 0.0
+    parent = synth.hierarchy_edges(world)[0][0].item()
+    result = synth.hierarchy_absorption(without_parent_latents(world, [parent], children_carry=True), world, n_samples=20_000, seed=1)
+    edges = [i for i, p in enumerate(result["per_edge"]["parent"]) if p == parent]
+    assert all(result["per_edge"]["absorption_any"][i] > 0.95 for i in edges)  # the old measure's ~0 there
+    assert all(abs(result["per_edge"]["absorption"][i]) < 0.05 for i in edges)
+    assert result["absorption_any"] == pytest.approx(3 / 12, abs=0.02)
+
+
+def test_a_parent_never_learned_nor_carried_is_lost_not_absorbed(world):
+    parent = synth.hierarchy_edges(world)[0][0].item()
+    result = synth.hierarchy_absorption(without_parent_latents(world, [parent], children_carry=False), world, n_samples=20_000, seed=1)
+    edges = [i for i, p in enumerate(result["per_edge"]["parent"]) if p == parent]
+    assert result["parent_recovered"] == 0.75 and result["parent_lost"] == 0.25
+    assert all(result["per_edge"]["absorption_any"][i] is None for i in edges) and result["n_edges_any"] == 9
+    assert result["absorption_any"] < 0.01  # the other parents are kept, and the lost one is not counted as absorbed
+
+
 def test_best_f1_matching_would_miss_the_absorption(world):
     """Why the parent's latent is matched by decoder direction: here the absorbing child latent is
     a perfect-precision detector of the parent, and on an edge whose child fires with the parent
