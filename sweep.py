@@ -370,6 +370,30 @@ def shown(path) -> str:
         return str(path)
 
 
+OVER_WORLDS_NOTE = (
+    "over_worlds: with --grid data_seed=..., each arm (its other options fixed) against plain TopK at the same world and seed; "
+    "the paired differences averaged over seeds within each world, then a t 95% interval over the world means (df = worlds - 1): "
+    "worlds are the random factor. between_world_sd / within_world_sd: the spread of the world means and of the differences within a world"
+)
+
+
+def worlds_comparisons(records: list[dict]) -> dict:
+    """{arm name without its data_seed: compare_over_worlds against plain TopK with the same other
+    options}, from the per-run records of a sweep gridded over data_seed (the world)."""
+    from sae_harness.schema import compare_over_worlds
+
+    groups = {}  # (variant, the other overrides) -> runs
+    for record in records:
+        others = tuple(sorted((k, v) for k, v in record["overrides"].items() if k != "data_seed"))
+        groups.setdefault((record["variant"], others), []).append(record)
+    out = {}
+    for (variant, others), runs in groups.items():
+        base = groups.get((BASELINE_VARIANT, others))
+        if not is_baseline(variant) and base:
+            out["_".join([variant] + [f"{k}={v}" for k, v in others])] = compare_over_worlds(runs, base)
+    return out
+
+
 PAIRED_NOTE = (
     "paired_vs_baseline: mean over shared seeds of (arm - baseline) at each seed (same initialisation and batches), paired t 95% interval; "
     "p two-sided; p_holm Holm-adjusted over the non-reference metrics of that comparison"
@@ -393,6 +417,8 @@ def collect(args, runs):
             dict(
                 arm=arm,
                 variant=variant,
+                overrides=overrides,
+                world=cfg.data_seed,
                 seed=seed,
                 run_dir=shown(out),
                 state=run_status(out, cfg) if out.exists() else "new",
@@ -432,10 +458,14 @@ def collect(args, runs):
             baseline_arm: dict(variant=BASELINE_VARIANT, overrides={}, run_dir=str(args.baseline), summary=summary)
         } | result_arms
         per_seed[baseline_arm] = base_per_seed
-    for arm, entry in result_arms.items():
-        if baseline_arm and arm != baseline_arm:
-            entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[baseline_arm]["summary"])
-            entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[baseline_arm])
+    for arm, entry in result_arms.items():  # each arm against plain TopK at its own grid point, else the sweep's baseline
+        same_point = next((a for a, v in arms.items() if is_baseline(v["variant"]) and v["overrides"] == entry["overrides"]), None)
+        base = same_point or (None if is_baseline(entry["variant"]) else baseline_arm)
+        if base and arm != base:
+            entry["baseline"] = base
+            entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[base]["summary"])
+            entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[base])
+    over_worlds = worlds_comparisons(records) if any("data_seed" in v["overrides"] for v in arms.values()) else None
     profile = next((r["config"].get("profile") for r in records if r["config"].get("profile")), None)
     result = dict(
         name=args.name,
@@ -449,6 +479,7 @@ def collect(args, runs):
         spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
         directions={m.name: m.direction for m in METRICS},
         arms=result_arms,
+        **({"over_worlds": over_worlds, "interval_over_worlds": OVER_WORLDS_NOTE} if over_worlds is not None else {}),
         runs=records,
     )
     results = Path(args.results)

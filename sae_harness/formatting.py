@@ -80,4 +80,35 @@ def results_markdown(result: dict) -> str:
                 cell += f"; paired [{fmt(paired['lo'])}, {fmt(paired['hi'])}]{holm}" + (" within noise" if paired["within_noise"] else "")
             cells.append(cell)
         lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + worlds_markdown(result))
+
+
+def worlds_markdown(result: dict) -> list[str]:
+    """The lines of the worlds table, where a sweep ran over several worlds (its over_worlds): a row
+    per metric, a column per arm, each cell the difference from plain TopK with its 95% interval
+    over worlds, the worlds x seeds behind it, the spread between and within worlds, Holm's p."""
+    over = result.get("over_worlds") or {}
+    if not over:
+        return []
+    names = list(over)
+    lines = ["", "Against plain TopK with worlds as the random factor (interval over world means):", ""]
+    lines += ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for metric in METRICS:
+        if metric.direction == REFERENCE or not any(metric.name in over[name] for name in names):
+            continue
+        cells = []
+        for name in names:
+            c = over[name].get(metric.name)
+            if c is None:
+                cells.append("missing")
+                continue
+            interval = f" [{fmt(c['lo'])}, {fmt(c['hi'])}]" if c.get("lo") is not None else ""
+            spread = f"; sd between {fmt(c['between_world_sd'])}, within {fmt(c['within_world_sd'])}"
+            holm = f", Holm p {c['p_holm']:.2g}" if c.get("p_holm") is not None else ""
+            seeds = "/".join(str(n) for n in c["seeds"])
+            cells.append(
+                f"Δ {c['delta']:+.3g}{interval} ({c['n_worlds']} worlds x {seeds} seeds{spread}){holm}"
+                + (" within noise" if c.get("within_noise") else "")
+            )
+        lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
+    return lines

@@ -238,11 +238,12 @@ def summaries_table(items, baseline_name=None):
     interval, "within noise" where the interval includes 0."""
     width = max(len(m.name) for m in METRICS) + 2
     names = [name for name, _ in items]
-    cols = [max(len(n), 24) + 3 for n in names]
+    metrics = shown_metrics([summary for _, summary in items])
+    cells = {m.name: [fmt_spread(summary.get(m.name) or {"status": "missing"}) for _, summary in items] for m in metrics}
+    cols = [max([len(n), 24] + [len(row[i]) for row in cells.values()]) + 3 for i, n in enumerate(names)]  # a cell never runs into the next
     lines = [f"{'metric (direction)':<{width + 20}}" + "".join(f"{n:>{c}}" for n, c in zip(names, cols))]
-    for metric in shown_metrics([summary for _, summary in items]):
-        cells = [fmt_spread(summary[metric.name]) for _, summary in items]
-        lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells, cols)))
+    for metric in metrics:
+        lines.append(f"{metric.name:<{width}}{metric.direction:<20}" + "".join(f"{cell:>{c}}" for cell, c in zip(cells[metric.name], cols)))
     base = dict(items).get(baseline_name)
     if base is not None and len(items) > 1:
         lines.append(f"Δ vs {baseline_name} (Welch's t 95% interval):")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sae_harness import profiles
 from sae_harness.registry import EVALS, REFERENCE, TRAINING, Metric
-from sae_harness.stats import holm, mean_std, paired_interval, se_of_mean, welch_interval
+from sae_harness.stats import holm, interval_over_worlds, mean_std, paired_interval, se_of_mean, welch_interval
 
 RUN_NAME = re.compile(r"run_(\d+)")
 """Run directories are named run_<i>; notes.txt entries and plots are keyed by i."""
@@ -327,6 +327,27 @@ def compare_paired(per_seed, baseline_per_seed):
             out[metric.name] = cmp
     direction = {metric.name: metric.direction for metric in METRICS}
     adjusted = holm({name: cmp["p"] for name, cmp in out.items() if direction[name] != REFERENCE})
+    return {name: cmp | {"p_holm": adjusted.get(name)} for name, cmp in out.items()}
+
+
+def compare_over_worlds(runs: list[dict], baseline_runs: list[dict]) -> dict:
+    """{metric: stats.interval_over_worlds | {"p_holm"}} of an arm against its baseline from their
+    runs ([{"world", "seed", "summary"}]): paired by (world, seed), averaged over seeds within each
+    world, the interval over worlds. p_holm as in compare_paired."""
+
+    def values(records, name):
+        return {(r["world"], r["seed"]): e["value"] for r in records if (e := r["summary"].get(name) or {}).get("status") == "ok"}
+
+    out = {}
+    for metric in METRICS:
+        arm, base = values(runs, metric.name), values(baseline_runs, metric.name)
+        diffs = {}
+        for world, seed in sorted(set(arm) & set(base)):
+            diffs.setdefault(world, []).append(arm[world, seed] - base[world, seed])
+        if (cmp := interval_over_worlds(diffs)) is not None:
+            out[metric.name] = cmp
+    direction = {metric.name: metric.direction for metric in METRICS}
+    adjusted = holm({name: cmp["p"] for name, cmp in out.items() if direction[name] != REFERENCE and cmp["p"] is not None})
     return {name: cmp | {"p_holm": adjusted.get(name)} for name, cmp in out.items()}
 
 

@@ -615,3 +615,13 @@ def test_one_seed_bars_carry_the_evals_own_standard_error():
     (caps,) = bars[0].errorbar.lines[2]  # the vertical segment spans value ± SE
     assert caps.get_segments()[0][:, 1] == pytest.approx([0.358, 0.382])
     plt.close(fig)
+
+
+def test_summaries_table_keeps_a_gap_between_long_cells():
+    """A cell longer than the column's minimum width (mean ± std with the eval's SE) widens its
+    column, so two arms' cells never run together (seen on a sweep over worlds)."""
+    entry = {"status": "ok", "value": 0.08596, "std": 0.02192, "n": 2, "se": 0.034, "values": [0.07, 0.1]}
+    items = [(arm, {m.name: dict(entry) for m in METRICS}) for arm in ("none", "progressive")]
+    table = report.summaries_table(items)
+    row = next(line for line in table.splitlines() if line.startswith("synth_absorption "))
+    assert ")  " in row and ")0" not in row, row

@@ -90,3 +90,59 @@ def test_compare_paired_pairs_per_seed_summaries_and_holm_skips_reference_metric
         assert out[name]["p_holm"] == pytest.approx(min(1.0, len(family) * out[name]["p"]))  # equal p: Holm = m p
     reference = [m.name for m in METRICS if m.direction == "reference"]
     assert reference and all(out[name]["p_holm"] is None and out[name]["delta"] == 0 for name in reference)
+
+
+def test_interval_over_worlds_equals_a_t_interval_over_the_world_means():
+    """Worlds as the random factor: average the paired differences within each world, then a t
+    interval over those means (df = worlds - 1), checked against numpy and scipy on random data;
+    the spreads between and within worlds as their definitions say."""
+    import numpy as np
+    from scipy import stats as st
+
+    from sae_harness.stats import interval_over_worlds
+
+    rng = np.random.default_rng(3)
+    diffs = {w: list(rng.normal(0.1 * w, 0.05, size=5)) for w in range(4)}
+    got = interval_over_worlds(diffs)
+    means = np.array([np.mean(d) for d in diffs.values()])
+    half = st.t.ppf(0.975, 3) * means.std(ddof=1) / 2
+    assert got["delta"] == pytest.approx(means.mean()) and got["n_worlds"] == 4 and got["seeds"] == [5] and got["df"] == 3
+    assert got["lo"] == pytest.approx(means.mean() - half) and got["hi"] == pytest.approx(means.mean() + half)
+    assert got["between_world_sd"] == pytest.approx(means.std(ddof=1))
+    residuals = np.concatenate([np.array(d) - np.mean(d) for d in diffs.values()])
+    assert got["within_world_sd"] == pytest.approx(np.sqrt((residuals**2).sum() / (4 * 4)))
+    assert got["p"] == pytest.approx(st.ttest_1samp(means, 0).pvalue)
+    narrow = interval_over_worlds({w: [0.1 + 0.001 * i for i in range(5)] for w in range(4)})  # no world effect
+    assert narrow["between_world_sd"] == pytest.approx(0, abs=1e-12) and narrow["within_world_sd"] > 0
+
+
+def test_over_worlds_wider_than_pooled_when_worlds_differ():
+    """A world effect the pooled paired interval ignores: with 3 worlds whose differences disagree,
+    the interval over worlds is wider than the pooled paired one over the same 15 runs."""
+    from sae_harness.stats import interval_over_worlds, paired_interval
+
+    diffs = {0: [0.10, 0.11, 0.09, 0.10, 0.10], 1: [0.01, 0.02, 0.00, 0.01, 0.01], 2: [0.05, 0.06, 0.04, 0.05, 0.05]}
+    pooled = paired_interval({i: 0.0 for i in range(15)}, {i: d for i, d in enumerate(x for ds in diffs.values() for x in ds)})
+    over = interval_over_worlds(diffs)
+    assert over["hi"] - over["lo"] > 3 * (pooled["hi"] - pooled["lo"])
+
+
+def test_sweep_groups_runs_by_world_and_pairs_each_arm_with_plain_topk():
+    """sweep.worlds_comparisons: the records of a sweep gridded over data_seed, grouped by arm with
+    the world taken out, each against plain TopK with the same other options, paired by (world, seed)."""
+    import sweep
+    from sae_harness.stats import interval_over_worlds
+
+    def record(variant, world, seed, value, **other):
+        summary = {"synth_absorption": {"status": "ok", "value": value}}
+        return dict(variant=variant, overrides={"data_seed": str(world)} | other, world=world, seed=seed, summary=summary)
+
+    records = [record("none", w, s, 0.4 + 0.01 * w + 0.001 * s) for w in (42, 43, 44) for s in (1, 2)]
+    records += [record("progressive", w, s, 0.39 + 0.02 * w + 0.001 * s) for w in (42, 43, 44) for s in (1, 2)]
+    records += [record("progressive", w, s, 0.3, k="8") for w in (42, 43) for s in (1, 2)]  # no plain TopK at k=8: no comparison
+    out = sweep.worlds_comparisons(records)
+    assert list(out) == ["progressive"]
+    diffs = {w: [(0.39 + 0.02 * w + 0.001 * s) - (0.4 + 0.01 * w + 0.001 * s) for s in (1, 2)] for w in (42, 43, 44)}
+    expected = interval_over_worlds(diffs)
+    got = out["progressive"]["synth_absorption"]
+    assert got["delta"] == pytest.approx(expected["delta"]) and got["lo"] == pytest.approx(expected["lo"]) and got["n_worlds"] == 3
