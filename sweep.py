@@ -97,15 +97,32 @@ class ExperimentRun(submitit.helpers.Checkpointable):
                 process.kill()
 
 
+def arm_item(item: str) -> tuple[str, dict]:
+    """(variant, {option: value}) of one --variants item: an arm of experiment.ARMS, optionally with
+    options of its own after '+' (progressive+ortho_lambda_max=0.15). ValueError when it is neither."""
+    variant, *options = item.split("+")
+    pairs = [option.partition("=") for option in options]
+    fields = {f.name for f in dataclasses.fields(E.Config)} - set(SET_BY_SWEEP)
+    if variant not in E.ARMS or any(not eq or not value or name not in fields for name, eq, value in pairs):
+        raise ValueError(item)
+    return variant, {name: value for name, _, value in pairs}
+
+
 def arm_list() -> dict:
-    """A comma list of arms of experiment.ARMS (read when checked), each once."""
+    """A comma list of distinct arms, each an entry of experiment.ARMS (read when checked) with
+    options of its own after '+' if any."""
 
     def ok(v) -> bool:
-        arms = checks.comma_list(v)
-        return bool(arms) and set(arms) <= set(E.ARMS) and len(set(arms)) == len(arms)
+        items = checks.comma_list(v)
+        try:
+            [arm_item(item) for item in items]
+        except ValueError:
+            return False
+        return bool(items) and len(set(items)) == len(items)
 
-    reason = lambda v: f"must be a comma list of distinct arms from {', '.join(E.ARMS)}"
-    return checks.Check("a comma list of arms", ok, (["sideways"], [""], ["none,none"]), reason=reason).metadata()
+    reason = lambda v: f"must be a comma list of distinct arms from {', '.join(E.ARMS)}, each with options of its own after + if any"
+    bad = (["sideways"], [""], ["none,none"], ["progressive+nope=1"], ["progressive+seed=1"])
+    return checks.Check("a comma list of arms", ok, bad, reason=reason).metadata()
 
 
 def grid_items() -> dict:
@@ -130,7 +147,7 @@ class SweepOptions:
     """sweep.py's own options; every other option goes to experiment.py (see python experiment.py --help)."""
 
     variants: str = field(default="none,static,static_matched,progressive", metadata=arm_list())
-    """comma list of the arms to run (experiment.ARMS); the default is the term against its controls"""
+    """comma list of the arms to run (experiment.ARMS), each optionally with options of its own after + (progressive+ortho_lambda_max=0.15); the default is the term against its controls"""
     seeds: str = field(default="5", metadata=seed_spec())
     """seeds per arm: a count N (seed .. seed+N-1) or a comma list"""
     seed: int = field(default=42, metadata=integer(0, SEED_MAX))
@@ -212,16 +229,17 @@ class SweepInterrupted(Interrupted):
 
 
 def arms_of(args) -> list[tuple[str, str, dict]]:
-    """(arm name, variant, {option: value}) for every variant x grid combination."""
-    variants = checks.comma_list(args.variants)
+    """(arm name, variant, {option: value}) for every --variants item x grid combination; an item's
+    own options (after '+') come first in its name and its overrides."""
     axes = []
     for item in args.grid:
         option, _, values = item.partition("=")
         axes.append([(option, v.strip()) for v in values.split(",") if v.strip()])
     arms = []
-    for variant, combo in itertools.product(variants, itertools.product(*axes)):
-        name = "_".join([variant] + [f"{f}={v}" for f, v in combo])
-        arms.append((name, variant, dict(combo)))
+    for item, combo in itertools.product(checks.comma_list(args.variants), itertools.product(*axes)):
+        variant, own = arm_item(item)
+        overrides = own | dict(combo)
+        arms.append(("_".join([variant] + [f"{f}={v}" for f, v in overrides.items()]), variant, overrides))
     return arms
 
 
@@ -382,16 +400,22 @@ def worlds_comparisons(records: list[dict]) -> dict:
     options}, from the per-run records of a sweep gridded over data_seed (the world)."""
     from sae_harness.schema import compare_over_worlds
 
-    groups = {}  # (variant, the other overrides) -> runs
+    groups = {}  # (variant, its overrides but the world) -> runs
     for record in records:
-        others = tuple(sorted((k, v) for k, v in record["overrides"].items() if k != "data_seed"))
+        others = tuple((k, v) for k, v in record["overrides"].items() if k != "data_seed")
         groups.setdefault((record["variant"], others), []).append(record)
     out = {}
     for (variant, others), runs in groups.items():
-        base = groups.get((BASELINE_VARIANT, others))
+        base = next((rs for (v, o), rs in groups.items() if is_baseline(v) and point(dict(o)) == point(dict(others))), None)
         if not is_baseline(variant) and base:
             out["_".join([variant] + [f"{k}={v}" for k, v in others])] = compare_over_worlds(runs, base)
     return out
+
+
+def point(overrides: dict) -> dict:
+    """The grid point of an arm's overrides: the options plain TopK has too (an arm's own options,
+    role ARM in Config, are left out), so each arm is paired with plain TopK at its point."""
+    return {k: v for k, v in overrides.items() if k not in fields_with(E.Config, ARM)}
 
 
 PAIRED_NOTE = (
@@ -459,7 +483,9 @@ def collect(args, runs):
         } | result_arms
         per_seed[baseline_arm] = base_per_seed
     for arm, entry in result_arms.items():  # each arm against plain TopK at its own grid point, else the sweep's baseline
-        same_point = next((a for a, v in arms.items() if is_baseline(v["variant"]) and v["overrides"] == entry["overrides"]), None)
+        same_point = next(
+            (a for a, v in arms.items() if is_baseline(v["variant"]) and point(v["overrides"]) == point(entry["overrides"])), None
+        )
         base = same_point or (None if is_baseline(entry["variant"]) else baseline_arm)
         if base and arm != base:
             entry["baseline"] = base

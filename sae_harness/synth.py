@@ -64,6 +64,10 @@ WORLDS = {
     # 640 edges), siblings NOT mutually exclusive (so a parent fires alone about 30% of the time and
     # its latent is learned), true L0 about 13. Chosen by the characterisation: "lowsup_nome".
     "synth-cpu": _synthsaebench(1024, 256, roots=32, depth=2, mutually_exclusive=0.0),
+    # The same recipe and size with SynthSAEBench-16k's mutually exclusive siblings: a parent never
+    # fires without one of its children, so absorbing it into them costs an SAE nothing; the
+    # synth-narrow profile trains it with 256 latents, SynthSAEBench-16k's 1:4 (docs/synthetic.md).
+    "synth-cpu-me": _synthsaebench(1024, 256, roots=32, depth=2, mutually_exclusive=1.0),
     # The published SynthSAEBench-16k world (SAELens docs/synthsaebench.md, Chanin et al. 2026,
     # arXiv 2602.14687), calibrated to gemma-2-2b layer 12. A GPU job: train width 4096, k 25,
     # 200M samples, lr 3e-4, batch 1024.

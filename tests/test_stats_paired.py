@@ -140,9 +140,22 @@ def test_sweep_groups_runs_by_world_and_pairs_each_arm_with_plain_topk():
     records = [record("none", w, s, 0.4 + 0.01 * w + 0.001 * s) for w in (42, 43, 44) for s in (1, 2)]
     records += [record("progressive", w, s, 0.39 + 0.02 * w + 0.001 * s) for w in (42, 43, 44) for s in (1, 2)]
     records += [record("progressive", w, s, 0.3, k="8") for w in (42, 43) for s in (1, 2)]  # no plain TopK at k=8: no comparison
-    out = sweep.worlds_comparisons(records)
-    assert list(out) == ["progressive"]
+    dose = [record("progressive", w, s, 0.35, ortho_lambda_max="0.15") for w in (42, 43, 44) for s in (1, 2)]  # an arm's own option
+    out = sweep.worlds_comparisons(records + dose)
+    assert list(out) == ["progressive", "progressive_ortho_lambda_max=0.15"]  # the dose arm meets plain TopK at its world
+    assert out["progressive_ortho_lambda_max=0.15"]["synth_absorption"]["n_worlds"] == 3
     diffs = {w: [(0.39 + 0.02 * w + 0.001 * s) - (0.4 + 0.01 * w + 0.001 * s) for s in (1, 2)] for w in (42, 43, 44)}
     expected = interval_over_worlds(diffs)
     got = out["progressive"]["synth_absorption"]
     assert got["delta"] == pytest.approx(expected["delta"]) and got["lo"] == pytest.approx(expected["lo"]) and got["n_worlds"] == 3
+
+
+def test_a_variants_item_takes_options_of_its_own():
+    import sweep
+
+    assert sweep.arm_item("progressive+ortho_lambda_max=0.15") == ("progressive", {"ortho_lambda_max": "0.15"})
+    assert sweep.arm_item("none") == ("none", {})
+    for bad in ("sideways", "progressive+nope=1", "progressive+seed=1", "progressive+ortho_lambda_max"):
+        with pytest.raises(ValueError):
+            sweep.arm_item(bad)
+
