@@ -251,6 +251,20 @@ PROFILES = {
         dead_tokens=100_000,
         evals="synth",
     ),
+    profiles.SYNTH_NARROW: dict(  # SynthSAEBench-16k's regime at CPU size: mutually exclusive siblings, 1 latent per 4 features
+        lm_name="synth:synth-cpu-me",
+        layer=0,
+        text_source="synth",
+        device="auto",
+        tokens=2**19,
+        epochs=6,  # 3,072 steps: plain TopK's absorption has stopped climbing (results/README.md: synth_narrow_curve)
+        llm_batch_size=1,
+        dict_size=256,  # 1,024 true features
+        k=11,  # the world's true L0 (10.8)
+        batch_size=1024,
+        dead_tokens=100_000,
+        evals="synth",
+    ),
 }
 
 

@@ -207,7 +207,8 @@ def evals_asked(info) -> set:
     evals = identity["config"].get("evals")
     if isinstance(evals, str):
         return {name for name in evals.split(",") if name}
-    return {e.name for e in EVALS if e.synthetic == (identity["profile"] == profiles.SYNTH)}
+    synthetic = identity["config"].get("text_source") == "synth" or identity["profile"] in (profiles.SYNTH, profiles.SYNTH_NARROW)
+    return {e.name for e in EVALS if e.synthetic == synthetic}
 
 
 def metric_asked(info, metric) -> bool:

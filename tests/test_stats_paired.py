@@ -158,4 +158,3 @@ def test_a_variants_item_takes_options_of_its_own():
     for bad in ("sideways", "progressive+nope=1", "progressive+seed=1", "progressive+ortho_lambda_max"):
         with pytest.raises(ValueError):
             sweep.arm_item(bad)
-
