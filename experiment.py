@@ -8,12 +8,8 @@ A TopK sparse autoencoder is trained on residual-stream activations with
     s = L_recon / P of the same step, without gradient (lambda2 is the term's share of L_recon)
 
 so latents that fire together early in training are pushed apart hard, and the push relaxes as
-training ends. `--variant none` is the plain TopK baseline, `--variant static` holds lambda2 and
-the threshold at their p=0 values, `--variant static_matched` holds them too with lambda2 at the
-progressive schedule's mean (the same dose, integral of lambda2 dp). The field's answers to
-absorption are arms too: `--variant matryoshka` (plain TopK plus Matryoshka's nested reconstruction
-losses) and `--variant ortsae` (OrtSAE's penalty on decoder cosines within random blocks of latents,
-at the same dose as static_matched).
+training ends. `--variant` picks an arm of the ARMS table below: the idea, its controls (plain
+TopK, the term held static) and the field's answers to absorption (Matryoshka, OrtSAE).
 
     python experiment.py --out_dir=run_1            # train + evaluate, writes run_1/final_info.json
     python experiment.py --out_dir=run_2 --variant none --k 32
@@ -162,7 +158,7 @@ class Config:
     """precision of the SAE's training matmuls (the encoder under autocast, the orthogonality term's products; weights and Adam stay float32); auto as llm_dtype"""
     # orthogonality
     variant: Literal[tuple(ARMS)] = field(default="progressive", metadata=ARM)
-    """the arm to train, an entry of ARMS: progressive (the idea) | static (lambda, thr held at p=0) | static_matched (static at progressive's dose) | none (plain TopK) | matryoshka (nested losses, no term) | ortsae (OrtSAE's penalty at static_matched's dose)"""
+    """the arm to train: an entry of ARMS above (how lambda2 and thr follow p, its term, nested losses)"""
     matryoshka_widths: list[float] = field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2], metadata=increasing_fractions() | ARM)
     """matryoshka: the inner levels, as fractions of dict_size; each reconstructs x from latents [0, width) alone (the whole dictionary is the outer level)"""
     ortsae_chunks: int = field(default=4, metadata=integer(1) | ARM)

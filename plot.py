@@ -33,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae_harness.formatting import fmt, spread_of  # noqa: E402
+from sae_harness.formatting import spread_of  # noqa: E402
 from sae_harness.report import (  # noqa: E402
     MECHANISM,
     PHASES,
@@ -45,8 +45,9 @@ from sae_harness.report import (  # noqa: E402
     find_baseline,
     has_data,
     load_run,
+    metric_title,
     paired_with_baseline,
-    phase_means,
+    phase_mean_labels,
     progress,
     results_items,
     run_dirs_here,
@@ -232,22 +233,9 @@ def separation_panels(axes, runs, colors, single):
 
 def annotate_phase_means(ax, log, keys):
     transform = blended_transform_factory(ax.transData, ax.transAxes)
-    per_key = [phase_means(log, k) for k in keys]
-    for j, (_, lo, hi) in enumerate(PHASES):
-        parts = [
-            f"{'p95' if k.endswith('p95') else 'mean'} {fmt(m[j])}" if len(keys) > 1 else f"mean {fmt(m[j])}" for k, m in zip(keys, per_key)
-        ]
-        ax.text(
-            (lo + hi) / 2,
-            0.96,
-            "\n".join(parts),
-            transform=transform,
-            ha="center",
-            va="top",
-            fontsize=8,
-            color="#333333",
-            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8),
-        )
+    box = dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8)
+    for (_, lo, hi), text in zip(PHASES, phase_mean_labels(log, keys)):
+        ax.text((lo + hi) / 2, 0.96, text, transform=transform, ha="center", va="top", fontsize=8, color="#333333", bbox=box)
 
 
 def has_mechanism(run) -> bool:
@@ -294,12 +282,6 @@ def plot_separation(run):
     return save(fig, run.path / "separation.png")
 
 
-def metric_title(metric):
-    if metric.direction == "reference":
-        return f"{metric.name}\n(reference{', ' + metric.note if metric.note else ''})"
-    return f"{metric.name}\n({metric.direction})"
-
-
 def metric_panels(axes, items, colors, baseline=None, paired=None):
     """One small bar chart per headline metric the items have (shown_metrics), one bar per (name,
     summary) item: the mean over seeds, error bar ± std (sample, n - 1), a dot per seed; for one
@@ -343,15 +325,8 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
         ax.set_ylim(0, top * room if top > 0 else 1.0)
         ax.grid(axis="y", alpha=0.3)
         if notes:
-            ax.text(
-                0.02,
-                0.96,
-                "\n".join(textwrap.fill(textwrap.shorten(n, 100), 52) for n in notes),
-                transform=ax.transAxes,
-                va="top",
-                fontsize=7,
-                color="#aa3333",
-            )
+            text = "\n".join(textwrap.fill(textwrap.shorten(n, 100), 52) for n in notes)
+            ax.text(0.02, 0.96, text, transform=ax.transAxes, va="top", fontsize=7, color="#aa3333")
 
 
 def metric_grid(items, colors, baseline, paired, width: float, row_height: float):

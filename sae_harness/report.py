@@ -344,3 +344,17 @@ def paired_with_baseline(runs):
     return baseline, {
         r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline
     }
+
+
+def phase_mean_labels(log, keys) -> list[str]:
+    """Per third of training, the mean of each key as a figure's box shows it ("mean 0.05\np95 0.13")."""
+    per_key = [phase_means(log, k) for k in keys]
+    name = lambda k: ("p95" if k.endswith("p95") else "mean") if len(keys) > 1 else "mean"
+    return ["\n".join(f"{name(k)} {fmt(m[j])}" for k, m in zip(keys, per_key)) for j in range(len(PHASES))]
+
+
+def metric_title(metric) -> str:
+    """A metric's name and, on a second line, its direction (or the note of a reference metric)."""
+    if metric.direction == REFERENCE:
+        return f"{metric.name}\n(reference{', ' + metric.note if metric.note else ''})"
+    return f"{metric.name}\n({metric.direction})"
