@@ -37,8 +37,6 @@ from typing import Literal, NamedTuple
 import beartype  # noqa: F401
 import torch
 import torch.nn.functional as F
-from sae_bench.custom_saes.custom_sae_config import CustomSAEConfig
-from torch import nn
 
 from sae_harness import cli, data, ortho_fast, precision, profiles, rundir, runner, synth
 from sae_harness.checks import (
@@ -59,9 +57,10 @@ from sae_harness.checks import (
     word,
 )
 from sae_harness.notes import report_run
-from sae_harness.progress import Progress
+from sae_harness.progress import Progress, record_fields
 from sae_harness.registry import LM_EVAL_NAMES
 from sae_harness.rundir import Exit, Interrupted, TrainingFailed, UsageError
+from sae_harness.sae_interface import SAEBenchSAE
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -202,6 +201,21 @@ class Config:
         return f"blocks.{self.layer}.hook_resid_post"
 
 
+SYNTH_PROFILE = dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
+    lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
+    layer=0,
+    text_source="synth",
+    device="auto",
+    tokens=2**19,  # world samples drawn once into the cache
+    epochs=6,  # 3,072 steps
+    llm_batch_size=1,
+    dict_size=1024,
+    k=13,  # the world's true L0 (13.1)
+    batch_size=1024,
+    dead_tokens=100_000,
+    evals="synth",
+)
+
 # The one place for every value that differs between profiles: a Config field left at None takes
 # its value from here; a value given on the command line wins.
 PROFILES = {
@@ -233,34 +247,11 @@ PROFILES = {
         dead_tokens=10_000_000,
         evals=",".join(LM_EVAL_NAMES),
     ),
-    profiles.SYNTH: dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
-        lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
-        layer=0,
-        text_source="synth",
-        device="auto",
-        tokens=2**19,  # world samples drawn once into the cache
-        epochs=6,  # 3,072 steps
-        llm_batch_size=1,
-        dict_size=1024,
-        k=13,  # the world's true L0 (13.1)
-        batch_size=1024,
-        dead_tokens=100_000,
-        evals="synth",
-    ),
-    profiles.SYNTH_NARROW: dict(  # SynthSAEBench-16k's regime at CPU size: mutually exclusive siblings, 1 latent per 4 features
-        lm_name="synth:synth-cpu-me",
-        layer=0,
-        text_source="synth",
-        device="auto",
-        tokens=2**19,
-        epochs=6,  # 3,072 steps: plain TopK's absorption has stopped climbing (results/README.md: synth_narrow_curve)
-        llm_batch_size=1,
-        dict_size=256,  # 1,024 true features
-        k=11,  # the world's true L0 (10.8)
-        batch_size=1024,
-        dead_tokens=100_000,
-        evals="synth",
-    ),
+    profiles.SYNTH: SYNTH_PROFILE,
+    # SynthSAEBench-16k's regime at CPU size: mutually exclusive siblings, 1 latent per 4 true features
+    # (1,024); k the world's true L0 (10.8); the 6 passes stop where plain TopK's absorption has
+    # stopped climbing (results/README.md: synth_narrow_curve)
+    profiles.SYNTH_NARROW: SYNTH_PROFILE | dict(lm_name="synth:synth-cpu-me", dict_size=256, k=11),
 }
 
 
@@ -276,45 +267,27 @@ class TrainOutput(NamedTuple):
     pre_BF: torch.Tensor  # post-ReLU pre-activations of all latents (for AuxK)
 
 
-class AutoEncoderTopK(nn.Module):
-    """A TopK SAE with the fields and methods SAEBench's evals read from a custom SAE (as its
-    TopKSAE: W_enc, W_dec, b_enc, b_dec, the k buffer, encode / decode / forward, device, dtype and a
-    CustomSAEConfig), plus the training forward. Decoder rows are kept at unit norm."""
+class AutoEncoderTopK(SAEBenchSAE):
+    """A TopK SAE as SAEBench's evals read it (sae_harness/sae_interface.py: the weights, decode,
+    forward, device, dtype, its config), with the k buffer, the TopK encode and the training forward.
+    Decoder rows are kept at unit norm."""
 
     def __init__(self, d_in: int, d_sae: int, k: int, model_name: str, hook_layer: int, device, dtype=torch.float32, seed: int = 0):
-        super().__init__()
+        super().__init__(d_in, d_sae, model_name, hook_layer, architecture="topk")
+        self.register_buffer("k", torch.tensor(k, dtype=torch.int))
         W_dec_FD = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(seed))
         W_dec_FD /= W_dec_FD.norm(dim=-1, keepdim=True)
-        self.W_enc = nn.Parameter(W_dec_FD.T.clone())
-        self.W_dec = nn.Parameter(W_dec_FD)
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-        self.register_buffer("k", torch.tensor(k, dtype=torch.int))
-        hook_name = f"blocks.{hook_layer}.hook_resid_post"
-        self.cfg = CustomSAEConfig(model_name, d_in=d_in, d_sae=d_sae, hook_layer=hook_layer, hook_name=hook_name)
-        self.cfg.architecture, self.cfg.activation_fn_str, self.cfg.apply_b_dec_to_input = "topk", "topk", True
+        with torch.no_grad():
+            self.W_dec.copy_(W_dec_FD)
+            self.W_enc.copy_(W_dec_FD.T)
         self.cfg.dtype = str(dtype).removeprefix("torch.")
         self.to(device=device, dtype=dtype)
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_dec.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_dec.dtype
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The k largest post-ReLU pre-activations of each token, the rest 0 (x: (..., D) -> (..., F))."""
         pre = F.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
         top = pre.topk(int(self.k), dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
-
-    def decode(self, acts: torch.Tensor) -> torch.Tensor:
-        return acts @ self.W_dec + self.b_dec
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
 
     def forward_train(self, x_BD: torch.Tensor, dtype: torch.dtype = torch.float32) -> TrainOutput:
         with torch.autocast(x_BD.device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -673,16 +646,6 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 
-def progress_fields(record: dict, terms) -> dict:
-    """The latest log record as the progress bar or line shows it: the loss, each term that is on."""
-    shown = {name: record[f"{name}_loss"] for name in terms if record.get(f"{name}_loss")}
-    return (
-        dict(loss=f"{record['loss']:.4g}")
-        | {name: f"{v:.4g}" for name, v in shown.items()}
-        | dict(l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.3f}")
-    )
-
-
 def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out: Path, tracker: Tracker) -> tuple[AutoEncoderTopK, dict]:
     """The training loop: resumes from out/checkpoint.pt, logs to out/training_log.jsonl (and
     wandb), writes a checkpoint every cfg.checkpoint_every steps and on SIGINT / SIGTERM."""
@@ -728,7 +691,7 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 tracker.log(record)
-                bar.update(step + 1, **progress_fields(record, step_out.terms))
+                bar.update(step + 1, **record_fields(record, step_out.terms))
             else:
                 bar.update(step + 1)
             if "signal" in stop or (not last and (step + 1) % cfg.checkpoint_every == 0):

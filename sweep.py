@@ -308,8 +308,7 @@ def pinned_precision(args, passthrough) -> list[str]:
 
 def run_status(out: Path, cfg) -> str:
     """'new', 'resume' or 'finished'; a finished run recorded with other options is refused."""
-    from sae_harness import cli
-    from sae_harness.rundir import RunDir, UsageError
+    from sae_harness.rundir import RunDir
 
     run = RunDir(out, cfg.layer)
     try:
@@ -357,7 +356,7 @@ def launch(args, todo):
                     codes[run.out] = job.result()
                 except Exception as e:  # the job itself failed (killed, node lost): its log says why
                     codes[run.out] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
-                print(f"  {run.arm} seed {run.seed}: {describe(codes[run.out])} (log: {job.paths.stdout})")
+                print(f"  {run.arm} seed {run.seed}: {describe_exit(codes[run.out])} (log: {job.paths.stdout})")
     except KeyboardInterrupt:
         if not local:
             raise SweepInterrupted(
@@ -374,9 +373,6 @@ def launch(args, todo):
             "interrupted; finished runs are kept and the running ones wrote a checkpoint: run the same command again to resume"
         ) from None
     return codes
-
-
-describe = describe_exit
 
 
 def shown(path) -> str:
@@ -598,7 +594,7 @@ def main(argv) -> int:
         return 0
     codes = launch(args, todo) if todo and not args.collect else {}
     collect(args, runs)
-    failed = [f"{out} ({describe(code)})" for out, code in codes.items() if code != Exit.DONE]
+    failed = [f"{out} ({describe_exit(code)})" for out, code in codes.items() if code != Exit.DONE]
     if failed:
         print(f"error: {len(failed)} runs did not finish: {'; '.join(failed)}. Rerun the same command to resume them.", file=sys.stderr)
         return Exit.EVAL_FAILED

@@ -44,6 +44,17 @@ class Progress:
             self.bar.close()
 
 
+def record_fields(record: dict, terms) -> dict:
+    """A training-log record as the progress bar or line shows it: the loss, each term that is on
+    (terms: the step's term names; the record holds <name>_loss), L0 and the dead fraction."""
+    shown = {name: record[f"{name}_loss"] for name in terms if record.get(f"{name}_loss")}
+    return (
+        dict(loss=f"{record['loss']:.4g}")
+        | {name: f"{v:.4g}" for name, v in shown.items()}
+        | dict(l0=f"{record['l0']:.1f}", dead=f"{record['dead_fraction']:.3f}")
+    )
+
+
 @contextlib.contextmanager
 def library_bars_quiet():
     """A library's own progress bars (on stderr, with no switch to turn them off) kept out of a log:
