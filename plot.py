@@ -3,7 +3,9 @@
     python plot.py run_1            # figures inside run_1/
     python plot.py run_1 run_2 ...  # the same for each, plus comparison_<profile>.png here
     python plot.py                  # every run_* directory here
-    python plot.py results/x.json   # a sweep's comparison figure, results/x.png (sweep.py runs this)
+    python plot.py results/x.json   # a sweep's comparison figure, results/x.png (sweep.py runs this);
+                                    # a sweep over worlds: each arm's difference from plain TopK
+                                    # with its interval over worlds, a dot per world
 
 Per run (written into the run directory):
     losses.png      loss terms over training, ortho share of the loss on a twin axis
@@ -22,6 +24,7 @@ more runs. A run directory that is missing or unreadable gets one line on stderr
 code 2; what exists for the other runs is still plotted.
 """
 
+import json
 import math
 import sys
 import textwrap
@@ -56,7 +59,7 @@ from sae_harness.report import (  # noqa: E402
     shown_metrics,
     siblings,
 )
-from sae_harness.schema import config_differences, is_baseline  # noqa: E402
+from sae_harness.schema import METRICS, REFERENCE, config_differences, is_baseline  # noqa: E402
 
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
 
@@ -429,9 +432,49 @@ def compare(runs, out_dir):
         print(comparison_report(group))
 
 
+def plot_worlds(over: dict, path: Path, title: str) -> Path:
+    """A sweep over worlds (its over_worlds): a panel per metric, a row per comparison (an arm
+    against plain TopK, or a schedule contrast), its difference with the 95% interval over world
+    means, a dot per world's mean; colored where the interval excludes 0."""
+    names = list(over)
+    metrics = [m for m in METRICS if m.direction != REFERENCE and any(m.name in over[n] for n in names)]
+    cols = 3
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 0.9 + 0.42 * len(names) * rows), squeeze=False, sharey=True)
+    for ax, metric in zip(axes.flat, metrics):
+        for row, name in enumerate(names):
+            c = over[name].get(metric.name)
+            if c is None:
+                continue
+            color = "#777777" if c.get("within_noise") in (True, None) else "C3"
+            if c.get("lo") is not None:
+                ax.plot([c["lo"], c["hi"]], [row, row], color=color, lw=2)
+            ax.plot(c["delta"], row, "o", color=color, ms=6)
+            worlds = list((c.get("world_means") or {}).values())
+            ax.plot(worlds, [row + 0.22] * len(worlds), ".", color="black", ms=4, alpha=0.6)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_title(f"{metric.name} ({metric.direction})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.flat[len(metrics) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+    fig.suptitle(textwrap.fill(title, 150), fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def plot_results(path: Path) -> Path:
     """A sweep's results JSON (sweep.py) as its comparison figure, beside it as <name>.png."""
     items, baseline, paired, title = results_items(path)
+    over = json.loads(path.read_text()).get("over_worlds")
+    if over:
+        title = title.split(";")[0] + (
+            "; Δ vs plain TopK at the same world and seed (A - B: schedule contrasts), 95% t interval over world means, "
+            "a dot per world; red = interval excludes 0"
+        )
+        return plot_worlds(over, path.with_suffix(".png"), title)
     return plot_summaries(items, baseline, path.with_suffix(".png"), title, paired)
 
 

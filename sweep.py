@@ -51,7 +51,7 @@ from sae_harness.checks import (
     word,
 )
 from sae_harness.rundir import Exit, Interrupted, UsageError, describe_exit
-from sae_harness.schema import BASELINE_VARIANT, config_differences, is_baseline
+from sae_harness.schema import BASELINE_VARIANT, arm_name, config_differences, is_baseline
 
 ROOT = Path(__file__).resolve().parent
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
@@ -239,7 +239,7 @@ def arms_of(args) -> list[tuple[str, str, dict]]:
     for item, combo in itertools.product(checks.comma_list(args.variants), itertools.product(*axes)):
         variant, own = arm_item(item)
         overrides = own | dict(combo)
-        arms.append(("_".join([variant] + [f"{f}={v}" for f, v in overrides.items()]), variant, overrides))
+        arms.append((arm_name(variant, overrides), variant, overrides))
     return arms
 
 
@@ -387,24 +387,48 @@ def shown(path) -> str:
 OVER_WORLDS_NOTE = (
     "over_worlds: with --grid data_seed=..., each arm (its other options fixed) against plain TopK at the same world and seed; "
     "the paired differences averaged over seeds within each world, then a t 95% interval over the world means (df = worlds - 1): "
-    "worlds are the random factor. between_world_sd / within_world_sd: the spread of the world means and of the differences within a world"
+    "worlds are the random factor. between_world_sd / within_world_sd: the spread of the world means and of the differences within a world; "
+    "world_means: each world's mean difference. 'A - B' entries: the schedule contrasts (schedule_contrasts), A against B the same way"
 )
+
+
+def schedule_contrasts(variants) -> list[tuple[str, str]]:
+    """(A, B) for every two arms of ARMS among variants that differ only in their schedules, A the
+    one on the idea's schedules (weight and threshold over p): does the progression itself help, at
+    the same term and dose? For the ARMS table: progressive - static_matched, progressive - static."""
+    arms = {v: E.ARMS[v] for v in variants if v in E.ARMS and E.ARMS[v].term is not None}
+    scheduled = [v for v, a in arms.items() if (a.weight, a.threshold) == ("schedule", "schedule")]
+    return [
+        (a, b)
+        for a in scheduled
+        for b, arm in arms.items()
+        if b != a and dataclasses.replace(arm, weight="schedule", threshold="schedule") == arms[a]
+    ]
 
 
 def worlds_comparisons(records: list[dict]) -> dict:
     """{arm name without its data_seed: compare_over_worlds against plain TopK with the same other
-    options}, from the per-run records of a sweep gridded over data_seed (the world)."""
+    options}, from the per-run records of a sweep gridded over data_seed (the world); and for each
+    schedule contrast, {"A - B": A against B at the same other options}."""
     from sae_harness.schema import compare_over_worlds
 
     groups = {}  # (variant, its overrides but the world) -> runs
     for record in records:
         others = tuple((k, v) for k, v in record["overrides"].items() if k != "data_seed")
         groups.setdefault((record["variant"], others), []).append(record)
+
+    def name(variant, others):
+        return arm_name(variant, dict(others))
+
     out = {}
     for (variant, others), runs in groups.items():
         base = next((rs for (v, o), rs in groups.items() if is_baseline(v) and point(dict(o)) == point(dict(others))), None)
         if not is_baseline(variant) and base:
-            out["_".join([variant] + [f"{k}={v}" for k, v in others])] = compare_over_worlds(runs, base)
+            out[name(variant, others)] = compare_over_worlds(runs, base)
+    for a, b in schedule_contrasts({v for v, _ in groups}):
+        for (variant, others), runs in groups.items():
+            if variant == a and (b, others) in groups:
+                out[f"{name(a, others)} - {name(b, others)}"] = compare_over_worlds(runs, groups[b, others])
     return out
 
 

@@ -55,9 +55,11 @@ def results_markdown(result: dict) -> str:
     column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
     with its 95% Welch interval, and "within noise" where that interval includes 0, then where the
     sweep paired its arms by seed the paired 95% interval and the Holm-adjusted p (no Δ for
-    reference metrics; no row for a metric no arm has). The README's
+    reference metrics; no row for a metric no arm has). A sweep over worlds shows mean ± std only
+    there (its comparisons are the worlds table's, over world means). The README's
     Results tables are this function's output (a test holds them to results/*.json)."""
     arms = result["arms"]
+    per_world = bool(result.get("over_worlds"))
     names = list(arms)
     lines = ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
     for metric in METRICS:
@@ -70,6 +72,9 @@ def results_markdown(result: dict) -> str:
                 cells.append(entry.get("status") or "missing")
                 continue
             cell = f"{fmt(entry['value'])} ± {fmt(entry.get('std'))} (n={entry.get('n')})"
+            if per_world:
+                cells.append(cell)
+                continue
             cmp = (arms[name].get("vs_baseline") or {}).get(metric.name)
             if cmp is not None and metric.direction != REFERENCE:
                 interval = f" [{fmt(cmp['lo'])}, {fmt(cmp['hi'])}]" if cmp.get("lo") is not None else ""
@@ -91,7 +96,11 @@ def worlds_markdown(result: dict) -> list[str]:
     if not over:
         return []
     names = list(over)
-    lines = ["", "Against plain TopK with worlds as the random factor (interval over world means):", ""]
+    lines = [
+        "",
+        "Against plain TopK (and each schedule contrast, `A - B`) with worlds as the random factor (interval over world means):",
+        "",
+    ]
     lines += ["| metric (direction) | " + " | ".join(f"`{name}`" for name in names) + " |", "|---" * (len(names) + 1) + "|"]
     for metric in METRICS:
         if metric.direction == REFERENCE or not any(metric.name in over[name] for name in names):

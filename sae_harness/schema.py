@@ -169,6 +169,11 @@ def is_baseline(variant: str) -> bool:
     return variant == BASELINE_VARIANT
 
 
+def arm_name(variant: str, overrides: dict) -> str:
+    """A sweep arm's name: the variant, then each option it sets (progressive_ortho_lambda_max=0.15)."""
+    return "_".join([variant] + [f"{k}={v}" for k, v in overrides.items()])
+
+
 def run_identity(info):
     """{"profile", "variant", "layer", "lm_name", "config", "final_info"} of a final_info dict.
 

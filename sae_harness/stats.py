@@ -103,7 +103,7 @@ def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | No
     worlds - 1), so the interval covers a new world, not only new seeds of these worlds. Also the
     spread between worlds (std of the world means) and within them (the pooled std of the
     differences around their world's mean). {"delta", "lo", "hi", "df", "p", "n_worlds", "seeds",
-    "between_world_sd", "within_world_sd", "within_noise", "level"}; None without a world."""
+    "between_world_sd", "within_world_sd", "world_means", "within_noise", "level"}; None without a world."""
     means = {w: sum(d) / len(d) for w, d in diffs_by_world.items() if d}
     if not means:
         return None
@@ -113,5 +113,9 @@ def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | No
     within = math.sqrt(sum(r * r for r in residuals) / dof) if dof > 0 else None
     between = math.sqrt(sum((m - over["delta"]) ** 2 for m in means.values()) / (len(means) - 1)) if len(means) > 1 else None
     return {k: v for k, v in over.items() if k != "n"} | dict(
-        n_worlds=len(means), seeds=sorted({len(d) for d in diffs_by_world.values() if d}), between_world_sd=between, within_world_sd=within
+        n_worlds=len(means),
+        seeds=sorted({len(d) for d in diffs_by_world.values() if d}),
+        between_world_sd=between,
+        within_world_sd=within,
+        world_means={str(w): m for w, m in sorted(means.items())},
     )

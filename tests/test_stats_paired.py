@@ -150,6 +150,32 @@ def test_sweep_groups_runs_by_world_and_pairs_each_arm_with_plain_topk():
     assert got["delta"] == pytest.approx(expected["delta"]) and got["lo"] == pytest.approx(expected["lo"]) and got["n_worlds"] == 3
 
 
+def test_schedule_contrasts_pair_arms_that_differ_only_in_their_schedules_at_each_dose():
+    """progressive - static_matched (and - static) at the same dose, paired by (world, seed) over
+    worlds; the rule reads ARMS, so OrtSAE (another term) and Matryoshka (no term) are not contrasted."""
+    import sweep
+    from sae_harness.stats import interval_over_worlds
+
+    assert sweep.schedule_contrasts(["none", "progressive", "static_matched", "ortsae", "matryoshka"]) == [
+        ("progressive", "static_matched")
+    ]
+
+    def record(variant, world, seed, value, **other):
+        summary = {"synth_absorption": {"status": "ok", "value": value}}
+        return dict(variant=variant, overrides={"data_seed": str(world)} | other, world=world, seed=seed, summary=summary)
+
+    records = [record("none", w, s, 0.4) for w in (1, 2, 3) for s in (1, 2)]
+    for dose, shift in (({}, 0.0), ({"ortho_lambda_max": "0.15"}, 0.1)):
+        records += [record("progressive", w, s, 0.38 + shift + 0.01 * w, **dose) for w in (1, 2, 3) for s in (1, 2)]
+        records += [record("static_matched", w, s, 0.36 + shift + 0.001 * s, **dose) for w in (1, 2, 3) for s in (1, 2)]
+    out = sweep.worlds_comparisons(records)
+    assert "progressive - static_matched" in out and "progressive_ortho_lambda_max=0.15 - static_matched_ortho_lambda_max=0.15" in out
+    expected = interval_over_worlds({w: [0.02 + 0.01 * w - 0.001 * s for s in (1, 2)] for w in (1, 2, 3)})
+    for key in ("progressive - static_matched", "progressive_ortho_lambda_max=0.15 - static_matched_ortho_lambda_max=0.15"):
+        assert out[key]["synth_absorption"]["delta"] == pytest.approx(expected["delta"])
+        assert out[key]["synth_absorption"]["lo"] == pytest.approx(expected["lo"])
+
+
 def test_a_variants_item_takes_options_of_its_own():
     import sweep
 

@@ -302,10 +302,12 @@ HEADLINE_TABLE = "synth_anchors"  # the one results table README.md quotes; resu
 
 
 def test_readme_results_tables_match_the_committed_results():
-    """Every results/<name>.md is what results_markdown makes of results/<name>.json; results/README.md
-    quotes each verbatim and README.md quotes the headline one: no quoted table can drift from the numbers."""
+    """Every results/<name>.md is what results_markdown (a sweep) or frontier.markdown (a frontier
+    reading) makes of results/<name>.json; results/README.md quotes each verbatim and README.md quotes
+    the headline one: no quoted table can drift from the numbers."""
     from pathlib import Path
 
+    from sae_harness import frontier
     from sae_harness.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
@@ -315,7 +317,8 @@ def test_readme_results_tables_match_the_committed_results():
     tables = sorted(md for md in sweeps if "arms" in json.loads(md.with_suffix(".json").read_text()))  # not a study's own report
     assert HEADLINE_TABLE in {md.stem for md in tables}
     for md in tables:
-        expected = results_markdown(json.loads(md.with_suffix(".json").read_text()))
+        result = json.loads(md.with_suffix(".json").read_text())
+        expected = frontier.markdown(result) if "ys" in result else results_markdown(result)
         assert md.read_text().strip() == expected, f"{md.name} is stale: rerun python sweep.py --collect with that sweep's options"
         assert expected in results_readme, f"results/README.md does not quote results/{md.name}"
         if md.stem == HEADLINE_TABLE:

@@ -1,0 +1,210 @@
+"""The frontier of a sweep over worlds: each arm's absorption (and any other y) against its
+explained variance, read raw and at plain TopK's explained variance, with worlds as the random
+factor. The matched reading (as sae_harness.matched, per (world, seed) instead of per seed):
+
+- plain TopK's curve at each (world, seed): its (x, y) over training lengths (a sweep such as
+  `python sweep.py --name c --variants none --grid data_seed=42,43,44 --grid epochs=1,2,4,12`)
+  plus the sweep's own plain TopK at the default length;
+- an arm's SAE at (world, seed) with (x, y) against the curve's y at x on that (world, seed)'s curve
+  (linear between training lengths; left out, and counted, where x is outside the curve);
+- the differences averaged over seeds within each world, a t interval over the world means
+  (stats.interval_over_worlds), Holm over the y metrics of each arm. The raw reading is the same
+  with plain TopK's default-length SAE at that (world, seed) in place of the curve.
+
+    python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
+        --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
+
+writes <out>.json, <out>.md (the table) and <out>.png (a panel per y: a point per (world, seed) and
+arm, plain TopK's curves as lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sae_harness.matched import read_at
+from sae_harness.schema import METRICS, arm_name, is_baseline
+from sae_harness.stats import holm, interval_over_worlds
+
+X = "synth_explained_variance"
+YS = ("synth_absorption_any", "synth_absorption", "synth_mcc")
+DIRECTION = {m.name: m.direction for m in METRICS}
+MARKERS = "osD^vP*X"
+
+
+def value(run: dict, metric: str) -> float | None:
+    entry = run["summary"].get(metric) or {}
+    return entry.get("value") if entry.get("status") == "ok" else None
+
+
+def arm_points(runs: list[dict], metrics) -> dict:
+    """{arm name without its world: {(world, seed): {metric: value}}}, runs with every metric only."""
+    out = {}
+    for run in runs:
+        values = {m: value(run, m) for m in metrics}
+        if None not in values.values():
+            others = {k: v for k, v in run["overrides"].items() if k != "data_seed"}
+            out.setdefault(arm_name(run["variant"], others), {})[run["world"], run["seed"]] = values
+    return out
+
+
+def plain_curves(curve_runs: list[dict], arm_runs: list[dict], x: str, y: str) -> dict:
+    """{(world, seed): [(x, y), ...]}: plain TopK over training lengths, and at the sweep's own length."""
+    out = {}
+    plain = [r for r in curve_runs if is_baseline(r["variant"])]
+    plain += [r for r in arm_runs if is_baseline(r["variant"]) and set(r["overrides"]) <= {"data_seed"}]
+    for run in plain:
+        if (xv := value(run, x)) is not None and (yv := value(run, y)) is not None:
+            out.setdefault((run["world"], run["seed"]), []).append((xv, yv))
+    return {unit: sorted(xy) for unit, xy in out.items()}
+
+
+def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS) -> dict:
+    arms = arm_points(arm_runs, (x, *ys))
+    base_name = next((name for name in arms if is_baseline(name)), None)
+    base = arms.get(base_name, {})
+    curves = {y: plain_curves(curve_runs, arm_runs, x, y) for y in ys}
+    out = {}
+    for name, units in arms.items():
+        if name == base_name:
+            continue
+        entry = {}
+        for y in (x, *ys):
+            raw = {}
+            for (world, seed), values in units.items():
+                if (world, seed) in base:
+                    raw.setdefault(world, []).append(values[y] - base[world, seed][y])
+            entry[y] = dict(raw=interval_over_worlds(raw))
+        for y in ys:
+            matched, outside = {}, []
+            for (world, seed), values in sorted(units.items()):
+                reference = read_at(curves[y].get((world, seed), []), values[x])
+                if reference is None:
+                    outside.append([world, seed])
+                else:
+                    matched.setdefault(world, []).append(values[y] - reference)
+            entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside)
+        for kind in ("raw", "matched"):  # Holm over the y metrics of this arm, each reading apart
+            cmps = {y: entry[y].get(kind) for y in ys}
+            adjusted = holm({y: c["p"] for y, c in cmps.items() if c and c.get("p") is not None})
+            for y, c in cmps.items():
+                if c:
+                    c["p_holm"] = adjusted.get(y)
+        out[name] = entry
+    return dict(
+        x=x,
+        ys=list(ys),
+        baseline=base_name,
+        method=__doc__.split("\n\n")[1].strip(),
+        curves={y: {f"{w}/{s}": xy for (w, s), xy in sorted(c.items())} for y, c in curves.items()},
+        points={name: {f"{w}/{s}": v for (w, s), v in sorted(units.items())} for name, units in arms.items()},
+        arms=out,
+    )
+
+
+def fmt_interval(c: dict | None) -> str:
+    if not c:
+        return "n/a"
+    if c.get("lo") is None:
+        return f"{c['delta']:+.3g} (one world)"
+    holm_p = f", Holm p {c['p_holm']:.2g}" if c.get("p_holm") is not None else ""
+    noise = " within noise" if c["within_noise"] else ""
+    return f"{c['delta']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}]{holm_p}{noise}"
+
+
+def markdown(result: dict) -> str:
+    """A row per arm: its explained variance shift, then each y raw and at plain TopK's explained
+    variance, each a difference from plain TopK with its 95% interval over worlds."""
+    x, ys = result["x"], result["ys"]
+    head = [f"Δ {x} ({DIRECTION[x]})"] + [f"Δ {y} ({DIRECTION[y]}): {kind}" for y in ys for kind in ("raw", "at plain TopK's x")]
+    lines = ["| arm | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for name, entry in result["arms"].items():
+        cells = [fmt_interval(entry[x]["raw"])]
+        for y in ys:
+            outside = len(entry[y]["outside_curve"])
+            cells += [
+                fmt_interval(entry[y]["raw"]),
+                fmt_interval(entry[y]["matched"]) + (f" ({outside} beyond the curve)" if outside else ""),
+            ]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(result: dict, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, ys = result["x"], result["ys"]
+    worlds = sorted({unit.split("/")[0] for units in result["points"].values() for unit in units})
+    fig, axes = plt.subplots(1, len(ys), figsize=(6.2 * len(ys), 5.6), squeeze=False)
+    for ax, y in zip(axes[0], ys):
+        for i, xy in enumerate(result["curves"][y].values()):
+            ax.plot(
+                *zip(*xy),
+                "-",
+                color="#999999",
+                lw=0.8,
+                alpha=0.7,
+                label="plain TopK over training length, a line per (world, seed)" if i == 0 else None,
+            )
+        for j, (name, units) in enumerate(result["points"].items()):
+            color = "black" if name == result["baseline"] else f"C{j % 10}"
+            entry = result["arms"].get(name, {}).get(y, {})
+            label = name if name == result["baseline"] else f"{name}: {fmt_interval(entry.get('matched'))} at matched x"
+            for k, world in enumerate(worlds):
+                pts = [(v[x], v[y]) for unit, v in units.items() if unit.split("/")[0] == world]
+                if pts:
+                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=label if k == 0 else None)
+        ax.set_xlabel(f"{x} ({DIRECTION[x]})")
+        ax.set_ylabel(f"{y} ({DIRECTION[y]})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6.5, loc="best")
+    markers = ", ".join(f"{MARKERS[k % len(MARKERS)]} world {w}" for k, w in enumerate(worlds))
+    fig.suptitle(
+        f"{title}; a point per (world, seed): {markers}; Δ vs plain TopK's curve at the same x, 95% interval over world means", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--curves", required=True, nargs="+", help="results JSON(s) of plain TopK over training lengths, gridded over data_seed"
+    )
+    parser.add_argument("--arms", required=True, help="results JSON of a sweep over worlds (sweep.py --grid data_seed=...)")
+    parser.add_argument("--x", default=X)
+    parser.add_argument("--ys", default=",".join(YS), help="comma list of y metrics")
+    parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
+    args = parser.parse_args(argv)
+    try:
+        curve_runs = [run for path in args.curves for run in json.loads(Path(path).read_text())["runs"]]
+        arms = json.loads(Path(args.arms).read_text())
+        ys = [y for y in args.ys.split(",") if y]
+        unknown = [m for m in (args.x, *ys) if m not in DIRECTION]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}")
+        if any("world" not in run for run in arms["runs"] + curve_runs):
+            raise ValueError("a run without a world: these are not sweeps over data_seed")
+        result = reading(curve_runs, arms["runs"], args.x, ys) | dict(curves_file=args.curves, arms_file=args.arms)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"frontier: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(result) + "\n")
+    figure(result, out.with_suffix(".png"), f"{arms.get('name')}: {arms.get('profile')}")
+    print(markdown(result))
+    print(f"wrote {out.with_suffix('.json')}, .md and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""sae_harness.frontier: each arm raw and at plain TopK's explained variance, worlds as the random factor."""
+
+import json
+
+import pytest
+
+from sae_harness import frontier
+from sae_harness.stats import interval_over_worlds
+
+X, Y = "synth_explained_variance", "synth_absorption_any"
+
+
+def run(variant, world, seed, x, y, **overrides):
+    ok = lambda v: {"status": "ok", "value": v}  # noqa: E731
+    summary = {X: ok(x), Y: ok(y), "synth_absorption": ok(y / 10), "synth_mcc": ok(1 - y)}
+    return dict(variant=variant, overrides={"data_seed": world, **overrides}, world=world, seed=seed, summary=summary)
+
+
+def curve_y(world, seed, x):
+    return x - 0.5 + 0.05 * world + 0.01 * seed  # each (world, seed) its own curve
+
+
+def worlds_sweep(shift_by_world):
+    """Plain TopK at the default length (x 0.9) and an arm trained to x 0.7 that sits
+    shift_by_world[w] off its own (world, seed)'s curve; a curve sweep at x 0.6, 0.7, 0.8."""
+    arms, curves = [], []
+    for world, shift in shift_by_world.items():
+        for seed in range(4):
+            arms.append(run("none", world, seed, 0.9, curve_y(world, seed, 0.9)))
+            arms.append(run("idea", world, seed, 0.7 + 0.01 * seed, curve_y(world, seed, 0.7 + 0.01 * seed) + shift))
+            curves += [run("none", world, seed, x, curve_y(world, seed, x), epochs=e) for e, x in ((1, 0.6), (2, 0.7), (4, 0.8))]
+    return curves, arms
+
+
+def test_matched_reading_is_the_shift_off_each_units_own_curve_with_worlds_as_the_factor():
+    shifts = {1: -0.1, 2: -0.2, 3: -0.3}
+    curves, arms = worlds_sweep(shifts)
+    result = frontier.reading(curves, arms, X, (Y,))
+    got = result["arms"]["idea"][Y]["matched"]
+    expected = interval_over_worlds({w: [s] * 4 for w, s in shifts.items()})
+    assert got["delta"] == pytest.approx(-0.2) and got["n_worlds"] == 3
+    assert got["lo"] == pytest.approx(expected["lo"]) and got["hi"] == pytest.approx(expected["hi"])
+    assert got["within_world_sd"] == pytest.approx(0, abs=1e-12)  # every seed of a world sits on the same shift
+    raw = result["arms"]["idea"][Y]["raw"]  # against plain TopK at its own (longer) length: the curve's drop 0.9 -> ~0.715 too
+    assert raw["delta"] == pytest.approx(-0.2 + (0.7 + 0.015) - 0.9)
+    assert result["arms"]["idea"][X]["raw"]["delta"] == pytest.approx(0.715 - 0.9)
+    assert result["arms"]["idea"][Y]["outside_curve"] == []
+
+
+def test_a_point_beyond_the_curve_is_left_out_and_counted():
+    curves, arms = worlds_sweep({1: -0.1, 2: -0.1})
+    arms.append(run("far", 1, 0, 0.95, 0.1))  # beyond plain TopK's longest (0.9)
+    arms.append(run("far", 2, 0, 0.7, curve_y(2, 0, 0.7) + 0.05))
+    far = frontier.reading(curves, arms, X, (Y,))["arms"]["far"][Y]
+    assert far["outside_curve"] == [[1, 0]] and far["matched"]["n_worlds"] == 1 and far["matched"]["delta"] == pytest.approx(0.05)
+
+
+def test_an_arm_with_its_own_options_is_read_on_the_same_plain_curve():
+    curves, arms = worlds_sweep({1: 0.0, 2: 0.0})
+    arms += [run("idea", w, s, 0.75, curve_y(w, s, 0.75) - 0.04, ortho_lambda_max="0.15") for w in (1, 2) for s in range(4)]
+    result = frontier.reading(curves, arms, X, (Y,))
+    assert result["arms"]["idea_ortho_lambda_max=0.15"][Y]["matched"]["delta"] == pytest.approx(-0.04)
+    assert result["arms"]["idea"][Y]["matched"]["delta"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cli_writes_json_table_and_figure_and_refuses_runs_without_worlds(tmp_path, capsys):
+    curves, arms = worlds_sweep({1: -0.1, 2: -0.15, 3: -0.05})
+    (tmp_path / "c.json").write_text(json.dumps({"runs": curves}))
+    (tmp_path / "a.json").write_text(json.dumps({"name": "w", "profile": "synth", "runs": arms}))
+    argv = ["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "a.json")]
+    assert frontier.main([*argv, "--out", str(tmp_path / "f")]) == 0
+    table = (tmp_path / "f.md").read_text()
+    assert table.startswith("| arm |") and "`idea`" in table and "-0.1 [" in table
+    assert json.loads((tmp_path / "f.json").read_text())["arms"]["idea"][Y]["matched"]["n_worlds"] == 3
+    assert (tmp_path / "f.png").stat().st_size > 0
+    capsys.readouterr()
+    for run_ in arms:
+        del run_["world"]
+    (tmp_path / "old.json").write_text(json.dumps({"runs": arms}))
+    assert frontier.main(["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "old.json"), "--out", str(tmp_path / "g")]) == 2
+    assert "not sweeps over data_seed" in capsys.readouterr().err
+    assert frontier.main([*argv, "--ys", "no_such_metric", "--out", str(tmp_path / "h")]) == 2
