@@ -302,12 +302,12 @@ HEADLINE_TABLE = "synth_anchors"  # the one results table README.md quotes; resu
 
 
 def test_readme_results_tables_match_the_committed_results():
-    """Every results/<name>.md is what results_markdown (a sweep) or frontier.markdown (a frontier
-    reading) makes of results/<name>.json; results/README.md quotes each verbatim and README.md quotes
+    """Every results/<name>.md is what results_markdown (a sweep), frontier.markdown (a frontier
+    reading) or mechanism.markdown makes of results/<name>.json; results/README.md quotes each verbatim and README.md quotes
     the headline one: no quoted table can drift from the numbers."""
     from pathlib import Path
 
-    from sae_harness import frontier
+    from sae_harness import frontier, mechanism
     from sae_harness.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
@@ -318,7 +318,8 @@ def test_readme_results_tables_match_the_committed_results():
     assert HEADLINE_TABLE in {md.stem for md in tables}
     for md in tables:
         result = json.loads(md.with_suffix(".json").read_text())
-        expected = frontier.markdown(result) if "ys" in result else results_markdown(result)
+        kind = frontier if "ys" in result else mechanism if result.get("kind") == "mechanism" else None
+        expected = kind.markdown(result) if kind else results_markdown(result)
         assert md.read_text().strip() == expected, f"{md.name} is stale: rerun python sweep.py --collect with that sweep's options"
         assert expected in results_readme, f"results/README.md does not quote results/{md.name}"
         if md.stem == HEADLINE_TABLE:
