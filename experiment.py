@@ -74,14 +74,18 @@ HERE = Path(__file__).resolve().parent
 # benchmarks read this table, so a new arm is one entry here (and a term of its own, if new).
 @dataclass(frozen=True)
 class Arm:
-    weight: Literal["schedule", "start", "mean"] = "schedule"
-    """lambda2: weight_schedule over p | held at its p=0 value | constant at the schedule's mean over p (the same dose)"""
+    weight: Literal["schedule", "start", "mean", "rising"] = "schedule"
+    """lambda2: weight_schedule over p | held at its p=0 value | constant at the schedule's mean over p (the same dose) | max p^2, rising while absorption forms (the same dose)"""
     threshold: Literal["schedule", "start"] = "schedule"
     """thr: threshold_schedule over p | held at its p=0 value"""
     term: Literal["cofiring", "ortsae"] | None = "cofiring"
     """the orthogonality term: P, weighted by co-firing (the idea) | OrtSAE's block-sampled cosine penalty | none"""
     nested: bool = False
     """Matryoshka's nested reconstruction losses join the loss"""
+    pairs: Literal["all", "contained"] = "all"
+    """c_ij as defined | c_ij x (1 - rarer count / other count): pairs where one latent fires inside a more frequent one's firings (a child inside its parent)"""
+    cofire_on: Literal["fired", "candidates"] = "fired"
+    """the masks n_ij counts: the k latents TopK kept | the top 2k pre-activations above 0, so a latent its neighbour outcompetes still counts"""
 
 
 ARMS = {
@@ -91,6 +95,11 @@ ARMS = {
     "none": Arm(term=None),  # plain TopK, the baseline
     "matryoshka": Arm(term=None, nested=True),  # the field's answer to absorption: nested losses
     "ortsae": Arm(weight="mean", threshold="start", term="ortsae"),  # the field's orthogonality penalty, at static_matched's dose
+    # variants designed from the ground truth (docs/method.md: hypotheses), each one change to the idea
+    "rising": Arm(weight="rising", threshold="start"),  # the term grows while absorption forms
+    "contained": Arm(pairs="contained"),  # the weight goes to parent/child-like pairs
+    "candidates": Arm(cofire_on="candidates"),  # a suppressed parent stays visible
+    "matryoshka_progressive": Arm(nested=True),  # the idea on top of nested losses
 }
 
 
@@ -323,14 +332,15 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 
 def ortho_lambda(p: float, cfg: Config) -> float:
     """lambda2(p) as the arm asks: weight_schedule at p, or at p=0 (start), or constant at the schedule's
-    mean over p (mean: the integral of max * (1-p)^2 dp = max / 3, so the same dose); 0 without a term."""
+    mean over p (mean: the integral of max * (1-p)^2 dp = max / 3, so the same dose), or rising as the
+    schedule mirrored, max * p^2 (the same dose); 0 without a term."""
     arm = ARMS[cfg.variant]
     if arm.term is None:
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
     if arm.weight == "mean":
         return cfg.ortho_lambda_max / 3 if quadratic else cfg.ortho_lambda_max
-    p = 0.0 if arm.weight == "start" else p
+    p = {"start": 0.0, "rising": 1 - p}.get(arm.weight, p)
     return cfg.ortho_lambda_max * (1 - p) ** 2 if quadratic else cfg.ortho_lambda_max
 
 
@@ -348,23 +358,35 @@ class Cofiring(NamedTuple):
     c_AA: torch.Tensor  # c_ij = clamp((n_ij - thr) / thr, 0, 1), 0 on the diagonal
 
 
-def cofiring(active_BF: torch.Tensor, threshold: float) -> Cofiring:
+def cofiring(active_BF: torch.Tensor, threshold: float, contained: bool = False) -> Cofiring:
     """The co-firing weight c_ij of the idea, from a batch's firing masks (m_i: the tokens where
     latent i fired) and thr, for the latents that fired. The one definition: the penalty, the
-    mechanism log and the benchmark's naive form call it; ortho_fast is tested equal to it."""
+    mechanism log and the benchmark's naive form call it; ortho_fast is tested equal to it.
+    contained (the arm's pairs): c_ij x (1 - min(|m_i|, |m_j|) / max(|m_i|, |m_j|)), most weight
+    where a rare latent fires inside a frequent one's firings, none between equally frequent ones."""
     fired_A = active_BF.any(0).nonzero().squeeze(1)
     mask_BA = active_BF[:, fired_A].float()
     cofire_AA = mask_BA.T @ mask_BA  # |m_i & m_j|, exact in float32; the diagonal is |m_i|
     count_A = cofire_AA.diagonal()
-    n_AA = cofire_AA / torch.minimum(count_A[:, None], count_A[None, :])
-    return Cofiring(fired_A, n_AA, ((n_AA - threshold) / threshold).clamp(0, 1).fill_diagonal_(0))
+    rarer_AA = torch.minimum(count_A[:, None], count_A[None, :])
+    n_AA = cofire_AA / rarer_AA
+    c_AA = ((n_AA - threshold) / threshold).clamp(0, 1)
+    if contained:
+        c_AA = c_AA * (1 - rarer_AA / torch.maximum(count_A[:, None], count_A[None, :]))
+    return Cofiring(fired_A, n_AA, c_AA.fill_diagonal_(0))
 
 
-def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float) -> torch.Tensor:
+def near_firing(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
+    """The candidates' masks (an arm's cofire_on): each token's top k pre-activations above 0."""
+    top_BK = pre_BF.topk(min(k, pre_BF.shape[1]), dim=-1)
+    return torch.zeros_like(pre_BF, dtype=torch.bool).scatter_(1, top_BK.indices, top_BK.values > 0)
+
+
+def orthogonality_penalty(W_dec_FD: torch.Tensor, active_BF: torch.Tensor, threshold: float, contained: bool = False) -> torch.Tensor:
     """P = (1/F) * sum_{i != j} c_ij * |w_i . w_j|, the definition (edit here or in cofiring to try a
     variant; run it with --ortho_impl reference). w_i: unit decoder row of latent i; c_ij comes from
     the firing masks, so it has no gradient."""
-    fired_A, _, c_AA = cofiring(active_BF, threshold)
+    fired_A, _, c_AA = cofiring(active_BF, threshold, contained)
     W_AD = W_dec_FD[fired_A]
     W_hat_AD = W_AD / W_AD.norm(dim=-1, keepdim=True)
     cos_AA = W_hat_AD @ W_hat_AD.T
@@ -474,6 +496,7 @@ class StepOutput(NamedTuple):
     ortho_lambda: float  # lambda2(p)
     threshold: float  # thr(p)
     active_BF: torch.Tensor  # which latents fired for which token
+    cofire_BF: torch.Tensor  # the masks the term counted co-firing on (active_BF, or the arm's candidates)
     dead_F: torch.Tensor  # latents that had not fired for dead_tokens tokens before this step
 
 
@@ -509,10 +532,12 @@ class TrainerTopK:
         return self.cfg.resolved_lr * (self.total_steps - step) / max(1, self.total_steps - decay_from)
 
     def penalty_value_and_grad(self, active_BF: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, dP/dW_dec) on this batch, by the selected implementation."""
-        if self.ortho_impl == "reference":
+        """(P, dP/dW_dec) on this batch, by the selected implementation (the reference for contained
+        pairs: the fast path computes the idea's c_ij only)."""
+        contained = self.arm.pairs == "contained"
+        if self.ortho_impl == "reference" or contained:
             W_dec_FD = self.sae.W_dec.detach().clone().requires_grad_()
-            value = orthogonality_penalty(W_dec_FD, active_BF, threshold)
+            value = orthogonality_penalty(W_dec_FD, active_BF, threshold, contained)
             return value.detach(), torch.autograd.grad(value, W_dec_FD)[0]
         return ortho_fast.penalty_value_and_grad(self.sae.W_dec, active_BF, threshold, self.dtype)
 
@@ -529,7 +554,7 @@ class TrainerTopK:
             value = ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
         else:
             if self.held_ortho is None or step % self.cfg.ortho_every == 0:
-                if self.held_ortho is None and self.ortho_impl == "fast":
+                if self.held_ortho is None and self.ortho_impl == "fast" and self.arm.pairs == "all":
                     self.ortho_impl = ortho_fast.check_against_reference(
                         orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
                     )
@@ -540,7 +565,7 @@ class TrainerTopK:
         self.ortho_scale = recon.item() / value.item()
         return Term(value, lam * self.ortho_scale)
 
-    def loss_terms(self, x_BD: torch.Tensor, out: TrainOutput, active_BF, dead_F, step: int, lam: float, thr: float) -> dict:
+    def loss_terms(self, x_BD: torch.Tensor, out: TrainOutput, cofire_BF, dead_F, step: int, lam: float, thr: float) -> dict:
         """This step's loss terms by name, each with its weight. The loss is their weighted sum; the
         log records each as <name>_loss (weight x value), and the progress line and the loss figure
         show each. A new term is its function (above) and one entry here."""
@@ -555,7 +580,7 @@ class TrainerTopK:
                 nested_recon_loss(x_BD, out.acts_BK, out.idx_BK, W_dec, b_dec, self.matryoshka_widths) if nested else recon.new_zeros(()),
                 float(nested),
             ),
-            ortho=self.ortho_term(active_BF, thr, step, lam, recon.detach()),
+            ortho=self.ortho_term(cofire_BF, thr, step, lam, recon.detach()),
         )
 
     def update(self, x_BD: torch.Tensor, step: int) -> StepOutput:
@@ -564,7 +589,8 @@ class TrainerTopK:
         out = self.sae.forward_train(x_BD, self.dtype)
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
-        terms = self.loss_terms(x_BD, out, active_BF, dead_F, step, lam, thr)
+        cofire_BF = active_BF if self.arm.cofire_on == "fired" else near_firing(out.pre_BF.detach(), 2 * int(self.sae.k))
+        terms = self.loss_terms(x_BD, out, cofire_BF, dead_F, step, lam, thr)
         for name, term in terms.items():
             if not torch.isfinite(term.value):
                 raise NonFiniteLoss(f"{name} became {term.value.item()} at step {step}")
@@ -588,7 +614,7 @@ class TrainerTopK:
             self.tokens_since_fired_F += len(x_BD)
             self.tokens_since_fired_F[active_BF.any(0)] = 0
         detached = {name: Term(term.value.detach(), term.weight) for name, term in terms.items()}
-        return StepOutput(loss.detach(), detached, lam, thr, active_BF, dead_F)
+        return StepOutput(loss.detach(), detached, lam, thr, active_BF, cofire_BF, dead_F)
 
     def state_dict(self) -> dict:
         return dict(
@@ -625,7 +651,7 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
     losses = {f"{name}_loss": term.weight * term.value.item() for name, term in out.terms.items()}
     ortho, weight = out.terms["ortho"].value.item(), out.terms["ortho"].weight
     if out.ortho_lambda > 0 and step % cfg.ortho_every and trainer.arm.term == "cofiring":  # the held P is older: report this batch's
-        ortho = trainer.penalty_value_and_grad(out.active_BF, out.threshold)[0].item()
+        ortho = trainer.penalty_value_and_grad(out.cofire_BF, out.threshold)[0].item()
         losses["ortho_loss"] = weight * ortho
     loss, recon = out.loss.item(), out.terms["recon"].value.item()
     record = dict(step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3))
@@ -642,7 +668,8 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
     if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/synth.py)
-        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, cofiring(out.active_BF, out.threshold))
+        contained = trainer.arm.pairs == "contained"  # the pairs as this arm's term weighs them
+        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, cofiring(out.cofire_BF, out.threshold, contained))
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 

@@ -203,7 +203,7 @@ def test_update_gradient_equals_autograd_of_the_definition(impl):
 
 def test_edited_reference_is_not_silently_replaced_by_the_stale_fast_version(monkeypatch, capsys):
     original = E.orthogonality_penalty
-    monkeypatch.setattr(E, "orthogonality_penalty", lambda W, a, t: 2 * original(W, a, t))  # an edit
+    monkeypatch.setattr(E, "orthogonality_penalty", lambda W, a, t, contained=False: 2 * original(W, a, t, contained))  # an edit
     trainer = make_trainer("progressive", ortho_impl="fast")
     x = torch.randn(32, 16)
     sae = copy.deepcopy(trainer.sae)

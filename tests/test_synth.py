@@ -274,8 +274,8 @@ def test_an_edit_of_cofiring_reaches_the_penalty_and_the_mechanism(world, monkey
 
     original = E.cofiring
 
-    def every_pair(active_BF, threshold):
-        fired_A, n_AA, _ = original(active_BF, threshold)
+    def every_pair(active_BF, threshold, contained=False):
+        fired_A, n_AA, _ = original(active_BF, threshold, contained)
         return E.Cofiring(fired_A, n_AA, torch.ones_like(n_AA).fill_diagonal_(0))
 
     monkeypatch.setattr(E, "cofiring", every_pair)
