@@ -625,3 +625,34 @@ def test_summaries_table_keeps_a_gap_between_long_cells():
     table = report.summaries_table(items)
     row = next(line for line in table.splitlines() if line.startswith("synth_absorption "))
     assert ")  " in row and ")0" not in row, row
+
+
+def test_a_sweep_over_worlds_is_drawn_as_its_differences_over_worlds(tmp_path, monkeypatch, capsys):
+    """plot.py results/x.json with over_worlds: a panel per compared metric, a row per comparison
+    (arms and schedule contrasts), each with its interval and a dot per world."""
+    import sweep
+
+    def record(variant, world, seed, value):
+        summary = {m: {"status": "ok", "value": value + 0.1 * i} for i, m in enumerate(("synth_absorption_any", "synth_mcc"))}
+        return dict(variant=variant, overrides={"data_seed": str(world)}, world=world, seed=seed, summary=summary)
+
+    records = [
+        record(v, w, s, 0.5 + d + 0.01 * w + 0.001 * s)
+        for v, d in (("none", 0), ("progressive", -0.02), ("static_matched", -0.03))
+        for w in (1, 2, 3)
+        for s in (1, 2)
+    ]
+    over = sweep.worlds_comparisons(records)
+    arms = {"none": {"summary": {}}, "progressive": {"summary": {}}}
+    (tmp_path / "w.json").write_text(json.dumps({"name": "w", "profile": "synth", "arms": arms, "baseline": "none", "over_worlds": over}))
+    panels = []
+    monkeypatch.setattr(plot, "save", lambda fig, path: panels.append([ax.get_title() for ax in fig.axes if ax.get_visible()]) or path)
+    code, _, err = run_plot_inprocess(tmp_path, monkeypatch, capsys, "w.json")
+    assert code == 0, err
+    assert panels == [["synth_mcc (higher is better)", "synth_absorption_any (lower is better)"]]
+    assert list(over) == ["progressive", "static_matched", "progressive - static_matched"]
+    assert over["progressive"]["synth_absorption_any"]["world_means"] == {
+        "1": pytest.approx(-0.02),
+        "2": pytest.approx(-0.02),
+        "3": pytest.approx(-0.02),
+    }
