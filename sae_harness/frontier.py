@@ -6,7 +6,8 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
   `python sweep.py --name c --variants none --grid data_seed=42,43,44 --grid epochs=1,2,4,12`)
   plus the sweep's own plain TopK at the default length;
 - an arm's SAE at (world, seed) with (x, y) against the curve's y at x on that (world, seed)'s curve
-  (linear between training lengths; left out, and counted, where x is outside the curve);
+  (linear between training lengths; left out, and counted, where x is outside the curve or the
+  curve sweep did not run that (world, seed));
 - the differences averaged over seeds within each world, a t interval over the world means
   (stats.interval_over_worlds), Holm over the y metrics of each arm. The raw reading is the same
   with plain TopK's default-length SAE at that (world, seed) in place of the curve.
@@ -79,14 +80,15 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS) -> 
                     raw.setdefault(world, []).append(values[y] - base[world, seed][y])
             entry[y] = dict(raw=interval_over_worlds(raw))
         for y in ys:
-            matched, outside = {}, []
+            matched, outside, no_curve = {}, [], []
             for (world, seed), values in sorted(units.items()):
-                reference = read_at(curves[y].get((world, seed), []), values[x])
-                if reference is None:
+                if len(curves[y].get((world, seed), [])) < 2:  # the curve sweep did not run this (world, seed)
+                    no_curve.append([world, seed])
+                elif (reference := read_at(curves[y][world, seed], values[x])) is None:
                     outside.append([world, seed])
                 else:
                     matched.setdefault(world, []).append(values[y] - reference)
-            entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside)
+            entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside, no_curve=no_curve)
         for kind in ("raw", "matched"):  # Holm over the y metrics of this arm, each reading apart
             cmps = {y: entry[y].get(kind) for y in ys}
             adjusted = holm({y: c["p"] for y, c in cmps.items() if c and c.get("p") is not None})

@@ -51,8 +51,10 @@ def test_a_point_beyond_the_curve_is_left_out_and_counted():
     curves, arms = worlds_sweep({1: -0.1, 2: -0.1})
     arms.append(run("far", 1, 0, 0.95, 0.1))  # beyond plain TopK's longest (0.9)
     arms.append(run("far", 2, 0, 0.7, curve_y(2, 0, 0.7) + 0.05))
+    arms.append(run("far", 2, 9, 0.7, 0.0))  # a seed the curve sweep did not run: not read, not "beyond"
     far = frontier.reading(curves, arms, X, (Y,))["arms"]["far"][Y]
     assert far["outside_curve"] == [[1, 0]] and far["matched"]["n_worlds"] == 1 and far["matched"]["delta"] == pytest.approx(0.05)
+    assert far["no_curve"] == [[2, 9]]
 
 
 def test_an_arm_with_its_own_options_is_read_on_the_same_plain_curve():
