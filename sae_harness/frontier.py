@@ -143,34 +143,25 @@ def figure(result: dict, path: Path, title: str) -> Path:
 
     x, ys = result["x"], result["ys"]
     worlds = sorted({unit.split("/")[0] for units in result["points"].values() for unit in units})
-    fig, axes = plt.subplots(1, len(ys), figsize=(6.2 * len(ys), 5.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(ys), figsize=(5.6 * len(ys), 5.4), squeeze=False)
     for ax, y in zip(axes[0], ys):
         for i, xy in enumerate(result["curves"][y].values()):
-            ax.plot(
-                *zip(*xy),
-                "-",
-                color="#999999",
-                lw=0.8,
-                alpha=0.7,
-                label="plain TopK over training length, a line per (world, seed)" if i == 0 else None,
-            )
+            label = "plain TopK over training length (a line per world and seed)" if i == 0 else None
+            ax.plot(*zip(*xy), "-", color="#999999", lw=0.8, alpha=0.7, label=label)
         for j, (name, units) in enumerate(result["points"].items()):
             color = "black" if name == result["baseline"] else f"C{j % 10}"
-            entry = result["arms"].get(name, {}).get(y, {})
-            label = name if name == result["baseline"] else f"{name}: {fmt_interval(entry.get('matched'))} at matched x"
             for k, world in enumerate(worlds):
                 pts = [(v[x], v[y]) for unit, v in units.items() if unit.split("/")[0] == world]
                 if pts:
-                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=label if k == 0 else None)
+                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=name if k == 0 else None)
         ax.set_xlabel(f"{x} ({DIRECTION[x]})")
         ax.set_ylabel(f"{y} ({DIRECTION[y]})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     markers = ", ".join(f"{MARKERS[k % len(MARKERS)]} world {w}" for k, w in enumerate(worlds))
-    fig.suptitle(
-        f"{title}; a point per (world, seed): {markers}; Δ vs plain TopK's curve at the same x, 95% interval over world means", fontsize=10
-    )
-    fig.tight_layout()
+    fig.suptitle(f"{title}: a point per (world, seed) and arm ({markers}); the differences and intervals are in the .md table", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
