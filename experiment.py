@@ -514,7 +514,7 @@ class TrainerTopK:
         self.tokens_since_fired_F = torch.zeros(cfg.dict_size, dtype=torch.long, device=sae.W_dec.device)
         self.k_aux = sae.cfg.d_in // 2  # AuxK's k: half the model width (Gao et al. 2024, appendix B.1; dictionary_learning's TopK trainer)
         self.dtype = precision.choose(cfg.sae_dtype, sae.W_dec.device)  # of the encoder's and the fast term's matmuls
-        self.ortho_impl = cfg.ortho_impl
+        self.ortho_impl = "reference" if self.arm.pairs == "contained" else cfg.ortho_impl  # the fast path computes the idea's c_ij only
         self.matryoshka_widths = [max(1, round(w * cfg.dict_size)) for w in cfg.matryoshka_widths]
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         self.ortho_scale = None  # s = recon / P of the latest step with the term on (logged)
@@ -532,12 +532,10 @@ class TrainerTopK:
         return self.cfg.resolved_lr * (self.total_steps - step) / max(1, self.total_steps - decay_from)
 
     def penalty_value_and_grad(self, active_BF: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, dP/dW_dec) on this batch, by the selected implementation (the reference for contained
-        pairs: the fast path computes the idea's c_ij only)."""
-        contained = self.arm.pairs == "contained"
-        if self.ortho_impl == "reference" or contained:
+        """(P, dP/dW_dec) on this batch, by the selected implementation."""
+        if self.ortho_impl == "reference":
             W_dec_FD = self.sae.W_dec.detach().clone().requires_grad_()
-            value = orthogonality_penalty(W_dec_FD, active_BF, threshold, contained)
+            value = orthogonality_penalty(W_dec_FD, active_BF, threshold, self.arm.pairs == "contained")
             return value.detach(), torch.autograd.grad(value, W_dec_FD)[0]
         return ortho_fast.penalty_value_and_grad(self.sae.W_dec, active_BF, threshold, self.dtype)
 
@@ -554,7 +552,7 @@ class TrainerTopK:
             value = ortsae_penalty(self.sae.W_dec, self.cfg.ortsae_chunks, blocks)
         else:
             if self.held_ortho is None or step % self.cfg.ortho_every == 0:
-                if self.held_ortho is None and self.ortho_impl == "fast" and self.arm.pairs == "all":
+                if self.held_ortho is None and self.ortho_impl == "fast":
                     self.ortho_impl = ortho_fast.check_against_reference(
                         orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
                     )

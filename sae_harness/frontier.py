@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from sae_harness.matched import read_at
-from sae_harness.schema import METRICS, arm_name, is_baseline
+from sae_harness.schema import METRICS, arm_over_worlds, is_baseline
 from sae_harness.stats import holm, interval_over_worlds
 
 X = "synth_explained_variance"
@@ -47,8 +47,7 @@ def arm_points(runs: list[dict], metrics) -> dict:
     for run in runs:
         values = {m: value(run, m) for m in metrics}
         if None not in values.values():
-            others = {k: v for k, v in run["overrides"].items() if k != "data_seed"}
-            out.setdefault(arm_name(run["variant"], others), {})[run["world"], run["seed"]] = values
+            out.setdefault(arm_over_worlds(run), {})[run["world"], run["seed"]] = values
     return out
 
 

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from sae_harness.report import MECHANISM, PHASES, phase_means, progress, read_log, series
-from sae_harness.schema import arm_name, is_baseline
+from sae_harness.schema import arm_over_worlds, is_baseline
 from sae_harness.stats import interval_over_worlds, mean_std
 
 QUANTITIES = tuple((key, label.replace("\n", " ")) for hier, other, label in MECHANISM for key in (hier, other) if key)
@@ -34,8 +34,7 @@ def runs_of(result: dict, arms: list[str], root: Path) -> dict:
     """{arm name without its world: [(world, seed, training log rows)]} for the named arms."""
     out = {}
     for run in result["runs"]:
-        name = arm_name(run["variant"], {k: v for k, v in run["overrides"].items() if k != "data_seed"})
-        if name in arms:
+        if (name := arm_over_worlds(run)) in arms:
             log, _ = read_log(root / run["run_dir"] / "training_log.jsonl")
             if log:
                 out.setdefault(name, []).append((run["world"], run["seed"], log))

@@ -174,6 +174,11 @@ def arm_name(variant: str, overrides: dict) -> str:
     return "_".join([variant] + [f"{k}={v}" for k, v in overrides.items()])
 
 
+def arm_over_worlds(run: dict) -> str:
+    """The arm a run of a sweep over worlds belongs to: its name without the world (data_seed)."""
+    return arm_name(run["variant"], {k: v for k, v in run["overrides"].items() if k != "data_seed"})
+
+
 def run_identity(info):
     """{"profile", "variant", "layer", "lm_name", "config", "final_info"} of a final_info dict.
 

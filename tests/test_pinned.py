@@ -66,15 +66,20 @@ def check_pin(name: str, run: Path, tmp_path: Path) -> None:
     assert_same(got, json.loads(path.read_text()), name)
 
 
-@pytest.mark.parametrize("arm", ARMS)
-def test_tiny_synth_run_is_pinned(arm, tmp_path, monkeypatch):
+def tiny_synth_run(arm: str, tmp_path: Path, monkeypatch) -> Path:
+    """One arm trained and evaluated on the tiny world, float32 everywhere; its run directory."""
     monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
     monkeypatch.setattr(synth, "EVAL_SAMPLES", 5000)
     argv = ["--out_dir", str(tmp_path / "run_1"), "--cache_dir", str(tmp_path / "cache"), "--profile", "synth", "--lm_name", "synth:tiny"]
     argv += ["--tokens", "4096", "--epochs", "2", "--dict_size", "64", "--k", "4", "--batch_size", "256", "--variant", arm]
     argv += ["--sae_dtype", "float32", "--llm_dtype", "float32", "--log_every", "5"]
     assert E.main(argv) == 0
-    check_pin(f"synth_{arm}", tmp_path / "run_1", tmp_path)
+    return tmp_path / "run_1"
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_tiny_synth_run_is_pinned(arm, tmp_path, monkeypatch):
+    check_pin(f"synth_{arm}", tiny_synth_run(arm, tmp_path, monkeypatch), tmp_path)
 
 
 def test_tiny_language_model_run_is_pinned(tmp_path, tiny_lm):

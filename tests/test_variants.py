@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 from conftest import tiny_args
-from test_synth import TINY
+from test_pinned import tiny_synth_run
 
 import experiment as E
-from sae_harness import synth
 
 VARIANTS = ("rising", "contained", "candidates", "matryoshka_progressive")
 
@@ -82,16 +81,11 @@ def test_contained_trains_on_the_reference_and_its_penalty_is_the_definition(mon
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_end_to_end_on_the_tiny_world(variant, tmp_path, monkeypatch):
-    monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
-    monkeypatch.setattr(synth, "EVAL_SAMPLES", 5000)
-    argv = ["--out_dir", str(tmp_path / "run_1"), "--cache_dir", str(tmp_path / "cache"), "--profile", "synth", "--lm_name", "synth:tiny"]
-    argv += ["--tokens", "4096", "--epochs", "2", "--dict_size", "64", "--k", "4", "--batch_size", "256", "--variant", variant]
-    argv += ["--sae_dtype", "float32", "--llm_dtype", "float32", "--log_every", "5"]
-    assert E.main(argv) == 0
-    info = json.loads((tmp_path / "run_1" / "final_info.json").read_text())
+    run = tiny_synth_run(variant, tmp_path, monkeypatch)
+    info = json.loads((run / "final_info.json").read_text())
     summary = info["summary"]
     assert summary["synth_absorption_any"]["status"] == "ok" and summary["synth_mcc"]["status"] == "ok"
-    log = [json.loads(line) for line in (tmp_path / "run_1" / "training_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (run / "training_log.jsonl").read_text().splitlines()]
     assert any(r["ortho_loss"] > 0 for r in log) and all("mech_hier_share" in r for r in log)
     if variant == "rising":
         assert log[0]["ortho_lambda"] < log[-2]["ortho_lambda"]
