@@ -74,8 +74,8 @@ HERE = Path(__file__).resolve().parent
 # benchmarks read this table, so a new arm is one entry here (and a term of its own, if new).
 @dataclass(frozen=True)
 class Arm:
-    weight: Literal["schedule", "start", "mean", "rising"] = "schedule"
-    """lambda2: weight_schedule over p | held at its p=0 value | constant at the schedule's mean over p (the same dose) | max p^2, rising while absorption forms (the same dose)"""
+    weight: Literal["schedule", "start", "mean", "rising", "following"] = "schedule"
+    """lambda2: weight_schedule over p | held at its p=0 value | constant at the schedule's mean over p (the same dose) | max p^2, rising while absorption forms (the same dose) | the mean's, times the contained co-firing overlap over its mean so far (TrainerTopK.follow_factor)"""
     threshold: Literal["schedule", "start"] = "schedule"
     """thr: threshold_schedule over p | held at its p=0 value"""
     term: Literal["cofiring", "ortsae"] | None = "cofiring"
@@ -100,6 +100,7 @@ ARMS = {
     "contained": Arm(pairs="contained"),  # the weight goes to parent/child-like pairs
     "candidates": Arm(cofire_on="candidates"),  # a suppressed parent stays visible
     "matryoshka_progressive": Arm(nested=True),  # the idea on top of nested losses
+    "following": Arm(weight="following", threshold="start"),  # the dose follows the overlap forming between nested latents
 }
 
 
@@ -333,12 +334,13 @@ def load_sae(path: Path, device="cpu") -> AutoEncoderTopK:
 def ortho_lambda(p: float, cfg: Config) -> float:
     """lambda2(p) as the arm asks: weight_schedule at p, or at p=0 (start), or constant at the schedule's
     mean over p (mean: the integral of max * (1-p)^2 dp = max / 3, so the same dose), or rising as the
-    schedule mirrored, max * p^2 (the same dose); 0 without a term."""
+    schedule mirrored, max * p^2 (the same dose); following: the mean, which the trainer scales by
+    follow_factor; 0 without a term."""
     arm = ARMS[cfg.variant]
     if arm.term is None:
         return 0.0
     quadratic = cfg.weight_schedule == "quadratic"
-    if arm.weight == "mean":
+    if arm.weight in ("mean", "following"):
         return cfg.ortho_lambda_max / 3 if quadratic else cfg.ortho_lambda_max
     p = {"start": 0.0, "rising": 1 - p}.get(arm.weight, p)
     return cfg.ortho_lambda_max * (1 - p) ** 2 if quadratic else cfg.ortho_lambda_max
@@ -519,11 +521,28 @@ class TrainerTopK:
         self.held_ortho = None  # (P, dP/dW_dec) from the last step that computed the term
         self.ortho_scale = None  # s = recon / P of the latest step with the term on (logged)
         self.ortho_grad_share = None  # |weight * dP/dW_dec| / |the rest of W_dec's gradient| on that step (logged)
+        self.follow = (0.0, 0, None)  # the following arm: M summed over the steps it was computed on, their count, the held factor
 
     def start(self, batch) -> None:
         """A fresh run's start: b_dec at the geometric median of the first batch (batch(i): the i-th)."""
         with torch.no_grad():
             self.sae.b_dec.copy_(geometric_median(batch(0)))
+
+    def follow_factor(self, cofire_BF: torch.Tensor, threshold: float, step: int) -> float:
+        """The following arm's factor on lambda2 (the mean dose, max/3): M / mean of M so far, clamped
+        to [0, 3] (so lambda2 stays within [0, max]). M is this batch's contained co-firing overlap,
+        the contained arm's P: decoder |cos| on pairs where a rare latent fires inside a frequent
+        one's firings. The dose rises while such pairs' directions converge (the overlap absorption
+        builds) and falls back when that stops: it follows the batch, not p. Computed when P is
+        (every ortho_every-th step) and held in between."""
+        total, count, held = self.follow
+        if held is None or step % self.cfg.ortho_every == 0:
+            with torch.no_grad():
+                m = orthogonality_penalty(self.sae.W_dec, cofire_BF, threshold, contained=True).item()
+            total, count = total + m, count + 1
+            held = min(3.0, m * count / total) if total > 0 else 1.0
+            self.follow = (total, count, held)
+        return held
 
     def lr_at(self, step: int) -> float:
         decay_from = int(self.cfg.lr_decay_start * self.total_steps)
@@ -588,6 +607,7 @@ class TrainerTopK:
         active_BF = torch.zeros_like(out.pre_BF, dtype=torch.bool).scatter_(1, out.idx_BK, out.acts_BK > 0)
         dead_F = self.tokens_since_fired_F >= self.cfg.dead_tokens
         cofire_BF = active_BF if self.arm.cofire_on == "fired" else near_firing(out.pre_BF.detach(), 2 * int(self.sae.k))
+        lam *= self.follow_factor(cofire_BF, thr, step) if self.arm.weight == "following" else 1.0
         terms = self.loss_terms(x_BD, out, cofire_BF, dead_F, step, lam, thr)
         for name, term in terms.items():
             if not torch.isfinite(term.value):
@@ -623,6 +643,7 @@ class TrainerTopK:
             ortho_impl=self.ortho_impl,
             ortho_scale=self.ortho_scale,
             ortho_grad_share=self.ortho_grad_share,
+            follow=self.follow,
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -631,6 +652,7 @@ class TrainerTopK:
         self.tokens_since_fired_F.copy_(state["tokens_since_fired"])
         self.held_ortho, self.ortho_impl, self.ortho_scale = state["held_ortho"], state["ortho_impl"], state["ortho_scale"]
         self.ortho_grad_share = state.get("ortho_grad_share")
+        self.follow = tuple(state.get("follow", (0.0, 0, None)))
 
 
 class NonFiniteLoss(Exception):

@@ -267,12 +267,14 @@ def stage(doing: str, kept: str):
 
 
 def dose_summary(records: list[dict]) -> dict:
-    """The term's dose over the logged steps where it was on: s = recon / P (median, range), the
-    term's mean share of the loss, and its gradient on W_dec against the rest's (mean, range)."""
+    """The term's dose over the logged steps where it was on: lambda2's mean (the dose an arm got,
+    at the log's granularity), s = recon / P (median, range), the term's mean share of the loss, and
+    its gradient on W_dec against the rest's (mean, range)."""
     if not records:
         return {}
     scale, grad = sorted(r["ortho_scale"] for r in records), [r["ortho_grad_share"] for r in records if r.get("ortho_grad_share")]
     return dict(
+        ortho_lambda_mean=sum(r["ortho_lambda"] for r in records) / len(records),
         ortho_scale=scale[len(scale) // 2],
         ortho_scale_range=[scale[0], scale[-1]],
         ortho_share_mean=sum(r["ortho_share"] for r in records) / len(records),

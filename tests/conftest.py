@@ -1,8 +1,14 @@
 import os
+import signal
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A suite started in the background by a non-interactive shell (nohup, `cmd &`) inherits SIGINT ignored, so
+# Ctrl-C never reaches the code under test; the interrupt tests need Python's own handler, as in a terminal
+# (and the sweeps they start as processes then inherit the default disposition).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest

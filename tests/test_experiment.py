@@ -235,7 +235,7 @@ def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
     assert training["config"]["evals"] == "separation,unlearning" and training["config"]["steps"] == 30
     assert list(training["final_info"]) == [
         "training_steps", "final_loss", "final_recon_loss", "layer", "dict_size", "learning_rate", "tokens", "seconds", "l0",
-        "dead_fraction", "fvu", "ortho_impl", "ortho_scale", "ortho_scale_range", "ortho_share_mean", "ortho_grad_share_mean",
+        "dead_fraction", "fvu", "ortho_impl", "ortho_lambda_mean", "ortho_scale", "ortho_scale_range", "ortho_share_mean", "ortho_grad_share_mean",
         "ortho_grad_share_range", "activation_scale", "activation_cache", "precision",
     ]  # fmt: skip  # the dose (ortho_*) is there for a run with the term on
     assert key_tree(info["separation evaluation results"], 1) == {

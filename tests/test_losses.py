@@ -299,6 +299,7 @@ def test_the_dose_is_logged_and_summarised_per_run():
     scales = sorted(r["ortho_scale"] for r in records)
     assert summary["ortho_scale"] == scales[2] and summary["ortho_scale_range"] == [scales[0], scales[-1]]
     assert summary["ortho_share_mean"] == pytest.approx(sum(r["ortho_share"] for r in records) / 4)
+    assert summary["ortho_lambda_mean"] == pytest.approx(sum(r["ortho_lambda"] for r in records) / 4)  # the dose the run got
     resumed = make_trainer("progressive", ortho_every=1)
     resumed.load_state_dict(copy.deepcopy(trainer.state_dict()))
     assert resumed.ortho_scale == trainer.ortho_scale and resumed.ortho_grad_share == trainer.ortho_grad_share

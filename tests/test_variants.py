@@ -11,7 +11,7 @@ from test_pinned import tiny_synth_run
 
 import experiment as E
 
-VARIANTS = ("rising", "contained", "candidates", "matryoshka_progressive")
+VARIANTS = ("rising", "contained", "candidates", "matryoshka_progressive", "following")
 
 
 def test_contained_weight_matches_a_loop_over_pairs():
@@ -79,6 +79,30 @@ def test_contained_trains_on_the_reference_and_its_penalty_is_the_definition(mon
     assert value.item() < E.orthogonality_penalty(W.detach(), active, 0.2).item()  # a part of the idea's weight
 
 
+def test_following_weight_is_the_contained_overlap_over_its_mean_so_far():
+    """lambda2 = max/3 x clamp(M_t / mean of M so far, 0, 3), M_t the contained arm's P on batch t,
+    against the definition on each ortho_every-th step, held in between; it survives a checkpoint."""
+    cfg = E.parse_args(["--out_dir", "x", "--variant", "following", "--profile", "synth", "--dict_size", "32", "--k", "4"])
+    cfg.ortho_every = 2
+    sae = E.AutoEncoderTopK(16, 32, 4, "synth:tiny", 0, device="cpu", seed=0)
+    trainer = E.TrainerTopK(cfg, sae)
+    gen = torch.Generator().manual_seed(4)
+    masks = [torch.rand(64, 32, generator=gen) < rate for rate in (0.3, 0.1, 0.3, 0.5, 0.05, 0.2)]
+    history, factors = [], []
+    for step, mask in enumerate(masks):
+        if step % 2 == 0:
+            history.append(E.orthogonality_penalty(sae.W_dec.detach(), mask, 0.2, contained=True).item())
+            expected = min(3.0, max(0.0, history[-1] / (sum(history) / len(history))))
+        factors.append(trainer.follow_factor(mask, 0.2, step))
+        assert factors[-1] == pytest.approx(expected, rel=1e-6), step
+    assert factors[0] == pytest.approx(1.0) and len(set(round(f, 6) for f in factors[::2])) == 3  # it moved with the batch
+    assert E.ortho_lambda(0.5, cfg) == pytest.approx(cfg.ortho_lambda_max / 3) and E.ortho_threshold(0.9, cfg) == cfg.ortho_base_threshold
+    resumed = E.TrainerTopK(cfg, E.AutoEncoderTopK(16, 32, 4, "synth:tiny", 0, device="cpu", seed=0))
+    resumed.load_state_dict(trainer.state_dict())
+    assert resumed.follow_factor(masks[1], 0.2, 7) == factors[-1]  # held across the checkpoint
+    assert resumed.follow_factor(masks[0], 0.2, 8) == pytest.approx(trainer.follow_factor(masks[0], 0.2, 8))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_end_to_end_on_the_tiny_world(variant, tmp_path, monkeypatch):
     run = tiny_synth_run(variant, tmp_path, monkeypatch)
@@ -91,6 +115,11 @@ def test_variant_trains_end_to_end_on_the_tiny_world(variant, tmp_path, monkeypa
         assert log[0]["ortho_lambda"] < log[-2]["ortho_lambda"]
     if variant == "matryoshka_progressive":
         assert any(r["nested_loss"] > 0 for r in log)
+    if variant == "following":  # the weight moves with the batch, within [0, max], and the dose it got is reported
+        lam = {r["ortho_lambda"] for r in log}
+        assert len(lam) > 2 and all(0 <= v <= E.Config.ortho_lambda_max for v in lam)
+        final = next(v["final_info"] for k, v in info.items() if k.startswith("training results"))
+        assert final["ortho_lambda_mean"] > 0
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
