@@ -11,6 +11,9 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
 - the differences averaged over seeds within each world, a t interval over the world means
   (stats.interval_over_worlds), Holm over the y metrics of each arm. The raw reading is the same
   with plain TopK's default-length SAE at that (world, seed) in place of the curve.
+- with --against A: every other arm minus A, raw and matched (each arm's shift off the curve minus
+  A's at the same (world, seed)), with the spread of those paired differences over (world, seed)
+  (the screen's yardstick where two worlds give no useful interval).
 
     python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -62,11 +66,12 @@ def plain_curves(curve_runs: list[dict], arm_runs: list[dict], x: str, y: str) -
     return {unit: sorted(xy) for unit, xy in out.items()}
 
 
-def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS) -> dict:
+def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, against: str | None = None) -> dict:
     arms = arm_points(arm_runs, (x, *ys))
     base_name = next((name for name in arms if is_baseline(name)), None)
     base = arms.get(base_name, {})
     curves = {y: plain_curves(curve_runs, arm_runs, x, y) for y in ys}
+    shifts = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}
     out = {}
     for name, units in arms.items():
         if name == base_name:
@@ -87,6 +92,7 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS) -> 
                     outside.append([world, seed])
                 else:
                     matched.setdefault(world, []).append(values[y] - reference)
+                    shifts.setdefault(name, {}).setdefault(y, {})[world, seed] = values[y] - reference
             entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside, no_curve=no_curve)
         for kind in ("raw", "matched"):  # Holm over the y metrics of this arm, each reading apart
             cmps = {y: entry[y].get(kind) for y in ys}
@@ -95,15 +101,40 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS) -> 
                 if c:
                     c["p_holm"] = adjusted.get(y)
         out[name] = entry
+    if against is not None and against not in out:
+        raise ValueError(f"--against {against!r} is not an arm of this sweep (arms: {', '.join(out)})")
+    contrasts = {name: contrast(arms, shifts, name, against, ys) for name in out if name != against} if against else {}
     return dict(
         x=x,
         ys=list(ys),
         baseline=base_name,
+        against=against,
+        contrasts=contrasts,
         method=__doc__.split("\n\n")[1].strip(),
         curves={y: {f"{w}/{s}": xy for (w, s), xy in sorted(c.items())} for y, c in curves.items()},
         points={name: {f"{w}/{s}": v for (w, s), v in sorted(units.items())} for name, units in arms.items()},
         arms=out,
     )
+
+
+def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
+    """name minus against for each y, raw and matched, paired by (world, seed): the interval over
+    worlds, and the mean and std of the paired differences over the (world, seed) units."""
+    out = {}
+    for y in ys:
+        entry = {}
+        raw = {unit: v[y] - arms[against][unit][y] for unit, v in arms[name].items() if unit in arms[against]}
+        a, b = shifts.get(name, {}).get(y, {}), shifts.get(against, {}).get(y, {})
+        for kind, diffs in (("raw", raw), ("matched", {unit: a[unit] - b[unit] for unit in a if unit in b})):
+            by_world = {}
+            for (world, _), d in sorted(diffs.items()):
+                by_world.setdefault(world, []).append(d)
+            values = list(diffs.values())
+            mean = sum(values) / len(values) if values else None
+            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+            entry[kind] = dict(over_worlds=interval_over_worlds(by_world), mean=mean, spread=spread, units=len(values))
+        out[y] = entry
+    return out
 
 
 def fmt_interval(c: dict | None) -> str:
@@ -131,6 +162,22 @@ def markdown(result: dict) -> str:
                 fmt_interval(entry[y]["matched"]) + (f" ({outside} beyond the curve)" if outside else ""),
             ]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    if result.get("contrasts"):
+        lines += [
+            "",
+            f"Each arm minus `{result['against']}`, paired by (world, seed): mean ± std over the units (n), then the interval over worlds.",
+            "",
+        ]
+        head = [f"Δ {y} ({DIRECTION[y]}): {kind}" for y in ys for kind in ("raw", "at plain TopK's x")]
+        lines += ["| arm | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+        for name, entry in result["contrasts"].items():
+            cells = []
+            for y in ys:
+                for kind in ("raw", "matched"):
+                    c = entry[y][kind]
+                    spread = f" ± {c['spread']:.3g}" if c["spread"] is not None else ""
+                    cells.append(f"{c['mean']:+.3g}{spread} (n={c['units']}); {fmt_interval(c['over_worlds'])}" if c["units"] else "n/a")
+            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -174,6 +221,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--arms", required=True, help="results JSON of a sweep over worlds (sweep.py --grid data_seed=...)")
     parser.add_argument("--x", default=X)
     parser.add_argument("--ys", default=",".join(YS), help="comma list of y metrics")
+    parser.add_argument("--against", help="an arm to contrast every other arm with (e.g. progressive, for a screen of its variants)")
     parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
     args = parser.parse_args(argv)
     try:
@@ -185,7 +233,7 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"unknown metric {unknown[0]!r}")
         if any("world" not in run for run in arms["runs"] + curve_runs):
             raise ValueError("a run without a world: these are not sweeps over data_seed")
-        result = reading(curve_runs, arms["runs"], args.x, ys) | dict(curves_file=args.curves, arms_file=args.arms)
+        result = reading(curve_runs, arms["runs"], args.x, ys, args.against) | dict(curves_file=args.curves, arms_file=args.arms)
     except (OSError, ValueError, KeyError) as e:
         print(f"frontier: {e}", file=sys.stderr)
         return 2

@@ -82,3 +82,26 @@ def test_cli_writes_json_table_and_figure_and_refuses_runs_without_worlds(tmp_pa
     assert frontier.main(["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "old.json"), "--out", str(tmp_path / "g")]) == 2
     assert "not sweeps over data_seed" in capsys.readouterr().err
     assert frontier.main([*argv, "--ys", "no_such_metric", "--out", str(tmp_path / "h")]) == 2
+
+
+def test_against_contrasts_each_arm_with_another_paired_by_world_and_seed():
+    """variant - idea at plain TopK's x: each one's shift off its own (world, seed)'s curve, paired."""
+    curves, arms = worlds_sweep({1: -0.1, 2: -0.2, 3: -0.1})
+    shift = {(w, s): -0.03 - 0.01 * s + 0.005 * w for w in (1, 2, 3) for s in range(4)}
+    for (w, s), d in shift.items():
+        idea = next(r for r in arms if r["variant"] == "idea" and r["world"] == w and r["seed"] == s)
+        x = idea["summary"][X]["value"] + 0.02  # at another x: the curve, not the raw difference, pairs them
+        arms.append(run("variant", w, s, x, curve_y(w, s, x) + {1: -0.1, 2: -0.2, 3: -0.1}[w] + d))
+    result = frontier.reading(curves, arms, X, (Y,), against="idea")
+    got = result["contrasts"]["variant"][Y]["matched"]
+    values = list(shift.values())
+    mean = sum(values) / len(values)
+    assert got["mean"] == pytest.approx(mean) and got["units"] == 12
+    assert got["spread"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 11) ** 0.5)
+    by_world = {w: [shift[w, s] for s in range(4)] for w in (1, 2, 3)}
+    assert got["over_worlds"]["delta"] == pytest.approx(interval_over_worlds(by_world)["delta"])
+    raw = result["contrasts"]["variant"][Y]["raw"]
+    assert raw["mean"] == pytest.approx(mean + 0.02)  # the curve's slope is 1: 0.02 more x is 0.02 more y
+    assert "idea" not in result["contrasts"] and "minus `idea`" in frontier.markdown(result)
+    with pytest.raises(ValueError, match="not an arm"):
+        frontier.reading(curves, arms, X, (Y,), against="nothing")
