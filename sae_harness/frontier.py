@@ -11,12 +11,18 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
 - the differences averaged over seeds within each world, a t interval over the world means
   (stats.interval_over_worlds), Holm over the y metrics of each arm. The raw reading is the same
   with plain TopK's default-length SAE at that (world, seed) in place of the curve.
-- with --against A: every other arm minus A, raw and matched (each arm's shift off the curve minus
-  A's at the same (world, seed)), with the spread of those paired differences over (world, seed)
-  (the screen's yardstick where two worlds give no useful interval).
+- with --against A[,B...]: for each of them, every other arm minus it, raw and matched (each arm's
+  shift off the curve minus A's at the same (world, seed)), with the spread of those paired
+  differences over (world, seed) (the screen's yardstick where two worlds give no useful interval).
+- --arms takes several sweeps over the same worlds and seeds (a registered test's new arms beside
+  the study that already ran the arms it is compared with); an (arm, world, seed) may come from one
+  of them only.
 
     python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
+    python -m sae_harness.frontier --curves results/synth_worlds_cpu_curve.json \\
+        --arms results/synth_worlds_cpu.json results/registered_cpu.json \\
+        --against none,matryoshka --out results/registered_cpu_frontier
 
 writes <out>.json, <out>.md (the table) and <out>.png (a panel per y: a point per (world, seed) and
 arm, plain TopK's curves as lines).
@@ -66,7 +72,9 @@ def plain_curves(curve_runs: list[dict], arm_runs: list[dict], x: str, y: str) -
     return {unit: sorted(xy) for unit, xy in out.items()}
 
 
-def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, against: str | None = None) -> dict:
+def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, against=()) -> dict:
+    """against: arm names (or one name) to contrast every other arm with."""
+    against = [against] if isinstance(against, str) else list(against)
     arms = arm_points(arm_runs, (x, *ys))
     base_name = next((name for name in arms if is_baseline(name)), None)
     base = arms.get(base_name, {})
@@ -101,9 +109,10 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
                 if c:
                     c["p_holm"] = adjusted.get(y)
         out[name] = entry
-    if against is not None and against not in out:
-        raise ValueError(f"--against {against!r} is not an arm of this sweep (arms: {', '.join(out)})")
-    contrasts = {name: contrast(arms, shifts, name, against, ys) for name in out if name != against} if against else {}
+    for a in against:
+        if a not in out:
+            raise ValueError(f"--against {a!r} is not an arm of this sweep (arms: {', '.join(out)})")
+    contrasts = {a: {name: contrast(arms, shifts, name, a, ys) for name in out if name != a} for a in against}
     return dict(
         x=x,
         ys=list(ys),
@@ -137,6 +146,24 @@ def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
     return out
 
 
+def merged_runs(sweeps: list[dict]) -> list[dict]:
+    """The runs of several sweeps over worlds of one profile, each (arm, world, seed) from one of them."""
+    profiles = {s.get("profile") for s in sweeps}
+    if len(profiles) > 1:
+        raise ValueError(f"--arms mixes profiles ({', '.join(sorted(map(str, profiles)))}): their worlds are not the same")
+    runs, seen = [], {}
+    for sweep in sweeps:
+        for run in sweep["runs"]:
+            if "world" not in run:
+                raise ValueError("a run without a world: these are not sweeps over data_seed")
+            key = (arm_over_worlds(run), run["world"], run["seed"])
+            if key in seen:
+                raise ValueError(f"{key[0]} at world {key[1]}, seed {key[2]} is in both {seen[key]} and {sweep.get('name')}")
+            seen[key] = sweep.get("name")
+            runs.append(run)
+    return runs
+
+
 def fmt_interval(c: dict | None) -> str:
     if not c:
         return "n/a"
@@ -162,15 +189,15 @@ def markdown(result: dict) -> str:
                 fmt_interval(entry[y]["matched"]) + (f" ({outside} beyond the curve)" if outside else ""),
             ]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    if result.get("contrasts"):
+    for against, rows in result.get("contrasts", {}).items():
         lines += [
             "",
-            f"Each arm minus `{result['against']}`, paired by (world, seed): mean ± std over the units (n), then the interval over worlds.",
+            f"Each arm minus `{against}`, paired by (world, seed): mean ± std over the units (n), then the interval over worlds.",
             "",
         ]
         head = [f"Δ {y} ({DIRECTION[y]}): {kind}" for y in ys for kind in ("raw", "at plain TopK's x")]
         lines += ["| arm | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-        for name, entry in result["contrasts"].items():
+        for name, entry in rows.items():
             cells = []
             for y in ys:
                 for kind in ("raw", "matched"):
@@ -218,29 +245,35 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--curves", required=True, nargs="+", help="results JSON(s) of plain TopK over training lengths, gridded over data_seed"
     )
-    parser.add_argument("--arms", required=True, help="results JSON of a sweep over worlds (sweep.py --grid data_seed=...)")
+    parser.add_argument(
+        "--arms", required=True, nargs="+", help="results JSON(s) of sweeps over the same worlds (sweep.py --grid data_seed=...)"
+    )
     parser.add_argument("--x", default=X)
     parser.add_argument("--ys", default=",".join(YS), help="comma list of y metrics")
-    parser.add_argument("--against", help="an arm to contrast every other arm with (e.g. progressive, for a screen of its variants)")
+    parser.add_argument(
+        "--against", default="", help="comma list of arms to contrast every other arm with (e.g. progressive, for a screen of its variants)"
+    )
     parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
     args = parser.parse_args(argv)
     try:
         curve_runs = [run for path in args.curves for run in json.loads(Path(path).read_text())["runs"]]
-        arms = json.loads(Path(args.arms).read_text())
+        sweeps = [json.loads(Path(path).read_text()) for path in args.arms]
+        arm_runs = merged_runs(sweeps)
         ys = [y for y in args.ys.split(",") if y]
         unknown = [m for m in (args.x, *ys) if m not in DIRECTION]
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}")
-        if any("world" not in run for run in arms["runs"] + curve_runs):
-            raise ValueError("a run without a world: these are not sweeps over data_seed")
-        result = reading(curve_runs, arms["runs"], args.x, ys, args.against) | dict(curves_file=args.curves, arms_file=args.arms)
+        if any("world" not in run for run in curve_runs):
+            raise ValueError("a curve run without a world: these are not sweeps over data_seed")
+        against = [a for a in args.against.split(",") if a]
+        result = reading(curve_runs, arm_runs, args.x, ys, against) | dict(curves_file=args.curves, arms_file=args.arms)
     except (OSError, ValueError, KeyError) as e:
         print(f"frontier: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result) + "\n")
-    figure(result, out.with_suffix(".png"), f"{arms.get('name')}: {arms.get('profile')}")
+    figure(result, out.with_suffix(".png"), f"{' + '.join(str(s.get('name')) for s in sweeps)}: {sweeps[0].get('profile')}")
     print(markdown(result))
     print(f"wrote {out.with_suffix('.json')}, .md and .png")
     return 0

@@ -93,15 +93,38 @@ def test_against_contrasts_each_arm_with_another_paired_by_world_and_seed():
         x = idea["summary"][X]["value"] + 0.02  # at another x: the curve, not the raw difference, pairs them
         arms.append(run("variant", w, s, x, curve_y(w, s, x) + {1: -0.1, 2: -0.2, 3: -0.1}[w] + d))
     result = frontier.reading(curves, arms, X, (Y,), against="idea")
-    got = result["contrasts"]["variant"][Y]["matched"]
+    got = result["contrasts"]["idea"]["variant"][Y]["matched"]
     values = list(shift.values())
     mean = sum(values) / len(values)
     assert got["mean"] == pytest.approx(mean) and got["units"] == 12
     assert got["spread"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 11) ** 0.5)
     by_world = {w: [shift[w, s] for s in range(4)] for w in (1, 2, 3)}
     assert got["over_worlds"]["delta"] == pytest.approx(interval_over_worlds(by_world)["delta"])
-    raw = result["contrasts"]["variant"][Y]["raw"]
+    raw = result["contrasts"]["idea"]["variant"][Y]["raw"]
     assert raw["mean"] == pytest.approx(mean + 0.02)  # the curve's slope is 1: 0.02 more x is 0.02 more y
-    assert "idea" not in result["contrasts"] and "minus `idea`" in frontier.markdown(result)
+    assert "idea" not in result["contrasts"]["idea"] and "minus `idea`" in frontier.markdown(result)
+    both = frontier.reading(curves, arms, X, (Y,), against=("idea", "variant"))["contrasts"]
+    assert both["variant"]["idea"][Y]["matched"]["mean"] == pytest.approx(-mean)  # the same pairs, the other way round
     with pytest.raises(ValueError, match="not an arm"):
         frontier.reading(curves, arms, X, (Y,), against="nothing")
+
+
+def test_arms_from_several_sweeps_are_read_together_and_an_arm_given_twice_is_refused(tmp_path, capsys):
+    """A registered test's new arm in its own sweep, read beside the study that ran plain TopK."""
+    curves, arms = worlds_sweep({1: -0.1, 2: -0.2, 3: -0.1})
+    (tmp_path / "c.json").write_text(json.dumps({"runs": curves}))
+    plain = [r for r in arms if r["variant"] == "none"]
+    idea = [r for r in arms if r["variant"] == "idea"]
+    (tmp_path / "plain.json").write_text(json.dumps({"name": "study", "profile": "synth", "runs": plain}))
+    (tmp_path / "idea.json").write_text(json.dumps({"name": "new", "profile": "synth", "runs": idea}))
+    common = ["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "plain.json"), str(tmp_path / "idea.json")]
+    assert frontier.main([*common, "--out", str(tmp_path / "f")]) == 0
+    merged = json.loads((tmp_path / "f.json").read_text())
+    assert merged["arms"] == json.loads(json.dumps(frontier.reading(curves, arms, X, frontier.YS)["arms"]))
+    capsys.readouterr()
+    (tmp_path / "again.json").write_text(json.dumps({"name": "again", "profile": "synth", "runs": idea[:1]}))
+    assert frontier.main([*common, str(tmp_path / "again.json"), "--out", str(tmp_path / "g")]) == 2
+    assert "is in both new and again" in capsys.readouterr().err
+    (tmp_path / "narrow.json").write_text(json.dumps({"name": "n", "profile": "synth-narrow", "runs": []}))
+    assert frontier.main([*common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
+    assert "mixes profiles" in capsys.readouterr().err
