@@ -15,8 +15,10 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
   shift off the curve minus A's at the same (world, seed)), with the spread of those paired
   differences over (world, seed) (the screen's yardstick where two worlds give no useful interval).
 - --arms takes several sweeps over the same worlds and seeds (a registered test's new arms beside
-  the study that already ran the arms it is compared with); an (arm, world, seed) may come from one
-  of them only.
+  the study that already ran the arms it is compared with). An arm that an earlier sweep of the list
+  has too is read as its own arm, `arm@sweep` (not plain TopK, not on the curve): plain TopK re-run
+  on another machine is then the machine's own effect, and an arm paired with it is compared within
+  one machine.
 
     python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
@@ -147,20 +149,23 @@ def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
 
 
 def merged_runs(sweeps: list[dict]) -> list[dict]:
-    """The runs of several sweeps over worlds of one profile, each (arm, world, seed) from one of them."""
+    """The runs of several sweeps over worlds of one profile. An arm that an earlier sweep has too
+    becomes `arm@sweep name` (its variant relabelled, so it is neither plain TopK nor on the curve)."""
     profiles = {s.get("profile") for s in sweeps}
     if len(profiles) > 1:
         raise ValueError(f"--arms mixes profiles ({', '.join(sorted(map(str, profiles)))}): their worlds are not the same")
-    runs, seen = [], {}
+    runs, earlier = [], set()
     for sweep in sweeps:
+        mine = set()
         for run in sweep["runs"]:
             if "world" not in run:
                 raise ValueError("a run without a world: these are not sweeps over data_seed")
-            key = (arm_over_worlds(run), run["world"], run["seed"])
-            if key in seen:
-                raise ValueError(f"{key[0]} at world {key[1]}, seed {key[2]} is in both {seen[key]} and {sweep.get('name')}")
-            seen[key] = sweep.get("name")
+            arm = arm_over_worlds(run)
+            if arm in earlier:
+                run = dict(run, variant=f"{run['variant']}@{sweep.get('name')}")
             runs.append(run)
+            mine.add(arm)
+        earlier |= mine
     return runs
 
 

@@ -109,8 +109,9 @@ def test_against_contrasts_each_arm_with_another_paired_by_world_and_seed():
         frontier.reading(curves, arms, X, (Y,), against="nothing")
 
 
-def test_arms_from_several_sweeps_are_read_together_and_an_arm_given_twice_is_refused(tmp_path, capsys):
-    """A registered test's new arm in its own sweep, read beside the study that ran plain TopK."""
+def test_arms_from_several_sweeps_are_read_together_and_a_repeated_arm_is_its_own(tmp_path, capsys):
+    """A registered test's new arm in its own sweep, read beside the study that ran plain TopK; plain
+    TopK run again in the new sweep (another machine) is an arm of its own, off the curve."""
     curves, arms = worlds_sweep({1: -0.1, 2: -0.2, 3: -0.1})
     (tmp_path / "c.json").write_text(json.dumps({"runs": curves}))
     plain = [r for r in arms if r["variant"] == "none"]
@@ -121,10 +122,16 @@ def test_arms_from_several_sweeps_are_read_together_and_an_arm_given_twice_is_re
     assert frontier.main([*common, "--out", str(tmp_path / "f")]) == 0
     merged = json.loads((tmp_path / "f.json").read_text())
     assert merged["arms"] == json.loads(json.dumps(frontier.reading(curves, arms, X, frontier.YS)["arms"]))
+    again = [dict(r, summary={**r["summary"], Y: {"status": "ok", "value": r["summary"][Y]["value"] + 0.03}}) for r in plain]
+    (tmp_path / "again.json").write_text(json.dumps({"name": "here", "profile": "synth", "runs": again}))
+    argv = [*common, str(tmp_path / "again.json"), "--against", "none@here", "--out", str(tmp_path / "g")]
+    assert frontier.main(argv) == 0
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["baseline"] == "none" and result["arms"]["none@here"][Y]["raw"]["delta"] == pytest.approx(0.03)
+    assert len(result["curves"][Y]["1/0"]) == 4  # the curve: three lengths and the first sweep's plain TopK only
+    within = result["contrasts"]["none@here"]["idea"][Y]["raw"]["mean"]  # the idea against plain TopK of its own sweep
+    assert within == pytest.approx(result["arms"]["idea"][Y]["raw"]["delta"] - 0.03)
     capsys.readouterr()
-    (tmp_path / "again.json").write_text(json.dumps({"name": "again", "profile": "synth", "runs": idea[:1]}))
-    assert frontier.main([*common, str(tmp_path / "again.json"), "--out", str(tmp_path / "g")]) == 2
-    assert "is in both new and again" in capsys.readouterr().err
     (tmp_path / "narrow.json").write_text(json.dumps({"name": "n", "profile": "synth-narrow", "runs": []}))
     assert frontier.main([*common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
     assert "mixes profiles" in capsys.readouterr().err
