@@ -469,6 +469,8 @@ def collect(args, runs):
                 config=block.get("config") or comparable_config(cfg),
                 summary=summarize(info),
                 dose={k: v for k, v in (block.get("final_info") or {}).items() if k.startswith("ortho_") and k != "ortho_impl"},
+                seconds=(block.get("final_info") or {}).get("seconds"),  # training only: the cost, on
+                cpu=((block.get("final_info") or {}).get("precision") or {}).get("cpu_model"),  # this machine
             )
         )
     baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)

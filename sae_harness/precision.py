@@ -19,8 +19,10 @@ What it decides (`Precision`, recorded in final_info.json):
 """
 
 import functools
+import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -130,6 +132,8 @@ class Precision:
     device: str
     cpu_capability: str
     """torch.backends.cpu.get_cpu_capability(): AVX2, AVX512, AMX, ..."""
+    cpu_model: str
+    """The CPU's model name (/proc/cpuinfo, else platform.processor()): runs in bfloat16 on two CPU kinds are not bit-identical."""
     bf16_speedup: float | None
     """float32 / bfloat16 seconds of a matmul on this CPU, measured (None on CUDA)."""
     int8_speedup: float | None
@@ -170,6 +174,17 @@ class Precision:
         return asdict(self)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (Linux), else platform.processor(), else "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def speed_words(speedup: float) -> str:
     return f"{speedup:.2g}x faster" if speedup >= 1 else f"{1 / speedup:.3g}x slower"
 
@@ -186,6 +201,7 @@ def resolve(llm_dtype: str, sae_dtype: str, device: torch.device, profile: str) 
     return Precision(
         device=device.type,
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        cpu_model=cpu_model(),
         bf16_speedup=None if cuda else round(cpu_speedup(torch.bfloat16), 4),
         int8_speedup=None if cuda else round(cpu_speedup(torch.int8), 4),
         llm=name(choose(llm_dtype, device)),

@@ -22,7 +22,8 @@ import experiment as E
 from sae_harness import synth
 
 PINS = Path(__file__).parent / "pinned"
-VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "written"}  # time and machine, not results
+# time and machine, not results
+VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "cpu_model", "written"}
 ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sae_harness import precision
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -119,6 +121,7 @@ def test_synth_sweep_end_to_end(tmp_path):
     for record in result["runs"]:
         assert record["summary"]["synth_absorption"]["status"] == "ok"
         assert bool(record["dose"]) == (record["arm"] == "progressive")  # none has no term, so no dose
+        assert record["seconds"] > 0 and record["cpu"] == precision.cpu_model()  # the cost, and the machine it is on
     paired = result["arms"]["progressive"]["paired_vs_baseline"]["synth_absorption"]
     by_seed = {(r["arm"], r["seed"]): r["summary"]["synth_absorption"]["value"] for r in result["runs"]}
     assert paired["n"] == 2 and paired["delta"] == pytest.approx(sum(by_seed["progressive", s] - by_seed["none", s] for s in (42, 43)) / 2)
