@@ -3,8 +3,11 @@ were, so moving code around cannot silently change a number. One synth run per a
 world (float32 everywhere, so the figures do not hang on the precision probe), plus the language-model
 path on the tiny Gemma 3.
 
-The pins were recorded on an AMD EPYC (AVX-512) CPU; another CPU's float32 kernels may differ in the
-last bits, hence the 1e-4 relative tolerance. After a deliberate change of behaviour, rewrite them:
+The pins were recorded on an AMD EPYC (AVX-512) CPU; another CPU's float32 kernels differ in the last
+bits, and training carries that forward: on an Intel Xeon with AMX (2026-12-05) 159 pinned values moved
+by more than 1e-6, the largest 1.9e-3 relative (a p95 quantile of the training log; F1 1.5e-4), hence
+RELATIVE = 3e-3. A change of behaviour moves them by far more (each arm's headline metrics differ
+from `none`'s by up to 4-27%). After a deliberate change of behaviour, rewrite them:
 
     PIN_WRITE=1 python -m pytest tests/test_pinned.py
 """
@@ -24,6 +27,7 @@ from sae_harness import synth
 PINS = Path(__file__).parent / "pinned"
 # time and machine, not results
 VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "cpu_model", "written"}
+RELATIVE = 3e-3  # the pins' tolerance across CPU kinds (docstring)
 ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
 
 
@@ -49,7 +53,9 @@ def assert_same(got, pinned, where="") -> None:
             assert_same(a, b, f"{where}[{i}]")
     elif isinstance(pinned, float) and not isinstance(got, bool):
         assert isinstance(got, int | float), f"{where}: {got!r} != {pinned!r}"
-        assert (math.isnan(got) and math.isnan(pinned)) or got == pytest.approx(pinned, rel=1e-4, abs=1e-6), f"{where}: {got} != {pinned}"
+        assert (math.isnan(got) and math.isnan(pinned)) or got == pytest.approx(pinned, rel=RELATIVE, abs=1e-6), (
+            f"{where}: {got} != {pinned}"
+        )
     else:
         assert got == pinned, f"{where}: {got!r} != {pinned!r}"
 
