@@ -15,10 +15,11 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
   shift off the curve minus A's at the same (world, seed)), with the spread of those paired
   differences over (world, seed) (the screen's yardstick where two worlds give no useful interval).
 - --arms takes several sweeps over the same worlds and seeds (a registered test's new arms beside
-  the study that already ran the arms it is compared with). An arm that an earlier sweep of the list
-  has too is read as its own arm, `arm@sweep` (not plain TopK, not on the curve): plain TopK re-run
-  on another machine is then the machine's own effect, and an arm paired with it is compared within
-  one machine.
+  the study that already ran the arms it is compared with). An arm that repeats a (world, seed) an
+  earlier sweep of the list ran for it is read as its own arm, `arm@sweep` (not plain TopK, not on
+  the curve): plain TopK re-run on another machine is then the machine's own effect, and an arm
+  paired with it is compared within one machine. An arm on new (world, seed) only (more seeds of a
+  study, in a sweep of their own) joins the earlier sweep's arm.
 
     python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
@@ -149,23 +150,22 @@ def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
 
 
 def merged_runs(sweeps: list[dict]) -> list[dict]:
-    """The runs of several sweeps over worlds of one profile. An arm that an earlier sweep has too
-    becomes `arm@sweep name` (its variant relabelled, so it is neither plain TopK nor on the curve)."""
+    """The runs of several sweeps over worlds of one profile. An arm of a later sweep that repeats a
+    (world, seed) an earlier sweep ran for it becomes `arm@sweep name` (its variant relabelled, so it
+    is neither plain TopK nor on the curve); an arm on new (world, seed) only (a continuation, e.g.
+    more seeds) joins the earlier sweep's arm."""
     profiles = {s.get("profile") for s in sweeps}
     if len(profiles) > 1:
         raise ValueError(f"--arms mixes profiles ({', '.join(sorted(map(str, profiles)))}): their worlds are not the same")
-    runs, earlier = [], set()
+    runs, seen = [], set()  # seen: (arm, world, seed) of the earlier sweeps
     for sweep in sweeps:
-        mine = set()
+        if any("world" not in run for run in sweep["runs"]):
+            raise ValueError("a run without a world: these are not sweeps over data_seed")
+        units = {(arm_over_worlds(run), run["world"], run["seed"]) for run in sweep["runs"]}
+        repeated = {arm for arm, world, seed in units if (arm, world, seed) in seen}
         for run in sweep["runs"]:
-            if "world" not in run:
-                raise ValueError("a run without a world: these are not sweeps over data_seed")
-            arm = arm_over_worlds(run)
-            if arm in earlier:
-                run = dict(run, variant=f"{run['variant']}@{sweep.get('name')}")
-            runs.append(run)
-            mine.add(arm)
-        earlier |= mine
+            runs.append(dict(run, variant=f"{run['variant']}@{sweep.get('name')}") if arm_over_worlds(run) in repeated else run)
+        seen |= units
     return runs
 
 

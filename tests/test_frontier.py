@@ -131,6 +131,8 @@ def test_arms_from_several_sweeps_are_read_together_and_a_repeated_arm_is_its_ow
     assert len(result["curves"][Y]["1/0"]) == 4  # the curve: three lengths and the first sweep's plain TopK only
     within = result["contrasts"]["none@here"]["idea"][Y]["raw"]["mean"]  # the idea against plain TopK of its own sweep
     assert within == pytest.approx(result["arms"]["idea"][Y]["raw"]["delta"] - 0.03)
+    more = [dict(r, seed=r["seed"] + 10) for r in idea]  # more seeds in a sweep of their own: the same arm
+    assert [r["variant"] for r in frontier.merged_runs([{"name": "a", "runs": idea}, {"name": "b", "runs": more}])] == ["idea"] * 24
     capsys.readouterr()
     (tmp_path / "narrow.json").write_text(json.dumps({"name": "n", "profile": "synth-narrow", "runs": []}))
     assert frontier.main([*common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
