@@ -19,7 +19,8 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
   earlier sweep of the list ran for it is read as its own arm, `arm@sweep` (not plain TopK, not on
   the curve): plain TopK re-run on another machine is then the machine's own effect, and an arm
   paired with it is compared within one machine. An arm on new (world, seed) only (more seeds of a
-  study, in a sweep of their own) joins the earlier sweep's arm.
+  study, in a sweep of their own) joins the first earlier arm of its name, `arm` or `arm@sweep`, that
+  did not run them.
 
     python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
@@ -150,22 +151,28 @@ def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
 
 
 def merged_runs(sweeps: list[dict]) -> list[dict]:
-    """The runs of several sweeps over worlds of one profile. An arm of a later sweep that repeats a
-    (world, seed) an earlier sweep ran for it becomes `arm@sweep name` (its variant relabelled, so it
-    is neither plain TopK nor on the curve); an arm on new (world, seed) only (a continuation, e.g.
-    more seeds) joins the earlier sweep's arm."""
+    """The runs of several sweeps over worlds of one profile. A later sweep's arm joins the first arm
+    of that name read so far, `arm` or an earlier `arm@sweep`, on none of whose (world, seed) it ran
+    (a continuation: more seeds); where every such arm ran one of its (world, seed), it becomes
+    `arm@sweep name` (its variant relabelled, so it is neither plain TopK nor on the curve)."""
     profiles = {s.get("profile") for s in sweeps}
     if len(profiles) > 1:
         raise ValueError(f"--arms mixes profiles ({', '.join(sorted(map(str, profiles)))}): their worlds are not the same")
-    runs, seen = [], set()  # seen: (arm, world, seed) of the earlier sweeps
+    runs, seen = [], {}  # seen: {(arm, suffix): {(world, seed)}}
     for sweep in sweeps:
         if any("world" not in run for run in sweep["runs"]):
             raise ValueError("a run without a world: these are not sweeps over data_seed")
-        units = {(arm_over_worlds(run), run["world"], run["seed"]) for run in sweep["runs"]}
-        repeated = {arm for arm, world, seed in units if (arm, world, seed) in seen}
+        units = {}
         for run in sweep["runs"]:
-            runs.append(dict(run, variant=f"{run['variant']}@{sweep.get('name')}") if arm_over_worlds(run) in repeated else run)
-        seen |= units
+            units.setdefault(arm_over_worlds(run), set()).add((run["world"], run["seed"]))
+        suffix = {}  # arm -> "" (the arm as it is) or "@sweep" (a re-run, on the variant)
+        for arm, mine in units.items():
+            tried = [tag for a, tag in seen if a == arm]
+            suffix[arm] = next((tag for tag in tried if not seen[arm, tag] & mine), "" if not tried else f"@{sweep.get('name')}")
+            seen.setdefault((arm, suffix[arm]), set()).update(mine)
+        for run in sweep["runs"]:
+            tag = suffix[arm_over_worlds(run)]
+            runs.append(dict(run, variant=run["variant"] + tag) if tag else run)
     return runs
 
 

@@ -133,6 +133,10 @@ def test_arms_from_several_sweeps_are_read_together_and_a_repeated_arm_is_its_ow
     assert within == pytest.approx(result["arms"]["idea"][Y]["raw"]["delta"] - 0.03)
     more = [dict(r, seed=r["seed"] + 10) for r in idea]  # more seeds in a sweep of their own: the same arm
     assert [r["variant"] for r in frontier.merged_runs([{"name": "a", "runs": idea}, {"name": "b", "runs": more}])] == ["idea"] * 24
+    # plain TopK re-run on the study's units in two sweeps (seeds split between them): one re-run arm
+    first, rest = [r for r in again if r["seed"] < 2], [r for r in again if r["seed"] >= 2]
+    sweeps = [{"name": "study", "runs": plain}, {"name": "here", "runs": first}, {"name": "here_rest", "runs": rest}]
+    assert {r["variant"] for r in frontier.merged_runs(sweeps)} == {"none", "none@here"}
     capsys.readouterr()
     (tmp_path / "narrow.json").write_text(json.dumps({"name": "n", "profile": "synth-narrow", "runs": []}))
     assert frontier.main([*common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
