@@ -457,6 +457,7 @@ def collect(args, runs):
         info = read_info(out) if (out / "final_info.json").exists() else {}
         arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}))["per_seed"][seed] = info
         block = info.get(training_key(cfg.layer), {})
+        trained = block.get("final_info") or {}
         records.append(
             dict(
                 arm=arm,
@@ -468,9 +469,9 @@ def collect(args, runs):
                 state=run_status(out, cfg) if out.exists() else "new",
                 config=block.get("config") or comparable_config(cfg),
                 summary=summarize(info),
-                dose={k: v for k, v in (block.get("final_info") or {}).items() if k.startswith("ortho_") and k != "ortho_impl"},
-                seconds=(block.get("final_info") or {}).get("seconds"),  # training only: the cost, on
-                cpu=((block.get("final_info") or {}).get("precision") or {}).get("cpu_model"),  # this machine
+                dose={k: v for k, v in trained.items() if k.startswith("ortho_") and k != "ortho_impl"},
+                seconds=trained.get("seconds"),  # training only: the cost, on
+                cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
             )
         )
     baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)

@@ -26,7 +26,7 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
     python -m sae_harness.frontier --curves results/synth_worlds_cpu_curve.json \\
         --arms results/synth_worlds_cpu.json results/registered_cpu.json \\
-        --against none,matryoshka --out results/registered_cpu_frontier
+        --against matryoshka@registered_cpu,none@registered_cpu --out results/registered_cpu_frontier
 
 writes <out>.json, <out>.md (the table) and <out>.png (a panel per y: a point per (world, seed) and
 arm, plain TopK's curves as lines).
