@@ -23,11 +23,8 @@ K latents kept per token (k), A latents that fired in the batch, N rows of a sam
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -48,7 +45,6 @@ from sae_harness.checks import (
     SEED_MAX,
     creatable_dir,
     eval_list,
-    fields_with,
     increasing_fractions,
     integer,
     real,
@@ -56,11 +52,9 @@ from sae_harness.checks import (
     text,
     word,
 )
-from sae_harness.notes import report_run
-from sae_harness.progress import Progress, record_fields
 from sae_harness.registry import LM_EVAL_NAMES
-from sae_harness.rundir import Exit, Interrupted, TrainingFailed, UsageError
 from sae_harness.sae_interface import SAEBenchSAE
+from sae_harness.session import TrainingSession
 from sae_harness.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -694,77 +688,24 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
 
 
 def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out: Path, tracker: Tracker) -> tuple[AutoEncoderTopK, dict]:
-    """The training loop: resumes from out/checkpoint.pt, logs to out/training_log.jsonl (and
-    wandb), writes a checkpoint every cfg.checkpoint_every steps and on SIGINT / SIGTERM."""
+    """The training loop. The session keeps its books (sae_harness/session.py): it resumes from
+    out/checkpoint.pt, logs to out/training_log.jsonl (and wandb), and writes a checkpoint every
+    cfg.checkpoint_every steps and on SIGINT / SIGTERM."""
     torch.manual_seed(cfg.seed)
     sae = AutoEncoderTopK(buffer.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed).to(device=device)
     trainer = TrainerTopK(cfg, sae)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "training_log.jsonl"
-    start, elapsed_before = 0, 0.0
-    if ckpt := rundir.load_checkpoint(ckpt_path, device):
-        place = fields_with(cfg, PLACE)  # where it is kept may change; what it computes may not
-        if {k: v for k, v in ckpt["config"].items() if k not in place} != {
-            k: v for k, v in dataclasses.asdict(cfg).items() if k not in place
-        }:
-            raise UsageError(f"{ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
-        trainer.load_state_dict(ckpt["trainer"])
-        start, elapsed_before = ckpt["step"], ckpt["elapsed_s"]
-        print(f"resuming from {ckpt_path} at step {start}/{cfg.total_steps}")
-    else:
-        trainer.start(buffer.batch)
-    kept = rundir.read_log(log_path, start)
-    rundir.rewrite_log(log_path, kept)
-
-    def checkpoint(step: int) -> None:
-        state = dict(trainer=trainer.state_dict(), step=step, elapsed_s=elapsed_before + time.time() - t0, config=dataclasses.asdict(cfg))
-        rundir.save_checkpoint(ckpt_path, state)
-
-    log_every = cfg.log_every or cfg.ortho_every * math.ceil(cfg.total_steps / (100 * cfg.ortho_every))  # <= 100 records, on the stride
-    dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
-    t0 = time.time()
-    bar = Progress("training step", cfg.total_steps, initial=start)  # a bar on a terminal, else a line per logged step
-    with rundir.stop_requests() as stop, open(log_path, "a") as log:
-        for step in range(start, cfg.total_steps):
+    with TrainingSession(cfg, trainer, out, device, tracker) as session:
+        if not session.resumed:
+            trainer.start(buffer.batch)
+        for step in session.steps():
             x_BD = buffer.batch(step)
-            last = step == cfg.total_steps - 1
             try:
                 step_out = trainer.update(x_BD, step)
             except NonFiniteLoss as e:
-                last_good = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                raise TrainingFailed(f"training stopped: {e}; {last_good}") from None
-            if step % log_every == 0 or last:
-                record = log_record(cfg, trainer, step_out, x_BD, step, elapsed_before + time.time() - t0)
-                dose += [record] if record.get("ortho_scale") else []
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                tracker.log(record)
-                bar.update(step + 1, **record_fields(record, step_out.terms))
-            else:
-                bar.update(step + 1)
-            if "signal" in stop or (not last and (step + 1) % cfg.checkpoint_every == 0):
-                checkpoint(step + 1)
-            if "signal" in stop:
-                bar.close()
-                raise Interrupted(
-                    f"interrupted at step {step + 1}/{cfg.total_steps}; checkpoint saved to {ckpt_path}. "
-                    f"Resume with the same command: {rundir.resume_hint()}"
-                )
-    bar.close()
-    final = dict(
-        training_steps=cfg.total_steps,
-        final_loss=record["loss"],
-        final_recon_loss=record["recon_loss"],
-        layer=cfg.layer,
-        dict_size=cfg.dict_size,
-        learning_rate=cfg.resolved_lr,
-        tokens=cfg.total_steps * cfg.batch_size,
-        seconds=record["elapsed_s"],
-        l0=record["l0"],
-        dead_fraction=record["dead_fraction"],
-        fvu=record["fvu"],
-        ortho_impl=trainer.ortho_impl,
-    ) | rundir.dose_summary(dose)
-    return sae, final
+                raise session.failure(f"training stopped: {e}") from None
+            if session.logs(step):
+                session.log(log_record(cfg, trainer, step_out, x_BD, step, session.elapsed()), step_out.terms)
+    return sae, session.final_info() | dict(ortho_impl=trainer.ortho_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -778,39 +719,8 @@ def parse_args(argv: list[str]) -> Config:
 
 def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    cli.validate(cfg)
-    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
-    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}  # one SAE per seed
-    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
-    if all(state == "finished" for state in states) and not cfg.overwrite:
-        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
-    device = cli.resolve_device(cfg)
-    data.check_model_available(cfg.lm_name)
-    prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
-    print(prec.line())
-    for warning in prec.warnings():
-        print(warning, file=sys.stderr)
     defaults = cli.profile_defaults(Config, PROFILES, cfg.profile)  # what the notes compare a run's config with
-    if cfg.overwrite and out.exists():
-        for run in {out, *runs.values()}:
-            rundir.clear_run(run)
-    failed = []
-    for i, (seed, run) in enumerate(runs.items()):
-        if len(seeds) > 1:
-            print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
-        seed_cfg = dataclasses.replace(cfg, seed=seed, out_dir=str(run))
-        info, seed_failed = runner.run_seed(seed_cfg, run, device, prec, train, load_sae, defaults, notes=len(seeds) == 1)
-        failed += [f"{name} (seed {seed})" for name in seed_failed]
-        if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
-            info = rundir.write_seeds_aggregate(out, runs)
-    if len(seeds) > 1:
-        report_run(out, info, None, defaults)
-    if failed:
-        print(
-            f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
-        )
-        return Exit.EVAL_FAILED
-    return Exit.DONE
+    return runner.run(cfg, train, load_sae, defaults)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,55 @@
-"""One seed of a run, start to finish: the text split, the activation cache, training (the idea's
-own `train`, handed in by experiment.py), the SAE saved, the pending evals and the report. A run
-that stopped anywhere resumes where it stopped; a finished one is left as it is."""
+"""A run, start to finish, for each of its seeds: the text split, the activation cache, training
+(the idea's own `train`, handed in by experiment.py), the SAE saved, the pending evals and the
+report. A run that stopped anywhere resumes where it stopped; a finished one is left as it is."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
-from sae_harness import cli, data, evals, rundir
+from sae_harness import cli, data, evals, precision, rundir
 from sae_harness.notes import report_run
+from sae_harness.rundir import Exit, UsageError
 from sae_harness.tracking import Tracker
+
+
+def run(cfg, train, load_sae, defaults: dict) -> int:
+    """experiment.py's main after its options are parsed: one SAE per seed (out_dir itself for one
+    seed, out_dir/seed_<s> for several, with their aggregate); returns the exit code. defaults is
+    the profile's recorded config, which the notes compare a run's config with."""
+    cli.validate(cfg)
+    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
+    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}
+    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
+    if all(state == "finished" for state in states) and not cfg.overwrite:
+        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
+    device = cli.resolve_device(cfg)
+    data.check_model_available(cfg.lm_name)
+    prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
+    print(prec.line())
+    for warning in prec.warnings():
+        print(warning, file=sys.stderr)
+    if cfg.overwrite and out.exists():
+        for run in {out, *runs.values()}:
+            rundir.clear_run(run)
+    failed = []
+    for i, (seed, run) in enumerate(runs.items()):
+        if len(seeds) > 1:
+            print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
+        seed_cfg = dataclasses.replace(cfg, seed=seed, out_dir=str(run))
+        info, seed_failed = run_seed(seed_cfg, run, device, prec, train, load_sae, defaults, notes=len(seeds) == 1)
+        failed += [f"{name} (seed {seed})" for name in seed_failed]
+        if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
+            info = rundir.write_seeds_aggregate(out, runs)
+    if len(seeds) > 1:
+        report_run(out, info, None, defaults)
+    if failed:
+        print(
+            f"error: evals failed: {', '.join(failed)} (details in final_info.json); rerun the same command to retry them", file=sys.stderr
+        )
+        return Exit.EVAL_FAILED
+    return Exit.DONE
 
 
 def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaults: dict, notes: bool) -> tuple[dict, list[str]]:

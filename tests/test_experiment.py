@@ -1,6 +1,7 @@
 """experiment.main end to end on a tiny model: the run directory, the SAELens SAE, resume after an
 interrupt, same-seed reproducibility, profiles, wandb, interrupts during the evals."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from conftest import tiny_args
 
 import experiment as E
 from sae_harness import cli, evals, rundir
+from sae_harness.rundir import Interrupted
 
 
 def read_log(run):
@@ -101,7 +103,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
         return original(self, x, step)
 
     monkeypatch.setattr(E.TrainerTopK, "update", interrupting)
-    with pytest.raises(E.Interrupted, match="Resume with the same command"):
+    with pytest.raises(Interrupted, match="Resume with the same command"):
         E.main(tiny_args(tmp_path, "run_12"))
     assert (tmp_path / "run_12" / "checkpoint.pt").exists()
     assert torch.load(tmp_path / "run_12" / "checkpoint.pt", weights_only=False)["step"] == 13
@@ -229,7 +231,7 @@ def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
     assert list(info) == ["training results for layer 1", "separation evaluation results", "summary", "unlearning evaluation results"]
     training = info["training results for layer 1"]
     assert list(training) == ["config", "final_info"]
-    fields = [f.name for f in E.dataclasses.fields(E.Config)]
+    fields = [f.name for f in dataclasses.fields(E.Config)]
     assert list(training["config"]) == fields + ["steps", "activation_dim", "trainer_class", "dict_class"]
     assert training["config"]["lr"] == training["final_info"]["learning_rate"] > 0  # the resolved lr, not 0 (auto)
     assert training["config"]["evals"] == "separation,unlearning" and training["config"]["steps"] == 30

@@ -12,6 +12,7 @@ from conftest import tiny_args
 
 import experiment as E
 from sae_harness import cli, separation
+from sae_harness.rundir import Interrupted, UsageError
 from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize
 from sae_harness.stats import welch_interval
 
@@ -27,7 +28,7 @@ def test_seed_list(spec, seed, expected):
 
 @pytest.mark.parametrize("spec", ["0", "-2", "a", "4,4", ","])
 def test_bad_seeds_are_one_line_usage_errors(spec):
-    with pytest.raises(E.UsageError, match="seeds"):
+    with pytest.raises(UsageError, match="seeds"):
         cli.seed_list(E.Config(seeds=spec))
 
 
@@ -136,7 +137,7 @@ def test_static_matched_gets_progressives_dose(schedule):
 def test_static_matched_from_the_cli(tmp_path):
     cfg = E.parse_args(["--out_dir", str(tmp_path / "run_1"), "--variant", "static_matched", "--profile", "gemma-3-270m"])
     assert cfg.variant == "static_matched" and E.ortho_lambda(0.5, cfg) == pytest.approx(cfg.ortho_lambda_max / 3)
-    with pytest.raises(E.UsageError, match="invalid choice"):
+    with pytest.raises(UsageError, match="invalid choice"):
         E.parse_args(["--out_dir", "x", "--variant", "static_matchd"])
 
 
@@ -211,7 +212,7 @@ def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, ti
         return original(self, x, step)
 
     monkeypatch.setattr(E.TrainerTopK, "update", interrupting)
-    with pytest.raises(E.Interrupted):
+    with pytest.raises(Interrupted):
         E.main(args)
     run = tmp_path / "run_1"
     first = (run / "seed_42" / "final_info.json").stat().st_mtime_ns
@@ -243,7 +244,7 @@ def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, ti
 def test_finished_multi_seed_run_is_refused(tmp_path, tiny_lm):
     args = tiny_args(tmp_path, "run_2", "--seeds", "42,44", "--tokens", "1000")
     assert E.main(args) == 0
-    with pytest.raises(E.UsageError, match="finished run"):
+    with pytest.raises(UsageError, match="finished run"):
         E.main(args)
 
 
@@ -264,7 +265,7 @@ def test_lm_name_accepts_a_local_model_folder(tmp_path):
 
 def test_multi_seed_out_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / "run_3").write_text("not a run")
-    with pytest.raises(E.UsageError, match="is a file"):
+    with pytest.raises(UsageError, match="is a file"):
         E.main(tiny_args(tmp_path, "run_3", "--seeds", "2"))
 
 
