@@ -11,6 +11,9 @@ from `none` with Welch's t 95% interval) and results/<name>.png (the comparison 
 Any other option is an experiment.py option, passed to every run (--evals, --tokens, ...).
 Resumable: a finished run is skipped (its recorded config must match), an interrupted one resumes
 from its checkpoint and pending evals (experiment.py does that); rerun the same command.
+A study run seed by seed (`--seed 44 --seeds 1`, one call per seed) accumulates in one results JSON:
+a collect keeps the finished records results/<name>.json already holds for the sweep's arms, at the
+seeds it did not plan and where a run's directory is not here (a new checkout, another machine).
 Run directories: <runs_dir>/<name>/<arm>/seed_<s>/, each arm laid out as a multi-seed run of
 experiment.py (its final_info.json aggregates the seeds), so plot.py reads an arm directory too.
 """
@@ -176,8 +179,10 @@ class SweepOptions:
     """memory per job in GB (SLURM; 0 = the cluster's default)"""
     baseline: str = field(default="", metadata=existing_path(allow_fragment=True))
     """when this sweep has no plain none arm, compare with this baseline: an arm directory of another sweep (e.g. sweeps/ablation/none), or another sweep's results JSON with its per-run records (results/ablation_e4.json, its own baseline arm; results/x.json#arm for another arm)"""
+    against: str = field(default="", metadata=checks.text(required=False))
+    """comma list of this sweep's arms: every other arm is also compared with each, paired by seed (results JSON `against`, one more table each in <name>.md), e.g. matryoshka_progressive against matryoshka"""
     collect: bool = False
-    """submit nothing: rebuild the results from the run directories"""
+    """submit nothing: rebuild the results from the run directories (and results/<name>.json's records of runs whose directories are not here)"""
     dry_run: bool = False
     """print the runs and their state, submit nothing"""
     from_json: bool = False
@@ -278,7 +283,7 @@ def pinned_precision(args, passthrough) -> list[str]:
     """--llm_dtype / --sae_dtype for every job of the sweep, so that all its arms and seeds compute
     in one precision: `auto` rests on a speed probe, and under load it flips (a synth sweep got
     bfloat16 for some seeds and float32 for another). The value is what the sweep's finished runs
-    recorded, else auto resolved once, here. An option given, or gridded, is left alone."""
+    recorded (in their directories, else in results/<name>.json), else auto resolved once, here. An option given, or gridded, is left alone."""
     from sae_harness import precision
     from sae_harness.rundir import read_info
     from sae_harness.schema import run_identity
@@ -292,6 +297,11 @@ def pinned_precision(args, passthrough) -> list[str]:
             recorded = {option: config[option] for option in PINNED if option in config}
             if recorded:
                 break
+    if not recorded:  # no run directory here: the finished runs results/<name>.json records (see recorded())
+        with contextlib.suppress(ValueError, OSError):
+            runs = json.loads((Path(args.results) / f"{args.name}.json").read_text()).get("runs", [])
+            config = next((r["config"] for r in runs if r.get("state") == "finished"), {})
+            recorded = {option: config[option] for option in PINNED if option in config}
     pinned = []
     for option in PINNED:
         if option in given:
@@ -444,18 +454,72 @@ PAIRED_NOTE = (
 )
 
 
+def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
+    """The runs a collect reads, and {(arm, seed): record} of the finished runs results/<name>.json
+    holds already: the planned runs, plus the planned arms at every further seed that JSON records
+    (a study run seed by seed, one call per seed, accumulates). A record of a run whose directory is
+    not here stands for it; one recorded with other options than this sweep's is refused."""
+    from sae_harness.rundir import comparable_config
+
+    path = Path(args.results) / f"{args.name}.json"
+    try:
+        previous = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    except ValueError:
+        raise SweepError(f"{path} is not valid JSON; move it away or use another --name") from None
+    kept = {(r["arm"], r["seed"]): r for r in previous if r.get("state") == "finished"}
+    first = {}
+    for run in runs:
+        first.setdefault(run.arm, run)
+    planned = {(run.arm, run.seed) for run in runs}
+    extra = []
+    for arm, seed in sorted(k for k in kept if k[0] in first and k not in planned):
+        run = first[arm]
+        out = run.out.parent / f"seed_{seed}"
+        argv = [*run.argv]
+        argv[argv.index("--out_dir") + 1], argv[argv.index("--seed") + 1] = str(out), str(seed)
+        with contextlib.redirect_stdout(io.StringIO()):
+            extra.append(dataclasses.replace(run, seed=seed, out=out, argv=argv, cfg=E.parse_args(argv)))
+    order = list(first)
+    runs = sorted([*runs, *extra], key=lambda run: (order.index(run.arm), run.seed))
+    for run in runs:
+        if (record := kept.get((run.arm, run.seed))) and not (run.out / "final_info.json").exists():
+            differ, _ = config_differences([record["config"], comparable_config(run.cfg)], ignore=fields_with(run.cfg, PLACE))
+            if differ:
+                raise SweepError(
+                    f"{path} records {run.arm} seed {run.seed} with other options ({', '.join(differ[:3])}); "
+                    "use another --name, or move that file away"
+                )
+    return runs, kept
+
+
 def collect(args, runs):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
     from sae_harness.formatting import results_markdown
     from sae_harness.report import summaries_table
     from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
-    from sae_harness.schema import METRICS, aggregate, compare_paired, compare_summaries, per_seed_summaries, summarize, training_key
+    from sae_harness.schema import (
+        METRICS,
+        aggregate,
+        combine_summaries,
+        compare_paired,
+        compare_summaries,
+        per_seed_summaries,
+        summarize,
+        training_key,
+    )
 
-    arms, records = {}, []
+    runs, kept = recorded(args, runs)
+    arms, records, standing_in = {}, [], []
     for run in runs:
         arm, variant, overrides, seed, out, cfg = run.arm, run.variant, run.overrides, run.seed, run.out, run.cfg
+        entry = arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}, summaries={}))
+        if not (out / "final_info.json").exists() and (arm, seed) in kept:  # its directory is not here: its record stands in
+            records.append(kept[arm, seed])
+            entry["summaries"][seed] = kept[arm, seed]["summary"]
+            standing_in.append(f"{arm} seed {seed}")
+            continue
         info = read_info(out) if (out / "final_info.json").exists() else {}
-        arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}))["per_seed"][seed] = info
+        entry["per_seed"][seed], entry["summaries"][seed] = info, summarize(info)
         block = info.get(training_key(cfg.layer), {})
         trained = block.get("final_info") or {}
         records.append(
@@ -474,14 +538,18 @@ def collect(args, runs):
                 cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
             )
         )
+    if standing_in:
+        print(
+            f"{len(standing_in)} runs read from {Path(args.results) / f'{args.name}.json'} (their directories are not here): {', '.join(standing_in)}"
+        )
     baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)
     result_arms, per_seed = {}, {}  # per_seed: {arm: {seed: summary}}, for the comparisons paired by seed
     for arm, entry in arms.items():
-        info = aggregate(entry.pop("per_seed"), {s: f"seed_{s}" for s in (r["seed"] for r in records if r["arm"] == arm)})
-        if (ROOT / entry["run_dir"]).is_dir():
-            write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", info)
-        result_arms[arm] = entry | dict(summary=info["summary"])
-        per_seed[arm] = per_seed_summaries(info)
+        here = entry.pop("per_seed")  # the runs whose directories are here: the arm's own final_info.json
+        if here and (ROOT / entry["run_dir"]).is_dir():
+            write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", aggregate(here, {s: f"seed_{s}" for s in here}))
+        per_seed[arm] = entry.pop("summaries")  # in seed order, as the records
+        result_arms[arm] = entry | dict(summary=combine_summaries(list(per_seed[arm].values())))
     baseline_config_diff = None
     if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
         if args.baseline.partition("#")[0].endswith(".json"):
@@ -514,6 +582,18 @@ def collect(args, runs):
             entry["baseline"] = base
             entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[base]["summary"])
             entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[base])
+    against = {}  # {A: {arm: its comparisons with A}}, read as the baseline's are
+    for a in filter(None, args.against.split(",")):
+        if a not in result_arms:
+            raise SweepError(f"--against {a}: not an arm of this sweep ({', '.join(result_arms)})")
+        against[a] = {
+            arm: dict(
+                vs_baseline=compare_summaries(entry["summary"], result_arms[a]["summary"]),
+                paired_vs_baseline=compare_paired(per_seed[arm], per_seed[a]),
+            )
+            for arm, entry in result_arms.items()
+            if arm != a
+        }
     over_worlds = worlds_comparisons(records) if any("data_seed" in v["overrides"] for v in arms.values()) else None
     profile = next((r["config"].get("profile") for r in records if r["config"].get("profile")), None)
     result = dict(
@@ -528,6 +608,7 @@ def collect(args, runs):
         spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
         directions={m.name: m.direction for m in METRICS},
         arms=result_arms,
+        **({"against": against} if against else {}),
         **({"over_worlds": over_worlds, "interval_over_worlds": OVER_WORLDS_NOTE} if over_worlds is not None else {}),
         runs=records,
     )
@@ -612,8 +693,12 @@ def main(argv) -> int:
         recompare_from_json(args)
         return 0
     runs = plan(args, passthrough)
+    _, kept = recorded(args, runs)
     states = {run.out: run_status(run.out, run.cfg) for run in runs}
-    todo = [run for run in runs if states[run.out] != "finished"]
+    for run in runs:  # finished in a checkout or on a machine whose run directories are not here
+        if states[run.out] == "new" and (run.arm, run.seed) in kept:
+            states[run.out] = f"finished, read from {Path(args.results) / f'{args.name}.json'} (its directory is not here)"
+    todo = [run for run in runs if not states[run.out].startswith("finished")]
     print(f"sweep {args.name}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
     for run in runs:
         print(f"  {run.arm} seed {run.seed}: {states[run.out]} ({run.out})")

@@ -52,12 +52,13 @@ def fmt_delta(cmp, kind: str = "Welch"):
 
 def results_markdown(result: dict) -> str:
     """The Markdown table of a sweep's results/<name>.json: a row per metric (with its direction), a
-    column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
-    with its 95% Welch interval, and "within noise" where that interval includes 0, then where the
-    sweep paired its arms by seed the paired 95% interval and the Holm-adjusted p (no Δ for
-    reference metrics; no row for a metric no arm has). A sweep over worlds shows mean ± std only
-    there (its comparisons are the worlds table's, over world means). The README's
-    Results tables are this function's output (a test holds them to results/*.json)."""
+        column per arm, each cell mean ± std (n); in every arm but the baseline also Δ vs the baseline
+        with its 95% Welch interval, and "within noise" where that interval includes 0, then where the
+        sweep paired its arms by seed the paired 95% interval and the Holm-adjusted p (no Δ for
+        reference metrics; no row for a metric no arm has). A sweep over worlds shows mean ± std only
+        there (its comparisons are the worlds table's, over world means). Where the sweep compared its
+    arms with others too (--against), the same table follows read against each. The README's
+        Results tables are this function's output (a test holds them to results/*.json)."""
     arms = result["arms"]
     per_world = bool(result.get("over_worlds"))
     names = list(arms)
@@ -85,6 +86,10 @@ def results_markdown(result: dict) -> str:
                 cell += f"; paired [{fmt(paired['lo'])}, {fmt(paired['hi'])}]{holm}" + (" within noise" if paired["within_noise"] else "")
             cells.append(cell)
         lines.append(f"| {metric.name} ({metric.direction}) | " + " | ".join(cells) + " |")
+    for a, compared in (result.get("against") or {}).items():  # the same table, read against another arm
+        arms_vs = {a: dict(summary=arms[a]["summary"])} | {name: dict(summary=arms[name]["summary"]) | compared[name] for name in compared}
+        table = results_markdown(dict(arms=arms_vs, baseline=a))
+        lines += ["", f"Each arm against `{a}`: Δ and the paired interval are arm minus `{a}`.", "", table]
     return "\n".join(lines + worlds_markdown(result))
 
 

@@ -61,6 +61,17 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     arm_info = json.loads((tmp_path / "sweeps" / "ablation" / "none" / "final_info.json").read_text())
     assert arm_info["seeds"]["values"] == [42, 43]  # each arm reads like a multi-seed run of experiment.py
 
+    # the arms against another arm than the baseline, paired by seed: none - progressive is -(progressive - none)
+    against = sweep(tmp_path, "--collect", "--against", "progressive")
+    assert against.returncode == 0, against.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "ablation.json").read_text())
+    reverse = result["against"]["progressive"]["none"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]
+    assert reverse["delta"] == pytest.approx(-paired["delta"]) and reverse["lo"] == pytest.approx(-paired["hi"])
+    assert "Each arm against `progressive`" in (tmp_path / "results" / "ablation.md").read_text()
+    assert (tmp_path / "results" / "ablation.md").read_text().strip() == results_markdown(result)
+    unknown = sweep(tmp_path, "--collect", "--against", "nope")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "--against nope: not an arm" in unknown.stderr
+
     # one run lost its eval (as if interrupted): only that run goes through the engine again
     lost = tmp_path / "sweeps" / "ablation" / "none" / "seed_43" / "final_info.json"
     info = json.loads(lost.read_text())
@@ -128,6 +139,26 @@ def test_synth_sweep_end_to_end(tmp_path):
     dose = next(r["dose"] for r in result["runs"] if r["arm"] == "progressive")
     assert dose["ortho_share_mean"] > 0 and dose["ortho_scale_range"][0] <= dose["ortho_scale"] <= dose["ortho_scale_range"][1]
 
+    # seed by seed: a further seed's call adds to the results JSON, it does not replace it
+    at = lambda *seeds: [*command[:4], *command[6:], *seeds]  # noqa: E731  (the command without its --seeds 2)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    more = subprocess.run(at("--seed", "44", "--seeds", "1"), cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert more.returncode == 0 and "2 runs, 0 finished, 2 to run" in more.stdout, more.stderr[-2000:]
+    grown = json.loads((tmp_path / "results" / "synth_tiny.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in grown["runs"]) == [(a, s) for a in ("none", "progressive") for s in (42, 43, 44)]
+    assert grown["runs"][:2] == result["runs"][:2] and grown["arms"]["progressive"]["paired_vs_baseline"]["synth_absorption"]["n"] == 3
+
+    # a checkout without the run directories (a new session, another machine): the records stand in for them
+    (tmp_path / "sweeps").rename(tmp_path / "elsewhere")
+    kept = subprocess.run(at("--seeds", "42,43,44", "--collect"), cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert kept.returncode == 0 and "6 runs read from" in kept.stdout, kept.stderr[-2000:]
+    again = json.loads((tmp_path / "results" / "synth_tiny.json").read_text())
+    assert again["runs"] == grown["runs"] and again["arms"] == grown["arms"]
+    rerun = subprocess.run(at("--seeds", "42,43,44", "--dry_run"), cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert "6 runs, 6 finished, 0 to run" in rerun.stdout, rerun.stderr[-2000:]  # finished runs are not trained again
+    other = subprocess.run(at("--seeds", "42,43", "--collect", "--k", "8"), cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1 and "none seed 42 with other options (k" in other.stderr
+
 
 def test_collect_from_json_rebuilds_paired_comparisons_from_the_per_run_records(tmp_path):
     """A sweep whose run directories are gone: its JSON's per-run records give the paired intervals."""
@@ -173,3 +204,8 @@ def test_every_run_of_a_sweep_gets_one_precision_and_a_resume_keeps_it(tmp_path,
     assert calls == ["auto", "auto"] and {r.cfg.sae_dtype for r in runs} == {"float32"}  # from the finished run, no probe
     runs = sweep.plan(*sweep.parse([*argv, "--sae_dtype", "bfloat16"]))
     assert {r.cfg.sae_dtype for r in runs} == {"bfloat16"}  # given: left alone
+    # a checkout without the run directories: the results JSON's finished records say it
+    (recorded / "final_info.json").unlink()
+    (tmp_path / "p.json").write_text(json.dumps({"runs": [dict(arm="none", seed=42, state="finished", config=config)]}))
+    runs = sweep.plan(*sweep.parse([*argv, "--results", str(tmp_path)]))
+    assert calls == ["auto", "auto"] and {r.cfg.sae_dtype for r in runs} == {"float32"}
