@@ -705,7 +705,7 @@ def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out:
                 raise session.failure(f"training stopped: {e}") from None
             if session.logs(step):
                 session.log(log_record(cfg, trainer, step_out, x_BD, step, session.elapsed()), step_out.terms)
-    return sae, session.final_info() | dict(ortho_impl=trainer.ortho_impl)
+    return sae, session.final_info(ortho_impl=trainer.ortho_impl)
 
 
 # ----------------------------------------------------------------------------------------------

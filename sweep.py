@@ -140,6 +140,11 @@ def grid_items() -> dict:
     return checks.Check("FIELD=V1,V2 items", ok, (["k"], ["k="], ["no_such_option=1,2"], ["seed=1,2"]), reason=reason).metadata()
 
 
+def arm_names() -> dict:
+    ok = lambda v: v == "" or all(item and not set(item) & set("/ \t") for item in v.split(","))
+    return checks.Check("a comma list of the sweep's arm names", ok, ([","], ["a,,b"], ["a b"])).metadata()
+
+
 def run_name() -> dict:
     ok = lambda v: bool(v.strip()) and v not in (".", "..") and "/" not in v and os.sep not in v
     return checks.Check("a name for a folder (no '/')", ok, ([""], ["a/b"], [".."])).metadata()
@@ -179,7 +184,7 @@ class SweepOptions:
     """memory per job in GB (SLURM; 0 = the cluster's default)"""
     baseline: str = field(default="", metadata=existing_path(allow_fragment=True))
     """when this sweep has no plain none arm, compare with this baseline: an arm directory of another sweep (e.g. sweeps/ablation/none), or another sweep's results JSON with its per-run records (results/ablation_e4.json, its own baseline arm; results/x.json#arm for another arm)"""
-    against: str = field(default="", metadata=checks.text(required=False))
+    against: str = field(default="", metadata=arm_names())
     """comma list of this sweep's arms: every other arm is also compared with each, paired by seed (results JSON `against`, one more table each in <name>.md), e.g. matryoshka_progressive against matryoshka"""
     collect: bool = False
     """submit nothing: rebuild the results from the run directories (and results/<name>.json's records of runs whose directories are not here)"""

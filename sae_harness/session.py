@@ -110,8 +110,9 @@ class TrainingSession:
         last_good = f"the last good checkpoint is {self.ckpt_path}" if self.ckpt_path.exists() else "no checkpoint was written yet"
         return TrainingFailed(f"{why}; {last_good}")
 
-    def final_info(self) -> dict:
-        """The run's training record, from the last step's log record and the term's dose."""
+    def final_info(self, **extra) -> dict:
+        """The run's training record, from the last step's log record, then extra (what only the
+        trainer knows), then the term's dose."""
         cfg, record = self.cfg, self.record
         return dict(
             training_steps=cfg.total_steps,
@@ -125,4 +126,5 @@ class TrainingSession:
             l0=record["l0"],
             dead_fraction=record["dead_fraction"],
             fvu=record["fvu"],
+            **extra,
         ) | rundir.dose_summary(self.dose)
