@@ -497,8 +497,9 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
     return runs, kept
 
 
-def collect(args, runs):
-    """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png."""
+def collect(args, runs, kept):
+    """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png.
+    runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
     from sae_harness.formatting import results_markdown
     from sae_harness.report import summaries_table
     from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
@@ -513,7 +514,6 @@ def collect(args, runs):
         training_key,
     )
 
-    runs, kept = recorded(args, runs)
     arms, records, standing_in = {}, [], []
     for run in runs:
         arm, variant, overrides, seed, out, cfg = run.arm, run.variant, run.overrides, run.seed, run.out, run.cfg
@@ -537,7 +537,7 @@ def collect(args, runs):
                 run_dir=shown(out),
                 state=run_status(out, cfg) if out.exists() else "new",
                 config=block.get("config") or comparable_config(cfg),
-                summary=summarize(info),
+                summary=entry["summaries"][seed],
                 dose={k: v for k, v in trained.items() if k.startswith("ortho_") and k != "ortho_impl"},
                 seconds=trained.get("seconds"),  # training only: the cost, on
                 cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
@@ -698,7 +698,7 @@ def main(argv) -> int:
         recompare_from_json(args)
         return 0
     runs = plan(args, passthrough)
-    _, kept = recorded(args, runs)
+    everything, kept = recorded(args, runs)  # the runs a collect reads: these and the JSON's other seeds
     states = {run.out: run_status(run.out, run.cfg) for run in runs}
     for run in runs:  # finished in a checkout or on a machine whose run directories are not here
         if states[run.out] == "new" and (run.arm, run.seed) in kept:
@@ -710,7 +710,7 @@ def main(argv) -> int:
     if args.dry_run:
         return 0
     codes = launch(args, todo) if todo and not args.collect else {}
-    collect(args, runs)
+    collect(args, everything, kept)
     failed = [f"{out} ({describe_exit(code)})" for out, code in codes.items() if code != Exit.DONE]
     if failed:
         print(f"error: {len(failed)} runs did not finish: {'; '.join(failed)}. Rerun the same command to resume them.", file=sys.stderr)
