@@ -464,7 +464,7 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
     holds already: the planned runs, plus the planned arms at every further seed that JSON records
     (a study run seed by seed, one call per seed, accumulates). A record of a run whose directory is
     not here stands for it; one recorded with other options than this sweep's is refused."""
-    from sae_harness.rundir import comparable_config
+    from sae_harness.rundir import differing_options
 
     path = Path(args.results) / f"{args.name}.json"
     try:
@@ -488,8 +488,7 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
     runs = sorted([*runs, *extra], key=lambda run: (order.index(run.arm), run.seed))
     for run in runs:
         if (record := kept.get((run.arm, run.seed))) and not (run.out / "final_info.json").exists():
-            differ, _ = config_differences([record["config"], comparable_config(run.cfg)], ignore=fields_with(run.cfg, PLACE))
-            if differ:
+            if differ := differing_options(record["config"], run.cfg):
                 raise SweepError(
                     f"{path} records {run.arm} seed {run.seed} with other options ({', '.join(differ[:3])}); "
                     "use another --name, or move that file away"

@@ -80,6 +80,14 @@ def comparable_config(cfg) -> dict:
     return {k: v for k, v in recorded_config(cfg).items() if k not in place}
 
 
+def differing_options(recorded: dict, cfg) -> list[str]:
+    """'field: recorded there, wanted now' for each field of a recorded config (a run directory's,
+    or a results JSON's record of it) that cfg sets otherwise; where a run is kept is no difference."""
+    wanted = comparable_config(cfg)
+    differ, _ = config_differences([recorded, wanted], ignore=fields_with(cfg, PLACE))
+    return [f"{k}: {recorded[k]!r} there, {wanted[k]!r} now" for k in differ]
+
+
 class RunDir:
     """One run directory's final_info.json, read by state() and rewritten atomically on every
     change: the training block (the recorded config and the training results), one block per eval,
@@ -119,9 +127,7 @@ class RunDir:
 
     def config_differences(self, cfg) -> list[str]:
         """'field: recorded there, wanted now' for each recorded config field that cfg sets otherwise."""
-        recorded, wanted = self.info[self.training_key]["config"], comparable_config(cfg)
-        differ, _ = config_differences([recorded, wanted], ignore=fields_with(cfg, PLACE))
-        return [f"{k}: {recorded[k]!r} there, {wanted[k]!r} now" for k in differ]
+        return differing_options(self.info[self.training_key]["config"], cfg)
 
     def record_training(self, config: dict, final: dict) -> None:
         self.info[self.training_key] = dict(config=config, final_info=final)
