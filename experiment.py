@@ -35,8 +35,9 @@ import beartype  # noqa: F401
 import torch
 import torch.nn.functional as F
 
-from sae_harness import cli, data, ortho_fast, precision, profiles, rundir, runner, synth
-from sae_harness.checks import (
+from sae_harness.evals.registry import LM_EVAL_NAMES
+from sae_harness.run import cli, data, ortho_fast, precision, profiles, rundir, runner, synth
+from sae_harness.run.checks import (
     ARM,
     EVAL,
     LOG,
@@ -52,10 +53,9 @@ from sae_harness.checks import (
     text,
     word,
 )
-from sae_harness.registry import LM_EVAL_NAMES
-from sae_harness.sae_interface import SAEBenchSAE
-from sae_harness.session import TrainingSession
-from sae_harness.tracking import Tracker
+from sae_harness.run.sae_interface import SAEBenchSAE
+from sae_harness.run.session import TrainingSession
+from sae_harness.run.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
 
@@ -181,7 +181,7 @@ class Config:
     ortho_every: int = field(default=5, metadata=integer(1) | ARM)
     """compute the orthogonality term on every n-th step and hold its gradient in between (1 = every step)"""
     ortho_impl: Literal["fast", "reference"] = field(default="fast", metadata=ARM)
-    """reference = orthogonality_penalty below, by autograd; fast = sae_harness/ortho_fast.py, the same math"""
+    """reference = orthogonality_penalty below, by autograd; fast = sae_harness/run/ortho_fast.py, the same math"""
     # logging, checkpoints, evals
     log_every: int = field(default=0, metadata=integer(0) | LOG)
     """steps between training_log.jsonl records; 0 = auto (about 100 records)"""
@@ -205,7 +205,7 @@ class Config:
         return f"blocks.{self.layer}.hook_resid_post"
 
 
-SYNTH_PROFILE = dict(  # ground truth: a SynthSAEBench world (sae_harness/synth.py; docs/synthetic.md), offline, CPU
+SYNTH_PROFILE = dict(  # ground truth: a SynthSAEBench world (sae_harness/run/synth.py; docs/synthetic.md), offline, CPU
     lm_name="synth:synth-cpu",  # synth:synthsaebench-16k is the published 16k world (a GPU job)
     layer=0,
     text_source="synth",
@@ -272,7 +272,7 @@ class TrainOutput(NamedTuple):
 
 
 class AutoEncoderTopK(SAEBenchSAE):
-    """A TopK SAE as SAEBench's evals read it (sae_harness/sae_interface.py: the weights, decode,
+    """A TopK SAE as SAEBench's evals read it (sae_harness/run/sae_interface.py: the weights, decode,
     forward, device, dtype, its config), with the k buffer, the TopK encode and the training forward.
     Decoder rows are kept at unit norm."""
 
@@ -681,14 +681,14 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         dead_fraction=out.dead_F.float().mean().item(),
         fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
-    if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/synth.py)
+    if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/run/synth.py)
         contained = trainer.arm.pairs == "contained"  # the pairs as this arm's term weighs them
         record |= synth.mechanism_record(cfg, trainer.sae.W_dec, cofiring(out.cofire_BF, out.threshold, contained))
     return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
 
 
 def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out: Path, tracker: Tracker) -> tuple[AutoEncoderTopK, dict]:
-    """The training loop. The session keeps its books (sae_harness/session.py): it resumes from
+    """The training loop. The session keeps its books (sae_harness/run/session.py): it resumes from
     out/checkpoint.pt, logs to out/training_log.jsonl (and wandb), and writes a checkpoint every
     cfg.checkpoint_every steps and on SIGINT / SIGTERM."""
     torch.manual_seed(cfg.seed)

@@ -36,8 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae_harness.formatting import spread_of  # noqa: E402
-from sae_harness.report import (  # noqa: E402
+from sae_harness.analysis.formatting import spread_of  # noqa: E402
+from sae_harness.analysis.report import (  # noqa: E402
     MECHANISM,
     PHASES,
     RunError,
@@ -59,7 +59,7 @@ from sae_harness.report import (  # noqa: E402
     shown_metrics,
     siblings,
 )
-from sae_harness.schema import METRICS, REFERENCE, config_differences, is_baseline  # noqa: E402
+from sae_harness.run.schema import METRICS, REFERENCE, config_differences, is_baseline  # noqa: E402
 
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
 

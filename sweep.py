@@ -36,8 +36,8 @@ import simple_parsing
 import submitit
 
 import experiment as E
-from sae_harness import checks, cli
-from sae_harness.checks import (
+from sae_harness.run import checks, cli
+from sae_harness.run.checks import (
     ARM,
     EVAL,
     LOG,
@@ -53,8 +53,8 @@ from sae_harness.checks import (
     seed_spec,
     word,
 )
-from sae_harness.rundir import Exit, Interrupted, UsageError, describe_exit
-from sae_harness.schema import BASELINE_VARIANT, arm_name, config_differences, is_baseline
+from sae_harness.run.rundir import Exit, Interrupted, UsageError, describe_exit
+from sae_harness.run.schema import BASELINE_VARIANT, arm_name, config_differences, is_baseline
 
 ROOT = Path(__file__).resolve().parent
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
@@ -289,9 +289,9 @@ def pinned_precision(args, passthrough) -> list[str]:
     in one precision: `auto` rests on a speed probe, and under load it flips (a synth sweep got
     bfloat16 for some seeds and float32 for another). The value is what the sweep's finished runs
     recorded (in their directories, else in results/<name>.json), else auto resolved once, here. An option given, or gridded, is left alone."""
-    from sae_harness import precision
-    from sae_harness.rundir import read_info
-    from sae_harness.schema import run_identity
+    from sae_harness.run import precision
+    from sae_harness.run.rundir import read_info
+    from sae_harness.run.schema import run_identity
 
     given = {o.lstrip("-").split("=")[0].replace("-", "_") for o in passthrough if o.startswith("--")}
     given |= {item.partition("=")[0] for item in args.grid}
@@ -323,7 +323,7 @@ def pinned_precision(args, passthrough) -> list[str]:
 
 def run_status(out: Path, cfg) -> str:
     """'new', 'resume' or 'finished'; a finished run recorded with other options is refused."""
-    from sae_harness.rundir import RunDir
+    from sae_harness.run.rundir import RunDir
 
     run = RunDir(out, cfg.layer)
     try:
@@ -425,7 +425,7 @@ def worlds_comparisons(records: list[dict]) -> dict:
     """{arm name without its data_seed: compare_over_worlds against plain TopK with the same other
     options}, from the per-run records of a sweep gridded over data_seed (the world); and for each
     schedule contrast, {"A - B": A against B at the same other options}."""
-    from sae_harness.schema import compare_over_worlds
+    from sae_harness.run.schema import compare_over_worlds
 
     groups = {}  # (variant, its overrides but the world) -> runs
     for record in records:
@@ -464,7 +464,7 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
     holds already: the planned runs, plus the planned arms at every further seed that JSON records
     (a study run seed by seed, one call per seed, accumulates). A record of a run whose directory is
     not here stands for it; one recorded with other options than this sweep's is refused."""
-    from sae_harness.rundir import differing_options
+    from sae_harness.run.rundir import differing_options
 
     path = Path(args.results) / f"{args.name}.json"
     try:
@@ -499,10 +499,10 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
 def collect(args, runs, kept):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png.
     runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
-    from sae_harness.formatting import results_markdown
-    from sae_harness.report import summaries_table
-    from sae_harness.rundir import comparable_config, read_info, write_atomic, write_json_atomic
-    from sae_harness.schema import (
+    from sae_harness.analysis.formatting import results_markdown
+    from sae_harness.analysis.report import summaries_table
+    from sae_harness.run.rundir import comparable_config, read_info, write_atomic, write_json_atomic
+    from sae_harness.run.schema import (
         METRICS,
         aggregate,
         combine_summaries,
@@ -662,9 +662,9 @@ def baseline_differences(base_configs: dict, records: list) -> list[str]:
 def recompare_from_json(args) -> dict:
     """--collect --from_json: each arm's comparisons with the baseline (Welch from the arms' summaries,
     paired by seed from the per-run records) rebuilt inside results/<name>.json, and its table."""
-    from sae_harness.formatting import results_markdown
-    from sae_harness.rundir import write_atomic, write_json_atomic
-    from sae_harness.schema import compare_paired, compare_summaries
+    from sae_harness.analysis.formatting import results_markdown
+    from sae_harness.run.rundir import write_atomic, write_json_atomic
+    from sae_harness.run.schema import compare_paired, compare_summaries
 
     path = Path(args.results) / f"{args.name}.json"
     try:

@@ -47,11 +47,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import experiment as E  # noqa: E402
-from sae_harness import cli, data, precision  # noqa: E402
 from sae_harness import evals as evals_module  # noqa: E402
-from sae_harness import ortho_fast as O  # noqa: E402
-from sae_harness.schema import EVAL_KEYS  # noqa: E402
-from sae_harness.tracking import Tracker  # noqa: E402
+from sae_harness.run import cli, data, precision  # noqa: E402
+from sae_harness.run import ortho_fast as O  # noqa: E402
+from sae_harness.run.schema import EVAL_KEYS  # noqa: E402
+from sae_harness.run.tracking import Tracker  # noqa: E402
 
 
 def embedded_config(**overrides):
@@ -485,7 +485,7 @@ def measure_eval_cache(results, rows):
 
 def measure_machine(device, results, rows):
     """The kind of machine every figure came from: the CPU's capability, the measured low-precision
-    speedups and the dtypes auto chooses here (sae_harness/precision.py)."""
+    speedups and the dtypes auto chooses here (sae_harness/run/precision.py)."""
     prec = precision.resolve("auto", "auto", device, "gemma-3-270m")
     results.update(
         cpu_capability=prec.cpu_capability,
@@ -504,7 +504,7 @@ def measure_arms(profile, device, results, rows, n_steps=0):
     over the schedule (sampled_steps)."""
     cfg = cli.apply_profile(E.Config(out_dir="bench", profile=profile), E.PROFILES, cuda_available=device.type == "cuda")
     if profile == "synth":
-        from sae_harness import synth
+        from sae_harness.run import synth
 
         buf = synth.activation_buffer(cfg, device)
     else:

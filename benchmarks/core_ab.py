@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiment as E  # noqa: E402
-from sae_harness import cli, data, evals  # noqa: E402
+from sae_harness import evals  # noqa: E402
 from sae_harness.evals import core_recorder  # noqa: E402
+from sae_harness.run import cli, data  # noqa: E402
 
 NEW = SimpleNamespace(CoreRecorder=core_recorder.CoreRecorder, eval_core=evals.eval_core, EvalContext=evals.EvalContext)
 

@@ -74,9 +74,11 @@ def evaluate(run_dirs: list[Path], seeds: list[int], names: list[str]) -> None:
     import torch
 
     import experiment as X
-    from sae_harness import data, evals, registry
-    from sae_harness.rundir import read_info, write_json_atomic
-    from sae_harness.schema import info_training_key, summarize
+    from sae_harness import evals
+    from sae_harness.evals import registry
+    from sae_harness.run import data
+    from sae_harness.run.rundir import read_info, write_json_atomic
+    from sae_harness.run.schema import info_training_key, summarize
 
     saebench = {e.name: e for e in registry.EVALS if e.needs_eval_model}  # the evals an eval seed changes
     if unknown := [n for n in names if n not in saebench]:
@@ -138,7 +140,7 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
     """(the eval seeds every run has, the metrics ok at all of them in every run, {run_dir: summary
     with those metrics' value (and se) replaced by the mean over those seeds}, {metric: the pooled
     sample std over those seeds: root mean of the runs' variances})."""
-    from sae_harness.schema import combine_summaries
+    from sae_harness.run.schema import combine_summaries
 
     seeds = sorted(set.intersection(*(set(r["eval_seed"] for r in noises[rec["run_dir"]]["runs"]) for rec in records)))
     if len(seeds) < 2:
@@ -164,9 +166,9 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
 
 def compare(result_path: Path, name: str | None, results: Path) -> dict:
     import plot
-    from sae_harness.formatting import results_markdown
-    from sae_harness.rundir import write_atomic, write_json_atomic
-    from sae_harness.schema import combine_summaries, compare_summaries
+    from sae_harness.analysis.formatting import results_markdown
+    from sae_harness.run.rundir import write_atomic, write_json_atomic
+    from sae_harness.run.schema import combine_summaries, compare_summaries
 
     sweep = json.loads(result_path.read_text())
     records = sweep["runs"]

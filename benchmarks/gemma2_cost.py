@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 from bench import report  # noqa: E402  (benchmarks/, on the path when run as a script)
 
 import experiment as E  # noqa: E402
-from sae_harness import cli, data, standins  # noqa: E402
-from sae_harness.tracking import Tracker  # noqa: E402
+from sae_harness.run import cli, data, standins  # noqa: E402
+from sae_harness.run.tracking import Tracker  # noqa: E402
 
 
 def gib(n_bytes: int) -> float:

@@ -1,4 +1,4 @@
-"""Interleaved A/B of the fast orthogonality term: this checkout's sae_harness/ortho_fast.py against
+"""Interleaved A/B of the fast orthogonality term: this checkout's sae_harness/run/ortho_fast.py against
 the same file at another commit, on the same batches of the embedded profile (its activation cache
 must exist: run experiment.py or bench.py once).
 
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiment as E  # noqa: E402
-from sae_harness import cli, data, precision  # noqa: E402
-from sae_harness import ortho_fast as NEW  # noqa: E402
+from sae_harness.run import cli, data, precision  # noqa: E402
+from sae_harness.run import ortho_fast as NEW  # noqa: E402
 
 
 def module_at(commit: str):
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:sae_harness/ortho_fast.py"], capture_output=True, text=True)
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:sae_harness/run/ortho_fast.py"], capture_output=True, text=True)
     if source.returncode:
-        sys.exit(f"ortho_ab: no sae_harness/ortho_fast.py at {commit!r} ({source.stderr.strip()})")
+        sys.exit(f"ortho_ab: no sae_harness/run/ortho_fast.py at {commit!r} ({source.stderr.strip()})")
     path = Path(tempfile.mkdtemp()) / "ortho_fast_old.py"
     path.write_text(source.stdout)
     spec = importlib.util.spec_from_file_location("ortho_fast_old", path)

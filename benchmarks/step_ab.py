@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import experiment as NEW  # noqa: E402
-from sae_harness import cli, precision, synth  # noqa: E402
+from sae_harness.run import cli, precision, synth  # noqa: E402
 
 
 def experiment_at(commit: str):

@@ -1,4 +1,11 @@
-"""The plumbing behind experiment.py: data and the activation cache (data), the fast orthogonality
-term (ortho_fast), SAEBench evals (evals), the run directory (rundir), final_info's schema
-(schema), notes.txt (notes), the command line (cli) and wandb (tracking). Changing the method
-never requires reading it."""
+"""The plumbing behind experiment.py, in three rooms:
+
+- run/: what a run needs: the config's command line and checks, data and the activation cache,
+  the synthetic worlds, precision, the run directory, the training session, the fast
+  orthogonality term and the runner that takes a run from cache to report;
+- evals/: what a finished SAE is measured with: the eval registry, SAEBench's evals, the eval
+  cache, held-out separation and the ground-truth measures on synthetic worlds;
+- analysis/: what runs mean together: run records, statistics, readings of a study, reports,
+  notes.txt entries.
+
+Changing the method never requires reading it."""

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest
 import torch
 
-from sae_harness.standins import char_tokenizer as tiny_tokenizer  # noqa: F401  (the tests' tokenizer)
+from sae_harness.run.standins import char_tokenizer as tiny_tokenizer  # noqa: F401  (the tests' tokenizer)
 
 
 def make_tiny_gemma3(seed=0):
@@ -80,8 +80,8 @@ def tiny_args(tmp_path, out="run_1", *extra):
 
 @pytest.fixture
 def tiny_lm(monkeypatch):
-    """sae_harness.data.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""
-    from sae_harness import data
+    """sae_harness.run.data.load_language_model returns a tiny random Gemma 3 (64 wide) and a byte tokenizer."""
+    from sae_harness.run import data
 
     model, tokenizer = make_tiny_gemma3(), tiny_tokenizer()
     monkeypatch.setattr(data, "load_language_model", lambda cfg, device: (model, tokenizer))

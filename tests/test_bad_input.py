@@ -1,7 +1,7 @@
 """Every option refuses its bad values, found by enumerating the config rather than by a list: for
 each field of experiment.Config (and of sweep.SweepOptions), the bad values of its type (a word for a
 number, NaN, infinities, a huge integer, a choice that is not one) and the values its own declaration
-says it must refuse (sae_harness/checks.py: 0 and negatives for counts, values outside an interval,
+says it must refuse (sae_harness/run/checks.py: 0 and negatives for counts, values outside an interval,
 an uncreatable path, a file where a directory is expected). Each must give exit status 2, one line on
 stderr naming the option, no traceback, and nothing written to disk."""
 
@@ -15,7 +15,7 @@ import pytest
 
 import experiment as E
 import sweep
-from sae_harness import checks, cli
+from sae_harness.run import checks, cli
 
 
 def type_of(f: dataclasses.Field, hints: dict):
@@ -74,7 +74,9 @@ def refuses_every_bad_value(f, hints, tmp_path, capsys, monkeypatch, run, base: 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     values = bad_values(f, hints, a_file)
-    assert values, f"{f.name} has no declared check and no type the parser refuses: declare one beside the field (sae_harness/checks.py)"
+    assert values, (
+        f"{f.name} has no declared check and no type the parser refuses: declare one beside the field (sae_harness/run/checks.py)"
+    )
     before = snapshot(tmp_path)
     for value in values:
         argv = [x for name, v in base.items() if name != f.name for x in (f"--{name}", v)] + argv_for(f.name, value) + list(extra)

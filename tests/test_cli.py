@@ -11,7 +11,8 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import cli, evals, rundir
+from sae_harness import evals
+from sae_harness.run import cli, rundir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,8 @@ def test_real_entry_point_bad_flag_is_fast_and_one_line(tmp_path):
 def test_eval_names_blocks_and_metrics_come_from_the_registry():
     """One list of evals (registry.EVALS): the --evals default and choices in run order (the evals
     without the SAEBench model first), final_info's blocks and the summary's metrics in its order."""
-    from sae_harness import registry, schema
+    from sae_harness.evals import registry
+    from sae_harness.run import schema
 
     lm_evals = "separation,absorption,core,sparse_probing,unlearning"
     assert E.parse_args(["--out_dir", "x", "--profile", "gemma-3-270m"]).evals == lm_evals == ",".join(registry.LM_EVAL_NAMES)

@@ -1,4 +1,4 @@
-"""sae_harness.data: token windows, the activation buffer against a plain forward, the cache."""
+"""sae_harness.run.data: token windows, the activation buffer against a plain forward, the cache."""
 
 import os
 
@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import data
+from sae_harness.run import data
 
 
 def test_buffer_activations_equal_plain_forward(tmp_path, tiny_lm):

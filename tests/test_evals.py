@@ -480,7 +480,7 @@ def test_absorption_se_brute_force():
 
 
 def test_eval_cache_rebuilds_partial_entries(tmp_path):
-    from sae_harness.eval_cache import EvalCache
+    from sae_harness.evals.eval_cache import EvalCache
 
     cache = EvalCache(tmp_path / "evals", tmp_path)
     builds = []
@@ -512,9 +512,9 @@ def test_eval_cache_rebuilds_partial_entries(tmp_path):
 
 
 def test_summary_and_notes_carry_the_standard_error(tmp_path):
-    from sae_harness.notes import notes_entry
-    from sae_harness.registry import CORE
-    from sae_harness.schema import summarize
+    from sae_harness.analysis.notes import notes_entry
+    from sae_harness.evals.registry import CORE
+    from sae_harness.run.schema import summarize
 
     info = {
         "training results for layer 9": {"config": {"lm_name": "google/gemma-3-270m", "layer": 9}, "final_info": {}},

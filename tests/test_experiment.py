@@ -11,8 +11,9 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import cli, evals, rundir
-from sae_harness.rundir import Interrupted
+from sae_harness import evals
+from sae_harness.run import cli, rundir
+from sae_harness.run.rundir import Interrupted
 
 
 def read_log(run):
@@ -158,7 +159,7 @@ def test_wandb_unreachable_is_one_warning_and_the_run_goes_on(tmp_path):
     import sys
 
     code = (
-        "from sae_harness.tracking import Tracker\n"
+        "from sae_harness.run.tracking import Tracker\n"
         f"t = Tracker('sae-test', 'run_1', {{}}, {str(tmp_path)!r})\n"
         "t.log({'step': 0, 'loss': 1.0}); t.summary({'m': {'value': 1.0}}); t.images([]); t.finish()\n"
         "print('run went on')\n"
@@ -245,7 +246,7 @@ def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
         "nn_cos_mean": "float", "alive_fraction": "float", "tokens": "int", "settings": "dict", "seconds": "float",
     }  # fmt: skip
     assert list(info["unlearning evaluation results"]) == ["skipped", "seconds"]
-    from sae_harness.schema import METRICS
+    from sae_harness.run.schema import METRICS
 
     assert list(info["summary"]) == [m.name for m in METRICS]
     for name, entry in info["summary"].items():
@@ -287,7 +288,8 @@ def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch
     """An entry in registry.EVALS is all a new eval needs: --evals takes it, it runs after training,
     final_info.json gets its block and the summary its metric. (The patches below stand for what
     registry.py and schema.py derive from EVALS when they are imported.)"""
-    from sae_harness import registry, schema
+    from sae_harness.evals import registry
+    from sae_harness.run import schema
 
     block = "toy evaluation results"
     toy = registry.Eval(
@@ -324,7 +326,7 @@ def test_a_new_loss_term_is_one_function_and_one_entry(tmp_path, tiny_lm, monkey
     """A term added to TrainerTopK.loss_terms (here an L1 penalty on the kept activations) is in the
     loss and its gradient, the log (l1_loss), the progress line and the loss figure, with no other edit."""
     import plot
-    from sae_harness import report
+    from sae_harness.analysis import report
 
     original = E.TrainerTopK.loss_terms
 

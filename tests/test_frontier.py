@@ -1,11 +1,11 @@
-"""sae_harness.frontier: each arm raw and at plain TopK's explained variance, worlds as the random factor."""
+"""sae_harness.analysis.frontier: each arm raw and at plain TopK's explained variance, worlds as the random factor."""
 
 import json
 
 import pytest
 
-from sae_harness import frontier
-from sae_harness.stats import interval_over_worlds
+from sae_harness.analysis import frontier
+from sae_harness.analysis.stats import interval_over_worlds
 
 X, Y = "synth_explained_variance", "synth_absorption_any"
 

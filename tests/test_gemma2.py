@@ -13,9 +13,10 @@ from transformer_lens import HookedTransformerConfig
 from transformer_lens import loading_from_pretrained as loading
 
 import experiment as E
-from sae_harness import data, evals
+from sae_harness import evals
 from sae_harness.evals import core_recorder
-from sae_harness.standins import GEMMA_2_2B
+from sae_harness.run import data
+from sae_harness.run.standins import GEMMA_2_2B
 
 TINY = {"google/gemma-2-2b": make_tiny_gemma2, "google/gemma-3-270m": make_tiny_gemma3}
 LAYER = 2
@@ -26,7 +27,7 @@ TEXTS = [
 ]
 
 # the embedded Gemma 3 270M's config as transformers reads it from the GGUF package (printed here);
-# google/gemma-2-2b's is sae_harness.standins.GEMMA_2_2B.
+# google/gemma-2-2b's is sae_harness.run.standins.GEMMA_2_2B.
 GEMMA_3_270M = dict(
     head_dim=256,
     hidden_activation="gelu_pytorch_tanh",

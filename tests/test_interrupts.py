@@ -21,7 +21,9 @@ from test_pinned import normalised
 from test_synth import TINY
 
 import experiment as E
-from sae_harness import cli, evals, registry, synth
+from sae_harness import evals
+from sae_harness.evals import registry
+from sae_harness.run import cli, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]

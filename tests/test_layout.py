@@ -23,7 +23,7 @@ def test_plot_imports_neither_torch_nor_experiment():
 
 
 def test_schema_and_notes_are_pure_python():
-    modules = imported_after("import sae_harness.schema, sae_harness.notes")
+    modules = imported_after("import sae_harness.run.schema, sae_harness.analysis.notes")
     assert "torch" not in modules and "numpy" not in modules
 
 

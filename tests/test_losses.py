@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import experiment as E
-from sae_harness import ortho_fast as O
-from sae_harness import rundir
+from sae_harness.run import ortho_fast as O
+from sae_harness.run import rundir
 
 
 def schedule_cfg(**kw):

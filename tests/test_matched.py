@@ -1,10 +1,10 @@
-"""sae_harness.matched: each arm read at plain TopK's y for the same x, paired by seed."""
+"""sae_harness.analysis.matched: each arm read at plain TopK's y for the same x, paired by seed."""
 
 import json
 
 import pytest
 
-from sae_harness import matched
+from sae_harness.analysis import matched
 
 
 def test_read_at_interpolates_between_points_and_refuses_outside():

@@ -1,11 +1,11 @@
-"""sae_harness.mechanism: the synth mechanism per third of training over a sweep's worlds x seeds."""
+"""sae_harness.analysis.mechanism: the synth mechanism per third of training over a sweep's worlds x seeds."""
 
 import json
 
 import pytest
 
-from sae_harness import mechanism
-from sae_harness.stats import interval_over_worlds
+from sae_harness.analysis import mechanism
+from sae_harness.analysis.stats import interval_over_worlds
 
 KEYS = [k for k, _ in mechanism.QUANTITIES]
 

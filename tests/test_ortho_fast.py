@@ -1,11 +1,11 @@
-"""The fast orthogonality term (sae_harness/ortho_fast.py) against a brute-force loop and against
+"""The fast orthogonality term (sae_harness/run/ortho_fast.py) against a brute-force loop and against
 the reference definition in experiment.py, value and gradient, on random inputs."""
 
 import pytest
 import torch
 
 import experiment as E
-from sae_harness import ortho_fast as O
+from sae_harness.run import ortho_fast as O
 
 
 def brute_force_penalty(W_dec_FD, active_BF, threshold):
@@ -273,7 +273,9 @@ def test_ortho_ab_refuses_an_unknown_commit_in_one_line():
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "ortho_ab.py"
     done = subprocess.run([sys.executable, str(script), "no-such-commit"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no sae_harness/ortho_fast.py at 'no-such-commit'" in done.stderr
+    assert (
+        done.stderr.strip().splitlines() == [done.stderr.strip()] and "no sae_harness/run/ortho_fast.py at 'no-such-commit'" in done.stderr
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from conftest import tiny_args
 from test_synth import TINY
 
 import experiment as E
-from sae_harness import synth
+from sae_harness.run import synth
 
 PINS = Path(__file__).parent / "pinned"
 # time and machine, not results

@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import plot  # noqa: E402
-from sae_harness import report  # noqa: E402
-from sae_harness.notes import update_notes  # noqa: E402
-from sae_harness.schema import METRICS, summarize  # noqa: E402
+from sae_harness.analysis import report  # noqa: E402
+from sae_harness.analysis.notes import update_notes  # noqa: E402
+from sae_harness.run.schema import METRICS, summarize  # noqa: E402
 
 REFERENCE = ROOT / "run_0" / "final_info.json"  # the seed's gemma-2-2b TopK results, verbatim
 EMBEDDED_DEFAULTS = {
@@ -447,7 +447,7 @@ def test_summarize_reads_saebench_06_core_layout():
 
 def seeded_info(variant, absorption_values, seed0=42):
     """A multi-seed run's final_info (schema.aggregate) whose seeds differ in absorption."""
-    from sae_harness.schema import aggregate
+    from sae_harness.run.schema import aggregate
 
     per_seed = {}
     for i, value in enumerate(absorption_values):
@@ -466,7 +466,7 @@ def make_seeded_run(parent, name, info):
 
 
 def run_identity_variant(info):
-    from sae_harness.schema import run_identity
+    from sae_harness.run.schema import run_identity
 
     return run_identity(info)["variant"]
 
@@ -507,7 +507,7 @@ def test_seeded_runs_plot_and_notes_show_spread_and_delta(tmp_path, monkeypatch,
     assert_png(tmp_path / "run_2" / "metrics.png")
     assert_png(tmp_path / "comparison_gemma-3-270m.png")
     assert "run_2 (progressive, 3 seeds)" in out and "0.2±0.01" in out
-    from sae_harness.notes import baseline_beside, update_notes
+    from sae_harness.analysis.notes import baseline_beside, update_notes
 
     info = json.loads((tmp_path / "run_2" / "final_info.json").read_text())
     baseline = baseline_beside(tmp_path / "run_2", info)
@@ -532,8 +532,8 @@ def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
 
 
 def test_notes_show_the_eval_se_for_one_seed_and_the_seed_std_for_several():
-    from sae_harness.formatting import fmt_spread
-    from sae_harness.schema import combine_summaries
+    from sae_harness.analysis.formatting import fmt_spread
+    from sae_harness.run.schema import combine_summaries
 
     one = {"value": 0.5, "se": 0.02, "status": "ok", "std": None, "n": 1, "values": [0.5]}
     assert fmt_spread(one) == "0.5 ± 0.02 (eval SE, n=1)"
@@ -548,7 +548,7 @@ def test_notes_show_the_eval_se_for_one_seed_and_the_seed_std_for_several():
 def test_panels_leave_out_the_metrics_no_run_has():
     """An LM run's figures have no synth panels and a synth run's none of the LM evals'; skipped
     (unlearning on the embedded profile) still gets its panel, saying so."""
-    from sae_harness.schema import METRICS
+    from sae_harness.run.schema import METRICS
 
     lm = {m.name: {"status": "missing" if m.name.startswith("synth_") else "ok", "value": 0.5} for m in METRICS}
     lm["unlearning_score"] = {"status": "skipped: needs a GPU", "value": None}

@@ -1,4 +1,4 @@
-"""Precision chosen by measurement (sae_harness/precision.py): the choice follows a stand-in timing,
+"""Precision chosen by measurement (sae_harness/run/precision.py): the choice follows a stand-in timing,
 an explicit value wins with one line when it is slow, and both paths (bfloat16, float32) run end to
 end on a tiny model."""
 
@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import data, precision
+from sae_harness.run import data, precision
 
 
 def stand_in_timer(float32_s: float, low_s: float, calls: list):

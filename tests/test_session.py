@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sae_harness import rundir
-from sae_harness.checks import PLACE
-from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
-from sae_harness.session import TrainingSession
-from sae_harness.tracking import Tracker
+from sae_harness.run import rundir
+from sae_harness.run.checks import PLACE
+from sae_harness.run.rundir import Interrupted, TrainingFailed, UsageError
+from sae_harness.run.session import TrainingSession
+from sae_harness.run.tracking import Tracker
 
 
 @dataclass

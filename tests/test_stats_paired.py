@@ -1,4 +1,4 @@
-"""Paired intervals and Holm's correction (sae_harness/stats.py) against scipy and a brute force."""
+"""Paired intervals and Holm's correction (sae_harness/analysis/stats.py) against scipy and a brute force."""
 
 import itertools
 import random
@@ -6,7 +6,7 @@ import random
 import pytest
 from scipy import stats
 
-from sae_harness.stats import holm, paired_interval
+from sae_harness.analysis.stats import holm, paired_interval
 
 
 def test_paired_interval_matches_scipy_paired_t_on_random_data():
@@ -76,7 +76,7 @@ def test_holm_matches_the_step_down_procedure_and_keeps_none():
 
 
 def test_compare_paired_pairs_per_seed_summaries_and_holm_skips_reference_metrics():
-    from sae_harness.schema import METRICS, compare_paired
+    from sae_harness.run.schema import METRICS, compare_paired
 
     def summary(shift, seed):
         return {m.name: {"status": "ok", "value": seed + shift * (m.direction != "reference")} for m in METRICS}
@@ -99,7 +99,7 @@ def test_interval_over_worlds_equals_a_t_interval_over_the_world_means():
     import numpy as np
     from scipy import stats as st
 
-    from sae_harness.stats import interval_over_worlds
+    from sae_harness.analysis.stats import interval_over_worlds
 
     rng = np.random.default_rng(3)
     diffs = {w: list(rng.normal(0.1 * w, 0.05, size=5)) for w in range(4)}
@@ -119,7 +119,7 @@ def test_interval_over_worlds_equals_a_t_interval_over_the_world_means():
 def test_over_worlds_wider_than_pooled_when_worlds_differ():
     """A world effect the pooled paired interval ignores: with 3 worlds whose differences disagree,
     the interval over worlds is wider than the pooled paired one over the same 15 runs."""
-    from sae_harness.stats import interval_over_worlds, paired_interval
+    from sae_harness.analysis.stats import interval_over_worlds, paired_interval
 
     diffs = {0: [0.10, 0.11, 0.09, 0.10, 0.10], 1: [0.01, 0.02, 0.00, 0.01, 0.01], 2: [0.05, 0.06, 0.04, 0.05, 0.05]}
     pooled = paired_interval({i: 0.0 for i in range(15)}, {i: d for i, d in enumerate(x for ds in diffs.values() for x in ds)})
@@ -131,7 +131,7 @@ def test_sweep_groups_runs_by_world_and_pairs_each_arm_with_plain_topk():
     """sweep.worlds_comparisons: the records of a sweep gridded over data_seed, grouped by arm with
     the world taken out, each against plain TopK with the same other options, paired by (world, seed)."""
     import sweep
-    from sae_harness.stats import interval_over_worlds
+    from sae_harness.analysis.stats import interval_over_worlds
 
     def record(variant, world, seed, value, **other):
         summary = {"synth_absorption": {"status": "ok", "value": value}}
@@ -154,7 +154,7 @@ def test_schedule_contrasts_pair_arms_that_differ_only_in_their_schedules_at_eac
     """progressive - static_matched (and - static) at the same dose, paired by (world, seed) over
     worlds; the rule reads ARMS, so OrtSAE (another term) and Matryoshka (no term) are not contrasted."""
     import sweep
-    from sae_harness.stats import interval_over_worlds
+    from sae_harness.analysis.stats import interval_over_worlds
 
     assert sweep.schedule_contrasts(["none", "progressive", "static_matched", "ortsae", "matryoshka"]) == [
         ("progressive", "static_matched")

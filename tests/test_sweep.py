@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_harness import precision
+from sae_harness.run import precision
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     assert "4 to run" in done.stdout and "submitit: local executor" in done.stdout
     result = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert (tmp_path / "results" / "ablation.png").stat().st_size > 0
-    from sae_harness.formatting import results_markdown
+    from sae_harness.analysis.formatting import results_markdown
 
     assert (tmp_path / "results" / "ablation.md").read_text().strip() == results_markdown(result)
     assert sorted((r["arm"], r["seed"]) for r in result["runs"]) == [("none", 42), ("none", 43), ("progressive", 42), ("progressive", 43)]
@@ -188,7 +188,7 @@ def test_every_run_of_a_sweep_gets_one_precision_and_a_resume_keeps_it(tmp_path,
     """auto rests on a speed probe that flips under load: the sweep resolves it once and pins it for
     every job, and a later launch of the same sweep takes what its finished runs recorded."""
     import sweep
-    from sae_harness import precision
+    from sae_harness.run import precision
 
     calls = []
     monkeypatch.setattr(precision, "choose", lambda requested, device: calls.append(requested) or __import__("torch").bfloat16)

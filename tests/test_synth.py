@@ -1,4 +1,4 @@
-"""sae_harness.synth: the world and sample caches, and the ground-truth evals held to oracles: an
+"""sae_harness.run.synth: the world and sample caches, and the ground-truth evals held to oracles: an
 SAE set to the true features scores absorption ~0 and MCC ~1; an SAE built by hand to absorb one
 parent into one child scores ~1 on that edge and ~0 elsewhere."""
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from sae_harness import data, synth
+from sae_harness.run import data, synth
 
 # 48 features in 64 dims (no superposition: the oracles are exact), 4 roots x 3 children, siblings
 # mutually exclusive, every feature firing with probability 0.2 (a parent fires alone about half
@@ -243,7 +243,7 @@ def test_synth_profile_end_to_end(tmp_path, monkeypatch):
 
 def test_synth_profile_rejects_language_model_evals(tmp_path):
     import experiment as E
-    from sae_harness.rundir import UsageError
+    from sae_harness.run.rundir import UsageError
 
     cfg = E.parse_args(["--out_dir", str(tmp_path / "r"), "--profile", "synth", "--evals", "core"])
     with pytest.raises(UsageError, match="no language model"):
@@ -318,7 +318,7 @@ def test_world_seed_never_equals_the_sae_seed(tmp_path):
 
 
 def test_a_world_can_come_from_a_json_file(tmp_path):
-    from sae_harness.rundir import UsageError
+    from sae_harness.run.rundir import UsageError
 
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(TINY))

@@ -11,10 +11,11 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
-from sae_harness import cli, separation
-from sae_harness.rundir import Interrupted, UsageError
-from sae_harness.schema import aggregate, combine_summaries, compare_summaries, summarize
-from sae_harness.stats import welch_interval
+from sae_harness.analysis.stats import welch_interval
+from sae_harness.evals import separation
+from sae_harness.run import cli
+from sae_harness.run.rundir import Interrupted, UsageError
+from sae_harness.run.schema import aggregate, combine_summaries, compare_summaries, summarize
 
 # ---------------------------------------------------------------- seeds
 
@@ -251,7 +252,7 @@ def test_finished_multi_seed_run_is_refused(tmp_path, tiny_lm):
 def test_lm_name_accepts_a_local_model_folder(tmp_path):
     from conftest import make_tiny_gemma3, tiny_tokenizer
 
-    from sae_harness import data
+    from sae_harness.run import data
 
     folder = tmp_path / "tiny-gemma"
     make_tiny_gemma3().save_pretrained(folder)
@@ -279,7 +280,7 @@ def _arm(values_by_metric):
 
 
 def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
-    from sae_harness.formatting import results_markdown
+    from sae_harness.analysis.formatting import results_markdown
 
     rng = random.Random(0)
     runs = {
@@ -308,8 +309,8 @@ def test_readme_results_tables_match_the_committed_results():
     the headline one: no quoted table can drift from the numbers."""
     from pathlib import Path
 
-    from sae_harness import frontier, mechanism
-    from sae_harness.formatting import results_markdown
+    from sae_harness.analysis import frontier, mechanism
+    from sae_harness.analysis.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
@@ -348,7 +349,7 @@ def _entry(value, se=None):
 def test_eval_seed_compare_averages_each_sae_then_compares_arms(tmp_path):
     """Each run's absorption becomes its mean over the eval seeds all runs share; arms are then
     compared on those means (brute force here); metrics not re-evaluated keep their value."""
-    from sae_harness.formatting import results_markdown
+    from sae_harness.analysis.formatting import results_markdown
 
     eval_noise = _eval_noise_module()
     rng = random.Random(1)

@@ -13,24 +13,45 @@ eval of the same SAE give the same numbers. SAEBench is imported inside the func
 starts without it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
+import importlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from sae_harness.evals.registry import run_order
+from sae_harness.run import profiles
 
-from sae_harness import data, precision, profiles
-from sae_harness.eval_cache import EvalCache
-from sae_harness.evals.absorption import eval_absorption
-from sae_harness.evals.context import HELDOUT_DATASET, SAE_ID, EvalContext, gemma2_eval_settings
-from sae_harness.evals.core import eval_core
-from sae_harness.evals.model import load_tl_model, tl_config_dict
-from sae_harness.evals.sparse_probing import eval_sparse_probing
-from sae_harness.evals.unlearning import eval_unlearning
-from sae_harness.registry import run_order
-from sae_harness.rundir import RunDir
-from sae_harness.schema import block_status
+if TYPE_CHECKING:
+    import torch
+
+    from sae_harness.evals.context import EvalContext
+
+_FROM = {  # heavy names, imported on first use: the registry and schema stay importable without torch
+    "HELDOUT_DATASET": "context",
+    "SAE_ID": "context",
+    "EvalContext": "context",
+    "gemma2_eval_settings": "context",
+    "eval_absorption": "absorption",
+    "eval_core": "core",
+    "eval_sparse_probing": "sparse_probing",
+    "eval_unlearning": "unlearning",
+    "load_tl_model": "model",
+    "tl_config_dict": "model",
+    "EvalCache": "eval_cache",
+}
+
+
+def __getattr__(name: str):
+    if name in _FROM:
+        return getattr(importlib.import_module(f"sae_harness.evals.{_FROM[name]}"), name)
+    if name in ("absorption", "context", "core", "core_recorder", "eval_cache", "model", "sparse_probing", "unlearning", "separation"):
+        return importlib.import_module(f"sae_harness.evals.{name}")
+    raise AttributeError(f"module 'sae_harness.evals' has no attribute {name!r}")
+
 
 __all__ = [
     "HELDOUT_DATASET",
@@ -50,6 +71,9 @@ def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
     """The eval settings of this run: the profile's SAEBench settings, this run's model, layer and
     held-out text, its eval seed, a unique SAE name, a work dir inside the run dir, and the shared
     eval cache beside the activation cache."""
+    from sae_harness.evals.context import EvalContext, gemma2_eval_settings
+    from sae_harness.run import precision
+
     name_digest = hashlib.sha256(f"{out.resolve()}-{time.time()}".encode()).hexdigest()[:8]
     settings = gemma2_eval_settings() if cfg.profile == profiles.GEMMA2 else {}
     return EvalContext(
@@ -74,6 +98,11 @@ def eval_context(cfg, out: Path, heldout, device: torch.device) -> EvalContext:
 
 def load_eval_model(cfg, ctx: EvalContext):
     """The embedded model as TransformerLens sees it (float32, as SAEBench runs it)."""
+    import torch
+
+    from sae_harness.evals.model import load_tl_model
+    from sae_harness.run import data
+
     hf_model, tokenizer = data.load_language_model(dataclasses.replace(cfg, llm_dtype=ctx.llm_dtype), torch.device(ctx.device))
     return load_tl_model(hf_model, tokenizer, ctx)
 
@@ -94,14 +123,18 @@ class EvalInputs:
         print(self.cache_line())
 
     def cache_line(self) -> str:
+        from sae_harness.evals.eval_cache import EvalCache
+
         return EvalCache(self.ctx.cache_dir, self.ctx.work_dir).describe()
 
 
-def run_pending(cfg, names: list[str], run: RunDir, load_sae, heldout, device) -> list[str]:
+def run_pending(cfg, names: list[str], run, load_sae, heldout, device) -> list[str]:
     """Run the evals of names that have no result yet (or an error), in registry.run_order, each
     isolated: a failure is recorded as {"error": ...} and the others still run; run records each
     result as it comes. load_sae() returns the trained SAE (loaded only when an eval is pending).
     Returns the names of the evals that failed."""
+    from sae_harness.run.schema import block_status
+
     pending = [entry for entry in run_order(names) if entry.name in run.pending(names)]
     if not pending:
         return []

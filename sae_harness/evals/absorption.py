@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness.eval_cache import EvalCache, digest
 from sae_harness.evals.context import SAE_ID, EvalContext, cache_key, hub_skip, reseeded, sae_bench_call, saebench_result, seed_everything
-from sae_harness.rundir import write_atomic
+from sae_harness.evals.eval_cache import EvalCache, digest
+from sae_harness.run.rundir import write_atomic
 
 
 class _StopAtLayer:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness import profiles
-from sae_harness.eval_cache import sae_bench_version
-from sae_harness.registry import by_name
+from sae_harness.evals.eval_cache import sae_bench_version
+from sae_harness.evals.registry import by_name
+from sae_harness.run import profiles
 
 SAE_ID = "custom_sae"  # SAEBench's id for an SAE object; result files are {sae_name}_{SAE_ID}_eval_results.json
 HELDOUT_DATASET = "bbc_news_heldout"  # name under which the held-out articles are registered for sparse probing

@@ -3,7 +3,6 @@ density) on a given model and an in-memory dataset, with the LLM's side from the
 
 import torch
 
-from sae_harness.eval_cache import EvalCache, texts_digest
 from sae_harness.evals.context import (
     HELDOUT_DATASET,
     SAE_ID,
@@ -15,6 +14,7 @@ from sae_harness.evals.context import (
     saebench_result,
 )
 from sae_harness.evals.core_recorder import CoreRecorder
+from sae_harness.evals.eval_cache import EvalCache, texts_digest
 
 
 def eval_core(sae, tl_model, ctx: EvalContext) -> dict:

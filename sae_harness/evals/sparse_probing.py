@@ -6,7 +6,6 @@ import math
 import random
 from pathlib import Path
 
-from sae_harness.eval_cache import EvalCache, texts_digest
 from sae_harness.evals.context import (
     HELDOUT_DATASET,
     EvalContext,
@@ -17,6 +16,7 @@ from sae_harness.evals.context import (
     sae_bench_call,
     saebench_result,
 )
+from sae_harness.evals.eval_cache import EvalCache, texts_digest
 
 
 def _heldout_train_test(ctx: EvalContext) -> tuple[dict[str, list[str]], dict[str, list[str]]]:

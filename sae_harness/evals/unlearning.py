@@ -3,8 +3,8 @@ gated forget corpus)."""
 
 from pathlib import Path
 
-from sae_harness import profiles
 from sae_harness.evals.context import EvalContext, hub_skip, sae_bench_call, saebench_result
+from sae_harness.run import profiles
 
 FORGET_CORPUS = Path("sae_bench/evals/unlearning/data/bio-forget-corpus.jsonl")  # SAEBench opens it relative to the cwd
 

@@ -2,8 +2,8 @@
 
 import math
 
-from sae_harness.registry import REFERENCE
-from sae_harness.schema import METRICS
+from sae_harness.evals.registry import REFERENCE
+from sae_harness.run.schema import METRICS
 
 
 def fmt(value):

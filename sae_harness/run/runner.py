@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from sae_harness import cli, data, evals, precision, rundir
-from sae_harness.notes import report_run
-from sae_harness.rundir import Exit, UsageError
-from sae_harness.tracking import Tracker
+from sae_harness import evals
+from sae_harness.analysis.notes import report_run
+from sae_harness.run import cli, data, precision, rundir
+from sae_harness.run.rundir import Exit, UsageError
+from sae_harness.run.tracking import Tracker
 
 
 def run(cfg, train, load_sae, defaults: dict) -> int:

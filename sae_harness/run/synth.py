@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness import buffer
-from sae_harness.progress import library_bars_quiet
+from sae_harness.run import buffer
+from sae_harness.run.progress import library_bars_quiet
 
 CACHE_FORMAT = 1
 
@@ -405,7 +405,7 @@ PREFIX = "synth:"
 def world_of(lm_name: str) -> dict:
     """The world dict that lm_name names: "synth:<name>", a key of WORLDS, or "synth:<file>.json",
     a world dict of your own (SyntheticModelConfig's fields, as in WORLDS)."""
-    from sae_harness.rundir import UsageError
+    from sae_harness.run.rundir import UsageError
 
     name = lm_name.removeprefix(PREFIX)
     if lm_name.startswith(PREFIX) and name.endswith(".json"):

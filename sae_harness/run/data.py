@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness import precision
-from sae_harness.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
-from sae_harness.progress import Progress, library_bars_quiet
-from sae_harness.rundir import UsageError
+from sae_harness.run import precision
+from sae_harness.run.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
+from sae_harness.run.progress import Progress, library_bars_quiet
+from sae_harness.run.rundir import UsageError
 
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 
@@ -239,8 +239,8 @@ def check_model_available(lm_name: str) -> None:
     hub model must be in the local cache or reachable."""
     import importlib.util
 
-    if lm_name.startswith("synth:"):  # a synthetic world: built locally (sae_harness/synth.py)
-        from sae_harness import synth
+    if lm_name.startswith("synth:"):  # a synthetic world: built locally (sae_harness/run/synth.py)
+        from sae_harness.run import synth
 
         synth.world_of(lm_name)
         return
@@ -258,7 +258,7 @@ def check_model_available(lm_name: str) -> None:
 def text_split(cfg):
     """(training texts, held-out (topic, id, text) articles, split record for split.json)."""
     if cfg.text_source == "synth":
-        return iter(()), [], dict(rule=f"no text: samples of the synthetic world {cfg.lm_name} (sae_harness/synth.py)")
+        return iter(()), [], dict(rule=f"no text: samples of the synthetic world {cfg.lm_name} (sae_harness/run/synth.py)")
     if cfg.text_source == "bbc":
         train_articles, heldout = split_articles(load_bbc_articles(), cfg.heldout_fraction, cfg.data_seed)
         split = dict(
@@ -275,7 +275,7 @@ def activation_buffer(cfg, device: torch.device, train_texts) -> "ActivationBuff
     """The training activations, from the cache (built first if needed), with the cache's path,
     size and the line that clears it printed."""
     if cfg.text_source == "synth":  # samples of a synthetic world, drawn once into the same format
-        from sae_harness import synth
+        from sae_harness.run import synth
 
         return synth.activation_buffer(cfg, device)
     t0 = time.time()

@@ -193,7 +193,7 @@ EVALS = (
     Eval(  # decoder |cos| of latents that co-fire on held-out text (separation.py): lower = more separated
         "separation",
         SEPARATION,
-        "sae_harness.separation:evaluate",
+        "sae_harness.evals.separation:evaluate",
         metrics=(
             Metric(
                 "heldout_cofire_cos_mean",
@@ -221,7 +221,7 @@ EVALS = (
     Eval(  # ground truth on the synth profile (synth.py: hierarchy_absorption, saelens_metrics)
         "synth",
         SYNTH,
-        "sae_harness.synth:evaluate",
+        "sae_harness.run.synth:evaluate",
         metrics=(
             Metric(
                 "synth_absorption",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from sae_harness import profiles
+from sae_harness.run import profiles
 
 CHOICES = ("auto", "bfloat16", "float32")
 FASTER = 1.1

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from sae_harness import precision
+from sae_harness.run import precision
 
 
 def pairs_route(device: torch.device) -> str:
@@ -464,7 +464,7 @@ def check_against_reference(reference, W_dec_FD: torch.Tensor, active_BF: torch.
     if same_value and (zero_grads or cos >= 0.95):
         return "fast"
     print(
-        f"ortho_impl: the reference orthogonality_penalty no longer matches sae_harness/ortho_fast.py on the first batch "
+        f"ortho_impl: the reference orthogonality_penalty no longer matches sae_harness/run/ortho_fast.py on the first batch "
         f"(P {value_ref:.6g} vs {value:.6g}, gradient cosine {cos:.3f}); using the reference (as --ortho_impl reference)"
     )
     return "reference"

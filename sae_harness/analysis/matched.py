@@ -11,7 +11,7 @@ worse and absorbs less, so "lower absorption" alone may be "less trained". The r
   (stats.paired_interval). Below 0 for a lower-is-better y: less absorption than plain TopK
   reaches at that reconstruction.
 
-    python -m sae_harness.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
+    python -m sae_harness.analysis.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
         --out results/synth_curves_matched
 
 --curves takes several sweeps (their runs merged), e.g. short and long training lengths run apart;
@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from sae_harness.stats import mean_std, paired_interval
+from sae_harness.analysis.stats import mean_std, paired_interval
 
 
 def points(result: dict, x: str, y: str, arm: str | None = None) -> dict:

@@ -11,9 +11,9 @@ import shutil
 import signal
 from pathlib import Path
 
-from sae_harness.checks import PLACE, fields_with
-from sae_harness.registry import by_name
-from sae_harness.schema import aggregate, config_differences, eval_done, summarize, training_key
+from sae_harness.evals.registry import by_name
+from sae_harness.run.checks import PLACE, fields_with
+from sae_harness.run.schema import aggregate, config_differences, eval_done, summarize, training_key
 
 
 class Exit(enum.IntEnum):

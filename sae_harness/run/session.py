@@ -18,10 +18,10 @@ import math
 import time
 from pathlib import Path
 
-from sae_harness import rundir
-from sae_harness.checks import PLACE, fields_with
-from sae_harness.progress import Progress, record_fields
-from sae_harness.rundir import Interrupted, TrainingFailed, UsageError
+from sae_harness.run import rundir
+from sae_harness.run.checks import PLACE, fields_with
+from sae_harness.run.progress import Progress, record_fields
+from sae_harness.run.rundir import Interrupted, TrainingFailed, UsageError
 
 
 class TrainingSession:

@@ -17,8 +17,8 @@ Shape suffixes: N held-out tokens, D model width, F latents, K top-k, C a chunk 
 
 import torch
 
-from sae_harness import data, precision
-from sae_harness.ortho_fast import cofire_counts, p95
+from sae_harness.run import data, precision
+from sae_harness.run.ortho_fast import cofire_counts, p95
 
 COFIRE_MIN_N = 0.1
 """A pair co-fires when n_ij >= this (chance level is about k / F: 0.016 on the embedded profile)."""

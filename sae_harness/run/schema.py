@@ -10,9 +10,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from sae_harness import profiles
-from sae_harness.registry import EVALS, REFERENCE, TRAINING, Metric
-from sae_harness.stats import holm, interval_over_worlds, mean_std, paired_interval, se_of_mean, welch_interval
+from sae_harness.analysis.stats import holm, interval_over_worlds, mean_std, paired_interval, se_of_mean, welch_interval
+from sae_harness.evals.registry import EVALS, REFERENCE, TRAINING, Metric
+from sae_harness.run import profiles
 
 RUN_NAME = re.compile(r"run_(\d+)")
 """Run directories are named run_<i>; notes.txt entries and plots are keyed by i."""

@@ -1,5 +1,5 @@
 """The mechanism over many SAEs: for the true parent / child latent pairs of a synth world against
-all other pairs (sae_harness/synth.py logs them during training), their co-firing, decoder |cos|
+all other pairs (sae_harness/run/synth.py logs them during training), their co-firing, decoder |cos|
 and share of the penalty, per third of training, for every (world, seed) of a sweep's arms.
 
 - per run: the mean of each logged quantity over each third of training (report.phase_means);
@@ -7,7 +7,7 @@ and share of the penalty, per third of training, for every (world, seed) of a sw
 - each arm against plain TopK at the same (world, seed): the paired differences averaged within
   each world, a t interval over the world means (stats.interval_over_worlds).
 
-    python -m sae_harness.mechanism --results results/synth_worlds_narrow.json \\
+    python -m sae_harness.analysis.mechanism --results results/synth_worlds_narrow.json \\
         --arms none,progressive --out results/synth_worlds_narrow_mechanism
 
 reads the runs' training logs (their run_dir in the results JSON); writes <out>.json, <out>.md and
@@ -23,9 +23,9 @@ import math
 import sys
 from pathlib import Path
 
-from sae_harness.report import MECHANISM, PHASES, phase_means, progress, read_log, series
-from sae_harness.schema import arm_over_worlds, is_baseline
-from sae_harness.stats import interval_over_worlds, mean_std
+from sae_harness.analysis.report import MECHANISM, PHASES, phase_means, progress, read_log, series
+from sae_harness.analysis.stats import interval_over_worlds, mean_std
+from sae_harness.run.schema import arm_over_worlds, is_baseline
 
 QUANTITIES = tuple((key, label.replace("\n", " ")) for hier, other, label in MECHANISM for key in (hier, other) if key)
 

@@ -10,9 +10,9 @@ import sys
 
 import simple_parsing
 
-from sae_harness.checks import SEED_MAX, BadValue, check_fields, names_in, seeds_from
-from sae_harness.profiles import AUTO, EMBEDDED, GEMMA2
-from sae_harness.rundir import Exit, Interrupted, TrainingFailed, UsageError, comparable_config
+from sae_harness.run.checks import SEED_MAX, BadValue, check_fields, names_in, seeds_from
+from sae_harness.run.profiles import AUTO, EMBEDDED, GEMMA2
+from sae_harness.run.rundir import Exit, Interrupted, TrainingFailed, UsageError, comparable_config
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
 
@@ -72,7 +72,7 @@ def resolve_device(cfg):
     is bad input."""
     import torch
 
-    from sae_harness import precision
+    from sae_harness.run import precision
 
     device = precision.device_of(cfg)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -9,9 +9,9 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from sae_harness.formatting import fmt, fmt_delta, fmt_spread, spread_of
-from sae_harness.registry import REFERENCE
-from sae_harness.schema import (
+from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread, spread_of
+from sae_harness.evals.registry import REFERENCE
+from sae_harness.run.schema import (
     EVAL_BLOCKS,
     EVAL_OF_BLOCK,
     METRICS,
@@ -38,7 +38,7 @@ SEPARATION = (
     ("sep_frac_above_thr", "fraction of co-firing pairs with n_ij > threshold"),
     ("sep_pairs_penalized", "pairs with c_ij > 0 (count)"),
 )
-MECHANISM = (  # synth profile: the true parent / child latent pairs against all other pairs (sae_harness/synth.py: mechanism)
+MECHANISM = (  # synth profile: the true parent / child latent pairs against all other pairs (sae_harness/run/synth.py: mechanism)
     ("mech_hier_cofire", "mech_other_cofire", "co-firing n_ij"),
     ("mech_hier_cos", "mech_other_cos", "decoder |cos|"),
     ("mech_hier_share", None, "share of P on\nparent/child pairs"),

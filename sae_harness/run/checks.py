@@ -167,7 +167,7 @@ def names_in(spec: str) -> list[str]:
 
 def eval_list() -> dict:
     """A comma list of evals from the registry (read when checked), or none."""
-    from sae_harness import registry
+    import sae_harness.evals.registry as registry
 
     ok = lambda v: isinstance(v, str) and set(names_in(v)) <= set(registry.EVAL_NAMES)
     reason = lambda v: f"must be a comma list of {', '.join(registry.EVAL_NAMES)}, or none"

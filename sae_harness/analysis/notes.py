@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from sae_harness.formatting import fmt, fmt_delta, fmt_spread
-from sae_harness.registry import REFERENCE
-from sae_harness.rundir import write_atomic
-from sae_harness.schema import (
+from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread
+from sae_harness.evals.registry import REFERENCE
+from sae_harness.run.rundir import write_atomic
+from sae_harness.run.schema import (
     EVAL_BLOCKS,
     EVAL_OF_BLOCK,
     METRICS,
@@ -30,7 +30,7 @@ from sae_harness.schema import (
     summarize,
 )
 
-PLOT = Path(__file__).resolve().parents[1] / "plot.py"  # the figures: plot.py's command line, never imported
+PLOT = Path(__file__).resolve().parents[2] / "plot.py"  # the figures: plot.py's command line, never imported
 
 KEY_CONFIG = ("dict_size", "k", "lr", "steps", "tokens", "batch_size", "seed", "layer")
 """Config fields every entry shows (those the run records)."""

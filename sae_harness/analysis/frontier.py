@@ -1,6 +1,6 @@
 """The frontier of a sweep over worlds: each arm's absorption (and any other y) against its
 explained variance, read raw and at plain TopK's explained variance, with worlds as the random
-factor. The matched reading (as sae_harness.matched, per (world, seed) instead of per seed):
+factor. The matched reading (as sae_harness.analysis.matched, per (world, seed) instead of per seed):
 
 - plain TopK's curve at each (world, seed): its (x, y) over training lengths (a sweep such as
   `python sweep.py --name c --variants none --grid data_seed=42,43,44 --grid epochs=1,2,4,12`)
@@ -22,9 +22,9 @@ factor. The matched reading (as sae_harness.matched, per (world, seed) instead o
   study, in a sweep of their own) joins the first earlier arm of its name, `arm` or `arm@sweep`, that
   did not run them.
 
-    python -m sae_harness.frontier --curves results/synth_worlds_narrow_curve.json \\
+    python -m sae_harness.analysis.frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
-    python -m sae_harness.frontier --curves results/synth_worlds_cpu_curve.json \\
+    python -m sae_harness.analysis.frontier --curves results/synth_worlds_cpu_curve.json \\
         --arms results/synth_worlds_cpu.json results/registered_cpu.json \\
         --against matryoshka@registered_cpu,none@registered_cpu --out results/registered_cpu_frontier
 
@@ -40,9 +40,9 @@ import math
 import sys
 from pathlib import Path
 
-from sae_harness.matched import read_at
-from sae_harness.schema import METRICS, arm_over_worlds, is_baseline
-from sae_harness.stats import holm, interval_over_worlds
+from sae_harness.analysis.matched import read_at
+from sae_harness.analysis.stats import holm, interval_over_worlds
+from sae_harness.run.schema import METRICS, arm_over_worlds, is_baseline
 
 X = "synth_explained_variance"
 YS = ("synth_absorption_any", "synth_absorption", "synth_mcc")
