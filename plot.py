@@ -59,7 +59,8 @@ from sae_harness.analysis.report import (  # noqa: E402
     shown_metrics,
     siblings,
 )
-from sae_harness.run.schema import METRICS, REFERENCE, config_differences, is_baseline  # noqa: E402
+from sae_harness.evals.registry import REFERENCE  # noqa: E402
+from sae_harness.run.schema import METRICS, config_differences, is_baseline  # noqa: E402
 
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
 

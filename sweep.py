@@ -325,7 +325,12 @@ def worlds_comparisons(records: list[dict]) -> dict:
     """{arm name without its data_seed: compare_over_worlds against plain TopK with the same other
     options}, from the per-run records of a sweep gridded over data_seed (the world); and for each
     schedule contrast, {"A - B": A against B at the same other options}."""
-    from sae_harness.run.schema import compare_over_worlds
+    from sae_harness.analysis.compare import compare
+
+    def compare_over_worlds(runs, base):
+        return compare(
+            {(r["world"], r["seed"]): r["summary"] for r in runs}, {(r["world"], r["seed"]): r["summary"] for r in base}, "world"
+        )
 
     groups = {}  # (variant, its overrides but the world) -> runs
     for record in records:
@@ -399,6 +404,7 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
 def collect(args, runs, kept):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png.
     runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
+    from sae_harness.analysis.compare import compare, welch
     from sae_harness.analysis.formatting import results_markdown
     from sae_harness.analysis.report import summaries_table
     from sae_harness.run.rundir import comparable_config, read_info, write_atomic, write_json_atomic
@@ -406,8 +412,6 @@ def collect(args, runs, kept):
         METRICS,
         aggregate,
         combine_summaries,
-        compare_paired,
-        compare_summaries,
         per_seed_summaries,
         summarize,
         training_key,
@@ -484,16 +488,16 @@ def collect(args, runs, kept):
         base = same_point or (None if is_baseline(entry["variant"]) else baseline_arm)
         if base and arm != base:
             entry["baseline"] = base
-            entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[base]["summary"])
-            entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[base])
+            entry["vs_baseline"] = welch(entry["summary"], result_arms[base]["summary"])
+            entry["paired_vs_baseline"] = compare(per_seed[arm], per_seed[base])
     against = {}  # {A: {arm: its comparisons with A}}, read as the baseline's are
     for a in filter(None, args.against.split(",")):
         if a not in result_arms:
             raise SweepError(f"--against {a}: not an arm of this sweep ({', '.join(result_arms)})")
         against[a] = {
             arm: dict(
-                vs_baseline=compare_summaries(entry["summary"], result_arms[a]["summary"]),
-                paired_vs_baseline=compare_paired(per_seed[arm], per_seed[a]),
+                vs_baseline=welch(entry["summary"], result_arms[a]["summary"]),
+                paired_vs_baseline=compare(per_seed[arm], per_seed[a]),
             )
             for arm, entry in result_arms.items()
             if arm != a
@@ -562,9 +566,9 @@ def baseline_differences(base_configs: dict, records: list) -> list[str]:
 def recompare_from_json(args) -> dict:
     """--collect --from_json: each arm's comparisons with the baseline (Welch from the arms' summaries,
     paired by seed from the per-run records) rebuilt inside results/<name>.json, and its table."""
+    from sae_harness.analysis.compare import compare, welch
     from sae_harness.analysis.formatting import results_markdown
     from sae_harness.run.rundir import write_atomic, write_json_atomic
-    from sae_harness.run.schema import compare_paired, compare_summaries
 
     path = Path(args.results) / f"{args.name}.json"
     try:
@@ -579,8 +583,8 @@ def recompare_from_json(args) -> dict:
         raise SweepError(f"--from_json: {path} has no baseline arm with per-run records to compare with")
     for arm, entry in result["arms"].items():
         if arm != baseline:
-            entry["vs_baseline"] = compare_summaries(entry["summary"], result["arms"][baseline]["summary"])
-            entry["paired_vs_baseline"] = compare_paired(per_seed.get(arm, {}), per_seed[baseline])
+            entry["vs_baseline"] = welch(entry["summary"], result["arms"][baseline]["summary"])
+            entry["paired_vs_baseline"] = compare(per_seed.get(arm, {}), per_seed[baseline])
     result["paired"] = PAIRED_NOTE
     write_json_atomic(path, result)
     markdown = results_markdown(result) + "\n"

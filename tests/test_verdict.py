@@ -11,11 +11,12 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
+from sae_harness.analysis.compare import welch
 from sae_harness.analysis.stats import welch_interval
 from sae_harness.evals import separation
 from sae_harness.run import cli
 from sae_harness.run.rundir import Interrupted, UsageError
-from sae_harness.run.schema import aggregate, combine_summaries, compare_summaries, summarize
+from sae_harness.run.schema import aggregate, combine_summaries, summarize
 
 # ---------------------------------------------------------------- seeds
 
@@ -113,7 +114,7 @@ def test_welch_interval_edge_cases():
     assert welch_interval([1.0], [2.0, 3.0])["lo"] is None  # one seed: no interval
     assert welch_interval([1.0, 1.0], [1.0, 1.0])["within_noise"] is True
     assert welch_interval([], [1.0]) is None
-    far = compare_summaries(summarize(info_with(0.9)) | {}, summarize(info_with(0.1)))
+    far = welch(summarize(info_with(0.9)) | {}, summarize(info_with(0.1)))
     assert far["absorption_full"]["lo"] is None and far["absorption_full"]["delta"] == pytest.approx(0.8)
 
 
@@ -288,7 +289,7 @@ def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
         for arm, mu in (("none", 0.8), ("progressive", 0.7))
     }
     arms = {arm: _arm(r) for arm, r in runs.items()}
-    arms["progressive"]["vs_baseline"] = compare_summaries(arms["progressive"]["summary"], arms["none"]["summary"])
+    arms["progressive"]["vs_baseline"] = welch(arms["progressive"]["summary"], arms["none"]["summary"])
     table = results_markdown({"arms": arms}).splitlines()
     assert table[0] == "| metric (direction) | `none` | `progressive` |"
     ev_row = next(line for line in table if line.startswith("| explained_variance"))

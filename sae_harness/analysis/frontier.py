@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
-from sae_harness.analysis.matched import read_at
-from sae_harness.analysis.stats import holm, interval_over_worlds
+from sae_harness.analysis.compare import curves as compare_curves
+from sae_harness.analysis.compare import differences, interval, shifts
+from sae_harness.analysis.records import ok_value
+from sae_harness.analysis.stats import holm, mean_std
 from sae_harness.run.schema import METRICS, arm_over_worlds, is_baseline
 
 X = "synth_explained_variance"
@@ -51,8 +52,7 @@ MARKERS = "osD^vP*X"
 
 
 def value(run: dict, metric: str) -> float | None:
-    entry = run["summary"].get(metric) or {}
-    return entry.get("value") if entry.get("status") == "ok" else None
+    return ok_value(run["summary"].get(metric))
 
 
 def arm_points(runs: list[dict], metrics) -> dict:
@@ -76,6 +76,11 @@ def plain_curves(curve_runs: list[dict], arm_runs: list[dict], x: str, y: str) -
     return {unit: sorted(xy) for unit, xy in out.items()}
 
 
+def column(units: dict, metric: str) -> dict:
+    """{(world, seed): value} of one metric from an arm's points."""
+    return {unit: v[metric] for unit, v in units.items()}
+
+
 def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, against=()) -> dict:
     """against: arm names (or one name) to contrast every other arm with."""
     against = [against] if isinstance(against, str) else list(against)
@@ -83,29 +88,18 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     base_name = next((name for name in arms if is_baseline(name)), None)
     base = arms.get(base_name, {})
     curves = {y: plain_curves(curve_runs, arm_runs, x, y) for y in ys}
-    shifts = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}
+    shifted = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}: the matched transform
     out = {}
     for name, units in arms.items():
         if name == base_name:
             continue
-        entry = {}
-        for y in (x, *ys):
-            raw = {}
-            for (world, seed), values in units.items():
-                if (world, seed) in base:
-                    raw.setdefault(world, []).append(values[y] - base[world, seed][y])
-            entry[y] = dict(raw=interval_over_worlds(raw))
+        entry = {y: dict(raw=interval(differences(column(base, y), column(units, y)), "world")) for y in (x, *ys)}
         for y in ys:
-            matched, outside, no_curve = {}, [], []
-            for (world, seed), values in sorted(units.items()):
-                if len(curves[y].get((world, seed), [])) < 2:  # the curve sweep did not run this (world, seed)
-                    no_curve.append([world, seed])
-                elif (reference := read_at(curves[y][world, seed], values[x])) is None:
-                    outside.append([world, seed])
-                else:
-                    matched.setdefault(world, []).append(values[y] - reference)
-                    shifts.setdefault(name, {}).setdefault(y, {})[world, seed] = values[y] - reference
-            entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside, no_curve=no_curve)
+            points = {unit: (v[x], v[y]) for unit, v in units.items()}
+            shift, outside, no_curve = shifts(points, compare_curves(curves[y]))
+            shifted.setdefault(name, {})[y] = shift
+            matched = interval(differences(dict.fromkeys(shift, 0.0), shift), "world")
+            entry[y] |= dict(matched=matched, outside_curve=[list(u) for u in outside], no_curve=[list(u) for u in no_curve])
         for kind in ("raw", "matched"):  # Holm over the y metrics of this arm, each reading apart
             cmps = {y: entry[y].get(kind) for y in ys}
             adjusted = holm({y: c["p"] for y, c in cmps.items() if c and c.get("p") is not None})
@@ -116,7 +110,7 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     for a in against:
         if a not in out:
             raise ValueError(f"--against {a!r} is not an arm of this sweep (arms: {', '.join(out)})")
-    contrasts = {a: {name: contrast(arms, shifts, name, a, ys) for name in out if name != a} for a in against}
+    contrasts = {a: {name: contrast(arms, shifted, name, a, ys) for name in out if name != a} for a in against}
     return dict(
         x=x,
         ys=list(ys),
@@ -130,22 +124,17 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     )
 
 
-def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
+def contrast(arms: dict, shifted: dict, name: str, against: str, ys) -> dict:
     """name minus against for each y, raw and matched, paired by (world, seed): the interval over
     worlds, and the mean and std of the paired differences over the (world, seed) units."""
     out = {}
     for y in ys:
         entry = {}
-        raw = {unit: v[y] - arms[against][unit][y] for unit, v in arms[name].items() if unit in arms[against]}
-        a, b = shifts.get(name, {}).get(y, {}), shifts.get(against, {}).get(y, {})
-        for kind, diffs in (("raw", raw), ("matched", {unit: a[unit] - b[unit] for unit in a if unit in b})):
-            by_world = {}
-            for (world, _), d in sorted(diffs.items()):
-                by_world.setdefault(world, []).append(d)
-            values = list(diffs.values())
-            mean = sum(values) / len(values) if values else None
-            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-            entry[kind] = dict(over_worlds=interval_over_worlds(by_world), mean=mean, spread=spread, units=len(values))
+        matched = (shifted.get(against, {}).get(y, {}), shifted.get(name, {}).get(y, {}))
+        for kind, (a, b) in (("raw", (column(arms[against], y), column(arms[name], y))), ("matched", matched)):
+            diffs = differences(a, b)
+            mean, spread = mean_std(list(diffs.values))
+            entry[kind] = dict(over_worlds=interval(diffs, "world"), mean=mean, spread=spread, units=len(diffs))
         out[y] = entry
     return out
 

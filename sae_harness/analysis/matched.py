@@ -28,28 +28,18 @@ import json
 import sys
 from pathlib import Path
 
-from sae_harness.analysis.stats import mean_std, paired_interval
+from sae_harness.analysis.compare import differences, interval, read_at
+from sae_harness.analysis.records import runs_of
+from sae_harness.analysis.stats import mean_std
 
 
 def points(result: dict, x: str, y: str, arm: str | None = None) -> dict:
     """{arm: {seed: (x, y)}} from a sweep's results JSON (its "runs"), runs with both metrics only."""
     out = {}
-    for run in result["runs"]:
-        xs, ys = (run["summary"].get(m, {}) for m in (x, y))
-        if xs.get("status") == "ok" and ys.get("status") == "ok" and (arm is None or run["arm"] == arm):
-            out.setdefault(run["arm"], {})[run["seed"]] = (xs["value"], ys["value"])
+    for run in runs_of(result, arm):
+        if (xv := run.value(x)) is not None and (yv := run.value(y)) is not None:
+            out.setdefault(run.arm, {})[run.seed] = (xv, yv)
     return out
-
-
-def read_at(curve: list[tuple[float, float]], x: float) -> float | None:
-    """y of the piecewise-linear curve through the (x, y) points (sorted by x) at x; None outside."""
-    curve = sorted(curve)
-    if not curve or not curve[0][0] <= x <= curve[-1][0]:
-        return None
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return curve[0][1]  # a single point, x on it
 
 
 def curves_by_seed(curve_arms: dict) -> dict:
@@ -75,7 +65,7 @@ def matched(curves: dict, arm: dict) -> dict:
         at_curve[seed], own[seed] = reference, y
     return dict(
         per_seed={s: dict(x=arm[s][0], y=own[s], curve_y=at_curve[s], delta=own[s] - at_curve[s]) for s in own},
-        paired=paired_interval(at_curve, own),
+        paired=interval(differences(at_curve, own), "seed"),
         outside_curve=outside,
         points={s: dict(x=x, y=y) for s, (x, y) in sorted(arm.items())},
         x=mean_std([arm[s][0] for s in arm]),

@@ -9,6 +9,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_harness.analysis.compare import compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread, spread_of
 from sae_harness.evals.registry import REFERENCE
 from sae_harness.run.schema import (
@@ -17,8 +18,6 @@ from sae_harness.run.schema import (
     METRICS,
     SEEDS,
     block_status,
-    compare_paired,
-    compare_summaries,
     config_differences,
     evals_asked,
     info_training_key,
@@ -250,7 +249,7 @@ def summaries_table(items, baseline_name=None):
         for name, summary in items:
             if name == baseline_name:
                 continue
-            for metric_name, cmp in compare_summaries(summary, base).items():
+            for metric_name, cmp in welch(summary, base).items():
                 lines.append(f"  {name:<28}{metric_name:<{width}}{fmt_delta(cmp)}")
     return "\n".join(lines)
 
@@ -302,7 +301,7 @@ def bar_label(metric, entry: dict, baseline_entry: dict | None, pair: dict | Non
     if err:
         text += f"\n± {fmt(err)} " + (f"(n={entry['n']})" if kind == "std" else "(eval SE)")
     if ok and baseline_entry is not None:
-        cmp = compare_summaries({metric.name: entry}, {metric.name: baseline_entry}).get(metric.name)
+        cmp = welch({metric.name: entry}, {metric.name: baseline_entry}).get(metric.name)
         if cmp is not None:
             text += f"\nΔ {cmp['delta']:+.3g}" + (
                 "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
@@ -341,9 +340,7 @@ def paired_with_baseline(runs):
     baseline = next((r for r in runs if is_baseline(r.variant)), None)
     if baseline is None:
         return None, {}
-    return baseline, {
-        r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline
-    }
+    return baseline, {r.name: compare(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline}
 
 
 def phase_mean_labels(log, keys) -> list[str]:

@@ -1,6 +1,6 @@
 """Statistics of a run's numbers over seeds and between two runs: mean and spread, the standard
 error of a mean of eval means, Welch's interval, the paired interval and Holm's correction. Pure
-Python (scipy only inside the intervals).
+Python (scipy and statsmodels only inside the intervals and Holm).
 
 Arms run at the same seed share the SAE's initialisation and the batch order, so a comparison
 between arms is paired: the interval is that of the mean per-seed difference (paired t), which is
@@ -46,7 +46,7 @@ def welch_interval(a, b, level=0.95):
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     from scipy.stats import t  # scipy comes with scikit-learn (SAEBench); no torch
 
-    half = t.ppf(0.5 + level / 2, df) * se
+    half = float(t.ppf(0.5 + level / 2, df)) * se  # plain floats: the result goes into JSON
     return {
         "delta": delta,
         "lo": delta - half,
@@ -57,14 +57,12 @@ def welch_interval(a, b, level=0.95):
     }
 
 
-def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
-    """Paired t interval for mean over seeds of b[seed] - a[seed], over the seeds both have.
-
-    a, b: {seed: value}. Returns {"delta", "lo", "hi", "df", "p", "n", "within_noise", "level"}
-    (p two-sided, for delta = 0); lo / hi / df / p are None with fewer than two shared seeds, and
-    with identical differences the interval is the point delta. None when no seed is shared."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [b[s] - a[s] for s in seeds]
+def t_interval(diffs, level: float = 0.95) -> dict | None:
+    """The one-sample t interval for the mean of diffs (scipy.stats.ttest_1samp): {"delta", "lo",
+    "hi", "df", "p", "n", "within_noise", "level"} (p two-sided, for mean 0). lo / hi / df / p are
+    None with fewer than two values; with identical values the interval is the point delta. None
+    for no value. Every interval of a difference here is this one, over the units that vary."""
+    diffs = [float(d) for d in diffs]
     n = len(diffs)
     if n == 0:
         return None
@@ -72,29 +70,35 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     out = {"delta": delta, "lo": None, "hi": None, "df": None, "p": None, "n": n, "within_noise": None, "level": level}
     if n < 2:
         return out
-    sd = math.sqrt(sum((d - delta) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
-    if se == 0:
+    if max(diffs) == min(diffs):
         return out | {"lo": delta, "hi": delta, "df": n - 1, "p": 1.0 if delta == 0 else 0.0, "within_noise": delta == 0}
-    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench)
+    from scipy.stats import ttest_1samp  # scipy comes with scikit-learn (SAEBench); no torch
 
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * se  # plain floats: the result goes into JSON
-    p = float(2 * t.sf(abs(delta) / se, n - 1))
-    return out | {"lo": delta - half, "hi": delta + half, "df": n - 1, "p": p, "within_noise": delta - half <= 0 <= delta + half}
+    test = ttest_1samp(diffs, 0.0)
+    ci = test.confidence_interval(level)
+    lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
+    return out | {"lo": lo, "hi": hi, "df": n - 1, "p": float(test.pvalue), "within_noise": lo <= 0 <= hi}
+
+
+def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
+    """Paired t interval for the mean over units of b[unit] - a[unit], over the units both have
+    (a unit: a seed, or a (world, seed)). a, b: {unit: value}; t_interval of the differences."""
+    units = sorted(set(a) & set(b))
+    return t_interval([b[u] - a[u] for u in units], level)
 
 
 def holm(pvalues: dict) -> dict:
-    """Holm-Bonferroni adjusted p-values, {name: p} -> {name: adjusted p}; None stays None.
+    """Holm-Bonferroni adjusted p-values, {name: p} -> {name: adjusted p}; None stays None
+    (statsmodels' multipletests, method "holm": reject where adjusted p <= alpha, which holds the
+    family-wise error rate at alpha with no independence assumed)."""
+    known = [(name, p) for name, p in pvalues.items() if p is not None]
+    if not known:
+        return dict.fromkeys(pvalues)
+    from statsmodels.stats.multitest import multipletests
 
-    Sorted ascending, the i-th smallest of m gets max over j <= i of (m - j) * p_(j), capped at 1:
-    reject where adjusted p <= alpha, which holds the family-wise error rate at alpha."""
-    known = sorted((p, name) for name, p in pvalues.items() if p is not None)
-    m = len(known)
-    adjusted, running = {}, 0.0
-    for i, (p, name) in enumerate(known):
-        running = max(running, min(1.0, (m - i) * p))
-        adjusted[name] = running
-    return {name: adjusted.get(name) for name in pvalues}
+    adjusted = multipletests([p for _, p in known], method="holm")[1]
+    by_name = {name: float(min(1.0, q)) for (name, _), q in zip(known, adjusted)}
+    return {name: by_name.get(name) for name in pvalues}
 
 
 def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | None:
@@ -107,7 +111,7 @@ def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | No
     means = {w: sum(d) / len(d) for w, d in diffs_by_world.items() if d}
     if not means:
         return None
-    over = paired_interval(dict.fromkeys(means, 0.0), means, level)  # a one-sample t interval over the world means
+    over = t_interval([means[w] for w in sorted(means)], level)
     residuals = [x - means[w] for w, d in diffs_by_world.items() if d for x in d]
     dof = sum(len(d) - 1 for d in diffs_by_world.values() if d)
     within = math.sqrt(sum(r * r for r in residuals) / dof) if dof > 0 else None
