@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_harness.run.rundir import UsageError, write_json_atomic
+from sae_harness.run.schema import arm_name
 
 
 class ResultsError(UsageError):
@@ -80,6 +81,11 @@ class RunRecord:
         return ok_value(self.summary.get(metric))
 
     @property
+    def arm_across_worlds(self) -> str:
+        """The arm without its world: a sweep gridded over data_seed names each world's runs apart."""
+        return arm_name(self.variant, {k: v for k, v in self.overrides.items() if k != "data_seed"})
+
+    @property
     def unit(self) -> tuple:
         """What a comparison pairs by: (world, seed)."""
         return (self.world, self.seed)
@@ -106,12 +112,12 @@ def write_results(path, result: dict) -> Path:
 
 
 def runs_of(result: dict, arm: str | None = None) -> list[RunRecord]:
-    """The result's run records (only arm's, when given)."""
+    """The result's run records (only arm's, when given: its name, or its name across worlds)."""
     runs = result.get("runs")
     if not isinstance(runs, list):
         raise ResultsError(f"{result.get('name', 'the results JSON')} has no per-run records")
     records = [RunRecord.from_json(r) for r in runs]
-    return [r for r in records if arm is None or r.arm == arm]
+    return [r for r in records if arm is None or arm in (r.arm, r.arm_across_worlds)]
 
 
 def read_runs(spec: str, root=".") -> list[RunRecord]:
