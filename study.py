@@ -4,6 +4,7 @@
     python study.py run studies/lm_variants.toml --seed 44    # one seed of each sweep (a session at a time)
     python study.py read studies/registered_variants.toml     # results/<study>.verdict.json and .md, printed
     python study.py check                                      # every studies/*.toml: the committed verdicts are current
+    python study.py table                                      # the registered studies' verdicts, one row per contrast
 
 A spec (TOML, sae_harness/analysis/study.py says every key) names the study's sweeps (profile, arms,
 worlds, seeds, eval seed, options) and its registered contrasts with the Holm family and the rule;
@@ -84,18 +85,29 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see python study.py --help)")
 
 
+def table(specs: list[Path], root: Path) -> str:
+    """The registered contrasts of every spec, in the order their questions were registered: the
+    table README.md and results/README.md quote (the tests hold them to it)."""
+    studies = sorted((S.load(p) for p in specs), key=lambda spec: (spec.registered, spec.name))
+    return S.summary_table([(spec, S.read(spec, root)) for spec in studies])
+
+
 def main(argv: list[str]) -> int:
     parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("command", choices=("run", "read", "check"))
-    parser.add_argument("specs", nargs="*", type=Path, help="study spec files (check: every studies/*.toml when none)")
+    parser.add_argument("command", choices=("run", "read", "check", "table"))
+    parser.add_argument("specs", nargs="*", type=Path, help="study spec files (check, table: every studies/*.toml when none)")
     parser.add_argument("--seed", type=int, action="append", help="run: only this seed of each sweep (repeatable)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository whose results/ the study reads and writes")
     parser.add_argument("--runs_dir", type=Path, help="run: where the run directories go (sweep.py's default when not given)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "run":
         raise UsageError(f"unknown options {' '.join(extra)} (only run passes options on, to every sweep.py call)")
+    every = args.specs or sorted((args.root / "studies").glob("*.toml"))
     if args.command == "check":
-        return check(args.specs or sorted((args.root / "studies").glob("*.toml")), args.root)
+        return check(every, args.root)
+    if args.command == "table":
+        print(table(every, args.root))
+        return 0
     if not args.specs:
         raise UsageError(f"study.py {args.command} needs a spec file, e.g. studies/registered_variants.toml")
     status = 0

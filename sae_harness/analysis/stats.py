@@ -39,22 +39,14 @@ def welch_interval(a, b, level=0.95):
     delta = mean_b - mean_a
     if std_a is None or std_b is None:
         return {"delta": delta, "lo": None, "hi": None, "df": None, "within_noise": None, "level": level}
-    va, vb = std_a**2 / len(a), std_b**2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if std_a == 0 and std_b == 0:
         return {"delta": delta, "lo": delta, "hi": delta, "df": None, "within_noise": delta == 0, "level": level}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench); no torch
+    from scipy.stats import ttest_ind  # scipy comes with scikit-learn (SAEBench); no torch
 
-    half = float(t.ppf(0.5 + level / 2, df)) * se  # plain floats: the result goes into JSON
-    return {
-        "delta": delta,
-        "lo": delta - half,
-        "hi": delta + half,
-        "df": df,
-        "within_noise": delta - half <= 0 <= delta + half,
-        "level": level,
-    }
+    test = ttest_ind(list(b), list(a), equal_var=False)
+    ci = test.confidence_interval(level)
+    lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
+    return {"delta": delta, "lo": lo, "hi": hi, "df": float(test.df), "within_noise": lo <= 0 <= hi, "level": level}
 
 
 def t_interval(diffs, level: float = 0.95) -> dict | None:

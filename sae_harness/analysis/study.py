@@ -332,3 +332,17 @@ def markdown(result: dict, study: Study) -> str:
         for m, i in entry["secondary"].items():
             lines.append(f"  - secondary, {m} ({C.DIRECTION[m]}): {fmt_interval(i)}")
     return "\n".join(lines)
+
+
+def summary_table(readings: list[tuple[Study, dict]]) -> str:
+    """One row per registered contrast of several studies (the README's evidence table): the study,
+    the contrast, the difference with its 95% interval, the Holm p and the outcome by the rule."""
+    lines = ["| study | contrast | difference [95% interval] | Holm p | verdict |", "|---|---|---|---|---|"]
+    for spec, result in readings:
+        for c in spec.contrasts:
+            entry = result["contrasts"][c.name]
+            what = f"{c.name}: `{c.arm}` − `{c.against}`, {c.metric} ({C.DIRECTION[c.metric]}){' at matched reconstruction' if c.reading == 'matched' else ''}"
+            lines.append(
+                f"| {spec.name} | {what} | {fmt_interval(entry['interval'])} | {fmt_p(entry.get('p_holm'))} | {entry['verdict']['outcome']} |"
+            )
+    return "\n".join(lines)
