@@ -7,7 +7,9 @@ between arms is paired: the interval is that of the mean per-seed difference (pa
 narrower than Welch's whenever seeds move both arms together. Several secondary metrics compared at
 once get Holm-adjusted p-values (family-wise error at the stated level, no independence assumed)."""
 
+import contextlib
 import math
+import warnings
 
 
 def mean_std(values):
@@ -27,6 +29,15 @@ def se_of_mean(ses):
     return math.sqrt(sum(x * x for x in ses)) / len(ses)
 
 
+@contextlib.contextmanager
+def _nearly_identical_ok():
+    """scipy warns of precision loss when values are nearly identical (L0 of TopK arms, equal to k
+    up to rounding); the interval it gives is then as narrow as the data, which is what it should be."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
+        yield
+
+
 def welch_interval(a, b, level=0.95):
     """Welch's t interval for mean(b) - mean(a) (unequal variances): {"delta", "lo", "hi", "df",
     "within_noise"} with within_noise True when the interval includes 0. lo / hi / df are None
@@ -43,8 +54,9 @@ def welch_interval(a, b, level=0.95):
         return {"delta": delta, "lo": delta, "hi": delta, "df": None, "within_noise": delta == 0, "level": level}
     from scipy.stats import ttest_ind  # scipy comes with scikit-learn (SAEBench); no torch
 
-    test = ttest_ind(list(b), list(a), equal_var=False)
-    ci = test.confidence_interval(level)
+    with _nearly_identical_ok():
+        test = ttest_ind(list(b), list(a), equal_var=False)
+        ci = test.confidence_interval(level)
     lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
     return {"delta": delta, "lo": lo, "hi": hi, "df": float(test.df), "within_noise": lo <= 0 <= hi, "level": level}
 
@@ -66,8 +78,9 @@ def t_interval(diffs, level: float = 0.95) -> dict | None:
         return out | {"lo": delta, "hi": delta, "df": n - 1, "p": 1.0 if delta == 0 else 0.0, "within_noise": delta == 0}
     from scipy.stats import ttest_1samp  # scipy comes with scikit-learn (SAEBench); no torch
 
-    test = ttest_1samp(diffs, 0.0)
-    ci = test.confidence_interval(level)
+    with _nearly_identical_ok():
+        test = ttest_1samp(diffs, 0.0)
+        ci = test.confidence_interval(level)
     lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
     return out | {"lo": lo, "hi": hi, "df": n - 1, "p": float(test.pvalue), "within_noise": lo <= 0 <= hi}
 
