@@ -5,6 +5,9 @@
     python study.py read studies/registered_variants.toml     # results/<study>.verdict.json and .md, printed
     python study.py check                                      # every studies/*.toml: the committed verdicts are current
     python study.py table                                      # the registered studies' verdicts, one row per contrast
+    python study.py frontier --curves C.json --arms A.json --out results/A_frontier    # each arm raw and at plain TopK's x, over worlds
+    python study.py matched --curves C.json --arms A.json --out results/A_matched      # the same per seed
+    python study.py mechanism --results A.json --arms none,progressive --out results/A_mechanism
 
 A spec (TOML, sae_harness/analysis/study.py says every key) names the study's sweeps (profile, arms,
 worlds, seeds, eval seed, options) and its registered contrasts with the Holm family and the rule;
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 
 from sae_harness.analysis import study as S
+from sae_harness.analysis.records import ResultsError, read_results
 from sae_harness.run import cli
 from sae_harness.run.rundir import UsageError, write_atomic, write_json_atomic
 
@@ -80,6 +84,131 @@ def check(specs: list[Path], root: Path) -> int:
     return 1 if stale else 0
 
 
+# ---------------------------------------------------------------- readings over several sweeps
+
+
+def frontier(argv: list[str]) -> int:
+    """python study.py frontier: each arm of sweeps over worlds raw and at plain TopK's x (sae_harness/analysis/frontier.py)."""
+    import plot
+    from sae_harness.analysis import frontier as F
+
+    parser = _Parser(prog="study.py frontier", description=F.__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--curves", required=True, nargs="+", help="results JSON(s) of plain TopK over training lengths, gridded over data_seed"
+    )
+    parser.add_argument(
+        "--arms", required=True, nargs="+", help="results JSON(s) of sweeps over the same worlds (sweep.py --grid data_seed=...)"
+    )
+    parser.add_argument("--x", default=F.X)
+    parser.add_argument("--ys", default=",".join(F.YS), help="comma list of y metrics")
+    parser.add_argument(
+        "--against", default="", help="comma list of arms to contrast every other arm with (e.g. progressive, for a screen of its variants)"
+    )
+    parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
+    args = parser.parse_args(argv)
+    try:
+        curve_runs = [run for path in args.curves for run in read_results(path)["runs"]]
+        sweeps = [read_results(path) for path in args.arms]
+        arm_runs = F.merged_runs(sweeps)
+        ys = [y for y in args.ys.split(",") if y]
+        unknown = [m for m in (args.x, *ys) if m not in F.DIRECTION]
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}")
+        if any("world" not in run for run in curve_runs):
+            raise ValueError("a curve run without a world: these are not sweeps over data_seed")
+        against = [a for a in args.against.split(",") if a]
+        result = F.reading(curve_runs, arm_runs, args.x, ys, against) | dict(curves_file=args.curves, arms_file=args.arms)
+    except (ResultsError, ValueError, KeyError) as e:
+        print(f"frontier: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(F.markdown(result) + "\n")
+    plot.plot_frontier(result, out.with_suffix(".png"), f"{' + '.join(str(s.get('name')) for s in sweeps)}: {sweeps[0].get('profile')}")
+    print(F.markdown(result))
+    print(f"wrote {out.with_suffix('.json')}, .md and .png")
+    return 0
+
+
+def matched(argv: list[str]) -> int:
+    """python study.py matched: each arm per seed at plain TopK's y for its x (sae_harness/analysis/matched.py)."""
+    import plot
+    from sae_harness.analysis import matched as M
+
+    parser = _Parser(prog="study.py matched", description=M.__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--curves",
+        required=True,
+        nargs="+",
+        help="results JSON of plain TopK over training lengths (one sweep or several, merged; file.json#arm: that arm only)",
+    )
+    parser.add_argument("--arms", required=True, help="results JSON of the arms (a sweep with a none arm at the default length)")
+    parser.add_argument("--x", default="synth_explained_variance")
+    parser.add_argument("--y", default="synth_absorption")
+    parser.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
+    args = parser.parse_args(argv)
+    runs = []  # the curve sweeps' runs, merged
+    try:
+        for spec in args.curves:
+            path, _, only = spec.partition("#")
+            chosen = [run for run in read_results(path)["runs"] if not only or run["arm"] == only]
+            if not chosen:
+                raise ValueError(f"{spec}: no runs{f' of arm {only!r}' if only else ''}")
+            runs += chosen
+        arms_result = read_results(args.arms)
+    except (ResultsError, ValueError, KeyError) as e:
+        print(f"matched: {e}", file=sys.stderr)
+        return 2
+    result = M.reading(dict(runs=runs), arms_result, args.x, args.y) | dict(curves_file=args.curves, arms_file=args.arms)
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    plot.plot_matched(result, out.with_suffix(".png"))
+    for arm, entry in result["arms"].items():
+        print(
+            M.arm_label(arm, entry["paired"]) + (f"; outside the curve: seeds {entry['outside_curve']}" if entry["outside_curve"] else "")
+        )
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+    return 0
+
+
+def mechanism(argv: list[str]) -> int:
+    """python study.py mechanism: where the term acts against the true hierarchy, over a sweep's runs (sae_harness/analysis/mechanism.py)."""
+    import plot
+    from sae_harness.analysis import mechanism as K
+
+    parser = _Parser(prog="study.py mechanism", description=K.__doc__.split("\n\n")[0])
+    parser.add_argument("--results", required=True, help="results JSON of a sweep over worlds on a synth profile")
+    parser.add_argument("--arms", default="none,progressive", help="comma list of arm names without the world (none first)")
+    parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
+    args = parser.parse_args(argv)
+    try:
+        path = Path(args.results)
+        result = read_results(path)
+        arms = [a for a in args.arms.split(",") if a]
+        by_arm = K.runs_of(result, arms, path.resolve().parent.parent)
+        missing = [a for a in arms if a not in by_arm]
+        if missing:
+            raise ValueError(f"no training logs for arm {missing[0]!r} (its runs' directories are under the sweep's runs_dir)")
+        by_arm = {a: by_arm[a] for a in arms}
+        if not any(row.get(K.MECHANISM[0][0]) is not None for runs in by_arm.values() for _, _, log in runs for row in log):
+            raise ValueError("the training logs carry no mechanism: not a synth profile")
+    except (ResultsError, ValueError, KeyError) as e:
+        print(f"mechanism: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    read = K.reading(by_arm) | dict(results_file=args.results, kind="mechanism")
+    out.with_suffix(".json").write_text(json.dumps(read, indent=1))
+    out.with_suffix(".md").write_text(K.markdown(read) + "\n")
+    title = f"{result.get('name')} ({result.get('profile')}): where the term acts, against the true hierarchy"
+    plot.plot_mechanism_runs(by_arm, out.with_suffix(".png"), title)
+    print(K.markdown(read))
+    print(f"wrote {out.with_suffix('.json')}, .md and .png")
+    return 0
+
+
+READINGS = {"frontier": frontier, "matched": matched, "mechanism": mechanism}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         raise UsageError(f"{message} (see python study.py --help)")
@@ -93,8 +222,10 @@ def table(specs: list[Path], root: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] in READINGS:
+        return READINGS[argv[0]](argv[1:])
     parser = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("command", choices=("run", "read", "check", "table"))
+    parser.add_argument("command", choices=("run", "read", "check", "table", *READINGS))
     parser.add_argument("specs", nargs="*", type=Path, help="study spec files (check, table: every studies/*.toml when none)")
     parser.add_argument("--seed", type=int, action="append", help="run: only this seed of each sweep (repeatable)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the repository whose results/ the study reads and writes")

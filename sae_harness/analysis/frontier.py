@@ -22,9 +22,9 @@ factor. The matched reading (as sae_harness.analysis.matched, per (world, seed) 
   study, in a sweep of their own) joins the first earlier arm of its name, `arm` or `arm@sweep`, that
   did not run them.
 
-    python -m sae_harness.analysis.frontier --curves results/synth_worlds_narrow_curve.json \\
+    python study.py frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
-    python -m sae_harness.analysis.frontier --curves results/synth_worlds_cpu_curve.json \\
+    python study.py frontier --curves results/synth_worlds_cpu_curve.json \\
         --arms results/synth_worlds_cpu.json results/registered_cpu.json \\
         --against matryoshka@registered_cpu,none@registered_cpu --out results/registered_cpu_frontier
 
@@ -33,11 +33,6 @@ arm, plain TopK's curves as lines).
 """
 
 from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
 
 from sae_harness.analysis.compare import curves as compare_curves
 from sae_harness.analysis.compare import differences, interval, shifts
@@ -207,78 +202,3 @@ def markdown(result: dict) -> str:
                     cells.append(f"{c['mean']:+.3g}{spread} (n={c['units']}); {fmt_interval(c['over_worlds'])}" if c["units"] else "n/a")
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def figure(result: dict, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, ys = result["x"], result["ys"]
-    worlds = sorted({unit.split("/")[0] for units in result["points"].values() for unit in units})
-    fig, axes = plt.subplots(1, len(ys), figsize=(5.6 * len(ys), 5.4), squeeze=False)
-    for ax, y in zip(axes[0], ys):
-        for i, xy in enumerate(result["curves"][y].values()):
-            label = "plain TopK over training length (a line per world and seed)" if i == 0 else None
-            ax.plot(*zip(*xy), "-", color="#999999", lw=0.8, alpha=0.7, label=label)
-        for j, (name, units) in enumerate(result["points"].items()):
-            color = "black" if name == result["baseline"] else f"C{j % 10}"
-            for k, world in enumerate(worlds):
-                pts = [(v[x], v[y]) for unit, v in units.items() if unit.split("/")[0] == world]
-                if pts:
-                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=name if k == 0 else None)
-        ax.set_xlabel(f"{x} ({DIRECTION[x]})")
-        ax.set_ylabel(f"{y} ({DIRECTION[y]})")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    markers = ", ".join(f"{MARKERS[k % len(MARKERS)]} world {w}" for k, w in enumerate(worlds))
-    fig.suptitle(f"{title}: a point per (world, seed) and arm ({markers}); the differences and intervals are in the .md table", fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--curves", required=True, nargs="+", help="results JSON(s) of plain TopK over training lengths, gridded over data_seed"
-    )
-    parser.add_argument(
-        "--arms", required=True, nargs="+", help="results JSON(s) of sweeps over the same worlds (sweep.py --grid data_seed=...)"
-    )
-    parser.add_argument("--x", default=X)
-    parser.add_argument("--ys", default=",".join(YS), help="comma list of y metrics")
-    parser.add_argument(
-        "--against", default="", help="comma list of arms to contrast every other arm with (e.g. progressive, for a screen of its variants)"
-    )
-    parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
-    args = parser.parse_args(argv)
-    try:
-        curve_runs = [run for path in args.curves for run in json.loads(Path(path).read_text())["runs"]]
-        sweeps = [json.loads(Path(path).read_text()) for path in args.arms]
-        arm_runs = merged_runs(sweeps)
-        ys = [y for y in args.ys.split(",") if y]
-        unknown = [m for m in (args.x, *ys) if m not in DIRECTION]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}")
-        if any("world" not in run for run in curve_runs):
-            raise ValueError("a curve run without a world: these are not sweeps over data_seed")
-        against = [a for a in args.against.split(",") if a]
-        result = reading(curve_runs, arm_runs, args.x, ys, against) | dict(curves_file=args.curves, arms_file=args.arms)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"frontier: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
-    figure(result, out.with_suffix(".png"), f"{' + '.join(str(s.get('name')) for s in sweeps)}: {sweeps[0].get('profile')}")
-    print(markdown(result))
-    print(f"wrote {out.with_suffix('.json')}, .md and .png")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -69,6 +69,7 @@ class RunRecord:
     def from_json(cls, d: dict) -> RunRecord:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
+        known.setdefault("variant", d.get("arm"))  # a record without one (a reading's hand-made input) names its arm by its variant
         if "world" not in known or known["world"] is None:
             known["world"] = (d.get("config") or {}).get("data_seed")
         return cls(**known, extra={k: v for k, v in d.items() if k not in names})
