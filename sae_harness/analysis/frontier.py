@@ -34,8 +34,8 @@ arm, plain TopK's curves as lines).
 
 from __future__ import annotations
 
+from sae_harness.analysis.compare import baseline_arm, differences, interval, shifts
 from sae_harness.analysis.compare import curves as compare_curves
-from sae_harness.analysis.compare import differences, interval, shifts
 from sae_harness.analysis.records import ok_value
 from sae_harness.analysis.stats import holm, mean_std
 from sae_harness.run.schema import METRICS, arm_over_worlds, is_baseline
@@ -80,7 +80,7 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     """against: arm names (or one name) to contrast every other arm with."""
     against = [against] if isinstance(against, str) else list(against)
     arms = arm_points(arm_runs, (x, *ys))
-    base_name = next((name for name in arms if is_baseline(name)), None)
+    base_name = baseline_arm({name: (name, {}) for name in arms})
     base = arms.get(base_name, {})
     curves = {y: plain_curves(curve_runs, arm_runs, x, y) for y in ys}
     shifted = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}: the matched transform

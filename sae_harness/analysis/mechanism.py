@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from sae_harness.analysis.compare import baseline_arm, differences, interval
 from sae_harness.analysis.report import MECHANISM, PHASES, phase_means, read_log
-from sae_harness.analysis.stats import interval_over_worlds, mean_std
-from sae_harness.run.schema import arm_over_worlds, is_baseline
+from sae_harness.analysis.stats import mean_std
+from sae_harness.run.schema import arm_over_worlds
 
 QUANTITIES = tuple((key, label.replace("\n", " ")) for hier, other, label in MECHANISM for key in (hier, other) if key)
 
@@ -41,7 +42,7 @@ def runs_of(result: dict, arms: list[str], root: Path) -> dict:
 def reading(by_arm: dict) -> dict:
     phases = [name for name, _, _ in PHASES]
     per_run = {arm: {(w, s): {key: phase_means(log, key) for key, _ in QUANTITIES} for w, s, log in runs} for arm, runs in by_arm.items()}
-    base = next((arm for arm in per_run if is_baseline(arm)), None)
+    base = baseline_arm({arm: (arm, {}) for arm in per_run})
     out = {}
     for arm, units in per_run.items():
         entry = {}
@@ -50,13 +51,11 @@ def reading(by_arm: dict) -> dict:
                 values = [m[key][j] for m in units.values() if m[key][j] is not None]
                 mean, std = mean_std(values)
                 cell = dict(label=label, mean=mean, std=std, n=len(values))
-                if base and arm != base:
-                    diffs = {}
-                    for (w, s), m in sorted(units.items()):
-                        other = per_run[base].get((w, s), {}).get(key, [None] * len(phases))[j]
-                        if m[key][j] is not None and other is not None:
-                            diffs.setdefault(w, []).append(m[key][j] - other)
-                    cell["vs_baseline"] = interval_over_worlds(diffs)
+                if base and arm != base:  # paired by (world, seed), worlds the random factor
+                    against = {unit: m[key][j] for unit, m in per_run[base].items() if m[key][j] is not None}
+                    cell["vs_baseline"] = interval(
+                        differences(against, {unit: m[key][j] for unit, m in units.items() if m[key][j] is not None}), "world"
+                    )
                 entry[f"{key}/{phase}"] = cell
         out[arm] = entry
     return dict(baseline=base, phases=phases, quantities=[k for k, _ in QUANTITIES], method=__doc__.split("\n\n")[1].strip(), arms=out)

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sae_harness.analysis.compare import baseline_arm as compare_baseline
 from sae_harness.analysis.compare import compare, is_baseline, welch
 from sae_harness.analysis.formatting import results_markdown
 from sae_harness.analysis.records import ResultsError, read_results, write_results
@@ -103,7 +104,7 @@ def reading(name: str, records: list[dict], arms: dict, design: Design, baseline
     for record in records:
         per_seed[record["arm"]][record["seed"]] = record["summary"]
     result_arms = {arm: entry | dict(summary=combine_summaries(list(per_seed[arm].values()))) for arm, entry in arms.items()}
-    baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)
+    baseline_arm = compare_baseline({a: (v["variant"], v["overrides"]) for a, v in arms.items()})
     differences = None
     if baseline_arm is None and baseline:
         summary, base_per_seed, differences = borrowed_baseline(baseline, records, ignore)
@@ -115,9 +116,8 @@ def reading(name: str, records: list[dict], arms: dict, design: Design, baseline
         result_arms = {baseline_arm: dict(variant=BASELINE_VARIANT, overrides={}, run_dir=str(baseline), summary=summary)} | result_arms
         per_seed[baseline_arm] = base_per_seed
     for arm, entry in result_arms.items():  # each arm against plain TopK at its own grid point, else the sweep's baseline
-        same_point = next(
-            (a for a, v in arms.items() if is_baseline(v["variant"]) and design.point(v["overrides"]) == design.point(entry["overrides"])),
-            None,
+        same_point = compare_baseline(
+            {a: (v["variant"], design.point(v["overrides"])) for a, v in arms.items()}, design.point(entry["overrides"])
         )
         base = same_point or (None if is_baseline(entry["variant"]) else baseline_arm)
         if base and arm != base:
