@@ -62,6 +62,7 @@ from sae_harness.analysis.report import (  # noqa: E402
 )
 from sae_harness.evals.registry import REFERENCE  # noqa: E402
 from sae_harness.run.schema import METRICS, config_differences, is_baseline  # noqa: E402
+from sae_harness.run.schema import entry as summary_entry  # noqa: E402
 
 DIRECTIONS = {m.name: m.direction for m in METRICS}
 
@@ -300,7 +301,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
     for ax, metric in zip(axes, shown_metrics([summary for _, summary in items])):
         values, notes, tops = [], [], [0.0]
         for i, ((name, summary), color) in enumerate(zip(items, colors)):
-            entry = summary[metric.name]
+            entry = summary_entry(summary, metric.name)
             ok = entry["status"] == "ok"
             value = entry["value"] if ok else 0.0
             err, _ = spread_of(entry) if ok else (None, None)  # one seed: the eval's own SE
@@ -312,7 +313,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             if len(seeds) > 1:
                 ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
             tops.append(max([value + (err or 0)] + seeds))
-            against = baseline[metric.name] if baseline is not None and summary is not baseline else None
+            against = summary_entry(baseline, metric.name) if baseline is not None and summary is not baseline else None
             text = bar_label(metric, entry, against, (paired.get(name) or {}).get(metric.name))
             ax.annotate(
                 text,

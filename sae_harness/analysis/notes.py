@@ -101,6 +101,8 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
             f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'} (no baseline run of this profile):"
         )
     for metric in METRICS:
+        if metric.name not in summary:
+            continue  # a metric of the other kind of run (synth_* on a language model, SAEBench's on synth)
         entry = summary[metric.name]
         note = f", {metric.note}" if metric.note else ""
         if entry["status"] == "ok":

@@ -19,6 +19,7 @@ from sae_harness.run.schema import (
     SEEDS,
     block_status,
     config_differences,
+    entry,
     evals_asked,
     info_training_key,
     is_baseline,
@@ -203,7 +204,7 @@ def missing_report(run):
         if status != "ok":
             lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
     for metric in METRICS:
-        status = run.summary[metric.name]["status"]
+        status = entry(run.summary, metric.name)["status"]
         block = metric.sources[0][0]
         if status != "ok" and metric_asked(run.info, metric) and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
             lines.append(f"{metric.name}: {status}")
@@ -224,9 +225,9 @@ def metrics_table(runs):
     for metric, direction in zip(metrics, directions):
         cells = []
         for run, c in zip(runs, cols):
-            entry = run.summary[metric.name]
-            cell = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
-            cell += f"±{fmt(entry['std'])}" if entry["status"] == "ok" and entry.get("std") else ""
+            e = entry(run.summary, metric.name)
+            cell = fmt(e["value"]) if e["status"] == "ok" else e["status"].split(":")[0]
+            cell += f"±{fmt(e['std'])}" if e["status"] == "ok" and e.get("std") else ""
             cells.append(f"{cell:>{c}}")
         lines.append(f"{metric.name:<{width}}{direction:<{dwidth}}" + "".join(cells))
     return "\n".join(lines)

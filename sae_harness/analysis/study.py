@@ -101,6 +101,9 @@ class Contrast:
     guards: list[Guard] = field(default_factory=list)
     secondary: list[str] = field(default_factory=list)
     """Registered secondary metrics, read the same way beside the primary (no verdict of their own)."""
+    sensitivity: list[str] = field(default_factory=list)
+    """Metrics read the same way to see how the primary's measure leans (labelled as sensitivity
+    readings, never a verdict): e.g. absorption_any with lost parents counted as absorbed."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,7 @@ def read(study: Study, root=".") -> dict:
                 )
             )
         entry["secondary"] = {m: reader.interval(c, m) for m in c.secondary}
+        entry["sensitivity"] = {m: reader.interval(c, m) for m in c.sensitivity}
         out[c.name] = entry
     if isinstance(study.rule.holm, list):  # the registered family: these contrasts' p-values
         for name, p in holm({name: (out[name]["interval"] or {}).get("p") for name in study.rule.holm}).items():
@@ -329,8 +333,12 @@ def markdown(result: dict, study: Study) -> str:
             lines.append(
                 f"  - guard: {gd['arm']} - {gd['against']}, {gd['metric']} ({C.DIRECTION[gd['metric']]}, {gd['reading']}): {fmt_interval(i)}{holm_p}"
             )
-        for m, i in entry["secondary"].items():
-            lines.append(f"  - secondary, {m} ({C.DIRECTION[m]}): {fmt_interval(i)}")
+        for kind in ("secondary", "sensitivity"):
+            for m, i in entry[kind].items():
+                shown = (
+                    fmt_interval(i) if i else "not in these runs' records (a measure added after them; python study.py run repeats them)"
+                )
+                lines.append(f"  - {kind} reading, {m} ({C.DIRECTION[m]}): {shown}")
     return "\n".join(lines)
 
 

@@ -36,6 +36,8 @@ EVAL_KEYS = {e.name: e.block for e in EVALS}
 """Eval name (as in --evals) -> its final_info.json block."""
 EVAL_OF_BLOCK = {e.block: e.name for e in EVALS}
 """final_info.json block -> its eval's name (as in --evals)."""
+SYNTHETIC_BLOCK = {e.block: e.synthetic for e in EVALS}
+"""final_info.json block -> whether its eval runs on the synth profiles (True) or a language model."""
 METRICS = tuple(metric for e in EVALS for metric in e.metrics)
 """Every eval's headline metrics, in the registry's order."""
 SEEDS = "seeds"
@@ -132,6 +134,12 @@ class SummaryEntry:
         return dataclasses.asdict(self)
 
 
+def entry(summary: dict, name: str) -> dict:
+    """A summary's entry for one metric; a metric the summary does not hold (the other kind of run's)
+    reads as missing."""
+    return summary.get(name) or {"value": None, "se": None, "status": "missing", "std": None, "n": 0, "values": []}
+
+
 def summarize(info):
     """{metric name: SummaryEntry as JSON} for every entry of METRICS.
 
@@ -144,6 +152,8 @@ def summarize(info):
         return combine_summaries([run.get("summary") or {} for run in seeds["per_seed"].values()])
     summary = {}
     for metric in METRICS:
+        if not metric_of_kind(info, metric):
+            continue  # a language-model run has no synth_* entry, a synth run no SAEBench one
         first_status, value, se = None, None, None
         for block_name, path in metric.sources:
             status, value = _read(_block(info, block_name), path)
@@ -217,8 +227,20 @@ def evals_asked(info) -> set:
     evals = identity["config"].get("evals")
     if isinstance(evals, str):
         return {name for name in evals.split(",") if name}
-    synthetic = identity["config"].get("text_source") == "synth" or identity["profile"] in (profiles.SYNTH, profiles.SYNTH_NARROW)
-    return {e.name for e in EVALS if e.synthetic == synthetic}
+    return {e.name for e in EVALS if e.synthetic == is_synthetic(info)}
+
+
+def is_synthetic(info) -> bool:
+    """Whether a run trained on a synthetic world (the synth profiles) rather than a language model."""
+    identity = run_identity(info)
+    return identity["config"].get("text_source") == "synth" or identity["profile"] in (profiles.SYNTH, profiles.SYNTH_NARROW)
+
+
+def metric_of_kind(info, metric) -> bool:
+    """Whether a headline metric belongs to a run of this kind: a training metric always; an eval's
+    when the eval is of the run's kind (synthetic or language model), or the run holds its block."""
+    synthetic = is_synthetic(info)
+    return any(block not in EVAL_OF_BLOCK or SYNTHETIC_BLOCK[block] == synthetic or block in info for block, _ in metric.sources)
 
 
 def metric_asked(info, metric) -> bool:
@@ -238,7 +260,11 @@ def eval_done(block) -> bool:
 def combine_summaries(summaries):
     """One summary from the per-seed summaries of a run (in seed order): SummaryEntry.over_seeds
     for each metric."""
-    return {metric.name: SummaryEntry.over_seeds(metric, [s.get(metric.name) or {} for s in summaries]).to_json() for metric in METRICS}
+    return {
+        metric.name: SummaryEntry.over_seeds(metric, [s.get(metric.name) or {} for s in summaries]).to_json()
+        for metric in METRICS
+        if any(metric.name in s for s in summaries) or not summaries
+    }
 
 
 def _mean_block(blocks):
