@@ -53,6 +53,7 @@ from sae_harness.analysis.report import (  # noqa: E402
     paired_with_baseline,
     phase_mean_labels,
     progress,
+    references,
     results_items,
     run_dirs_here,
     run_report,
@@ -349,15 +350,27 @@ def metric_grid(items, colors, baseline, paired, width: float, row_height: float
 
 
 def plot_metrics(run, baseline):
-    runs = [baseline, run] if baseline else [run]
-    fig = metric_grid([(r.name, r.summary) for r in runs], ["#999999", "C0"][-len(runs) :], baseline and baseline.summary, None, 12, 3.3)
+    """The run's headline metrics beside its baseline run here (grey) and the committed reference runs
+    of its profile (plain TopK and the default arm, mean ± std over their seeds; report.references),
+    so a single run is read against something. Δ labels are against the baseline here, else the
+    committed plain TopK."""
+    what, refs = references(run.info)
+    items = refs + ([(baseline.name, baseline.summary)] if baseline else []) + [(run.name, run.summary)]
+    colors = ["#c7c7c7", "#a6bddb"][: len(refs)] + (["#999999"] if baseline else []) + ["C0"]
+    against = baseline.summary if baseline else (refs[0][1] if refs and refs[0][0] == "ref none" else None)
+    fig = metric_grid(items, colors, against, None, 12, 3.3)
     if baseline:
-        against = f"grey: baseline {baseline.label}"
+        title = f"dark grey: baseline {baseline.label}"
     elif is_baseline(run.variant):
-        against = "this run is a baseline (variant none)"
+        title = "this run is a baseline (variant none)"
     else:
-        against = f"no baseline (variant none) run of {run.profile} found"
-    fig.suptitle(f"{run.label}, {run.profile}: headline metrics; {against}")
+        title = f"no baseline (variant none) run of {run.profile} here"
+    beside = (
+        f"\nlight: committed reference runs of this profile ({what}); Δ against " + ("the baseline" if baseline else "ref none")
+        if refs
+        else "; no committed reference run of these sizes"
+    )
+    fig.suptitle(f"{run.label}, {run.profile}: headline metrics; {title}{beside}", fontsize=9)
     fig.tight_layout()
     return save(fig, run.path / "metrics.png")
 

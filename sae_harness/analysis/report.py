@@ -12,12 +12,14 @@ from pathlib import Path
 from sae_harness.analysis.compare import compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread, spread_of
 from sae_harness.evals.registry import REFERENCE
+from sae_harness.run import profiles
 from sae_harness.run.schema import (
     EVAL_BLOCKS,
     EVAL_OF_BLOCK,
     METRICS,
     SEEDS,
     block_status,
+    combine_summaries,
     config_differences,
     entry,
     evals_asked,
@@ -174,6 +176,42 @@ def find_baseline(run, candidates):
     by_name = {c.name: c for c in candidates if c.path.resolve() != run.path.resolve()}
     picked = pick_baseline(run.name, run.info, [(c.name, c.info) for c in by_name.values()])
     return by_name[picked[0]] if picked else None
+
+
+REFERENCES = {  # profile -> the committed sweep whose plain TopK and default arm a single run is drawn beside
+    profiles.EMBEDDED: "anchors_e4",
+    profiles.SYNTH: "synth_worlds_cpu",
+    profiles.SYNTH_NARROW: "synth_worlds_narrow",
+}
+REFERENCE_ARMS = ("none", "progressive")
+COMPARABLE = ("dict_size", "k", "tokens", "epochs", "batch_size", "layer", "lm_name", "data_seed")
+"""A committed run stands beside this one only where these options agree (same sizes, length, world)."""
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def references(info, results=RESULTS) -> tuple[str, list[tuple[str, dict]]]:
+    """(what they are, [(label, summary over its seeds)]) of the committed reference runs of a run's profile (plain TopK
+    and the default arm of REFERENCES' sweep) whose COMPARABLE options equal this run's; [] where the
+    profile has none or no committed run is comparable (a run of other sizes, length or world)."""
+    from sae_harness.analysis.records import ResultsError, read_results, runs_of
+
+    identity = run_identity(info)
+    name = REFERENCES.get(identity["profile"])
+    if name is None:
+        return "", []
+    try:
+        records = runs_of(read_results(Path(results) / f"{name}.json"))
+    except ResultsError:
+        return "", []
+    mine = identity["config"]
+    same = [r for r in records if all(str(r.config.get(k)) == str(mine.get(k)) for k in COMPARABLE)]
+    out, seeds = [], set()
+    for arm in REFERENCE_ARMS:
+        runs = [r for r in same if r.arm_across_worlds == arm]
+        if runs:
+            out.append((f"ref {arm}", combine_summaries([r.summary for r in runs])))
+            seeds |= {r.seed for r in runs}
+    return (f"ref: results/{name}.json, seeds {', '.join(map(str, sorted(seeds)))}" if out else ""), out
 
 
 def eval_metric_ok(run):
