@@ -217,7 +217,7 @@ class _Parser(argparse.ArgumentParser):
 def table(specs: list[Path], root: Path) -> str:
     """The registered contrasts of every spec, in the order their questions were registered: the
     table README.md and results/README.md quote (the tests hold them to it)."""
-    studies = sorted((S.load(p) for p in specs), key=lambda spec: (spec.registered, spec.name))
+    studies = sorted((spec for p in specs if (spec := S.load(p)).rule.kind == "interval"), key=lambda spec: (spec.registered, spec.name))
     return S.summary_table([(spec, S.read(spec, root)) for spec in studies])
 
 

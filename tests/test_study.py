@@ -188,3 +188,33 @@ def test_a_new_study_is_one_spec_and_two_commands(tmp_path):
     verdict = json.loads((tmp_path / "results" / "toy.verdict.json").read_text())["contrasts"]["primary"]
     assert verdict["interval"]["n"] == 2 and verdict["verdict"]["outcome"] in ("better", "worse", "within noise")
     assert verdict["verdict"]["sentence"] in read.stdout
+
+
+def test_the_screen_passes_an_arm_better_by_more_than_its_spread_and_keeps_the_largest(tmp_path):
+    write_sweep(tmp_path, {1: -0.05, 2: -0.03, 3: -0.04})
+    text = SPEC.replace('holm = ["primary"]', 'kind = "screen"\nkeep = 1').replace(
+        'guards = [{ metric = "synth_mcc", arm = "progressive", against = "none" }]',
+        'guards = [{ metric = "synth_mcc", arm = "progressive", against = "none", by = "spread" }]',
+    )
+    result = S.read(spec_at(tmp_path, text), tmp_path)
+    screen = result["contrasts"]["primary"]["screen"]
+    assert screen["units"] == 6 and screen["mean"] < -screen["spread"]
+    assert result["contrasts"]["primary"]["verdict"]["outcome"] == "passes" and result["selected"] == ["progressive"]
+    write_sweep(tmp_path, {1: -0.05, 2: 0.04, 3: -0.01})  # a mean inside its spread
+    assert S.read(spec_at(tmp_path, text), tmp_path)["selected"] == []
+    write_sweep(tmp_path, {1: -0.05, 2: -0.03, 3: -0.04}, mcc_effect=-0.2)  # its guard worse by more than its spread
+    assert S.read(spec_at(tmp_path, text), tmp_path)["contrasts"]["primary"]["verdict"]["outcome"] == "fails"
+
+
+def test_the_screen_spec_selects_what_the_screen_selected():
+    """docs/method.md's screen, read from its spec: matryoshka_progressive alone, at the numbers reported
+    (-0.186 ± 0.036 on synth, -0.084 ± 0.046 on synth-narrow; rising +0.002 ± 0.029)."""
+    result = S.read(S.load(ROOT / "studies" / "screen.toml"), ROOT)
+    assert result["selected"] == ["matryoshka_progressive"]
+    for name, (mean, spread) in {
+        "matryoshka_progressive, synth": (-0.186, 0.036),
+        "matryoshka_progressive, synth-narrow": (-0.084, 0.046),
+        "rising, synth": (0.002, 0.029),
+    }.items():
+        got = result["contrasts"][name]["screen"]
+        assert (got["mean"], got["spread"]) == pytest.approx((mean, spread), abs=6e-4)

@@ -45,7 +45,7 @@ from typing import Literal
 from sae_harness.analysis import compare as C
 from sae_harness.analysis.formatting import fmt_interval, fmt_p
 from sae_harness.analysis.records import ResultsError, RunRecord, read_runs
-from sae_harness.analysis.stats import holm
+from sae_harness.analysis.stats import holm, mean_std
 from sae_harness.evals.registry import HIGHER, LOWER
 
 
@@ -81,7 +81,7 @@ class Guard:
     arm: str
     against: str
     reading: Literal["raw", "matched"] = "raw"
-    by: Literal["interval", "holm"] = "interval"
+    by: Literal["interval", "holm", "spread"] = "interval"
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class Contrast:
     x: str = ""
     """With reading matched: the curve (a Curve's name) and the reconstruction metric on its x axis."""
     guards: list[Guard] = field(default_factory=list)
+    """interval: the guard's by says how it is read; screen: by its mean and spread."""
     secondary: list[str] = field(default_factory=list)
     """Registered secondary metrics, read the same way beside the primary (no verdict of their own)."""
     sensitivity: list[str] = field(default_factory=list)
@@ -108,6 +109,14 @@ class Contrast:
 
 @dataclass(frozen=True)
 class Rule:
+    kind: Literal["interval", "screen"] = "interval"
+    """interval: the registered test (an interval and Holm, below). screen: a cheap pass before a
+    registered test, too few worlds for an interval: a contrast passes when its mean paired difference
+    lies on the better side of 0 by more than the spread (std) of those differences over the (world,
+    seed) units, and no guard's mean lies on the worse side by more than its spread; at most `keep`
+    arms go on, the largest mean first."""
+    keep: int = 0
+    """screen: how many passing arms go on (0: every one)."""
     alpha: float = 0.05
     holm: str | list[str] = "metrics"
     """"metrics": each contrast's Holm over its comparison's non-reference metrics; a list of contrast
@@ -220,6 +229,14 @@ class Reader:
         b = self.values(c, arm or c.arm, metric, reading)
         return C.interval(C.differences(a, b), c.unit)
 
+    def spread(self, c: Contrast, metric=None, arm=None, against=None, reading=None) -> dict:
+        """{"mean", "spread", "units"} of the paired differences over the (world, seed) units: the
+        screen's yardstick where too few worlds give no useful interval."""
+        metric, reading = metric or c.metric, reading or c.reading
+        diffs = C.differences(self.values(c, against or c.against, metric, reading), self.values(c, arm or c.arm, metric, reading))
+        mean, std = mean_std(list(diffs.values))
+        return dict(mean=mean, spread=std, units=len(diffs))
+
     def family(self, c: Contrast, arm=None, against=None, reading=None) -> dict:
         """Every metric of the comparison, with Holm over its non-reference metrics (compare.with_holm)."""
         out = {m.name: self.interval(c, m.name, arm, against, reading) for m in C.METRICS}
@@ -230,6 +247,8 @@ def read(study: Study, root=".") -> dict:
     """Every contrast's interval and Holm p, its guards and its verdict, from the sweeps' records."""
     reader = Reader(study, root)
     out = {}
+    if study.rule.kind == "screen":
+        return screen(study, reader)
     for c in study.contrasts:
         entry = dict(contrast=dataclasses.asdict(c), interval=reader.interval(c))
         if study.rule.holm == "metrics":  # each contrast's family: its comparison's non-reference metrics
@@ -261,6 +280,61 @@ def read(study: Study, root=".") -> dict:
         rule=dataclasses.asdict(study.rule),
         contrasts=out,
     )
+
+
+def screen(study: Study, reader: Reader) -> dict:
+    """The screen's rule (Rule.kind "screen"): each contrast's mean paired difference against its
+    spread, its guards the same way, and the arms that go on."""
+    out = {}
+    for c in study.contrasts:
+        entry = dict(contrast=dataclasses.asdict(c), screen=reader.spread(c))
+        entry["guards"] = [
+            dict(guard=dataclasses.asdict(g), screen=reader.spread(c, g.metric, g.arm, g.against, g.reading)) for g in c.guards
+        ]
+        out[c.name] = entry | dict(verdict=screen_verdict(c, entry))
+    direction = {c.name: C.DIRECTION[c.metric] for c in study.contrasts}
+    passing = [
+        (out[c.name]["screen"]["mean"] * (1 if direction[c.name] == LOWER else -1), c.arm)
+        for c in study.contrasts
+        if out[c.name]["verdict"]["outcome"] == "passes"
+    ]
+    selected = []
+    for _, arm in sorted(passing):
+        if arm not in selected and (not study.rule.keep or len(selected) < study.rule.keep):
+            selected.append(arm)
+    return dict(
+        study=study.name,
+        question=study.question,
+        registered=study.registered,
+        status=study.status,
+        rule=dataclasses.asdict(study.rule),
+        contrasts=out,
+        selected=selected,
+    )
+
+
+def _beyond(direction: str, s: dict, side: str) -> bool:
+    """Whether a mean lies on the better (or worse) side of 0 by more than its spread."""
+    if s["mean"] is None or s["spread"] is None:
+        return False
+    sign = -1 if direction == LOWER else 1 if direction == HIGHER else 0
+    toward = sign * s["mean"] if side == "better" else -sign * s["mean"]
+    return toward > s["spread"]
+
+
+def screen_verdict(c: Contrast, entry: dict) -> dict:
+    direction = C.DIRECTION[c.metric]
+    s = entry["screen"]
+    what = f"{c.arm} - {c.against}, {c.metric} ({direction}){' at plain TopK' + chr(39) + 's ' + c.x if c.reading == 'matched' else ''}"
+    if s["spread"] is None:
+        return dict(outcome="no spread", sentence=f"{what}: fewer than two units: no verdict")
+    numbers = f"{s['mean']:+.3f} ± {s['spread']:.3f} over {s['units']} (world, seed) units"
+    if not _beyond(direction, s, "better"):
+        return dict(outcome="fails", sentence=f"{what}: {numbers}: fails (not better by more than its spread)")
+    for g, ge in zip(c.guards, entry["guards"]):
+        if _beyond(C.DIRECTION[g.metric], ge["screen"], "worse"):
+            return dict(outcome="fails", sentence=f"{what}: {numbers}: fails its guard {g.arm} - {g.against} on {g.metric}")
+    return dict(outcome="passes", sentence=f"{what}: {numbers}: passes")
 
 
 def _worse(direction: str, interval: dict) -> bool | None:
@@ -324,8 +398,17 @@ def markdown(result: dict, study: Study) -> str:
         f"Registered {study.registered}; status: {study.status}. Generated by `python study.py read` from the records; do not edit.",
         "",
     ]
+    if "selected" in result:
+        lines += [f"Selected by the screen's rule: {', '.join(f'`{a}`' for a in result['selected']) or 'none'}.", ""]
     for name, entry in result["contrasts"].items():
         lines.append(f"- **{name}**: {entry['verdict']['sentence']}")
+        if "screen" in entry:
+            for g in entry["guards"]:
+                gd, gs = g["guard"], g["screen"]
+                lines.append(
+                    f"  - guard: {gd['arm']} - {gd['against']}, {gd['metric']} ({C.DIRECTION[gd['metric']]}, {gd['reading']}): {gs['mean']:+.3f} ± {gs['spread']:.3f}"
+                )
+            continue
         for g in entry["guards"]:
             gd = g["guard"]
             i = g["interval"]
