@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_harness.run.rundir import UsageError, write_json_atomic
-from sae_harness.run.schema import arm_name
+from sae_harness.run.schema import arm_over_worlds
 
 
 class ResultsError(UsageError):
@@ -84,7 +84,7 @@ class RunRecord:
     @property
     def arm_across_worlds(self) -> str:
         """The arm without its world: a sweep gridded over data_seed names each world's runs apart."""
-        return arm_name(self.variant, {k: v for k, v in self.overrides.items() if k != "data_seed"})
+        return arm_over_worlds({"variant": self.variant, "overrides": self.overrides})
 
     @property
     def unit(self) -> tuple:
