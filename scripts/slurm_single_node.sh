@@ -11,7 +11,8 @@
 # (/etc/slurm, /etc/munge, the system munged) and uses its own ports, so it stands beside a real
 # installation. One node, named localhost, with this machine's CPUs and memory; a job's time limit
 # and the signal before it (which submitit turns into a checkpoint and a requeue) are honoured.
-# Needs root (the daemons run as root) and, where SLURM is not installed, apt-get.
+# Needs root (the daemons run as root) and, where SLURM is not installed, apt-get; exit status 3 says
+# that SLURM cannot be had here (tests/test_slurm.py then skips), any other non-zero a fault.
 set -euo pipefail
 
 dir="${SAE_SLURM_DIR:-/tmp/sae-harness-slurm}"
@@ -33,12 +34,20 @@ ours() {
 
 up() { SLURM_CONF="$conf" sinfo -h -N -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
 
+# SLURM cannot be had here (not root, no package manager, the install failed): exit status 3.
+cannot() {
+	echo "slurm_single_node: $*" >&2
+	exit 3
+}
+
 install() {
 	command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null && return
-	command -v apt-get >/dev/null || fail "SLURM is not installed and there is no apt-get to install it (Debian's slurmctld slurmd slurm-client munge)"
+	command -v apt-get >/dev/null || cannot "SLURM is not installed and there is no apt-get to install it (Debian's slurmctld slurmd slurm-client munge)"
 	say "installing slurmctld slurmd slurm-client munge"
-	apt-get update -q >/dev/null
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+	local log="$dir/log/apt.log"
+	mkdir -p "$dir/log"
+	apt-get update -q >"$log" 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends slurmctld slurmd slurm-client munge >>"$log" 2>&1 ||
+		cannot "could not install SLURM with apt-get: $(tail -1 "$log")"
 }
 
 configure() {
@@ -86,7 +95,7 @@ EOF
 }
 
 start() {
-	[[ $EUID -eq 0 ]] || fail "needs root (the SLURM daemons run as root); not started"
+	[[ $EUID -eq 0 ]] || cannot "needs root (the SLURM daemons run as root); not started"
 	if ours slurmctld >/dev/null && ours slurmd >/dev/null && up; then
 		say "already running; export SLURM_CONF=$conf"
 		return
