@@ -72,9 +72,12 @@ class ExperimentRun(submitit.helpers.Checkpointable):
         finally:
             if self.pid_file is not None:
                 self.pid_file.unlink(missing_ok=True)
-        if on_slurm and code == Exit.INTERRUPTED:  # no result for this attempt: the requeued one writes the run's
-            print("the experiment stopped on the scheduler's SIGTERM with a checkpoint; this attempt ends without a result", flush=True)
-            raise SystemExit(code)  # not an Exception: submitit writes no result file, and the sweep waits on
+        if on_slurm and code in (Exit.INTERRUPTED, -signal.SIGTERM):  # -SIGTERM: stopped before it set its handler
+            print(
+                "the experiment stopped on the scheduler's SIGTERM; this attempt ends without a result (a requeued one writes it)",
+                flush=True,
+            )
+            raise SystemExit(code)  # not an Exception, so submitit writes no result file and the sweep waits on
         return code
 
     def checkpoint(self, *args, **kwargs):
@@ -142,14 +145,17 @@ def queued_jobs(folder: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def ledger(folder: Path):
     """{run directory: SLURM job id} of every run this sweep submitted (folder/jobs.json), held
-    under an exclusive lock while a sweep process decides what to submit, and written back after."""
+    under an exclusive lock while a sweep process decides what to submit, and written back after
+    (also when interrupted: a job submitted is recorded)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "jobs.json"
     with open(folder / "jobs.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         jobs = json.loads(path.read_text()) if path.exists() else {}
-        yield jobs
-        write_json_atomic(path, jobs)
+        try:
+            yield jobs
+        finally:
+            write_json_atomic(path, jobs)
 
 
 def submit_slurm(executor, wave, folder: Path) -> dict:
