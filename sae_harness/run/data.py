@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness.run import precision
+from sae_harness.run import lock, precision, rundir
 from sae_harness.run.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
 from sae_harness.run.progress import Progress, library_bars_quiet
 from sae_harness.run.rundir import UsageError
@@ -201,15 +201,26 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
 
 
 def build_activation_cache(cfg, device: torch.device, train_texts, split: str = "train") -> Path:
-    """Extract the activations of a split into the cache unless a complete matching one exists."""
+    """Extract the activations of a split into the cache unless a complete matching one exists: one
+    process builds it (another that needs it waits, then reuses it), after checking that the disk
+    has room for it."""
     path = cache_path(cfg, split)
     key = activation_key(cfg, split)
     if read_cache(path, key) is not None:
         return path
+    with lock.building(path):
+        if read_cache(path, key) is None:  # else the process this one waited for built it
+            _extract_cache(cfg, device, train_texts, path, key)
+    return path
+
+
+def _extract_cache(cfg, device: torch.device, train_texts, path: Path, key: dict) -> None:
     from nnsight import TransformersModel
 
-    print(f"activation cache: building {path}")
+    print(f"activation cache: building {path}" + (" (the one there is incomplete or damaged)" if path.exists() else ""))
     model, tokenizer = load_language_model(cfg, device)
+    d_model = model.config.get_text_config().hidden_size
+    rundir.check_free_space(path.parent, key["tokens"] * d_model * 2, f"the activation cache ({key['tokens']} x {d_model} bfloat16)")
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
     n_windows = math.ceil(key["tokens"] / (cfg.context_length - 1)) + 1
     skip = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1 if key.get("after_train_tokens") else 0
@@ -231,7 +242,6 @@ def build_activation_cache(cfg, device: torch.device, train_texts, split: str = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     del lm, model
-    return path
 
 
 def check_model_available(lm_name: str) -> None:

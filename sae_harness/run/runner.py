@@ -1,6 +1,7 @@
 """A run, start to finish, for each of its seeds: the text split, the activation cache, training
 (the idea's own `train`, handed in by experiment.py), the SAE saved, the pending evals and the
-report. A run that stopped anywhere resumes where it stopped; a finished one is left as it is."""
+report. A run that stopped anywhere resumes where it stopped; a finished one is left as it is. One
+process at a time runs in a run directory (lock.run_dirs); a second is refused before it does anything."""
 
 import dataclasses
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from sae_harness import evals
 from sae_harness.analysis.notes import report_run
-from sae_harness.run import cli, data, precision, rundir
+from sae_harness.run import cli, data, lock, precision, rundir
 from sae_harness.run.rundir import Exit, UsageError
 from sae_harness.run.tracking import Tracker
 
@@ -28,6 +29,13 @@ def run(cfg, train, load_sae, defaults: dict) -> int:
     device = cli.resolve_device(cfg)
     data.check_model_available(cfg.lm_name)
     prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
+    with lock.run_dirs([out, *runs.values()]):  # each seed's too: a manual run on one seed's folder is refused as well
+        return run_locked(cfg, out, seeds, runs, device, prec, train, load_sae, defaults)
+
+
+def run_locked(cfg, out: Path, seeds: list[int], runs: dict, device, prec, train, load_sae, defaults: dict) -> int:
+    """run's work, once its run directories are held by this process (and only then: before, the
+    checks above change nothing on disk)."""
     print(prec.line())
     for warning in prec.warnings():
         print(warning, file=sys.stderr)
@@ -70,12 +78,14 @@ def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaul
     if not run.trained:
         with rundir.stage("extracting activations", "nothing was trained yet and the partial cache is discarded"):
             buffer = data.activation_buffer(cfg, device, train_texts)
-        sae, final = train(cfg, buffer, device, out, tracker)
-        rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
-        final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
-        extra = dict(activation_dim=buffer.d_model, trainer_class="TrainerTopK", dict_class="AutoEncoderTopK")
-        run.record_training(rundir.recorded_config(cfg, **extra), final)
-        (out / "checkpoint.pt").unlink(missing_ok=True)
+        with rundir.stage("training", "the last checkpoint written is kept"):
+            sae, final = train(cfg, buffer, device, out, tracker)
+            rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
+            final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
+            extra = dict(activation_dim=buffer.d_model, trainer_class="TrainerTopK", dict_class="AutoEncoderTopK")
+            run.record_training(rundir.recorded_config(cfg, **extra), final)
+        for name in (rundir.CHECKPOINT, rundir.PREVIOUS_CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
         print(
             f"trained: final loss {final['final_loss']:.4g}, L0 {final['l0']:.1f}, dead {final['dead_fraction']:.3f}, "
             f"{final['seconds']:.0f} s; SAE saved to {out / 'sae'}"

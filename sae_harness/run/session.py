@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -31,23 +32,32 @@ class TrainingSession:
 
     def __init__(self, cfg, trainer, out: Path, device, tracker):
         self.cfg, self.trainer, self.tracker = cfg, trainer, tracker
-        self.ckpt_path, self.log_path = out / "checkpoint.pt", out / "training_log.jsonl"
+        self.ckpt_path, self.log_path = out / rundir.CHECKPOINT, out / "training_log.jsonl"
         self.start, self.elapsed_before, self.resumed = 0, 0.0, False
-        if ckpt := rundir.load_checkpoint(self.ckpt_path, device):
+        self.every = cfg.log_every or cfg.ortho_every * math.ceil(
+            cfg.total_steps / (100 * cfg.ortho_every)
+        )  # <= 100 records, on the stride
+        kept = []
+        if ckpt := rundir.load_checkpoint(self.ckpt_path, device):  # this one, or the one before it if this is damaged
             place = fields_with(cfg, PLACE)  # where it is kept may change; what it computes may not
             if {k: v for k, v in ckpt["config"].items() if k not in place} != {
                 k: v for k, v in dataclasses.asdict(cfg).items() if k not in place
             }:
                 raise UsageError(f"{self.ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
+            kept = self.logged_before(ckpt["step"])
+        if kept is not None and ckpt:
             trainer.load_state_dict(ckpt["trainer"])
             self.start, self.elapsed_before, self.resumed = ckpt["step"], ckpt["elapsed_s"], True
             print(f"resuming from {self.ckpt_path} at step {self.start}/{cfg.total_steps}")
-        kept = rundir.read_log(self.log_path, self.start)
+        elif ckpt:
+            print(
+                f"warning: {self.log_path} is damaged: the records of the steps before the checkpoint's step {ckpt['step']} "
+                "cannot be read back; training starts again from step 0, so that the log and the run's record are whole",
+                file=sys.stderr,
+            )
+            kept = []
         rundir.rewrite_log(self.log_path, kept)
         self.dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
-        self.every = cfg.log_every or cfg.ortho_every * math.ceil(
-            cfg.total_steps / (100 * cfg.ortho_every)
-        )  # <= 100 records, on the stride
         self.record: dict | None = kept[-1] if kept else None  # the last logged step's (a run stopped after its last step has it)
         self.t0 = time.time()
 
@@ -89,6 +99,14 @@ class TrainingSession:
     def checkpoint(self, step: int) -> None:
         state = dict(trainer=self.trainer.state_dict(), step=step, elapsed_s=self.elapsed(), config=dataclasses.asdict(self.cfg))
         rundir.save_checkpoint(self.ckpt_path, state)
+
+    def logged_before(self, step: int) -> list[dict] | None:
+        """The log's records of the steps before step, or None when the log is damaged: a record
+        cannot be read, or one of the steps logs() logs is missing."""
+        kept = rundir.read_log(self.log_path, step)
+        if kept is None or [r["step"] for r in kept] != [s for s in range(step) if self.logs(s)]:
+            return None
+        return kept
 
     def logs(self, step: int) -> bool:
         """Whether step is logged: every cfg.log_every steps (default: at most 100 records, on the
