@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sae_harness.run import lock, precision, rundir
-from sae_harness.run.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
+from sae_harness.run.buffer import ActivationBuffer, create_acts, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
 from sae_harness.run.progress import Progress, library_bars_quiet
 from sae_harness.run.rundir import UsageError
 
@@ -179,7 +179,7 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
         keep = (ids != tokenizer.bos_token_id) & (ids != tokenizer.pad_token_id)
         rows_ND = hidden[keep].to(torch.bfloat16).view(torch.int16).cpu().numpy()
         if out is None:
-            out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.int16, shape=(n_rows, rows_ND.shape[1]))
+            out = create_acts(out_file, n_rows, rows_ND.shape[1])
         take = min(len(rows_ND), n_rows - row)
         out[row : row + take] = rows_ND[:take]
         row += take

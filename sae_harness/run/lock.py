@@ -10,6 +10,7 @@ owner's pid, for the line that refuses a second process."""
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from sae_harness.run.rundir import UsageError
@@ -70,8 +71,9 @@ def run_dirs(dirs):
 @contextlib.contextmanager
 def building(path: Path):
     """Hold the right to build the cache folder path for the block, waiting while another process
-    builds it (one line says so). The caller looks again for a finished cache inside the block:
-    the process it waited for has usually built it."""
+    builds it (one line says so), and remove the temporary folders (<path>.tmp<pid>) a killed
+    builder left. The caller looks again for a finished cache inside the block: the process it
+    waited for has usually built it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
@@ -79,6 +81,8 @@ def building(path: Path):
     if fd is None:
         print(f"{path}: {holder(lock)} is building it; waiting for it to finish", flush=True)
         fd = _take(lock, wait=True)
+    for stale in path.parent.glob(f"{path.name}.tmp*"):  # a killed builder's: no other process builds it now
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         yield
     finally:

@@ -79,9 +79,18 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(existing).free
     if free < needed:
         raise OutOfSpace(
-            f"{what} needs {needed / 2**30:.2f} GiB in {folder} but only {free / 2**30:.2f} GiB is free there; "
+            f"{what} needs {size_text(needed)} in {folder} but only {size_text(free)} is free there; "
             "free some space (or pass another --cache_dir) and run the same command again"
         )
+
+
+def size_text(n: float) -> str:
+    """A byte count as people read it: 512 KiB, 23.4 GiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
 
 
 def write_atomic(path: Path, write) -> None:
@@ -91,6 +100,10 @@ def write_atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        if disk_full(e) and e.filename is None:  # name the file the full disk stopped
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -189,6 +202,16 @@ def write_seeds_aggregate(out: Path, runs: dict) -> dict:
     info = aggregate({s: read_info(r) for s, r in runs.items()}, {s: r.name for s, r in runs.items()})
     write_json_atomic(out / "final_info.json", info)
     return info
+
+
+def remove_leftovers(out: Path) -> None:
+    """The temporary files and folders of atomic writes (.<name>.tmp<pid>) that a killed process
+    left in out; called by the process that holds out, so none of them is being written."""
+    for stale in Path(out).glob(".*.tmp*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def clear_run(out: Path) -> None:
@@ -366,16 +389,19 @@ def resume_hint() -> str:
 
 
 @contextlib.contextmanager
-def stage(doing: str, kept: str):
-    """Ctrl-C inside the block becomes Interrupted, saying what was being done, what is kept,
-    and that the same command continues."""
+def stage(doing: str, kept):
+    """Ctrl-C inside the block becomes Interrupted, and a full disk OutOfSpace, each saying what
+    was being done, what is kept (kept: a sentence, or a function that says it at the time) and
+    that the same command continues."""
     try:
         yield
     except KeyboardInterrupt:
+        kept = kept() if callable(kept) else kept
         raise Interrupted(f"interrupted while {doing}; {kept}. The same command continues: {resume_hint()}") from None
     except Exception as e:
         if (full := disk_full(e)) is None:
             raise
+        kept = kept() if callable(kept) else kept
         raise OutOfSpace(
             f"out of disk space while {doing} (writing {full.filename or 'a file'}); {kept}, and no partial file was left. "
             f"Free some space, then the same command continues: {resume_hint()}"

@@ -39,8 +39,9 @@ def run_locked(cfg, out: Path, seeds: list[int], runs: dict, device, prec, train
     print(prec.line())
     for warning in prec.warnings():
         print(warning, file=sys.stderr)
-    if cfg.overwrite and out.exists():
-        for run in {out, *runs.values()}:
+    for run in {out, *runs.values()}:
+        rundir.remove_leftovers(run)
+        if cfg.overwrite:
             rundir.clear_run(run)
     failed = []
     for i, (seed, run) in enumerate(runs.items()):
@@ -61,6 +62,20 @@ def run_locked(cfg, out: Path, seeds: list[int], runs: dict, device, prec, train
     return Exit.DONE
 
 
+def trained_sae(load_sae, out: Path, run: rundir.RunDir, device):
+    """The saved SAE, or one line (UsageError) when it cannot be read: the pending evals cannot run,
+    and the finished ones stay in final_info.json."""
+    try:
+        return load_sae(out / "sae", device)
+    except Exception as e:  # missing or damaged (cfg.json, the safetensors)
+        lines = str(e).strip().splitlines()
+        raise UsageError(
+            f"the trained SAE in {out / 'sae'} cannot be read ({type(e).__name__}: {lines[0] if lines else ''}), so the pending evals "
+            f"cannot run; the finished evals in {run.info_path} are kept. Train it again with --overwrite (the evals run again too), "
+            "or in another --out_dir"
+        ) from None
+
+
 def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaults: dict, notes: bool) -> tuple[dict, list[str]]:
     """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
     train(cfg, buffer, device, out, tracker) -> (sae, final) and load_sae(path, device) are the
@@ -78,7 +93,9 @@ def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaul
     if not run.trained:
         with rundir.stage("extracting activations", "nothing was trained yet and the partial cache is discarded"):
             buffer = data.activation_buffer(cfg, device, train_texts)
-        with rundir.stage("training", "the last checkpoint written is kept"):
+        checkpoint = out / rundir.CHECKPOINT
+        kept = lambda: f"the last checkpoint, {checkpoint}, is kept" if checkpoint.exists() else "no checkpoint was written yet"
+        with rundir.stage("training", kept):
             sae, final = train(cfg, buffer, device, out, tracker)
             rundir.save_sae(rundir.to_saelens(sae, buffer.scale), out)
             final.update(activation_scale=buffer.scale, activation_cache=str(buffer.path), precision=prec.record())
@@ -93,7 +110,7 @@ def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaul
     else:
         print(f"{out}: training already finished; running the pending evals")
     with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {run.info_path} are kept"):
-        failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: load_sae(out / "sae", device), heldout, device)
+        failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: trained_sae(load_sae, out, run, device), heldout, device)
     run.write_summary()
     report_run(out, run.info, tracker, defaults, notes)
     return run.info, failed

@@ -118,8 +118,11 @@ class TrainingSession:
         (terms: the step's loss terms by name, shown where they are on)."""
         self.record = record
         self.dose += [record] if record.get("ortho_scale") else []
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
+        try:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+        except OSError as e:  # a full disk: name the file (a cut-off last line is dropped on resume)
+            raise OSError(e.errno, e.strerror, str(self.log_path)) from None
         self.tracker.log(record)
         self.bar.update(record["step"] + 1, **record_fields(record, terms))
 

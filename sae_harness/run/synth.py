@@ -24,7 +24,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sae_harness.run import buffer, lock, rundir
@@ -170,11 +169,13 @@ def _sample_into(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_di
     rundir.check_free_space(
         path.parent, rows * world_cfg["hidden_dim"] * 2, f"the synthetic samples ({rows} x {world_cfg['hidden_dim']} bfloat16)"
     )
+    if path.exists():
+        print(f"synthetic samples: {path} is incomplete or damaged; sampling it again")
     model = world(world_cfg, seed, cache_dir)
     t0 = time.time()
     with _building(path) as tmp, torch.random.fork_rng():
         torch.manual_seed(data_seed)
-        out = np.lib.format.open_memmap(tmp / "acts.npy", mode="w+", dtype=np.int16, shape=(rows, world_cfg["hidden_dim"]))
+        out = buffer.create_acts(tmp / "acts.npy", rows, world_cfg["hidden_dim"])
         sum_sq = 0.0
         for start in range(0, rows, chunk):
             x_BD = model.sample(min(chunk, rows - start)).to(torch.bfloat16)
