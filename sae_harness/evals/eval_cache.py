@@ -7,8 +7,8 @@ key (everything that determines the entry) and is written last, so a directory w
 key.json is partial or stale and is rebuilt. An entry is built in <dir>.tmp<pid> and renamed into
 place when complete, by one process at a time (another that needs it waits, then reuses it). A
 cached file inside an entry is written to a temporary name and renamed too. files.json, written
-before key.json, holds each file's size: an entry whose files are cut short or replaced is damaged,
-and is named in one line and rebuilt.
+before key.json, holds the size of each file the build wrote: an entry with one of them cut short,
+replaced or missing is damaged, and is named in one line and rebuilt.
 """
 
 import hashlib
@@ -76,7 +76,8 @@ class EvalCache:
             return True
         except (OSError, ValueError):
             sizes = None
-        if sizes != (files_of(path) if isinstance(sizes, dict) else None):
+        found = files_of(path)  # files added to the entry later (absorption's prompt activations) are not listed
+        if not isinstance(sizes, dict) or any(found.get(name) != size for name, size in sizes.items()):
             if say:
                 print(f"eval cache: {path} is damaged (a file is cut short, replaced or missing); building it again")
             return False

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from sae_harness.run.rundir import UsageError
@@ -26,6 +27,9 @@ def _take(path: Path, wait: bool) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    except OSError as e:  # a filesystem without locks: say so once, and go on as before locks existed
+        print(f"warning: cannot lock {path} ({e.strerror}); nothing stops a second process from using it", file=sys.stderr)
+        return fd
     except BaseException:
         os.close(fd)
         raise
