@@ -106,14 +106,15 @@ def kill_at(mp, stage: str) -> None:
 
 
 def child(root: str, lm: bool, stage: str | None = None, no_space_check: bool = False) -> int:
-    """The run of setup(root, lm) as experiment.py runs it, in this (child) process, killed at stage."""
-    mp = pytest.MonkeyPatch()
-    argv = setup(mp, Path(root), lm)
-    if stage:
-        kill_at(mp, stage)
-    if no_space_check:  # to reach the write that finds the disk full
-        mp.setattr(rundir, "check_free_space", lambda *a: None)
-    return cli.run(E.main, argv)
+    """The run of setup(root, lm) as experiment.py runs it, in this process (a child of the test's),
+    killed at stage."""
+    with pytest.MonkeyPatch.context() as mp:
+        argv = setup(mp, Path(root), lm)
+        if stage:
+            kill_at(mp, stage)
+        if no_space_check:  # to reach the write that finds the disk full
+            mp.setattr(rundir, "check_free_space", lambda *a: None)
+        return cli.run(E.main, argv)
 
 
 def child_command(root: Path, lm: bool, stage: str | None = None, **options) -> list[str]:
@@ -252,37 +253,35 @@ def small_filesystems() -> str | None:
     return None if probe.returncode == 0 else f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()[:200]}"
 
 
-def on_small_filesystem(folder: Path, size_kb: int, then_kb: int, argv_root: Path, **options) -> dict:
-    """The child run of setup(argv_root) with folder a tmpfs of size_kb; then, the disk grown to
-    then_kb (the space freed), the same command again. Returns both exits, stderrs and leftovers."""
-    report = folder.parent / f"{folder.name}.report.json"
-    script = f"""
-import json, subprocess, sys
-folder, report = {str(folder)!r}, {str(report)!r}
-subprocess.run(["mount", "-t", "tmpfs", "-o", "size={size_kb}k", "tmpfs", folder], check=True)
-runs = []
-for attempt in range(2):
-    command = {child_command(argv_root, False, **options)!r} if attempt == 0 else {child_command(argv_root, False)!r}
-    done = subprocess.run(command, cwd={str(ROOT)!r}, capture_output=True, text=True)
-    leftovers = sorted(str(p) for p in __import__("pathlib").Path({str(argv_root)!r}).rglob("*") if ".tmp" in p.name)
-    runs.append(dict(code=done.returncode, err=done.stderr, leftovers=leftovers))
-    if attempt == 0:
-        subprocess.run(["mount", "-o", "remount,size={then_kb}k", folder], check=True)
-result = json.loads(json.dumps(__import__("test_interrupts").result_of(__import__("pathlib").Path({str(argv_root)!r})))) if runs[1]["code"] == 0 else None
-json.dump(dict(runs=runs, result=result), open(report, "w"))
-"""
+def on_small_filesystem(folder: Path, size_kb: int, then_kb: int, root: Path, **options) -> dict:
+    """The run of setup(root) (child(..., **options)) with folder a tmpfs of size_kb; then, the disk
+    grown to then_kb (the space freed), the same command again. Both run in one process in a user
+    namespace of their own, which alone sees the tmpfs; returns each run's exit, stderr and the
+    temporary files left, and the finished run's result."""
+    report = root / f"{folder.name}.report.json"
     folder.mkdir(parents=True, exist_ok=True)
+    call = f"test_faults.in_namespace({str(folder)!r}, {size_kb}, {then_kb}, {str(root)!r}, {str(report)!r}, {options!r})"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore", PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT)]))
+    namespace = ["unshare", "--user", "--map-root-user", "--mount"]
     done = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        [*namespace, sys.executable, "-c", f"import test_faults; {call}"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(report.read_text())
+
+
+def in_namespace(folder: str, size_kb: int, then_kb: int, root: str, report: str, options: dict) -> None:
+    """on_small_filesystem's side inside the namespace."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", folder], check=True)
+    runs = []
+    for attempt in (options, {}):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = child(root, False, **attempt)
+        runs.append(dict(code=code, err=err.getvalue(), leftovers=leftovers(Path(root))))
+        subprocess.run(["mount", "-o", f"remount,size={then_kb}k", "tmpfs", folder], check=True)
+    result = result_of(Path(root)) if runs[-1]["code"] == 0 else None
+    Path(report).write_text(json.dumps(dict(runs=runs, result=result)))
 
 
 needs_small_fs = pytest.mark.skipif(bool(small_filesystems()), reason=str(small_filesystems()))
@@ -296,7 +295,12 @@ def test_a_full_disk_while_training_ends_in_one_line_and_the_same_command_comple
     full, again = report["runs"]
     line = one_line(full["err"])
     assert full["code"] == rundir.Exit.NO_SPACE, full["err"][-3000:]
-    assert "out of disk space while training" in line and "checkpoint.pt" in line and "is kept" in line and "same command" in line
+    assert (
+        "out of disk space while training" in line
+        and f"(writing {tmp_path / 'run_1' / 'checkpoint.pt'})" in line
+        and "is kept" in line
+        and "same command" in line
+    )
     assert full["leftovers"] == []
     assert again["code"] == 0, again["err"][-3000:]
     assert report["result"] == synth_reference
@@ -386,7 +390,7 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_is_used(how, tmp_pat
     out, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in err
     assert f"checkpoint {ckpt} is damaged" in err and "resuming from the previous checkpoint" in err
-    assert "resuming from" in out and "at step 7/" in out
+    assert f"resuming from {ckpt.with_name('checkpoint.prev.pt')} at step 7/" in out
     assert result_of(tmp_path) == synth_reference
 
 

@@ -100,13 +100,19 @@ def write_atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        if disk_full(e) and e.filename is None:  # name the file the full disk stopped
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
+    except Exception as e:
+        raise_named(e, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def raise_named(error: Exception, path: Path):
+    """Raise error again, or, where a full disk is behind it, its OSError naming path (the file it
+    stopped; a failed write names none, and torch.save's RuntimeError only chains it)."""
+    if (full := disk_full(error)) is None:
+        raise error
+    raise OSError(full.errno, full.strerror, str(path)) from None
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -238,31 +244,31 @@ def save_checkpoint(path: Path, state: dict) -> None:
     raises its OSError (torch.save's own error only chains it), with no partial file left."""
     import torch
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # through Python's file object, so that a failed write is an OSError torch chains
-            try:
-                torch.save(state, f)
-            except RuntimeError as e:
-                if (full := disk_full(e)) is None:
-                    raise
-                raise OSError(full.errno, full.strerror, str(path)) from None
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(tmp)
+        with open(tmp, "wb") as f:  # through Python's file object, so that a failed write is an OSError torch chains
+            torch.save(state, f)
         if path.exists():
             os.replace(path, previous_checkpoint(path))
         os.replace(tmp, path)
+    except Exception as e:
+        raise_named(e, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, device) -> dict | None:
-    """The newest readable checkpoint: path, else the one before it; None when neither is there or
-    readable (training starts at step 0). A damaged file is named in one line, with what is used
-    instead. A checkpoint holding anything but tensors and plain values (a pickled object: code) is
-    refused with UsageError, never run: a run directory is data."""
+    """The state of readable_checkpoint(path, device), or None."""
+    found = readable_checkpoint(path, device)
+    return found[1] if found else None
+
+
+def readable_checkpoint(path: Path, device) -> tuple[Path, dict] | None:
+    """(file, state) of the newest readable checkpoint: path, else the one before it; None when
+    neither is there or readable (training starts at step 0). A damaged file is named in one line,
+    with what is used instead. A checkpoint holding anything but tensors and plain values (a
+    pickled object: code) is refused with UsageError, never run: a run directory is data."""
     import pickle
 
     import torch
@@ -274,7 +280,7 @@ def load_checkpoint(path: Path, device) -> dict | None:
         try:
             state = torch.load(candidate, map_location=device, weights_only=True)
             if isinstance(state, dict) and CHECKPOINT_KEYS <= state.keys():
-                return state
+                return candidate, state
             why = "not a training checkpoint"
         except pickle.UnpicklingError as e:
             if "GLOBAL" in str(e):  # weights_only met a class or function to import: code, not data

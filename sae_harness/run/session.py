@@ -38,24 +38,25 @@ class TrainingSession:
             cfg.total_steps / (100 * cfg.ortho_every)
         )  # <= 100 records, on the stride
         kept = []
-        if ckpt := rundir.load_checkpoint(self.ckpt_path, device):  # this one, or the one before it if this is damaged
+        if found := rundir.readable_checkpoint(self.ckpt_path, device):  # this one, or the one before it if this is damaged
+            path, ckpt = found
             place = fields_with(cfg, PLACE)  # where it is kept may change; what it computes may not
             if {k: v for k, v in ckpt["config"].items() if k not in place} != {
                 k: v for k, v in dataclasses.asdict(cfg).items() if k not in place
             }:
-                raise UsageError(f"{self.ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
+                raise UsageError(f"{path} was written with a different config; rerun with the same options or pass --overwrite")
             kept = self.logged_before(ckpt["step"])
-        if kept is not None and ckpt:
-            trainer.load_state_dict(ckpt["trainer"])
-            self.start, self.elapsed_before, self.resumed = ckpt["step"], ckpt["elapsed_s"], True
-            print(f"resuming from {self.ckpt_path} at step {self.start}/{cfg.total_steps}")
-        elif ckpt:
-            print(
-                f"warning: {self.log_path} is damaged: the records of the steps before the checkpoint's step {ckpt['step']} "
-                "cannot be read back; training starts again from step 0, so that the log and the run's record are whole",
-                file=sys.stderr,
-            )
-            kept = []
+            if kept is None:  # a resume would leave a gap in the log and in the run's record of it
+                print(
+                    f"warning: {self.log_path} is damaged: the records of the steps before the checkpoint's step {ckpt['step']} "
+                    "cannot be read back; training starts again from step 0, so that the log and the run's record are whole",
+                    file=sys.stderr,
+                )
+                kept = []
+            else:
+                trainer.load_state_dict(ckpt["trainer"])
+                self.start, self.elapsed_before, self.resumed = ckpt["step"], ckpt["elapsed_s"], True
+                print(f"resuming from {path} at step {self.start}/{cfg.total_steps}")
         rundir.rewrite_log(self.log_path, kept)
         self.dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
         self.record: dict | None = kept[-1] if kept else None  # the last logged step's (a run stopped after its last step has it)
@@ -121,8 +122,8 @@ class TrainingSession:
         try:
             self.log_file.write(json.dumps(record) + "\n")
             self.log_file.flush()
-        except OSError as e:  # a full disk: name the file (a cut-off last line is dropped on resume)
-            raise OSError(e.errno, e.strerror, str(self.log_path)) from None
+        except OSError as e:  # a full disk names the log (a cut-off last line is dropped on resume)
+            rundir.raise_named(e, self.log_path)
         self.tracker.log(record)
         self.bar.update(record["step"] + 1, **record_fields(record, terms))
 
