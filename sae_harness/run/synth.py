@@ -124,9 +124,12 @@ def world(world: dict, seed: int, cache_dir: str | Path, verbose: bool = True):
     if (model := _load_world(path, key)) is not None:
         return model
     with lock.building(path):
-        if (model := _load_world(path, key)) is None:
+        if (model := _load_world(path, key)) is None:  # else the process this one waited for built it
             _build_world(world, seed, key, path, verbose)
-    return _load_world(path, key)
+            from sae_lens.synthetic import SyntheticModel
+
+            model = SyntheticModel.load_from_disk(path)
+    return model
 
 
 def _build_world(world: dict, seed: int, key: dict, path: Path, verbose: bool) -> None:
