@@ -112,7 +112,7 @@ def test_nan_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, tiny_lm, ca
     code, err = run_cli(capsys, tiny_args(tmp_path))
     assert code == 3 and len(err) == 1
     assert "auxk became" in err[0] and "step 17" in err[0] and "checkpoint" in err[0]
-    ckpt = torch.load(tmp_path / "run_1" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run_1" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 14  # the last good one (checkpoint_every 7)
 
 

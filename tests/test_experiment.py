@@ -107,7 +107,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
     with pytest.raises(Interrupted, match="Resume with the same command"):
         E.main(tiny_args(tmp_path, "run_12"))
     assert (tmp_path / "run_12" / "checkpoint.pt").exists()
-    assert torch.load(tmp_path / "run_12" / "checkpoint.pt", weights_only=False)["step"] == 13
+    assert torch.load(tmp_path / "run_12" / "checkpoint.pt", weights_only=True)["step"] == 13
     monkeypatch.setattr(E.TrainerTopK, "update", original)
     assert E.main(tiny_args(tmp_path, "run_12")) == 0
     a, b = E.load_sae(tmp_path / "run_11" / "sae"), E.load_sae(tmp_path / "run_12" / "sae")

@@ -133,6 +133,7 @@ def run_pending(cfg, names: list[str], run, load_sae, heldout, device) -> list[s
     isolated: a failure is recorded as {"error": ...} and the others still run; run records each
     result as it comes. load_sae() returns the trained SAE (loaded only when an eval is pending).
     Returns the names of the evals that failed."""
+    from sae_harness.run.rundir import disk_full
     from sae_harness.run.schema import block_status
 
     pending = [entry for entry in run_order(names) if entry.name in run.pending(names)]
@@ -149,6 +150,8 @@ def run_pending(cfg, names: list[str], run, load_sae, heldout, device) -> list[s
         try:
             result = entry.run(sae, inputs)
         except Exception as e:  # recorded, never fatal to the other evals or to training
+            if disk_full(e):  # not the eval's failure: stop, keeping what is finished (rundir.stage says so)
+                raise
             lines = str(e).strip().splitlines()
             result = {"error": f"{type(e).__name__}: {lines[0] if lines else ''}"}
             failed.append(entry.name)

@@ -216,8 +216,9 @@ def eval_absorption(sae, tl_model, ctx: EvalContext) -> dict:
     timings = {"llm_probe (cache miss: prompts, LLM activations, probe training)": round(time.time() - t0, 1)}
     acts_path = entry / "absorption_prompt_acts.pt"
     try:
-        store = torch.load(acts_path) if acts_path.exists() else {}
-    except Exception:  # a damaged file: rebuilt below
+        store = torch.load(acts_path, weights_only=True) if acts_path.exists() else {}  # tensors only: a shared cache is data
+    except Exception as e:  # a damaged file: rebuilt below
+        print(f"eval cache: {acts_path} is damaged ({type(e).__name__}); computing the prompts' activations again")
         store = {}
     prompt_model = _PromptActsCache(model, ctx.hook_name, config.prompt_token_pos, store)
     dirs = dict(probes_dir=entry / "probes")  # SAEBench keys its probe by model name + layer only: ours is keyed above

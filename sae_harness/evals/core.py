@@ -86,8 +86,9 @@ def eval_core(sae, tl_model, ctx: EvalContext) -> dict:
     cached = None
     if cache.root is not None and cache.is_complete(path, key):
         try:
-            cached = torch.load(path / "core_llm.pt")
-        except Exception:  # damaged: recomputed and rewritten below
+            cached = torch.load(path / "core_llm.pt", weights_only=True)  # tensors only: a shared cache is data
+        except Exception as e:  # damaged: recomputed and rewritten below
+            print(f"eval cache: {path / 'core_llm.pt'} is damaged ({type(e).__name__}); computing the LLM's side again")
             cached = None
     tokenizer = tl_model.tokenizer
     ignore_tokens = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id}

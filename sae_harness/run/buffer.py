@@ -3,12 +3,28 @@ bits, meta.json with the key, rows, d_model and mean squared norm; ActivationBuf
 training batches. Both the language-model caches (data.py) and the synthetic samples (synth.py)
 are written in this format, so each imports this module and neither imports the other."""
 
+import errno
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def create_acts(path: Path, rows: int, d_model: int) -> np.memmap:
+    """acts.npy for rows x d_model activations, opened for writing, its blocks reserved on disk up
+    front: a disk that fills up then fails here with ENOSPC (an OSError, said in one line), not
+    later inside a write to the mapping, where it would kill the process with SIGBUS."""
+    acts = np.lib.format.open_memmap(path, mode="w+", dtype=np.int16, shape=(rows, d_model))
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # a filesystem without it: written as before
+                raise OSError(e.errno, e.strerror, str(path)) from None
+    return acts
 
 
 def read_cache(path: Path, key: dict):

@@ -12,7 +12,7 @@ import simple_parsing
 
 from sae_harness.run.checks import SEED_MAX, BadValue, check_fields, names_in, seeds_from
 from sae_harness.run.profiles import AUTO, EMBEDDED, GEMMA2
-from sae_harness.run.rundir import Exit, Interrupted, TrainingFailed, UsageError, comparable_config
+from sae_harness.run.rundir import Exit, Interrupted, OutOfSpace, TrainingFailed, UsageError, comparable_config, disk_full
 
 KNOWN_LAYERS = {"google/gemma-3-270m": 18, "google/gemma-2-2b": 26}
 
@@ -147,8 +147,9 @@ RERUN = "interrupted; nothing was lost that a rerun cannot rebuild. Run the same
 
 def run(main, argv: list[str], interrupted: str = RERUN) -> int:
     """main(argv) with failures turned into one line on stderr and an exit status (rundir.Exit):
-    bad input, training failed, interrupted by Ctrl-C or SIGTERM (the message says what is kept
-    and how to continue; `interrupted` where no stage said it); an eval failed is main's own return."""
+    bad input, training failed, out of disk space, interrupted by Ctrl-C or SIGTERM (the message
+    says what is kept and how to continue; `interrupted` where no stage said it); an eval failed is
+    main's own return."""
     try:
         with sigterm_as_interrupt():
             return main(argv)
@@ -158,9 +159,21 @@ def run(main, argv: list[str], interrupted: str = RERUN) -> int:
     except TrainingFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return Exit.TRAINING_FAILED
+    except OutOfSpace as e:
+        print(f"error: {e}", file=sys.stderr)
+        return Exit.NO_SPACE
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return Exit.INTERRUPTED
     except KeyboardInterrupt:  # outside every stage that says more
         print(interrupted, file=sys.stderr)
         return Exit.INTERRUPTED
+    except Exception as e:  # a full disk outside every stage that says more; anything else is a bug and shows its traceback
+        if (full := disk_full(e)) is None:
+            raise
+        print(
+            f"error: out of disk space (writing {full.filename or 'a file'}); finished work is kept and no partial file was left. "
+            "Free some space and run the same command again",
+            file=sys.stderr,
+        )
+        return Exit.NO_SPACE

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sae_harness.run import precision
-from sae_harness.run.buffer import ActivationBuffer, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
+from sae_harness.run import lock, precision, rundir
+from sae_harness.run.buffer import ActivationBuffer, create_acts, read_cache  # noqa: F401  (part of this module's interface: the cache's reader)
 from sae_harness.run.progress import Progress, library_bars_quiet
 from sae_harness.run.rundir import UsageError
 
@@ -179,7 +179,7 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
         keep = (ids != tokenizer.bos_token_id) & (ids != tokenizer.pad_token_id)
         rows_ND = hidden[keep].to(torch.bfloat16).view(torch.int16).cpu().numpy()
         if out is None:
-            out = np.lib.format.open_memmap(out_file, mode="w+", dtype=np.int16, shape=(n_rows, rows_ND.shape[1]))
+            out = create_acts(out_file, n_rows, rows_ND.shape[1])
         take = min(len(rows_ND), n_rows - row)
         out[row : row + take] = rows_ND[:take]
         row += take
@@ -201,15 +201,26 @@ def extract_activations(lm, tokenizer, windows, layer: int, n_rows: int, out_fil
 
 
 def build_activation_cache(cfg, device: torch.device, train_texts, split: str = "train") -> Path:
-    """Extract the activations of a split into the cache unless a complete matching one exists."""
+    """Extract the activations of a split into the cache unless a complete matching one exists: one
+    process builds it (another that needs it waits, then reuses it), after checking that the disk
+    has room for it."""
     path = cache_path(cfg, split)
     key = activation_key(cfg, split)
     if read_cache(path, key) is not None:
         return path
+    with lock.building(path):
+        if read_cache(path, key) is None:  # else the process this one waited for built it
+            _extract_cache(cfg, device, train_texts, path, key)
+    return path
+
+
+def _extract_cache(cfg, device: torch.device, train_texts, path: Path, key: dict) -> None:
     from nnsight import TransformersModel
 
-    print(f"activation cache: building {path}")
+    print(f"activation cache: building {path}" + (" (the one there is incomplete or damaged)" if path.exists() else ""))
     model, tokenizer = load_language_model(cfg, device)
+    d_model = model.config.get_text_config().hidden_size
+    rundir.check_free_space(path.parent, key["tokens"] * d_model * 2, f"the activation cache ({key['tokens']} x {d_model} bfloat16)")
     lm = TransformersModel(model, task="text-generation", tokenizer=tokenizer)
     n_windows = math.ceil(key["tokens"] / (cfg.context_length - 1)) + 1
     skip = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1 if key.get("after_train_tokens") else 0
@@ -231,7 +242,6 @@ def build_activation_cache(cfg, device: torch.device, train_texts, split: str = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     del lm, model
-    return path
 
 
 def check_model_available(lm_name: str) -> None:

@@ -1,14 +1,17 @@
 """The run directory: final_info.json (RunDir: the run's state, the recorded config, each eval's
 result recorded atomically), atomic writes, checkpoints, the saved SAE, and stopping on Ctrl-C /
-SIGTERM with a checkpoint."""
+SIGTERM with a checkpoint or on a full disk with what was kept. A run directory is data, not code:
+its checkpoints are read as tensors and plain values only."""
 
 import contextlib
 import dataclasses
 import enum
+import errno
 import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 from sae_harness.evals.registry import by_name
@@ -23,6 +26,7 @@ class Exit(enum.IntEnum):
     EVAL_FAILED = 1  # training and the other evals are kept; a rerun retries the failed ones
     BAD_INPUT = 2
     TRAINING_FAILED = 3
+    NO_SPACE = 4  # what was finished is kept; the same command continues once space is freed
     INTERRUPTED = 130
 
 
@@ -31,6 +35,7 @@ EXIT_MEANING = {
     Exit.EVAL_FAILED: "done, an eval failed (rerun to retry it)",
     Exit.BAD_INPUT: "bad input",
     Exit.TRAINING_FAILED: "training failed",
+    Exit.NO_SPACE: "out of disk space (free some, then rerun)",
     Exit.INTERRUPTED: "interrupted",
 }
 
@@ -51,6 +56,43 @@ class TrainingFailed(Exception):
     """A non-finite loss; the message names the step, the term and the checkpoint kept."""
 
 
+class OutOfSpace(Exception):
+    """Too little disk space for a cache, or a write that failed with ENOSPC; the message says what
+    was kept and that the same command continues once space is freed."""
+
+
+def disk_full(error: BaseException | None) -> OSError | None:
+    """The ENOSPC (or EDQUOT) OSError behind error, if any: torch.save reports one as a RuntimeError
+    whose context is the OSError."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__context__
+    return None
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse (OutOfSpace) before building what needs `needed` bytes in folder when the disk has
+    less free, naming both numbers."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise OutOfSpace(
+            f"{what} needs {size_text(needed)} in {folder} but only {size_text(free)} is free there; "
+            "free some space (or pass another --cache_dir) and run the same command again"
+        )
+
+
+def size_text(n: float) -> str:
+    """A byte count as people read it: 512 KiB, 23.4 GiB."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
+
+
 def write_atomic(path: Path, write) -> None:
     """write(tmp_path) then rename: a reader never sees a half-written file."""
     path = Path(path)
@@ -58,9 +100,19 @@ def write_atomic(path: Path, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as e:
+        raise_named(e, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def raise_named(error: Exception, path: Path):
+    """Raise error again, or, where a full disk is behind it, its OSError naming path (the file it
+    stopped; a failed write names none, and torch.save's RuntimeError only chains it)."""
+    if (full := disk_full(error)) is None:
+        raise error
+    raise OSError(full.errno, full.strerror, str(path)) from None
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -108,7 +160,7 @@ class RunDir:
         if not os.access(parent if parent.exists() else Path.cwd(), os.W_OK):
             raise UsageError(f"out_dir {out} is not writable")
         if not self.info_path.exists():
-            return "resume" if (out / "checkpoint.pt").exists() else "new"
+            return "resume" if any((out / name).exists() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)) else "new"
         try:
             self.info = json.loads(self.info_path.read_text())
         except ValueError:
@@ -158,9 +210,19 @@ def write_seeds_aggregate(out: Path, runs: dict) -> dict:
     return info
 
 
+def remove_leftovers(out: Path) -> None:
+    """The temporary files and folders of atomic writes (.<name>.tmp<pid>) that a killed process
+    left in out; called by the process that holds out, so none of them is being written."""
+    for stale in Path(out).glob(".*.tmp*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def clear_run(out: Path) -> None:
     """Remove what a previous run wrote (only our own files)."""
-    for name in ("final_info.json", "training_log.jsonl", "checkpoint.pt", "split.json"):
+    for name in ("final_info.json", "training_log.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "split.json"):
         (out / name).unlink(missing_ok=True)
     for name in ("sae", "evals"):
         shutil.rmtree(out / name, ignore_errors=True)
@@ -168,16 +230,75 @@ def clear_run(out: Path) -> None:
         png.unlink()
 
 
+CHECKPOINT, PREVIOUS_CHECKPOINT = "checkpoint.pt", "checkpoint.prev.pt"
+CHECKPOINT_KEYS = {"trainer", "step", "elapsed_s", "config"}
+
+
+def previous_checkpoint(path: Path) -> Path:
+    return Path(path).with_name(PREVIOUS_CHECKPOINT)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
+    """state (tensors and plain values only) to path, atomically; the checkpoint it replaces is kept
+    as checkpoint.prev.pt, for a resume to fall back on should this one be damaged. A full disk
+    raises its OSError (torch.save's own error only chains it), with no partial file left."""
     import torch
 
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:  # through Python's file object, so that a failed write is an OSError torch chains
+            torch.save(state, f)
+        if path.exists():
+            os.replace(path, previous_checkpoint(path))
+        os.replace(tmp, path)
+    except Exception as e:
+        raise_named(e, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, device) -> dict | None:
+    """The state of readable_checkpoint(path, device), or None."""
+    found = readable_checkpoint(path, device)
+    return found[1] if found else None
+
+
+def readable_checkpoint(path: Path, device) -> tuple[Path, dict] | None:
+    """(file, state) of the newest readable checkpoint: path, else the one before it; None when
+    neither is there or readable (training starts at step 0). A damaged file is named in one line,
+    with what is used instead. A checkpoint holding anything but tensors and plain values (a
+    pickled object: code) is refused with UsageError, never run: a run directory is data."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+    path = Path(path)
+    for candidate in (path, previous_checkpoint(path)):
+        if not candidate.exists():
+            continue
+        try:
+            state = torch.load(candidate, map_location=device, weights_only=True)
+            if isinstance(state, dict) and CHECKPOINT_KEYS <= state.keys():
+                return candidate, state
+            why = "not a training checkpoint"
+        except pickle.UnpicklingError as e:
+            if "GLOBAL" in str(e):  # weights_only met a class or function to import: code, not data
+                raise UsageError(
+                    f"{candidate} holds more than tensors and plain values, so it was not loaded (a run directory is data, "
+                    "not code); delete it to train from the start, or pass --overwrite"
+                ) from None
+            why = "unreadable"
+        except Exception as e:  # truncated or garbage: the zip reader, the unpickler or EOF
+            why = f"unreadable ({type(e).__name__})"
+        instead = previous_checkpoint(path)
+        fallback = (
+            f"resuming from the previous checkpoint, {instead}"
+            if candidate == path and instead.exists()
+            else "training starts again from step 0"
+        )
+        print(f"warning: checkpoint {candidate} is damaged ({why}); {fallback}", file=sys.stderr)
+    return None
 
 
 def to_saelens(sae, scale: float = 1.0):
@@ -243,11 +364,24 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
-def read_log(path: Path, before_step: int) -> list[dict]:
-    """The training_log.jsonl records of steps before before_step (what a resume keeps)."""
+def read_log(path: Path, before_step: int) -> list[dict] | None:
+    """The training_log.jsonl records of steps before before_step (what a resume keeps); None when
+    the log cannot give them (a line that is not a record, before a later one or among those kept:
+    damaged, not just cut off by a stop). A cut-off last line is dropped: it is past the checkpoint."""
     if not path.exists() or before_step == 0:
         return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] < before_step]
+    records, lines = [], path.read_bytes().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            kept = record["step"] < before_step
+        except (ValueError, TypeError, KeyError):
+            if i == len(lines) - 1:
+                break
+            return None
+        if kept:
+            records.append(record)
+    return records
 
 
 def rewrite_log(path: Path, records: list[dict]) -> None:
@@ -255,21 +389,29 @@ def rewrite_log(path: Path, records: list[dict]) -> None:
 
 
 def resume_hint() -> str:
-    import sys
-
     return (
         f"python {' '.join(['experiment.py', *sys.argv[1:]]) if sys.argv[0].endswith('experiment.py') else 'experiment.py <same options>'}"
     )
 
 
 @contextlib.contextmanager
-def stage(doing: str, kept: str):
-    """Ctrl-C inside the block becomes Interrupted, saying what was being done, what is kept,
-    and that the same command continues."""
+def stage(doing: str, kept):
+    """Ctrl-C inside the block becomes Interrupted, and a full disk OutOfSpace, each saying what
+    was being done, what is kept (kept: a sentence, or a function that says it at the time) and
+    that the same command continues."""
     try:
         yield
     except KeyboardInterrupt:
+        kept = kept() if callable(kept) else kept
         raise Interrupted(f"interrupted while {doing}; {kept}. The same command continues: {resume_hint()}") from None
+    except Exception as e:
+        if (full := disk_full(e)) is None:
+            raise
+        kept = kept() if callable(kept) else kept
+        raise OutOfSpace(
+            f"out of disk space while {doing} (writing {full.filename or 'a file'}); {kept}, and no partial file was left. "
+            f"Free some space, then the same command continues: {resume_hint()}"
+        ) from None
 
 
 def dose_summary(records: list[dict]) -> dict:

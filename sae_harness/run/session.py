@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -31,23 +32,33 @@ class TrainingSession:
 
     def __init__(self, cfg, trainer, out: Path, device, tracker):
         self.cfg, self.trainer, self.tracker = cfg, trainer, tracker
-        self.ckpt_path, self.log_path = out / "checkpoint.pt", out / "training_log.jsonl"
+        self.ckpt_path, self.log_path = out / rundir.CHECKPOINT, out / "training_log.jsonl"
         self.start, self.elapsed_before, self.resumed = 0, 0.0, False
-        if ckpt := rundir.load_checkpoint(self.ckpt_path, device):
+        self.every = cfg.log_every or cfg.ortho_every * math.ceil(
+            cfg.total_steps / (100 * cfg.ortho_every)
+        )  # <= 100 records, on the stride
+        kept = []
+        if found := rundir.readable_checkpoint(self.ckpt_path, device):  # this one, or the one before it if this is damaged
+            path, ckpt = found
             place = fields_with(cfg, PLACE)  # where it is kept may change; what it computes may not
             if {k: v for k, v in ckpt["config"].items() if k not in place} != {
                 k: v for k, v in dataclasses.asdict(cfg).items() if k not in place
             }:
-                raise UsageError(f"{self.ckpt_path} was written with a different config; rerun with the same options or pass --overwrite")
-            trainer.load_state_dict(ckpt["trainer"])
-            self.start, self.elapsed_before, self.resumed = ckpt["step"], ckpt["elapsed_s"], True
-            print(f"resuming from {self.ckpt_path} at step {self.start}/{cfg.total_steps}")
-        kept = rundir.read_log(self.log_path, self.start)
+                raise UsageError(f"{path} was written with a different config; rerun with the same options or pass --overwrite")
+            kept = self.logged_before(ckpt["step"])
+            if kept is None:  # a resume would leave a gap in the log and in the run's record of it
+                print(
+                    f"warning: {self.log_path} is damaged: the records of the steps before the checkpoint's step {ckpt['step']} "
+                    "cannot be read back; training starts again from step 0, so that the log and the run's record are whole",
+                    file=sys.stderr,
+                )
+                kept = []
+            else:
+                trainer.load_state_dict(ckpt["trainer"])
+                self.start, self.elapsed_before, self.resumed = ckpt["step"], ckpt["elapsed_s"], True
+                print(f"resuming from {path} at step {self.start}/{cfg.total_steps}")
         rundir.rewrite_log(self.log_path, kept)
         self.dose = [r for r in kept if r.get("ortho_scale")]  # the logged steps with the term on
-        self.every = cfg.log_every or cfg.ortho_every * math.ceil(
-            cfg.total_steps / (100 * cfg.ortho_every)
-        )  # <= 100 records, on the stride
         self.record: dict | None = kept[-1] if kept else None  # the last logged step's (a run stopped after its last step has it)
         self.t0 = time.time()
 
@@ -90,6 +101,14 @@ class TrainingSession:
         state = dict(trainer=self.trainer.state_dict(), step=step, elapsed_s=self.elapsed(), config=dataclasses.asdict(self.cfg))
         rundir.save_checkpoint(self.ckpt_path, state)
 
+    def logged_before(self, step: int) -> list[dict] | None:
+        """The log's records of the steps before step, or None when the log is damaged: a record
+        cannot be read, or one of the steps logs() logs is missing."""
+        kept = rundir.read_log(self.log_path, step)
+        if kept is None or [r["step"] for r in kept] != [s for s in range(step) if self.logs(s)]:
+            return None
+        return kept
+
     def logs(self, step: int) -> bool:
         """Whether step is logged: every cfg.log_every steps (default: at most 100 records, on the
         term's stride) and the last."""
@@ -100,8 +119,11 @@ class TrainingSession:
         (terms: the step's loss terms by name, shown where they are on)."""
         self.record = record
         self.dose += [record] if record.get("ortho_scale") else []
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
+        try:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+        except OSError as e:  # a full disk names the log (a cut-off last line is dropped on resume)
+            rundir.raise_named(e, self.log_path)
         self.tracker.log(record)
         self.bar.update(record["step"] + 1, **record_fields(record, terms))
 

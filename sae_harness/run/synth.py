@@ -24,10 +24,9 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sae_harness.run import buffer
+from sae_harness.run import buffer, lock, rundir
 from sae_harness.run.progress import library_bars_quiet
 
 CACHE_FORMAT = 1
@@ -105,20 +104,41 @@ def _building(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def world(world: dict, seed: int, cache_dir: str | Path, verbose: bool = True):
-    """The SyntheticModel of (world, seed), built once into <cache_dir>/synth-world-<digest>/."""
+def _load_world(path: Path, key: dict):
+    """The SyntheticModel saved at path under key, or None: missing, another key, or damaged."""
     from sae_lens.synthetic import SyntheticModel
 
-    key = world_key(world, seed)
-    path = Path(cache_dir) / f"synth-world-{_digest(key)}"
     try:
         if json.loads((path / "key.json").read_text()) == key:
             return SyntheticModel.load_from_disk(path)
-    except (OSError, ValueError):
+    except Exception:  # missing or damaged (JSON, safetensors, the hierarchy): built again
         pass
+    return None
+
+
+def world(world: dict, seed: int, cache_dir: str | Path, verbose: bool = True):
+    """The SyntheticModel of (world, seed), built once into <cache_dir>/synth-world-<digest>/ (by
+    one process: another that needs it waits, then loads it)."""
+    key = world_key(world, seed)
+    path = Path(cache_dir) / f"synth-world-{_digest(key)}"
+    if (model := _load_world(path, key)) is not None:
+        return model
+    with lock.building(path):
+        if (model := _load_world(path, key)) is None:  # else the process this one waited for built it
+            _build_world(world, seed, key, path, verbose)
+            from sae_lens.synthetic import SyntheticModel
+
+            model = SyntheticModel.load_from_disk(path)
+    return model
+
+
+def _build_world(world: dict, seed: int, key: dict, path: Path, verbose: bool) -> None:
+    from sae_lens.synthetic import SyntheticModel
+
     t0 = time.time()
     if verbose:
-        print(f"synthetic world: building {path} ({world['num_features']} features in {world['hidden_dim']} dims)")
+        damaged = " (the one there is incomplete or damaged)" if path.exists() else ""
+        print(f"synthetic world: building {path} ({world['num_features']} features in {world['hidden_dim']} dims){damaged}")
     with _building(path) as tmp, torch.random.fork_rng(), torch.enable_grad():  # the orthogonalisation is gradient descent
         with library_bars_quiet():  # SAELens draws a bar it offers no switch for
             model = SyntheticModel(model_config(world, seed))
@@ -126,7 +146,6 @@ def world(world: dict, seed: int, cache_dir: str | Path, verbose: bool = True):
         (tmp / "key.json").write_text(json.dumps(key, indent=1))
     if verbose:
         print(f"synthetic world: built in {time.time() - t0:.0f} s; clear with: rm -r {path}")
-    return SyntheticModel.load_from_disk(path)
 
 
 def training_key(world: dict, seed: int, rows: int, data_seed: int) -> dict:
@@ -143,11 +162,23 @@ def training_cache(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_
     path = Path(cache_dir) / f"acts-synth-{_digest(key)}"
     if buffer.read_cache(path, key) is not None:
         return path, key
+    with lock.building(path):
+        if buffer.read_cache(path, key) is None:  # else the process this one waited for wrote it
+            _sample_into(world_cfg, seed, rows, data_seed, cache_dir, chunk, key, path)
+    return path, key
+
+
+def _sample_into(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_dir, chunk: int, key: dict, path: Path) -> None:
+    rundir.check_free_space(
+        path.parent, rows * world_cfg["hidden_dim"] * 2, f"the synthetic samples ({rows} x {world_cfg['hidden_dim']} bfloat16)"
+    )
+    if path.exists():
+        print(f"synthetic samples: {path} is incomplete or damaged; sampling it again")
     model = world(world_cfg, seed, cache_dir)
     t0 = time.time()
     with _building(path) as tmp, torch.random.fork_rng():
         torch.manual_seed(data_seed)
-        out = np.lib.format.open_memmap(tmp / "acts.npy", mode="w+", dtype=np.int16, shape=(rows, world_cfg["hidden_dim"]))
+        out = buffer.create_acts(tmp / "acts.npy", rows, world_cfg["hidden_dim"])
         sum_sq = 0.0
         for start in range(0, rows, chunk):
             x_BD = model.sample(min(chunk, rows - start)).to(torch.bfloat16)
@@ -159,7 +190,6 @@ def training_cache(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"synthetic samples: {rows} rows in {time.time() - t0:.0f} s into {path}; clear with: rm -r {path}")
-    return path, key
 
 
 # ----------------------------------------------------------------------------------------------
