@@ -25,6 +25,8 @@ from sae_harness import evals
 from sae_harness.evals import registry
 from sae_harness.run import cli, synth
 
+pytestmark = pytest.mark.slow  # every case is a whole run (or sweep) interrupted and run again: the slow tier (pytest -m slow)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 

@@ -324,6 +324,7 @@ def test_an_edit_of_cofiring_reaches_the_penalty_and_the_mechanism(world, monkey
     assert synth.mechanism(W, E.cofiring(active, 0.25), world)["mech_hier_share"] == pytest.approx(hier, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_synth_training_log_has_the_mechanism(tmp_path, monkeypatch):
     import experiment as E
 
