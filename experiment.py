@@ -234,7 +234,7 @@ PROFILES = {
         text_source="bbc",
         device="auto",
         tokens=600_000,
-        epochs=4,  # one pass over 600k tokens leaves the SAE under-trained (results/README.md: size_epochs)
+        epochs=4,  # one pass over 600k tokens leaves the SAE under-trained (results/history.md: size_epochs)
         llm_batch_size=16,
         dict_size=4096,
         k=64,
@@ -259,7 +259,7 @@ PROFILES = {
     profiles.SYNTH: SYNTH_PROFILE,
     # SynthSAEBench-16k's regime at CPU size: mutually exclusive siblings, 1 latent per 4 true features
     # (1,024); k the world's true L0 (10.8); the 6 passes stop where plain TopK's absorption has
-    # stopped climbing (results/README.md: synth_narrow_curve)
+    # stopped climbing (results/history.md: synth_narrow_curve)
     profiles.SYNTH_NARROW: SYNTH_PROFILE | dict(lm_name="synth:synth-cpu-me", dict_size=256, k=11),
 }
 

@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 from sae_harness.analysis.formatting import spread_of  # noqa: E402
+from sae_harness.analysis.matched import arm_label as matched_label  # noqa: E402
 from sae_harness.analysis.report import (  # noqa: E402
     MECHANISM,
     PHASES,
@@ -52,6 +53,7 @@ from sae_harness.analysis.report import (  # noqa: E402
     paired_with_baseline,
     phase_mean_labels,
     progress,
+    references,
     results_items,
     run_dirs_here,
     run_report,
@@ -59,7 +61,11 @@ from sae_harness.analysis.report import (  # noqa: E402
     shown_metrics,
     siblings,
 )
-from sae_harness.run.schema import METRICS, REFERENCE, config_differences, is_baseline  # noqa: E402
+from sae_harness.evals.registry import REFERENCE  # noqa: E402
+from sae_harness.run.schema import METRICS, config_differences, is_baseline  # noqa: E402
+from sae_harness.run.schema import entry as summary_entry  # noqa: E402
+
+DIRECTIONS = {m.name: m.direction for m in METRICS}
 
 PHASE_COLORS = ("#dbe9f6", "#fdf0d5", "#e3f1df")
 
@@ -296,7 +302,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
     for ax, metric in zip(axes, shown_metrics([summary for _, summary in items])):
         values, notes, tops = [], [], [0.0]
         for i, ((name, summary), color) in enumerate(zip(items, colors)):
-            entry = summary[metric.name]
+            entry = summary_entry(summary, metric.name)
             ok = entry["status"] == "ok"
             value = entry["value"] if ok else 0.0
             err, _ = spread_of(entry) if ok else (None, None)  # one seed: the eval's own SE
@@ -308,7 +314,7 @@ def metric_panels(axes, items, colors, baseline=None, paired=None):
             if len(seeds) > 1:
                 ax.plot([i] * len(seeds), seeds, "o", color="black", ms=3, alpha=0.6, zorder=3)
             tops.append(max([value + (err or 0)] + seeds))
-            against = baseline[metric.name] if baseline is not None and summary is not baseline else None
+            against = summary_entry(baseline, metric.name) if baseline is not None and summary is not baseline else None
             text = bar_label(metric, entry, against, (paired.get(name) or {}).get(metric.name))
             ax.annotate(
                 text,
@@ -344,15 +350,27 @@ def metric_grid(items, colors, baseline, paired, width: float, row_height: float
 
 
 def plot_metrics(run, baseline):
-    runs = [baseline, run] if baseline else [run]
-    fig = metric_grid([(r.name, r.summary) for r in runs], ["#999999", "C0"][-len(runs) :], baseline and baseline.summary, None, 12, 3.3)
+    """The run's headline metrics beside its baseline run here (grey) and the committed reference runs
+    of its profile (plain TopK and the default arm, mean ± std over their seeds; report.references),
+    so a single run is read against something. Δ labels are against the baseline here, else the
+    committed plain TopK."""
+    what, refs = references(run.info)
+    items = refs + ([(baseline.name, baseline.summary)] if baseline else []) + [(run.name, run.summary)]
+    colors = ["#c7c7c7", "#a6bddb"][: len(refs)] + (["#999999"] if baseline else []) + ["C0"]
+    against = baseline.summary if baseline else (refs[0][1] if refs and refs[0][0] == "ref none" else None)
+    fig = metric_grid(items, colors, against, None, 12, 3.3)
     if baseline:
-        against = f"grey: baseline {baseline.label}"
+        title = f"dark grey: baseline {baseline.label}"
     elif is_baseline(run.variant):
-        against = "this run is a baseline (variant none)"
+        title = "this run is a baseline (variant none)"
     else:
-        against = f"no baseline (variant none) run of {run.profile} found"
-    fig.suptitle(f"{run.label}, {run.profile}: headline metrics; {against}")
+        title = f"no baseline (variant none) run of {run.profile} here"
+    beside = (
+        f"\nlight: committed reference runs of this profile ({what}); Δ against " + ("the baseline" if baseline else "ref none")
+        if refs
+        else "; no committed reference run of these sizes"
+    )
+    fig.suptitle(f"{run.label}, {run.profile}: headline metrics; {title}{beside}", fontsize=9)
     fig.tight_layout()
     return save(fig, run.path / "metrics.png")
 
@@ -463,6 +481,106 @@ def plot_worlds(over: dict, path: Path, title: str) -> Path:
     fig.suptitle(textwrap.fill(title, 150), fontsize=10)
     fig.tight_layout()
     return save(fig, path)
+
+
+# ---------------------------------------------------------------- the readings of several sweeps (study.py frontier, matched, mechanism)
+
+MARKERS = "osD^vP*X"
+
+
+def nanmean(values) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def plot_frontier(result: dict, path: Path, title: str) -> Path:
+    """A frontier reading (study.py frontier): a panel per y against x, a point per (world, seed) and arm, plain TopK's curves as lines."""
+    x, ys = result["x"], result["ys"]
+    worlds = sorted({unit.split("/")[0] for units in result["points"].values() for unit in units})
+    fig, axes = plt.subplots(1, len(ys), figsize=(5.6 * len(ys), 5.4), squeeze=False)
+    for ax, y in zip(axes[0], ys):
+        for i, xy in enumerate(result["curves"][y].values()):
+            label = "plain TopK over training length (a line per world and seed)" if i == 0 else None
+            ax.plot(*zip(*xy), "-", color="#999999", lw=0.8, alpha=0.7, label=label)
+        for j, (name, units) in enumerate(result["points"].items()):
+            color = "black" if name == result["baseline"] else f"C{j % 10}"
+            for k, world in enumerate(worlds):
+                pts = [(v[x], v[y]) for unit, v in units.items() if unit.split("/")[0] == world]
+                if pts:
+                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=name if k == 0 else None)
+        ax.set_xlabel(f"{x} ({DIRECTIONS[x]})")
+        ax.set_ylabel(f"{y} ({DIRECTIONS[y]})")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    markers = ", ".join(f"{MARKERS[k % len(MARKERS)]} world {w}" for k, w in enumerate(worlds))
+    fig.suptitle(f"{title}: a point per (world, seed) and arm ({markers}); the differences and intervals are in the .md table", fontsize=10)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_matched(result: dict, path: Path) -> Path:
+    """A matched reading (study.py matched): plain TopK's curve per seed and every arm's seeds."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    seeds = sorted({s for by_seed in result["curve"].values() for s in by_seed})
+    for i, seed in enumerate(seeds):
+        xy = sorted(by_seed[seed] for by_seed in result["curve"].values() if seed in by_seed)
+        ax.plot(
+            *zip(*xy),
+            "-o",
+            color="#999999",
+            lw=1,
+            ms=3,
+            alpha=0.7,
+            label="plain TopK over training length (one line per seed)" if i == 0 else None,
+        )
+    for j, (arm, entry) in enumerate(result["arms"].items()):
+        rows = entry["points"].values()
+        outside = f"; {len(entry['outside_curve'])} seeds beyond the curve (hollow)" if entry["outside_curve"] else ""
+        ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=matched_label(arm, entry["paired"]) + outside)
+        beyond = [entry["points"][s] for s in entry["outside_curve"]]
+        ax.scatter([r["x"] for r in beyond], [r["y"] for r in beyond], s=40, facecolors="white", edgecolors=f"C{j}", zorder=3)
+    ax.set_xlabel(f"{result['x']} (higher is better)")
+    ax.set_ylabel(f"{result['y']} (lower is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("each arm against plain TopK's own curve (matched reconstruction)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_mechanism_runs(by_arm: dict, path: Path, title: str) -> Path:
+    """The synth mechanism over a sweep's runs (study.py mechanism): each quantity over training, parent/child pairs against the others, mean and range per arm."""
+    fig, axes = plt.subplots(len(MECHANISM), 1, figsize=(9, 3.2 * len(MECHANISM)), sharex=True)
+    for ax, (hier, other, label) in zip(axes, MECHANISM):
+        for i, (arm, runs) in enumerate(by_arm.items()):
+            color = "black" if is_baseline(arm) else f"C{i % 10}"
+            for key, style in ((hier, "-"), (other, "--")):
+                if not key:
+                    continue
+                curves = [(progress(log), series(log, key)) for _, _, log in runs]
+                p = curves[0][0]  # the runs of a sweep log at the same steps
+                rows = [ys for _, ys in curves if len(ys) == len(p)]
+                mean = [nanmean(col) for col in zip(*rows)]
+                lo = [min((v for v in col if not math.isnan(v)), default=math.nan) for col in zip(*rows)]
+                hi = [max((v for v in col if not math.isnan(v)), default=math.nan) for col in zip(*rows)]
+                which = "parent/child pairs" if key == hier else "other pairs"
+                ax.plot(p, mean, style, color=color, lw=1.6, label=f"{arm}: {which} (mean of {len(rows)} runs)")
+                ax.fill_between(p, lo, hi, color=color, alpha=0.12 if key == hier else 0.06, lw=0)
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    axes[-1].set_xlabel("training progress p (fraction of steps)")
+    fig.suptitle(f"{title}\nlines: mean over worlds x seeds; bands: min..max over the runs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def plot_results(path: Path) -> Path:

@@ -22,11 +22,9 @@ import contextlib
 import dataclasses
 import io
 import itertools
-import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,7 +51,7 @@ from sae_harness.run.checks import (
 )
 from sae_harness.run.launch import launch
 from sae_harness.run.rundir import Exit, UsageError, describe_exit
-from sae_harness.run.schema import BASELINE_VARIANT, arm_name, config_differences, is_baseline
+from sae_harness.run.schema import arm_name
 
 ROOT = Path(__file__).resolve().parent
 SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
@@ -258,9 +256,10 @@ def pinned_precision(args, passthrough) -> list[str]:
             if recorded:
                 break
     if not recorded:  # no run directory here: the finished runs results/<name>.json records (see recorded())
-        with contextlib.suppress(ValueError, OSError):
-            runs = json.loads((Path(args.results) / f"{args.name}.json").read_text()).get("runs", [])
-            config = next((r["config"] for r in runs if r.get("state") == "finished"), {})
+        from sae_harness.analysis.records import ResultsError, read_results, runs_of
+
+        with contextlib.suppress(ResultsError):
+            config = next((r.config for r in runs_of(read_results(Path(args.results) / f"{args.name}.json")) if r.state == "finished"), {})
             recorded = {option: config[option] for option in PINNED if option in config}
     pinned = []
     for option in PINNED:
@@ -299,14 +298,6 @@ def shown(path) -> str:
         return str(path)
 
 
-OVER_WORLDS_NOTE = (
-    "over_worlds: with --grid data_seed=..., each arm (its other options fixed) against plain TopK at the same world and seed; "
-    "the paired differences averaged over seeds within each world, then a t 95% interval over the world means (df = worlds - 1): "
-    "worlds are the random factor. between_world_sd / within_world_sd: the spread of the world means and of the differences within a world; "
-    "world_means: each world's mean difference. 'A - B' entries: the schedule contrasts (schedule_contrasts), A against B the same way"
-)
-
-
 def schedule_contrasts(variants) -> list[tuple[str, str]]:
     """(A, B) for every two arms of ARMS among variants that differ only in their schedules, A the
     one on the idea's schedules (weight and threshold over p): does the progression itself help, at
@@ -321,42 +312,18 @@ def schedule_contrasts(variants) -> list[tuple[str, str]]:
     ]
 
 
+def design():
+    """What experiment.py says about the arms that the reading needs (analysis.sweeps.Design)."""
+    from sae_harness.analysis.sweeps import Design
+
+    return Design(schedule_contrasts=schedule_contrasts(E.ARMS), arm_options=frozenset(fields_with(E.Config, ARM)))
+
+
 def worlds_comparisons(records: list[dict]) -> dict:
-    """{arm name without its data_seed: compare_over_worlds against plain TopK with the same other
-    options}, from the per-run records of a sweep gridded over data_seed (the world); and for each
-    schedule contrast, {"A - B": A against B at the same other options}."""
-    from sae_harness.run.schema import compare_over_worlds
+    """Each arm over worlds against plain TopK at its grid point, and the schedule contrasts."""
+    from sae_harness.analysis.sweeps import over_worlds
 
-    groups = {}  # (variant, its overrides but the world) -> runs
-    for record in records:
-        others = tuple((k, v) for k, v in record["overrides"].items() if k != "data_seed")
-        groups.setdefault((record["variant"], others), []).append(record)
-
-    def name(variant, others):
-        return arm_name(variant, dict(others))
-
-    out = {}
-    for (variant, others), runs in groups.items():
-        base = next((rs for (v, o), rs in groups.items() if is_baseline(v) and point(dict(o)) == point(dict(others))), None)
-        if not is_baseline(variant) and base:
-            out[name(variant, others)] = compare_over_worlds(runs, base)
-    for a, b in schedule_contrasts({v for v, _ in groups}):
-        for (variant, others), runs in groups.items():
-            if variant == a and (b, others) in groups:
-                out[f"{name(a, others)} - {name(b, others)}"] = compare_over_worlds(runs, groups[b, others])
-    return out
-
-
-def point(overrides: dict) -> dict:
-    """The grid point of an arm's overrides: the options plain TopK has too (an arm's own options,
-    role ARM in Config, are left out), so each arm is paired with plain TopK at its point."""
-    return {k: v for k, v in overrides.items() if k not in fields_with(E.Config, ARM)}
-
-
-PAIRED_NOTE = (
-    "paired_vs_baseline: mean over shared seeds of (arm - baseline) at each seed (same initialisation and batches), paired t 95% interval; "
-    "p two-sided; p_holm Holm-adjusted over the non-reference metrics of that comparison"
-)
+    return over_worlds(records, design())
 
 
 def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
@@ -364,14 +331,15 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
     holds already: the planned runs, plus the planned arms at every further seed that JSON records
     (a study run seed by seed, one call per seed, accumulates). A record of a run whose directory is
     not here stands for it; one recorded with other options than this sweep's is refused."""
+    from sae_harness.analysis.records import ResultsError, read_results, runs_of
     from sae_harness.run.rundir import differing_options
 
     path = Path(args.results) / f"{args.name}.json"
     try:
-        previous = json.loads(path.read_text()).get("runs", []) if path.exists() else []
-    except ValueError:
-        raise SweepError(f"{path} is not valid JSON; move it away or use another --name") from None
-    kept = {(r["arm"], r["seed"]): r for r in previous if r.get("state") == "finished"}
+        previous = runs_of(read_results(path)) if path.exists() else []
+    except ResultsError as e:
+        raise SweepError(f"{e}; move it away or use another --name") from None
+    kept = {(r.arm, r.seed): r.to_json() for r in previous if r.state == "finished"}
     first = {}
     for run in runs:
         first.setdefault(run.arm, run)
@@ -397,194 +365,77 @@ def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
 
 
 def collect(args, runs, kept):
-    """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json and .png.
-    runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
-    from sae_harness.analysis.formatting import results_markdown
+    """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json, .md and
+    .png. runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
+    from sae_harness.analysis import sweeps
+    from sae_harness.analysis.records import ResultsError, RunRecord
     from sae_harness.analysis.report import summaries_table
-    from sae_harness.run.rundir import comparable_config, read_info, write_atomic, write_json_atomic
-    from sae_harness.run.schema import (
-        METRICS,
-        aggregate,
-        combine_summaries,
-        compare_paired,
-        compare_summaries,
-        per_seed_summaries,
-        summarize,
-        training_key,
-    )
+    from sae_harness.run.rundir import comparable_config, read_info, write_json_atomic
+    from sae_harness.run.schema import aggregate, summarize, training_key
 
-    arms, records, standing_in = {}, [], []
+    arms, records, standing_in, here = {}, [], [], {}
     for run in runs:
-        arm, variant, overrides, seed, out, cfg = run.arm, run.variant, run.overrides, run.seed, run.out, run.cfg
-        entry = arms.setdefault(arm, dict(variant=variant, overrides=overrides, run_dir=shown(out.parent), per_seed={}, summaries={}))
-        if not (out / "final_info.json").exists() and (arm, seed) in kept:  # its directory is not here: its record stands in
-            records.append(kept[arm, seed])
-            entry["summaries"][seed] = kept[arm, seed]["summary"]
-            standing_in.append(f"{arm} seed {seed}")
+        arms.setdefault(run.arm, dict(variant=run.variant, overrides=run.overrides, run_dir=shown(run.out.parent)))
+        if not (run.out / "final_info.json").exists() and (run.arm, run.seed) in kept:  # its directory is not here: its record stands in
+            records.append(kept[run.arm, run.seed])
+            standing_in.append(f"{run.arm} seed {run.seed}")
             continue
-        info = read_info(out) if (out / "final_info.json").exists() else {}
-        entry["per_seed"][seed], entry["summaries"][seed] = info, summarize(info)
-        block = info.get(training_key(cfg.layer), {})
+        info = read_info(run.out) if (run.out / "final_info.json").exists() else {}
+        here.setdefault(run.arm, {})[run.seed] = info
+        block = info.get(training_key(run.cfg.layer), {})
         trained = block.get("final_info") or {}
-        records.append(
-            dict(
-                arm=arm,
-                variant=variant,
-                overrides=overrides,
-                world=cfg.data_seed,
-                seed=seed,
-                run_dir=shown(out),
-                state=run_status(out, cfg) if out.exists() else "new",
-                config=block.get("config") or comparable_config(cfg),
-                summary=entry["summaries"][seed],
-                dose={k: v for k, v in trained.items() if k.startswith("ortho_") and k != "ortho_impl"},
-                seconds=trained.get("seconds"),  # training only: the cost, on
-                cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
-            )
+        record = RunRecord(
+            arm=run.arm,
+            variant=run.variant,
+            overrides=run.overrides,
+            world=run.cfg.data_seed,
+            seed=run.seed,
+            run_dir=shown(run.out),
+            state=run_status(run.out, run.cfg) if run.out.exists() else "new",
+            config=block.get("config") or comparable_config(run.cfg),
+            summary=summarize(info),
+            dose={k: v for k, v in trained.items() if k.startswith("ortho_") and k != "ortho_impl"},
+            seconds=trained.get("seconds"),  # training only: the cost, on
+            cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
         )
+        records.append(record.to_json())
     if standing_in:
         print(
             f"{len(standing_in)} runs read from {Path(args.results) / f'{args.name}.json'} (their directories are not here): {', '.join(standing_in)}"
         )
-    baseline_arm = next((a for a, v in arms.items() if is_baseline(v["variant"]) and not v["overrides"]), None)
-    result_arms, per_seed = {}, {}  # per_seed: {arm: {seed: summary}}, for the comparisons paired by seed
-    for arm, entry in arms.items():
-        here = entry.pop("per_seed")  # the runs whose directories are here: the arm's own final_info.json
-        if here and (ROOT / entry["run_dir"]).is_dir():
-            write_json_atomic(ROOT / entry["run_dir"] / "final_info.json", aggregate(here, {s: f"seed_{s}" for s in here}))
-        per_seed[arm] = entry.pop("summaries")  # in seed order, as the records
-        result_arms[arm] = entry | dict(summary=combine_summaries(list(per_seed[arm].values())))
-    baseline_config_diff = None
-    if baseline_arm is None and args.baseline:  # an arm of another sweep, e.g. sweeps/ablation/none
-        if args.baseline.partition("#")[0].endswith(".json"):
-            summary, base_per_seed, base_configs = baseline_from_results(args.baseline)
-            baseline_config_diff = baseline_differences(base_configs, records)
-            if baseline_config_diff:
-                print(f"note: the baseline's training config differs from this sweep's in {', '.join(baseline_config_diff)}")
-        else:
-            try:
-                baseline_info = read_info(Path(args.baseline))
-                summary = summarize(baseline_info)
-            except ValueError:
-                raise SweepError(f"--baseline {args.baseline}: final_info.json is not valid JSON") from None
-            base_per_seed = per_seed_summaries(baseline_info)
-        if not any(entry["n"] for entry in summary.values()):
-            raise SweepError(
-                f"--baseline {args.baseline}: no results there (an arm directory or results JSON of a finished sweep is expected)"
-            )
-        baseline_arm = f"baseline: {args.baseline}"
-        result_arms = {
-            baseline_arm: dict(variant=BASELINE_VARIANT, overrides={}, run_dir=str(args.baseline), summary=summary)
-        } | result_arms
-        per_seed[baseline_arm] = base_per_seed
-    for arm, entry in result_arms.items():  # each arm against plain TopK at its own grid point, else the sweep's baseline
-        same_point = next(
-            (a for a, v in arms.items() if is_baseline(v["variant"]) and point(v["overrides"]) == point(entry["overrides"])), None
-        )
-        base = same_point or (None if is_baseline(entry["variant"]) else baseline_arm)
-        if base and arm != base:
-            entry["baseline"] = base
-            entry["vs_baseline"] = compare_summaries(entry["summary"], result_arms[base]["summary"])
-            entry["paired_vs_baseline"] = compare_paired(per_seed[arm], per_seed[base])
-    against = {}  # {A: {arm: its comparisons with A}}, read as the baseline's are
-    for a in filter(None, args.against.split(",")):
-        if a not in result_arms:
-            raise SweepError(f"--against {a}: not an arm of this sweep ({', '.join(result_arms)})")
-        against[a] = {
-            arm: dict(
-                vs_baseline=compare_summaries(entry["summary"], result_arms[a]["summary"]),
-                paired_vs_baseline=compare_paired(per_seed[arm], per_seed[a]),
-            )
-            for arm, entry in result_arms.items()
-            if arm != a
-        }
-    over_worlds = worlds_comparisons(records) if any("data_seed" in v["overrides"] for v in arms.values()) else None
-    profile = next((r["config"].get("profile") for r in records if r["config"].get("profile")), None)
-    result = dict(
-        name=args.name,
-        written=time.strftime("%Y-%m-%d %H:%M:%S"),
-        command="python sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--collect") if sys.argv[0].endswith("sweep.py") else None,
-        profile=profile,
-        baseline=baseline_arm,
-        **({"baseline_config_differences": baseline_config_diff} if baseline_config_diff is not None else {}),
-        interval="vs_baseline: arm mean - baseline mean, Welch's t 95% interval (unequal variances); within_noise = the interval includes 0",
-        paired=PAIRED_NOTE,
-        spread="std: sample standard deviation over seeds (n - 1); values: one per seed, in seed order",
-        directions={m.name: m.direction for m in METRICS},
-        arms=result_arms,
-        **({"against": against} if against else {}),
-        **({"over_worlds": over_worlds, "interval_over_worlds": OVER_WORLDS_NOTE} if over_worlds is not None else {}),
-        runs=records,
-    )
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(results / f"{args.name}.json", result)
-    markdown = results_markdown(result) + "\n"
-    write_atomic(results / f"{args.name}.md", lambda tmp: tmp.write_text(markdown))
+    for arm, infos in here.items():  # the runs whose directories are here: the arm's own final_info.json
+        if (ROOT / arms[arm]["run_dir"]).is_dir():
+            write_json_atomic(ROOT / arms[arm]["run_dir"] / "final_info.json", aggregate(infos, {s: f"seed_{s}" for s in infos}))
+    command = "python sweep.py " + " ".join(a for a in sys.argv[1:] if a != "--collect") if sys.argv[0].endswith("sweep.py") else None
+    ignore = fields_with(E.Config, PLACE, SEED, EVAL, LOG, ARM)
+    against = [a for a in args.against.split(",") if a]
+    try:
+        result = sweeps.reading(args.name, records, arms, design(), args.baseline, against, ignore, command)
+    except ResultsError as e:
+        raise SweepError(str(e)) from None
+    if result.get("baseline_config_differences"):
+        print(f"note: the baseline's training config differs from this sweep's in {', '.join(result['baseline_config_differences'])}")
+    path = sweeps.write(Path(args.results), result)
     sys.stdout.flush()
-    drawn = subprocess.run([sys.executable, str(ROOT / "plot.py"), str(results / f"{args.name}.json")], capture_output=True, text=True)
-    figure = results / f"{args.name}.png" if drawn.returncode == 0 else f"no figure ({drawn.stderr.strip().splitlines()[-1:]})"
-    print(f"wrote {results / f'{args.name}.json'}, {args.name}.md (its Markdown table) and {figure}")
-    print(summaries_table([(arm, entry["summary"]) for arm, entry in result_arms.items()], baseline_arm))
+    drawn = subprocess.run([sys.executable, str(ROOT / "plot.py"), str(path)], capture_output=True, text=True)
+    figure = path.with_suffix(".png") if drawn.returncode == 0 else f"no figure ({drawn.stderr.strip().splitlines()[-1:]})"
+    print(f"wrote {path}, {args.name}.md (its Markdown table) and {figure}")
+    print(summaries_table([(arm, entry["summary"]) for arm, entry in result["arms"].items()], result["baseline"]))
     return result
 
 
-def baseline_from_results(spec: str):
-    """(summary, {seed: summary}, {seed: training config}) of one arm of another sweep's results
-    JSON: `path` (its own baseline arm) or `path#arm`."""
-    path, _, arm = spec.partition("#")
-    try:
-        result = json.loads(Path(path).read_text())
-        arm = arm or result["baseline"]
-        summary = result["arms"][arm]["summary"]
-    except (OSError, ValueError) as e:
-        raise SweepError(f"--baseline {spec}: cannot read {path}: {e}") from None
-    except (KeyError, TypeError):
-        raise SweepError(f"--baseline {spec}: {path} has no arm {arm or '(no baseline named)'!r}") from None
-    runs = [r for r in result.get("runs", []) if r.get("arm") == arm]
-    return summary, {r["seed"]: r["summary"] for r in runs}, {r["seed"]: r.get("config") or {} for r in runs}
-
-
-def baseline_differences(base_configs: dict, records: list) -> list[str]:
-    """The training options on which a baseline run apart differs from this sweep's run at the same
-    seed (the fields of Config with no role: not where it is kept, the seed, the evals, the log or
-    the arm's own options): a paired comparison across sweeps holds only where this list is empty
-    or harmless (e.g. an option renamed between commits)."""
-    ignore = fields_with(E.Config, PLACE, SEED, EVAL, LOG, ARM)
-    differing = set()
-    for record in records:
-        if (base := base_configs.get(record["seed"])) is not None:
-            differ, partial = config_differences([base, record["config"]], ignore)
-            differing |= set(differ) | set(partial)
-    return sorted(differing)
-
-
 def recompare_from_json(args) -> dict:
-    """--collect --from_json: each arm's comparisons with the baseline (Welch from the arms' summaries,
-    paired by seed from the per-run records) rebuilt inside results/<name>.json, and its table."""
-    from sae_harness.analysis.formatting import results_markdown
-    from sae_harness.run.rundir import write_atomic, write_json_atomic
-    from sae_harness.run.schema import compare_paired, compare_summaries
+    """--collect --from_json: each arm's comparisons with the baseline rebuilt inside results/<name>.json
+    from its own per-run records, and its table."""
+    from sae_harness.analysis import sweeps
+    from sae_harness.analysis.records import ResultsError, read_results
 
     path = Path(args.results) / f"{args.name}.json"
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise SweepError(f"--from_json: cannot read {path}: {e}") from None
-    per_seed = {}
-    for run in result.get("runs", []):
-        per_seed.setdefault(run["arm"], {})[run["seed"]] = run["summary"]
-    baseline = result.get("baseline")
-    if baseline not in result.get("arms", {}) or baseline not in per_seed:
-        raise SweepError(f"--from_json: {path} has no baseline arm with per-run records to compare with")
-    for arm, entry in result["arms"].items():
-        if arm != baseline:
-            entry["vs_baseline"] = compare_summaries(entry["summary"], result["arms"][baseline]["summary"])
-            entry["paired_vs_baseline"] = compare_paired(per_seed.get(arm, {}), per_seed[baseline])
-    result["paired"] = PAIRED_NOTE
-    write_json_atomic(path, result)
-    markdown = results_markdown(result) + "\n"
-    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown))
+        result = sweeps.recompare(read_results(path))
+    except ResultsError as e:
+        raise SweepError(f"--from_json: {e}") from None
+    sweeps.write(path.parent, result)
     print(f"rebuilt the comparisons in {path} and {path.with_suffix('.md')} from its per-run records")
     return result
 

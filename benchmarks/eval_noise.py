@@ -166,9 +166,10 @@ def eval_seed_means(records: list[dict], noises: dict) -> tuple[list[int], list[
 
 def compare(result_path: Path, name: str | None, results: Path) -> dict:
     import plot
+    from sae_harness.analysis.compare import welch
     from sae_harness.analysis.formatting import results_markdown
     from sae_harness.run.rundir import write_atomic, write_json_atomic
-    from sae_harness.run.schema import combine_summaries, compare_summaries
+    from sae_harness.run.schema import combine_summaries
 
     sweep = json.loads(result_path.read_text())
     records = sweep["runs"]
@@ -188,7 +189,7 @@ def compare(result_path: Path, name: str | None, results: Path) -> dict:
         )
     for arm, entry in arms.items():
         if baseline in arms and arm != baseline:
-            entry["vs_baseline"] = compare_summaries(entry["summary"], arms[baseline]["summary"])
+            entry["vs_baseline"] = welch(entry["summary"], arms[baseline]["summary"])
     name = name or f"{sweep['name']}_evalseeds"
     result = dict(
         name=name,

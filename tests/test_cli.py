@@ -184,8 +184,8 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
         "absorption_full_dscaled",
         "explained_variance",
     ]
-    assert [m.name for m in schema.METRICS][-12:-9] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
-    assert [m.name for m in schema.METRICS][-9:] == [
+    assert [m.name for m in schema.METRICS][-17:-14] == ["heldout_cofire_cos_mean", "heldout_cofire_cos_p95", "heldout_nn_cos_above_half"]
+    assert [m.name for m in schema.METRICS][-14:] == [
         "synth_absorption",
         "synth_full_absorption",
         "synth_mcc",
@@ -195,6 +195,11 @@ def test_eval_names_blocks_and_metrics_come_from_the_registry():
         "synth_parent_recovered",
         "synth_miss_with_child",
         "synth_miss_alone",
+        "synth_parent_lost",
+        "synth_absorption_any_lost",
+        "synth_edges",
+        "synth_edges_any",
+        "synth_edges_any_lost",
     ]
     with pytest.raises(
         rundir.UsageError, match="must be a comma list of separation, synth, absorption, core, sparse_probing, unlearning, or none"

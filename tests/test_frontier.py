@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import study
 from sae_harness.analysis import frontier
 from sae_harness.analysis.stats import interval_over_worlds
 
@@ -70,7 +71,7 @@ def test_cli_writes_json_table_and_figure_and_refuses_runs_without_worlds(tmp_pa
     (tmp_path / "c.json").write_text(json.dumps({"runs": curves}))
     (tmp_path / "a.json").write_text(json.dumps({"name": "w", "profile": "synth", "runs": arms}))
     argv = ["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "a.json")]
-    assert frontier.main([*argv, "--out", str(tmp_path / "f")]) == 0
+    assert study.main(["frontier", *argv, "--out", str(tmp_path / "f")]) == 0
     table = (tmp_path / "f.md").read_text()
     assert table.startswith("| arm |") and "`idea`" in table and "-0.1 [" in table
     assert json.loads((tmp_path / "f.json").read_text())["arms"]["idea"][Y]["matched"]["n_worlds"] == 3
@@ -79,9 +80,12 @@ def test_cli_writes_json_table_and_figure_and_refuses_runs_without_worlds(tmp_pa
     for run_ in arms:
         del run_["world"]
     (tmp_path / "old.json").write_text(json.dumps({"runs": arms}))
-    assert frontier.main(["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "old.json"), "--out", str(tmp_path / "g")]) == 2
+    assert (
+        study.main(["frontier", "--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "old.json"), "--out", str(tmp_path / "g")])
+        == 2
+    )
     assert "not sweeps over data_seed" in capsys.readouterr().err
-    assert frontier.main([*argv, "--ys", "no_such_metric", "--out", str(tmp_path / "h")]) == 2
+    assert study.main(["frontier", *argv, "--ys", "no_such_metric", "--out", str(tmp_path / "h")]) == 2
 
 
 def test_against_contrasts_each_arm_with_another_paired_by_world_and_seed():
@@ -119,13 +123,13 @@ def test_arms_from_several_sweeps_are_read_together_and_a_repeated_arm_is_its_ow
     (tmp_path / "plain.json").write_text(json.dumps({"name": "study", "profile": "synth", "runs": plain}))
     (tmp_path / "idea.json").write_text(json.dumps({"name": "new", "profile": "synth", "runs": idea}))
     common = ["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "plain.json"), str(tmp_path / "idea.json")]
-    assert frontier.main([*common, "--out", str(tmp_path / "f")]) == 0
+    assert study.main(["frontier", *common, "--out", str(tmp_path / "f")]) == 0
     merged = json.loads((tmp_path / "f.json").read_text())
     assert merged["arms"] == json.loads(json.dumps(frontier.reading(curves, arms, X, frontier.YS)["arms"]))
     again = [dict(r, summary={**r["summary"], Y: {"status": "ok", "value": r["summary"][Y]["value"] + 0.03}}) for r in plain]
     (tmp_path / "again.json").write_text(json.dumps({"name": "here", "profile": "synth", "runs": again}))
     argv = [*common, str(tmp_path / "again.json"), "--against", "none@here", "--out", str(tmp_path / "g")]
-    assert frontier.main(argv) == 0
+    assert study.main(["frontier", *argv]) == 0
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["baseline"] == "none" and result["arms"]["none@here"][Y]["raw"]["delta"] == pytest.approx(0.03)
     assert len(result["curves"][Y]["1/0"]) == 4  # the curve: three lengths and the first sweep's plain TopK only
@@ -139,5 +143,5 @@ def test_arms_from_several_sweeps_are_read_together_and_a_repeated_arm_is_its_ow
     assert {r["variant"] for r in frontier.merged_runs(sweeps)} == {"none", "none@here"}
     capsys.readouterr()
     (tmp_path / "narrow.json").write_text(json.dumps({"name": "n", "profile": "synth-narrow", "runs": []}))
-    assert frontier.main([*common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
+    assert study.main(["frontier", *common, str(tmp_path / "narrow.json"), "--out", str(tmp_path / "h")]) == 2
     assert "mixes profiles" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import study
 from sae_harness.analysis import matched
 
 
@@ -50,11 +51,16 @@ def test_cli_writes_json_and_figure(tmp_path, capsys):
     for name, result in (("curves", sweep_result(rows)), ("arms", sweep_result(arms))):
         (tmp_path / f"{name}.json").write_text(json.dumps(result))
     argv = ["--curves", str(tmp_path / "curves.json"), "--arms", str(tmp_path / "arms.json"), "--x", "ev", "--y", "abs"]
-    assert matched.main([*argv, "--out", str(tmp_path / "m")]) == 0
+    assert study.main(["matched", *argv, "--out", str(tmp_path / "m")]) == 0
     written = json.loads((tmp_path / "m.json").read_text())
     assert written["arms"]["idea"]["paired"]["n"] == 3 and (tmp_path / "m.png").stat().st_size > 0
     assert "idea:" in capsys.readouterr().out
-    assert matched.main(["--curves", str(tmp_path / "nope.json"), "--arms", str(tmp_path / "arms.json"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        study.main(
+            ["matched", "--curves", str(tmp_path / "nope.json"), "--arms", str(tmp_path / "arms.json"), "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
 
 
 def test_cli_merges_several_curve_sweeps(tmp_path, capsys):
@@ -66,9 +72,12 @@ def test_cli_merges_several_curve_sweeps(tmp_path, capsys):
     for name, result in (("short", short), ("long", long), ("arms", arms)):
         (tmp_path / f"{name}.json").write_text(json.dumps(sweep_result(result)))
     base = ["--arms", str(tmp_path / "arms.json"), "--x", "ev", "--y", "abs"]
-    assert matched.main(["--curves", str(tmp_path / "short.json"), *base, "--out", str(tmp_path / "a")]) == 0
+    assert study.main(["matched", "--curves", str(tmp_path / "short.json"), *base, "--out", str(tmp_path / "a")]) == 0
     assert json.loads((tmp_path / "a.json").read_text())["arms"]["idea"]["outside_curve"] == [0, 1, 2]
-    assert matched.main(["--curves", str(tmp_path / "short.json"), str(tmp_path / "long.json"), *base, "--out", str(tmp_path / "b")]) == 0
+    assert (
+        study.main(["matched", "--curves", str(tmp_path / "short.json"), str(tmp_path / "long.json"), *base, "--out", str(tmp_path / "b")])
+        == 0
+    )
     idea = json.loads((tmp_path / "b.json").read_text())["arms"]["idea"]
     # between (0.8, 0.3) and (0.95, 0.5): the curve reads 0.3 + 0.2 * (0.1 / 0.15) at 0.9
     assert idea["outside_curve"] == [] and idea["paired"]["delta"] == pytest.approx(0.35 - (0.3 + 0.2 * 0.1 / 0.15))
@@ -83,9 +92,9 @@ def test_cli_takes_one_arm_of_a_curve_sweep(tmp_path, capsys):
     for name, result in (("short", short), ("ablation", ablation), ("arms", arms)):
         (tmp_path / f"{name}.json").write_text(json.dumps(sweep_result(result)))
     base = ["--arms", str(tmp_path / "arms.json"), "--x", "ev", "--y", "abs", "--out", str(tmp_path / "m")]
-    assert matched.main(["--curves", str(tmp_path / "short.json"), f"{tmp_path / 'ablation.json'}#none", *base]) == 0
+    assert study.main(["matched", "--curves", str(tmp_path / "short.json"), f"{tmp_path / 'ablation.json'}#none", *base]) == 0
     written = json.loads((tmp_path / "m.json").read_text())
     assert sorted(written["curve"]) == ["none", "none_epochs=1", "none_epochs=2"]  # static is not on the curve
     assert written["arms"]["idea"]["paired"]["delta"] == pytest.approx(0.35 - (0.2 + 0.3 * 0.2 / 0.25))
-    assert matched.main(["--curves", f"{tmp_path / 'ablation.json'}#nope", *base]) == 2
+    assert study.main(["matched", "--curves", f"{tmp_path / 'ablation.json'}#nope", *base]) == 2
     assert "no runs of arm 'nope'" in capsys.readouterr().err

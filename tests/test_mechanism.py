@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import study
 from sae_harness.analysis import mechanism
 from sae_harness.analysis.stats import interval_over_worlds
 
@@ -48,13 +49,13 @@ def test_phase_means_per_arm_and_the_difference_over_worlds(tmp_path):
 
 def test_cli_writes_the_table_and_figure_and_refuses_logs_without_a_mechanism(tmp_path, capsys):
     path = write_sweep(tmp_path, lambda v, w, s, p: 0.3 - (0.05 if v == "progressive" else 0) + 0.001 * w)
-    assert mechanism.main(["--results", str(path), "--out", str(tmp_path / "m")]) == 0
+    assert study.main(["mechanism", "--results", str(path), "--out", str(tmp_path / "m")]) == 0
     table = (tmp_path / "m.md").read_text()
     assert "| mech_hier_cos (decoder |cos|), early |" in table and "Δ -0.05" in table
     assert (tmp_path / "m.png").stat().st_size > 0
-    assert mechanism.main(["--results", str(path), "--arms", "none,nope", "--out", str(tmp_path / "x")]) == 2
+    assert study.main(["mechanism", "--results", str(path), "--arms", "none,nope", "--out", str(tmp_path / "x")]) == 2
     assert "no training logs for arm 'nope'" in capsys.readouterr().err
     for log in tmp_path.glob("sweeps/**/training_log.jsonl"):
         log.write_text('{"step": 0, "progress": 0.0, "loss": 1.0}\n')
-    assert mechanism.main(["--results", str(path), "--out", str(tmp_path / "y")]) == 2
+    assert study.main(["mechanism", "--results", str(path), "--out", str(tmp_path / "y")]) == 2
     assert "not a synth profile" in capsys.readouterr().err

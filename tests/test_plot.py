@@ -187,7 +187,7 @@ MISSING_LOWER_IS_BETTER = {
 
 def test_summarize_reference_uses_seed_fallbacks(reference):
     s = summarize(copy.deepcopy(reference))
-    assert [m.name for m in METRICS] == list(s)
+    assert [m.name for m in METRICS if not m.name.startswith("synth_")] == list(s)  # a language-model run: no synth_* entry
     assert s["absorption_full"]["status"] == "ok"
     assert s["absorption_full"]["value"] == pytest.approx(0.0296, abs=5e-5)
     assert s["absorption_fraction"] == MISSING_LOWER_IS_BETTER
@@ -211,15 +211,6 @@ def test_summarize_reference_uses_seed_fallbacks(reference):
         "heldout_cofire_cos_mean": "lower is better",
         "heldout_cofire_cos_p95": "lower is better",
         "heldout_nn_cos_above_half": "lower is better",
-        "synth_absorption": "lower is better",
-        "synth_full_absorption": "lower is better",
-        "synth_mcc": "higher is better",
-        "synth_explained_variance": "higher is better",
-        "synth_f1": "higher is better",
-        "synth_absorption_any": "lower is better",
-        "synth_parent_recovered": "higher is better",
-        "synth_miss_with_child": "lower is better",
-        "synth_miss_alone": "lower is better",
     }
 
 
@@ -661,3 +652,22 @@ def test_a_sweep_over_worlds_is_drawn_as_its_differences_over_worlds(tmp_path, m
         "2": pytest.approx(-0.02),
         "3": pytest.approx(-0.02),
     }
+
+
+def test_a_single_run_is_drawn_beside_its_profiles_committed_reference_runs(tmp_path):
+    """report.references: a synth run of the default sizes gets synth_worlds_cpu's plain TopK and
+    progressive at its world (5 seeds each); a run of other sizes, or a profile with none, gets none."""
+    import json
+
+    from sae_harness.analysis.report import references
+
+    config = dict(
+        profile="synth", dict_size=1024, k=13, tokens=524288, epochs=6, batch_size=1024, layer=0, lm_name="synth:synth-cpu", data_seed=42
+    )
+    info = {"training results for layer 0": {"config": config}}
+    what, refs = references(info)
+    assert [label for label, _ in refs] == ["ref none", "ref progressive"] and "synth_worlds_cpu" in what
+    committed = json.loads((ROOT / "results" / "synth_worlds_cpu.json").read_text())["arms"]["none_data_seed=42"]["summary"]
+    assert refs[0][1]["synth_absorption_any"]["values"] == pytest.approx(committed["synth_absorption_any"]["values"])
+    assert references({"training results for layer 0": {"config": config | {"dict_size": 64}}}) == ("", [])
+    assert references({"training results for layer 12": {"config": {"profile": "gemma-2-2b"}}}) == ("", [])

@@ -76,14 +76,15 @@ def test_holm_matches_the_step_down_procedure_and_keeps_none():
 
 
 def test_compare_paired_pairs_per_seed_summaries_and_holm_skips_reference_metrics():
-    from sae_harness.run.schema import METRICS, compare_paired
+    from sae_harness.analysis.compare import compare
+    from sae_harness.run.schema import METRICS
 
     def summary(shift, seed):
         return {m.name: {"status": "ok", "value": seed + shift * (m.direction != "reference")} for m in METRICS}
 
     base = {s: summary(0.0, s) for s in (42, 43, 44)}
     arm = {s: summary(0.5 + 0.01 * s, s) for s in (42, 43, 44, 45)}  # seed 45: no baseline to pair with
-    out = compare_paired(arm, base)
+    out = compare(arm, base)
     family = [m.name for m in METRICS if m.direction != "reference"]
     for name in family:
         assert out[name]["n"] == 3 and out[name]["delta"] == pytest.approx(0.5 + 0.43)

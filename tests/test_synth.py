@@ -188,6 +188,16 @@ def test_a_parent_never_learned_nor_carried_is_lost_not_absorbed(world):
     assert result["parent_recovered"] == 0.75 and result["parent_lost"] == 0.25
     assert all(result["per_edge"]["absorption_any"][i] is None for i in edges) and result["n_edges_any"] == 9
     assert result["absorption_any"] < 0.01  # the other parents are kept, and the lost one is not counted as absorbed
+    # the sensitivity reading counts the lost parent's 3 edges as absorbed: 3 of 12, the truth's 0
+    assert result["absorption_any_lost"] == pytest.approx(3 / 12, abs=0.02) and result["n_edges_any_lost"] == 12
+
+
+def test_the_sensitivity_reading_is_zero_on_the_truth_and_equals_absorption_any_without_lost_parents(world):
+    truth = synth.hierarchy_absorption(true_feature_sae(world), world, n_samples=20_000, seed=1)
+    assert truth["absorption_any_lost"] < 0.01 and truth["n_edges_any_lost"] == truth["n_edges_any"]
+    parent = synth.hierarchy_edges(world)[0][0].item()
+    carried = synth.hierarchy_absorption(without_parent_latents(world, [parent], children_carry=True), world, n_samples=20_000, seed=1)
+    assert carried["absorption_any_lost"] == pytest.approx(carried["absorption_any"])  # nothing lost: the two readings agree
 
 
 def test_best_f1_matching_would_miss_the_absorption(world):

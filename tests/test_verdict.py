@@ -11,11 +11,12 @@ import torch
 from conftest import tiny_args
 
 import experiment as E
+from sae_harness.analysis.compare import welch
 from sae_harness.analysis.stats import welch_interval
 from sae_harness.evals import separation
 from sae_harness.run import cli
 from sae_harness.run.rundir import Interrupted, UsageError
-from sae_harness.run.schema import aggregate, combine_summaries, compare_summaries, summarize
+from sae_harness.run.schema import aggregate, combine_summaries, summarize
 
 # ---------------------------------------------------------------- seeds
 
@@ -113,7 +114,7 @@ def test_welch_interval_edge_cases():
     assert welch_interval([1.0], [2.0, 3.0])["lo"] is None  # one seed: no interval
     assert welch_interval([1.0, 1.0], [1.0, 1.0])["within_noise"] is True
     assert welch_interval([], [1.0]) is None
-    far = compare_summaries(summarize(info_with(0.9)) | {}, summarize(info_with(0.1)))
+    far = welch(summarize(info_with(0.9)) | {}, summarize(info_with(0.1)))
     assert far["absorption_full"]["lo"] is None and far["absorption_full"]["delta"] == pytest.approx(0.8)
 
 
@@ -290,7 +291,7 @@ def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
         for arm, mu in (("none", 0.8), ("progressive", 0.7))
     }
     arms = {arm: _arm(r) for arm, r in runs.items()}
-    arms["progressive"]["vs_baseline"] = compare_summaries(arms["progressive"]["summary"], arms["none"]["summary"])
+    arms["progressive"]["vs_baseline"] = welch(arms["progressive"]["summary"], arms["none"]["summary"])
     table = results_markdown({"arms": arms}).splitlines()
     assert table[0] == "| metric (direction) | `none` | `progressive` |"
     ev_row = next(line for line in table if line.startswith("| explained_variance"))
@@ -302,32 +303,39 @@ def test_results_markdown_cells_are_mean_std_n_and_welch_delta():
     assert "kl_div_score" not in "\n".join(table)  # no arm has it: no row
 
 
-HEADLINE_TABLE = "synth_anchors"  # the one results table README.md quotes; results/README.md quotes them all
-
-
-def test_readme_results_tables_match_the_committed_results():
+def test_every_results_table_is_generated_from_its_json_and_the_history_quotes_it():
     """Every results/<name>.md is what results_markdown (a sweep), frontier.markdown (a frontier
-    reading) or mechanism.markdown makes of results/<name>.json; results/README.md quotes each verbatim and README.md quotes
-    the headline one: no quoted table can drift from the numbers."""
+    reading) or mechanism.markdown makes of results/<name>.json, and results/history.md quotes each
+    verbatim: no quoted table can drift from the numbers."""
     from pathlib import Path
 
     from sae_harness.analysis import frontier, mechanism
     from sae_harness.analysis.formatting import results_markdown
 
     root = Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
-    results_readme = (root / "results" / "README.md").read_text()
-    sweeps = (md for md in (root / "results").glob("*.md") if md.name != "README.md")
-    tables = sorted(md for md in sweeps if "arms" in json.loads(md.with_suffix(".json").read_text()))  # not a study's own report
-    assert HEADLINE_TABLE in {md.stem for md in tables}
+    history = (root / "results" / "history.md").read_text()
+    sweeps = (md for md in (root / "results").glob("*.md") if md.name not in ("README.md", "history.md") and ".verdict" not in md.name)
+    tables = sorted(md for md in sweeps if md.with_suffix(".json").exists() and "arms" in json.loads(md.with_suffix(".json").read_text()))
+    assert len(tables) > 20
     for md in tables:
         result = json.loads(md.with_suffix(".json").read_text())
         kind = frontier if "ys" in result else mechanism if result.get("kind") == "mechanism" else None
         expected = kind.markdown(result) if kind else results_markdown(result)
         assert md.read_text().strip() == expected, f"{md.name} is stale: rerun python sweep.py --collect with that sweep's options"
-        assert expected in results_readme, f"results/README.md does not quote results/{md.name}"
-        if md.stem == HEADLINE_TABLE:
-            assert expected in readme, f"README.md does not quote its headline table, results/{md.name}"
+        assert expected in history, f"results/history.md does not quote results/{md.name}"
+
+
+def test_the_readmes_quote_the_registered_verdicts_as_generated():
+    """README.md and results/README.md quote `python study.py table` verbatim: the verdicts a reader
+    meets first are the ones the registered rule computes from the records."""
+    from pathlib import Path
+
+    import study
+
+    root = Path(__file__).resolve().parent.parent
+    table = study.table(sorted((root / "studies").glob("*.toml")), root)
+    for readme in ("README.md", "results/README.md"):
+        assert table in (root / readme).read_text(), f"{readme} does not quote python study.py table's output"
 
 
 # ---------------------------------------------------------------- a sweep re-read over eval seeds

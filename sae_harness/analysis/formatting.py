@@ -17,6 +17,30 @@ def fmt(value):
     return f"{value:.4g}"
 
 
+def decimals_for(interval: dict, figures: int = 2) -> int:
+    """Decimals that show an interval's half-width to `figures` significant figures (at least 1)."""
+    half = abs(interval["hi"] - interval["lo"]) / 2 if interval.get("lo") is not None else abs(interval["delta"])
+    if not half or not math.isfinite(half):
+        return 3
+    return max(1, figures - 1 - math.floor(math.log10(half)))
+
+
+def fmt_interval(interval: dict | None) -> str:
+    """ "-0.013 [-0.024, -0.001]": a difference and its 95% interval, every number to the decimals
+    that give the half-width two significant figures (full precision stays in the JSON)."""
+    if not interval:
+        return "n/a"
+    d = decimals_for(interval)
+    if interval.get("lo") is None:
+        return f"{interval['delta']:+.{d}f} (no interval)"
+    return f"{interval['delta']:+.{d}f} [{interval['lo']:+.{d}f}, {interval['hi']:+.{d}f}]"
+
+
+def fmt_p(p) -> str:
+    """A p-value to two significant figures; n/a for none."""
+    return "n/a" if p is None else f"{p:.2g}"
+
+
 def spread_of(entry):
     """The noise an ok summary entry carries: (std, "std") over several seeds; for one seed (se,
     "se"), the eval's own standard error, or (None, "se") where it reports none."""

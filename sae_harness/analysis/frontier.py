@@ -22,9 +22,9 @@ factor. The matched reading (as sae_harness.analysis.matched, per (world, seed) 
   study, in a sweep of their own) joins the first earlier arm of its name, `arm` or `arm@sweep`, that
   did not run them.
 
-    python -m sae_harness.analysis.frontier --curves results/synth_worlds_narrow_curve.json \\
+    python study.py frontier --curves results/synth_worlds_narrow_curve.json \\
         --arms results/synth_worlds_narrow.json --out results/synth_worlds_narrow_frontier
-    python -m sae_harness.analysis.frontier --curves results/synth_worlds_cpu_curve.json \\
+    python study.py frontier --curves results/synth_worlds_cpu_curve.json \\
         --arms results/synth_worlds_cpu.json results/registered_cpu.json \\
         --against matryoshka@registered_cpu,none@registered_cpu --out results/registered_cpu_frontier
 
@@ -34,14 +34,10 @@ arm, plain TopK's curves as lines).
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-from pathlib import Path
-
-from sae_harness.analysis.matched import read_at
-from sae_harness.analysis.stats import holm, interval_over_worlds
+from sae_harness.analysis.compare import baseline_arm, differences, interval, shifts
+from sae_harness.analysis.compare import curves as compare_curves
+from sae_harness.analysis.records import ok_value
+from sae_harness.analysis.stats import holm, mean_std
 from sae_harness.run.schema import METRICS, arm_over_worlds, is_baseline
 
 X = "synth_explained_variance"
@@ -51,8 +47,7 @@ MARKERS = "osD^vP*X"
 
 
 def value(run: dict, metric: str) -> float | None:
-    entry = run["summary"].get(metric) or {}
-    return entry.get("value") if entry.get("status") == "ok" else None
+    return ok_value(run["summary"].get(metric))
 
 
 def arm_points(runs: list[dict], metrics) -> dict:
@@ -76,36 +71,30 @@ def plain_curves(curve_runs: list[dict], arm_runs: list[dict], x: str, y: str) -
     return {unit: sorted(xy) for unit, xy in out.items()}
 
 
+def column(units: dict, metric: str) -> dict:
+    """{(world, seed): value} of one metric from an arm's points."""
+    return {unit: v[metric] for unit, v in units.items()}
+
+
 def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, against=()) -> dict:
     """against: arm names (or one name) to contrast every other arm with."""
     against = [against] if isinstance(against, str) else list(against)
     arms = arm_points(arm_runs, (x, *ys))
-    base_name = next((name for name in arms if is_baseline(name)), None)
+    base_name = baseline_arm({name: (name, {}) for name in arms})
     base = arms.get(base_name, {})
     curves = {y: plain_curves(curve_runs, arm_runs, x, y) for y in ys}
-    shifts = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}
+    shifted = {}  # {arm: {y: {(world, seed): y minus plain TopK's curve at the arm's x}}}: the matched transform
     out = {}
     for name, units in arms.items():
         if name == base_name:
             continue
-        entry = {}
-        for y in (x, *ys):
-            raw = {}
-            for (world, seed), values in units.items():
-                if (world, seed) in base:
-                    raw.setdefault(world, []).append(values[y] - base[world, seed][y])
-            entry[y] = dict(raw=interval_over_worlds(raw))
+        entry = {y: dict(raw=interval(differences(column(base, y), column(units, y)), "world")) for y in (x, *ys)}
         for y in ys:
-            matched, outside, no_curve = {}, [], []
-            for (world, seed), values in sorted(units.items()):
-                if len(curves[y].get((world, seed), [])) < 2:  # the curve sweep did not run this (world, seed)
-                    no_curve.append([world, seed])
-                elif (reference := read_at(curves[y][world, seed], values[x])) is None:
-                    outside.append([world, seed])
-                else:
-                    matched.setdefault(world, []).append(values[y] - reference)
-                    shifts.setdefault(name, {}).setdefault(y, {})[world, seed] = values[y] - reference
-            entry[y] |= dict(matched=interval_over_worlds(matched), outside_curve=outside, no_curve=no_curve)
+            points = {unit: (v[x], v[y]) for unit, v in units.items()}
+            shift, outside, no_curve = shifts(points, compare_curves(curves[y]))
+            shifted.setdefault(name, {})[y] = shift
+            matched = interval(differences(dict.fromkeys(shift, 0.0), shift), "world")
+            entry[y] |= dict(matched=matched, outside_curve=[list(u) for u in outside], no_curve=[list(u) for u in no_curve])
         for kind in ("raw", "matched"):  # Holm over the y metrics of this arm, each reading apart
             cmps = {y: entry[y].get(kind) for y in ys}
             adjusted = holm({y: c["p"] for y, c in cmps.items() if c and c.get("p") is not None})
@@ -116,7 +105,7 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     for a in against:
         if a not in out:
             raise ValueError(f"--against {a!r} is not an arm of this sweep (arms: {', '.join(out)})")
-    contrasts = {a: {name: contrast(arms, shifts, name, a, ys) for name in out if name != a} for a in against}
+    contrasts = {a: {name: contrast(arms, shifted, name, a, ys) for name in out if name != a} for a in against}
     return dict(
         x=x,
         ys=list(ys),
@@ -130,22 +119,17 @@ def reading(curve_runs: list[dict], arm_runs: list[dict], x: str = X, ys=YS, aga
     )
 
 
-def contrast(arms: dict, shifts: dict, name: str, against: str, ys) -> dict:
+def contrast(arms: dict, shifted: dict, name: str, against: str, ys) -> dict:
     """name minus against for each y, raw and matched, paired by (world, seed): the interval over
     worlds, and the mean and std of the paired differences over the (world, seed) units."""
     out = {}
     for y in ys:
         entry = {}
-        raw = {unit: v[y] - arms[against][unit][y] for unit, v in arms[name].items() if unit in arms[against]}
-        a, b = shifts.get(name, {}).get(y, {}), shifts.get(against, {}).get(y, {})
-        for kind, diffs in (("raw", raw), ("matched", {unit: a[unit] - b[unit] for unit in a if unit in b})):
-            by_world = {}
-            for (world, _), d in sorted(diffs.items()):
-                by_world.setdefault(world, []).append(d)
-            values = list(diffs.values())
-            mean = sum(values) / len(values) if values else None
-            spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-            entry[kind] = dict(over_worlds=interval_over_worlds(by_world), mean=mean, spread=spread, units=len(values))
+        matched = (shifted.get(against, {}).get(y, {}), shifted.get(name, {}).get(y, {}))
+        for kind, (a, b) in (("raw", (column(arms[against], y), column(arms[name], y))), ("matched", matched)):
+            diffs = differences(a, b)
+            mean, spread = mean_std(list(diffs.values))
+            entry[kind] = dict(over_worlds=interval(diffs, "world"), mean=mean, spread=spread, units=len(diffs))
         out[y] = entry
     return out
 
@@ -218,78 +202,3 @@ def markdown(result: dict) -> str:
                     cells.append(f"{c['mean']:+.3g}{spread} (n={c['units']}); {fmt_interval(c['over_worlds'])}" if c["units"] else "n/a")
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def figure(result: dict, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, ys = result["x"], result["ys"]
-    worlds = sorted({unit.split("/")[0] for units in result["points"].values() for unit in units})
-    fig, axes = plt.subplots(1, len(ys), figsize=(5.6 * len(ys), 5.4), squeeze=False)
-    for ax, y in zip(axes[0], ys):
-        for i, xy in enumerate(result["curves"][y].values()):
-            label = "plain TopK over training length (a line per world and seed)" if i == 0 else None
-            ax.plot(*zip(*xy), "-", color="#999999", lw=0.8, alpha=0.7, label=label)
-        for j, (name, units) in enumerate(result["points"].items()):
-            color = "black" if name == result["baseline"] else f"C{j % 10}"
-            for k, world in enumerate(worlds):
-                pts = [(v[x], v[y]) for unit, v in units.items() if unit.split("/")[0] == world]
-                if pts:
-                    ax.scatter(*zip(*pts), color=color, marker=MARKERS[k % len(MARKERS)], s=16, alpha=0.8, label=name if k == 0 else None)
-        ax.set_xlabel(f"{x} ({DIRECTION[x]})")
-        ax.set_ylabel(f"{y} ({DIRECTION[y]})")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    markers = ", ".join(f"{MARKERS[k % len(MARKERS)]} world {w}" for k, w in enumerate(worlds))
-    fig.suptitle(f"{title}: a point per (world, seed) and arm ({markers}); the differences and intervals are in the .md table", fontsize=10)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--curves", required=True, nargs="+", help="results JSON(s) of plain TopK over training lengths, gridded over data_seed"
-    )
-    parser.add_argument(
-        "--arms", required=True, nargs="+", help="results JSON(s) of sweeps over the same worlds (sweep.py --grid data_seed=...)"
-    )
-    parser.add_argument("--x", default=X)
-    parser.add_argument("--ys", default=",".join(YS), help="comma list of y metrics")
-    parser.add_argument(
-        "--against", default="", help="comma list of arms to contrast every other arm with (e.g. progressive, for a screen of its variants)"
-    )
-    parser.add_argument("--out", required=True, help="writes <out>.json, <out>.md and <out>.png")
-    args = parser.parse_args(argv)
-    try:
-        curve_runs = [run for path in args.curves for run in json.loads(Path(path).read_text())["runs"]]
-        sweeps = [json.loads(Path(path).read_text()) for path in args.arms]
-        arm_runs = merged_runs(sweeps)
-        ys = [y for y in args.ys.split(",") if y]
-        unknown = [m for m in (args.x, *ys) if m not in DIRECTION]
-        if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r}")
-        if any("world" not in run for run in curve_runs):
-            raise ValueError("a curve run without a world: these are not sweeps over data_seed")
-        against = [a for a in args.against.split(",") if a]
-        result = reading(curve_runs, arm_runs, args.x, ys, against) | dict(curves_file=args.curves, arms_file=args.arms)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"frontier: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
-    figure(result, out.with_suffix(".png"), f"{' + '.join(str(s.get('name')) for s in sweeps)}: {sweeps[0].get('profile')}")
-    print(markdown(result))
-    print(f"wrote {out.with_suffix('.json')}, .md and .png")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -11,7 +11,7 @@ worse and absorbs less, so "lower absorption" alone may be "less trained". The r
   (stats.paired_interval). Below 0 for a lower-is-better y: less absorption than plain TopK
   reaches at that reconstruction.
 
-    python -m sae_harness.analysis.matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
+    python study.py matched --curves results/synth_curves.json --arms results/synth_ablation.json \\
         --out results/synth_curves_matched
 
 --curves takes several sweeps (their runs merged), e.g. short and long training lengths run apart;
@@ -23,33 +23,18 @@ writes <out>.json and <out>.png (the curves and every arm's seeds).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-from sae_harness.analysis.stats import mean_std, paired_interval
+from sae_harness.analysis.compare import differences, interval, read_at
+from sae_harness.analysis.records import runs_of
+from sae_harness.analysis.stats import mean_std
 
 
 def points(result: dict, x: str, y: str, arm: str | None = None) -> dict:
     """{arm: {seed: (x, y)}} from a sweep's results JSON (its "runs"), runs with both metrics only."""
     out = {}
-    for run in result["runs"]:
-        xs, ys = (run["summary"].get(m, {}) for m in (x, y))
-        if xs.get("status") == "ok" and ys.get("status") == "ok" and (arm is None or run["arm"] == arm):
-            out.setdefault(run["arm"], {})[run["seed"]] = (xs["value"], ys["value"])
+    for run in runs_of(result, arm):
+        if (xv := run.value(x)) is not None and (yv := run.value(y)) is not None:
+            out.setdefault(run.arm, {})[run.seed] = (xv, yv)
     return out
-
-
-def read_at(curve: list[tuple[float, float]], x: float) -> float | None:
-    """y of the piecewise-linear curve through the (x, y) points (sorted by x) at x; None outside."""
-    curve = sorted(curve)
-    if not curve or not curve[0][0] <= x <= curve[-1][0]:
-        return None
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return curve[0][1]  # a single point, x on it
 
 
 def curves_by_seed(curve_arms: dict) -> dict:
@@ -75,7 +60,7 @@ def matched(curves: dict, arm: dict) -> dict:
         at_curve[seed], own[seed] = reference, y
     return dict(
         per_seed={s: dict(x=arm[s][0], y=own[s], curve_y=at_curve[s], delta=own[s] - at_curve[s]) for s in own},
-        paired=paired_interval(at_curve, own),
+        paired=interval(differences(at_curve, own), "seed"),
         outside_curve=outside,
         points={s: dict(x=x, y=y) for s, (x, y) in sorted(arm.items())},
         x=mean_std([arm[s][0] for s in arm]),
@@ -99,84 +84,8 @@ def reading(curve_result: dict, arms_result: dict, x: str, y: str, baseline: str
     )
 
 
-def figure(result: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    seeds = sorted({s for by_seed in result["curve"].values() for s in by_seed})
-    for i, seed in enumerate(seeds):
-        xy = sorted(by_seed[seed] for by_seed in result["curve"].values() if seed in by_seed)
-        ax.plot(
-            *zip(*xy),
-            "-o",
-            color="#999999",
-            lw=1,
-            ms=3,
-            alpha=0.7,
-            label="plain TopK over training length (one line per seed)" if i == 0 else None,
-        )
-    for j, (arm, entry) in enumerate(result["arms"].items()):
-        rows = entry["points"].values()
-        outside = f"; {len(entry['outside_curve'])} seeds beyond the curve (hollow)" if entry["outside_curve"] else ""
-        ax.scatter([r["x"] for r in rows], [r["y"] for r in rows], color=f"C{j}", s=18, label=arm_label(arm, entry["paired"]) + outside)
-        beyond = [entry["points"][s] for s in entry["outside_curve"]]
-        ax.scatter([r["x"] for r in beyond], [r["y"] for r in beyond], s=40, facecolors="white", edgecolors=f"C{j}", zorder=3)
-    ax.set_xlabel(f"{result['x']} (higher is better)")
-    ax.set_ylabel(f"{result['y']} (lower is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title("each arm against plain TopK's own curve (matched reconstruction)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def arm_label(arm: str, paired: dict | None) -> str:
     if not paired or paired["lo"] is None:
         return arm
     verdict = "within noise" if paired["within_noise"] else ("below" if paired["hi"] < 0 else "above")
     return f"{arm}: {paired['delta']:+.3f} [{paired['lo']:+.3f}, {paired['hi']:+.3f}] vs the curve ({verdict}, n={paired['n']})"
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--curves",
-        required=True,
-        nargs="+",
-        help="results JSON of plain TopK over training lengths (one sweep or several, merged; file.json#arm: that arm only)",
-    )
-    parser.add_argument("--arms", required=True, help="results JSON of the arms (a sweep with a none arm at the default length)")
-    parser.add_argument("--x", default="synth_explained_variance")
-    parser.add_argument("--y", default="synth_absorption")
-    parser.add_argument("--out", required=True, help="writes <out>.json and <out>.png")
-    args = parser.parse_args(argv)
-    runs = []  # the curve sweeps' runs, merged
-    try:
-        for spec in args.curves:
-            path, _, only = spec.partition("#")
-            chosen = [run for run in json.loads(Path(path).read_text())["runs"] if not only or run["arm"] == only]
-            if not chosen:
-                raise ValueError(f"{spec}: no runs{f' of arm {only!r}' if only else ''}")
-            runs += chosen
-        arms_result = json.loads(Path(args.arms).read_text())
-    except (OSError, ValueError, KeyError) as e:
-        print(f"matched: {e}", file=sys.stderr)
-        return 2
-    curve_result = dict(runs=runs)
-    result = reading(curve_result, arms_result, args.x, args.y) | dict(curves_file=args.curves, arms_file=args.arms)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    figure(result, out.with_suffix(".png"))
-    for arm, entry in result["arms"].items():
-        print(arm_label(arm, entry["paired"]) + (f"; outside the curve: seeds {entry['outside_curve']}" if entry["outside_curve"] else ""))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from sae_harness.analysis.compare import compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread
 from sae_harness.evals.registry import REFERENCE
 from sae_harness.run.rundir import write_atomic
@@ -19,8 +20,6 @@ from sae_harness.run.schema import (
     TRAINING,
     _source_used,
     block_status,
-    compare_paired,
-    compare_summaries,
     evals_asked,
     metric_asked,
     per_seed_summaries,
@@ -84,8 +83,8 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
     seeds = seeds or ([config["seed"]] if "seed" in config else [])
     vs = paired = None
     if baseline is not None:
-        vs = compare_summaries(summary, summarize(baseline[1]))
-        paired = compare_paired(per_seed_summaries(info), per_seed_summaries(baseline[1]))
+        vs = welch(summary, summarize(baseline[1]))
+        paired = compare(per_seed_summaries(info), per_seed_summaries(baseline[1]))
         paired = {m: cmp for m, cmp in paired.items() if cmp["lo"] is not None}  # two or more shared seeds
         lines.append(
             f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'}; "
@@ -102,6 +101,8 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
             f"Headline metrics: mean ± std over seeds {', '.join(map(str, seeds)) or 'not recorded'} (no baseline run of this profile):"
         )
     for metric in METRICS:
+        if metric.name not in summary:
+            continue  # a metric of the other kind of run (synth_* on a language model, SAEBench's on synth)
         entry = summary[metric.name]
         note = f", {metric.note}" if metric.note else ""
         if entry["status"] == "ok":

@@ -9,17 +9,19 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from sae_harness.analysis.compare import compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread, spread_of
 from sae_harness.evals.registry import REFERENCE
+from sae_harness.run import profiles
 from sae_harness.run.schema import (
     EVAL_BLOCKS,
     EVAL_OF_BLOCK,
     METRICS,
     SEEDS,
     block_status,
-    compare_paired,
-    compare_summaries,
+    combine_summaries,
     config_differences,
+    entry,
     evals_asked,
     info_training_key,
     is_baseline,
@@ -176,6 +178,42 @@ def find_baseline(run, candidates):
     return by_name[picked[0]] if picked else None
 
 
+REFERENCES = {  # profile -> the committed sweep whose plain TopK and default arm a single run is drawn beside
+    profiles.EMBEDDED: "anchors_e4",
+    profiles.SYNTH: "synth_worlds_cpu",
+    profiles.SYNTH_NARROW: "synth_worlds_narrow",
+}
+REFERENCE_ARMS = ("none", "progressive")
+COMPARABLE = ("dict_size", "k", "tokens", "epochs", "batch_size", "layer", "lm_name", "data_seed")
+"""A committed run stands beside this one only where these options agree (same sizes, length, world)."""
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+
+
+def references(info, results=RESULTS) -> tuple[str, list[tuple[str, dict]]]:
+    """(what they are, [(label, summary over its seeds)]) of the committed reference runs of a run's profile (plain TopK
+    and the default arm of REFERENCES' sweep) whose COMPARABLE options equal this run's; [] where the
+    profile has none or no committed run is comparable (a run of other sizes, length or world)."""
+    from sae_harness.analysis.records import ResultsError, read_results, runs_of
+
+    identity = run_identity(info)
+    name = REFERENCES.get(identity["profile"])
+    if name is None:
+        return "", []
+    try:
+        records = runs_of(read_results(Path(results) / f"{name}.json"))
+    except ResultsError:
+        return "", []
+    mine = identity["config"]
+    same = [r for r in records if all(str(r.config.get(k)) == str(mine.get(k)) for k in COMPARABLE)]
+    out, seeds = [], set()
+    for arm in REFERENCE_ARMS:
+        runs = [r for r in same if r.arm_across_worlds == arm]
+        if runs:
+            out.append((f"ref {arm}", combine_summaries([r.summary for r in runs])))
+            seeds |= {r.seed for r in runs}
+    return (f"ref: results/{name}.json, seeds {', '.join(map(str, sorted(seeds)))}" if out else ""), out
+
+
 def eval_metric_ok(run):
     """True when at least one eval block holds results (not skipped, not errored)."""
     return any(isinstance(run.info.get(k), dict) and "skipped" not in run.info[k] and "error" not in run.info[k] for k in EVAL_BLOCKS)
@@ -204,7 +242,7 @@ def missing_report(run):
         if status != "ok":
             lines.append(f"{key.replace(' evaluation results', '')} eval: {status}")
     for metric in METRICS:
-        status = run.summary[metric.name]["status"]
+        status = entry(run.summary, metric.name)["status"]
         block = metric.sources[0][0]
         if status != "ok" and metric_asked(run.info, metric) and (block not in EVAL_BLOCKS or eval_block_status(run.info, block) == "ok"):
             lines.append(f"{metric.name}: {status}")
@@ -225,9 +263,9 @@ def metrics_table(runs):
     for metric, direction in zip(metrics, directions):
         cells = []
         for run, c in zip(runs, cols):
-            entry = run.summary[metric.name]
-            cell = fmt(entry["value"]) if entry["status"] == "ok" else entry["status"].split(":")[0]
-            cell += f"±{fmt(entry['std'])}" if entry["status"] == "ok" and entry.get("std") else ""
+            e = entry(run.summary, metric.name)
+            cell = fmt(e["value"]) if e["status"] == "ok" else e["status"].split(":")[0]
+            cell += f"±{fmt(e['std'])}" if e["status"] == "ok" and e.get("std") else ""
             cells.append(f"{cell:>{c}}")
         lines.append(f"{metric.name:<{width}}{direction:<{dwidth}}" + "".join(cells))
     return "\n".join(lines)
@@ -250,7 +288,7 @@ def summaries_table(items, baseline_name=None):
         for name, summary in items:
             if name == baseline_name:
                 continue
-            for metric_name, cmp in compare_summaries(summary, base).items():
+            for metric_name, cmp in welch(summary, base).items():
                 lines.append(f"  {name:<28}{metric_name:<{width}}{fmt_delta(cmp)}")
     return "\n".join(lines)
 
@@ -302,7 +340,7 @@ def bar_label(metric, entry: dict, baseline_entry: dict | None, pair: dict | Non
     if err:
         text += f"\n± {fmt(err)} " + (f"(n={entry['n']})" if kind == "std" else "(eval SE)")
     if ok and baseline_entry is not None:
-        cmp = compare_summaries({metric.name: entry}, {metric.name: baseline_entry}).get(metric.name)
+        cmp = welch({metric.name: entry}, {metric.name: baseline_entry}).get(metric.name)
         if cmp is not None:
             text += f"\nΔ {cmp['delta']:+.3g}" + (
                 "" if cmp["within_noise"] is None else ("\nwithin noise" if cmp["within_noise"] else "\n95% CI excl. 0")
@@ -341,9 +379,7 @@ def paired_with_baseline(runs):
     baseline = next((r for r in runs if is_baseline(r.variant)), None)
     if baseline is None:
         return None, {}
-    return baseline, {
-        r.name: compare_paired(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline
-    }
+    return baseline, {r.name: compare(per_seed_summaries(r.info), per_seed_summaries(baseline.info)) for r in runs if r is not baseline}
 
 
 def phase_mean_labels(log, keys) -> list[str]:

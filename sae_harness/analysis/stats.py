@@ -1,13 +1,15 @@
 """Statistics of a run's numbers over seeds and between two runs: mean and spread, the standard
 error of a mean of eval means, Welch's interval, the paired interval and Holm's correction. Pure
-Python (scipy only inside the intervals).
+Python (scipy and statsmodels only inside the intervals and Holm).
 
 Arms run at the same seed share the SAE's initialisation and the batch order, so a comparison
 between arms is paired: the interval is that of the mean per-seed difference (paired t), which is
 narrower than Welch's whenever seeds move both arms together. Several secondary metrics compared at
 once get Holm-adjusted p-values (family-wise error at the stated level, no independence assumed)."""
 
+import contextlib
 import math
+import warnings
 
 
 def mean_std(values):
@@ -27,6 +29,15 @@ def se_of_mean(ses):
     return math.sqrt(sum(x * x for x in ses)) / len(ses)
 
 
+@contextlib.contextmanager
+def _nearly_identical_ok():
+    """scipy warns of precision loss when values are nearly identical (L0 of TopK arms, equal to k
+    up to rounding); the interval it gives is then as narrow as the data, which is what it should be."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
+        yield
+
+
 def welch_interval(a, b, level=0.95):
     """Welch's t interval for mean(b) - mean(a) (unequal variances): {"delta", "lo", "hi", "df",
     "within_noise"} with within_noise True when the interval includes 0. lo / hi / df are None
@@ -39,32 +50,23 @@ def welch_interval(a, b, level=0.95):
     delta = mean_b - mean_a
     if std_a is None or std_b is None:
         return {"delta": delta, "lo": None, "hi": None, "df": None, "within_noise": None, "level": level}
-    va, vb = std_a**2 / len(a), std_b**2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
+    if std_a == 0 and std_b == 0:
         return {"delta": delta, "lo": delta, "hi": delta, "df": None, "within_noise": delta == 0, "level": level}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench); no torch
+    from scipy.stats import ttest_ind  # scipy comes with scikit-learn (SAEBench); no torch
 
-    half = t.ppf(0.5 + level / 2, df) * se
-    return {
-        "delta": delta,
-        "lo": delta - half,
-        "hi": delta + half,
-        "df": df,
-        "within_noise": delta - half <= 0 <= delta + half,
-        "level": level,
-    }
+    with _nearly_identical_ok():
+        test = ttest_ind(list(b), list(a), equal_var=False)
+        ci = test.confidence_interval(level)
+    lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
+    return {"delta": delta, "lo": lo, "hi": hi, "df": float(test.df), "within_noise": lo <= 0 <= hi, "level": level}
 
 
-def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
-    """Paired t interval for mean over seeds of b[seed] - a[seed], over the seeds both have.
-
-    a, b: {seed: value}. Returns {"delta", "lo", "hi", "df", "p", "n", "within_noise", "level"}
-    (p two-sided, for delta = 0); lo / hi / df / p are None with fewer than two shared seeds, and
-    with identical differences the interval is the point delta. None when no seed is shared."""
-    seeds = sorted(set(a) & set(b))
-    diffs = [b[s] - a[s] for s in seeds]
+def t_interval(diffs, level: float = 0.95) -> dict | None:
+    """The one-sample t interval for the mean of diffs (scipy.stats.ttest_1samp): {"delta", "lo",
+    "hi", "df", "p", "n", "within_noise", "level"} (p two-sided, for mean 0). lo / hi / df / p are
+    None with fewer than two values; with identical values the interval is the point delta. None
+    for no value. Every interval of a difference here is this one, over the units that vary."""
+    diffs = [float(d) for d in diffs]
     n = len(diffs)
     if n == 0:
         return None
@@ -72,29 +74,36 @@ def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
     out = {"delta": delta, "lo": None, "hi": None, "df": None, "p": None, "n": n, "within_noise": None, "level": level}
     if n < 2:
         return out
-    sd = math.sqrt(sum((d - delta) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
-    if se == 0:
+    if max(diffs) == min(diffs):
         return out | {"lo": delta, "hi": delta, "df": n - 1, "p": 1.0 if delta == 0 else 0.0, "within_noise": delta == 0}
-    from scipy.stats import t  # scipy comes with scikit-learn (SAEBench)
+    from scipy.stats import ttest_1samp  # scipy comes with scikit-learn (SAEBench); no torch
 
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * se  # plain floats: the result goes into JSON
-    p = float(2 * t.sf(abs(delta) / se, n - 1))
-    return out | {"lo": delta - half, "hi": delta + half, "df": n - 1, "p": p, "within_noise": delta - half <= 0 <= delta + half}
+    with _nearly_identical_ok():
+        test = ttest_1samp(diffs, 0.0)
+        ci = test.confidence_interval(level)
+    lo, hi = float(ci.low), float(ci.high)  # plain floats: the result goes into JSON
+    return out | {"lo": lo, "hi": hi, "df": n - 1, "p": float(test.pvalue), "within_noise": lo <= 0 <= hi}
+
+
+def paired_interval(a: dict, b: dict, level: float = 0.95) -> dict | None:
+    """Paired t interval for the mean over units of b[unit] - a[unit], over the units both have
+    (a unit: a seed, or a (world, seed)). a, b: {unit: value}; t_interval of the differences."""
+    units = sorted(set(a) & set(b))
+    return t_interval([b[u] - a[u] for u in units], level)
 
 
 def holm(pvalues: dict) -> dict:
-    """Holm-Bonferroni adjusted p-values, {name: p} -> {name: adjusted p}; None stays None.
+    """Holm-Bonferroni adjusted p-values, {name: p} -> {name: adjusted p}; None stays None
+    (statsmodels' multipletests, method "holm": reject where adjusted p <= alpha, which holds the
+    family-wise error rate at alpha with no independence assumed)."""
+    known = [(name, p) for name, p in pvalues.items() if p is not None]
+    if not known:
+        return dict.fromkeys(pvalues)
+    from statsmodels.stats.multitest import multipletests
 
-    Sorted ascending, the i-th smallest of m gets max over j <= i of (m - j) * p_(j), capped at 1:
-    reject where adjusted p <= alpha, which holds the family-wise error rate at alpha."""
-    known = sorted((p, name) for name, p in pvalues.items() if p is not None)
-    m = len(known)
-    adjusted, running = {}, 0.0
-    for i, (p, name) in enumerate(known):
-        running = max(running, min(1.0, (m - i) * p))
-        adjusted[name] = running
-    return {name: adjusted.get(name) for name in pvalues}
+    adjusted = multipletests([p for _, p in known], method="holm")[1]
+    by_name = {name: float(min(1.0, q)) for (name, _), q in zip(known, adjusted)}
+    return {name: by_name.get(name) for name in pvalues}
 
 
 def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | None:
@@ -107,7 +116,7 @@ def interval_over_worlds(diffs_by_world: dict, level: float = 0.95) -> dict | No
     means = {w: sum(d) / len(d) for w, d in diffs_by_world.items() if d}
     if not means:
         return None
-    over = paired_interval(dict.fromkeys(means, 0.0), means, level)  # a one-sample t interval over the world means
+    over = t_interval([means[w] for w in sorted(means)], level)
     residuals = [x - means[w] for w, d in diffs_by_world.items() if d for x in d]
     dof = sum(len(d) - 1 for d in diffs_by_world.values() if d)
     within = math.sqrt(sum(r * r for r in residuals) / dof) if dof > 0 else None

@@ -1,9 +1,15 @@
 """Launching a sweep's runs through submitit: each run is `python experiment.py <argv>` in its own
 process (local processes on one machine, a SLURM job array on a cluster). A job that SLURM times out
 or preempts stops its experiment with SIGTERM (a checkpoint) and is requeued, resuming where it
-stopped; a local sweep stopped with Ctrl-C stops its running experiments the same way."""
+stopped; a local sweep stopped with Ctrl-C stops its running experiments the same way.
+
+On SLURM the sweep keeps <runs_dir>/<name>/submitit/jobs.json, the job of each run it submitted: the
+same command while those jobs are pending or running waits for them instead of submitting them again
+(squeue says which are; one owner per run directory holds across the scheduler too)."""
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -13,13 +19,21 @@ from pathlib import Path
 
 import submitit
 
-from sae_harness.run.rundir import Interrupted, describe_exit
+from sae_harness.run import cli
+from sae_harness.run.rundir import Exit, Interrupted, RunDir, UsageError, describe_exit, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: experiment.py and the jobs' working directory
+PREEMPT_SIGNAL = getattr(signal, "SIG" + submitit.slurm.slurm.SlurmJobEnvironment.USR_SIG)  # SLURM's warning before the time limit
+POLL_S = 2.0  # how often a sweep asks squeue about its jobs
+GONE_GRACE_S = 30  # a job out of the queue with no result yet: a shared filesystem may show its result file late
 
 
 class SweepInterrupted(Interrupted):
     """Ctrl-C or SIGTERM: one line saying what is kept, exit status 130."""
+
+
+class SchedulerError(UsageError):
+    """SLURM cannot be asked about the sweep's jobs: one line, exit status 2."""
 
 
 _CHILD = {}  # the experiment.py process of the running job (so a requeue can stop it cleanly)
@@ -28,8 +42,11 @@ _CHILD = {}  # the experiment.py process of the running job (so a requeue can st
 class ExperimentRun(submitit.helpers.Checkpointable):
     """One job: `python experiment.py <argv>` in the repository, its output in the job's log.
     Returns the exit status (0 done, 1 an eval failed, 2 bad input, 3 training failed, 130
-    interrupted). On a SLURM timeout or preemption submitit calls checkpoint(): the experiment gets
-    SIGTERM (it writes a checkpoint) and the job is requeued, resuming where it stopped."""
+    interrupted). On a SLURM timeout submitit calls checkpoint() on the warning signal: the experiment
+    gets SIGTERM (it writes a checkpoint) and the job is requeued, resuming where it stopped. On a
+    preemption or `scontrol requeue` SLURM sends SIGTERM to the experiment itself; that attempt then
+    ends without a result, so that its exit status is not taken for the run's (the requeued attempt
+    writes the run's; a job cancelled instead leaves the queue without one)."""
 
     def __init__(self, argv: list[str], threads: int = 0, pid_file: Path | None = None):
         self.argv = argv
@@ -38,15 +55,30 @@ class ExperimentRun(submitit.helpers.Checkpointable):
 
     def __call__(self) -> int:
         env = dict(os.environ) | ({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})
+        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"  # a job of the SLURM executor (a local one may run inside an allocation)
         print("running: python experiment.py " + " ".join(self.argv), flush=True)
-        _CHILD["process"] = subprocess.Popen([sys.executable, str(ROOT / "experiment.py"), *self.argv], cwd=ROOT, env=env)
+        _CHILD["process"] = subprocess.Popen(
+            [sys.executable, str(ROOT / "experiment.py"), *self.argv],
+            cwd=ROOT,
+            env=env,
+            # SLURM signals every process of the job before the time limit; that signal is submitit's
+            # (checkpoint() below), and would kill the experiment without a checkpoint
+            preexec_fn=(lambda: signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)) if on_slurm else None,
+        )
         if self.pid_file is not None:
             self.pid_file.write_text(str(_CHILD["process"].pid))
         try:
-            return _CHILD["process"].wait()
+            code = _CHILD["process"].wait()
         finally:
             if self.pid_file is not None:
                 self.pid_file.unlink(missing_ok=True)
+        if on_slurm and code in (Exit.INTERRUPTED, -signal.SIGTERM):  # -SIGTERM: stopped before it set its handler
+            print(
+                "the experiment stopped on the scheduler's SIGTERM; this attempt ends without a result (a requeued one writes it)",
+                flush=True,
+            )
+            raise SystemExit(code)  # not an Exception, so submitit writes no result file and the sweep waits on
+        return code
 
     def checkpoint(self, *args, **kwargs):
         self.stop_experiment()
@@ -54,14 +86,25 @@ class ExperimentRun(submitit.helpers.Checkpointable):
 
     @staticmethod
     def stop_experiment() -> None:
-        """SIGTERM to the running experiment: it finishes its step, writes a checkpoint and exits."""
+        """SIGTERM to the running experiment: it finishes its step, writes a checkpoint and exits.
+        Runs inside submitit's signal handler, which interrupts __call__'s Popen.wait() while that
+        holds Popen's lock; so the child is reaped with waitpid here, not with a second Popen.wait()
+        (which would spin on the lock until its timeout)."""
         process = _CHILD.get("process")
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        deadline = time.time() + 120
+        while time.time() < deadline:
             try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
+                pid, status = os.waitpid(process.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already
+                return
+            if pid:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                return
+            time.sleep(0.1)
+        process.kill()
 
 
 def executor_for(args, folder: Path):
@@ -71,16 +114,113 @@ def executor_for(args, folder: Path):
     params.update(
         {k: v for k, v in dict(gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb).items() if v}
     )
+    # the warning signal (checkpoint, requeue) 90 s before the limit, or a quarter of a limit under 6 minutes
+    params["slurm_signal_delay_s"] = min(90, 15 * args.timeout_min)
     if args.partition:
         params["slurm_partition"] = args.partition
     executor.update_parameters(**params)
     return executor
 
 
+def queued_jobs(folder: Path) -> dict[str, str]:
+    """{job id: state} of the jobs in SLURM's queue whose logs go to folder (this sweep's): pending,
+    running, requeued or completing; an array's tasks one by one (123_4)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-r", "-O", "JobArrayID:64,State:32,STDOUT:4096"], capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SchedulerError(f"cannot ask SLURM which of this sweep's jobs are queued (squeue: {e})") from None
+    if listed.returncode != 0:
+        raise SchedulerError(f"cannot ask SLURM which of this sweep's jobs are queued (squeue: {listed.stderr.strip()[-300:]})")
+    prefix = str(folder) + os.sep
+    jobs = {}
+    for line in listed.stdout.splitlines():
+        job_id, state, stdout = (line.split(None, 2) + ["", ""])[:3]
+        if stdout.strip().startswith(prefix):
+            jobs[job_id] = state
+    return jobs
+
+
+@contextlib.contextmanager
+def ledger(folder: Path):
+    """{run directory: SLURM job id} of every run this sweep submitted (folder/jobs.json), held
+    under an exclusive lock while a sweep process decides what to submit, and written back after
+    (also when interrupted: a job submitted is recorded)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "jobs.json"
+    with open(folder / "jobs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jobs = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            yield jobs
+        finally:
+            write_json_atomic(path, jobs)
+
+
+def submit_slurm(executor, wave, folder: Path) -> dict:
+    """{run directory: job} for the runs of wave: a run whose recorded job SLURM still queues is
+    waited for, not submitted again (the same command run twice); a run another sweep process
+    finished meanwhile is not submitted; the rest go as one job array, recorded before the lock goes."""
+    jobs = {}
+    with ledger(folder) as recorded:
+        queued = queued_jobs(folder)
+        fresh = []
+        for run in wave:
+            job_id = recorded.get(str(run.out.absolute()))
+            if job_id in queued:
+                print(f"  {run.arm} seed {run.seed}: already submitted as job {job_id} ({queued[job_id].lower()}); waiting for it")
+                jobs[run.out] = submitit.SlurmJob(folder=folder, job_id=job_id)
+            elif RunDir(run.out, run.cfg.layer).state(cli.eval_names(run.cfg)) == "finished":
+                print(f"  {run.arm} seed {run.seed}: finished meanwhile")
+                jobs[run.out] = None
+            else:
+                fresh.append(run)
+        if fresh:
+            with executor.batch():
+                submitted = [executor.submit(ExperimentRun(run.argv)) for run in fresh]
+            for run, job in zip(fresh, submitted):
+                recorded[str(run.out.absolute())] = job.job_id
+                jobs[run.out] = job
+    return jobs
+
+
+def wait_slurm(jobs: dict, folder: Path):
+    """(run directory, job, exit status or why none) as each job of jobs ends: its result file is
+    there, or SLURM no longer queues it (cancelled, node lost). squeue only: no accounting (sacct) needed."""
+    waiting, gone = {out: job for out, job in jobs.items() if job is not None}, {}
+    while waiting:
+        queued = queued_jobs(folder)  # before looking for results: a job leaves the queue after writing its result
+        for out, job in list(waiting.items()):
+            if job.paths.result_pickle.exists():
+                yield out, waiting.pop(out), outcome(job)
+            elif job.job_id in queued:
+                gone.pop(out, None)
+            elif time.time() - gone.setdefault(out, time.time()) > GONE_GRACE_S:
+                yield out, waiting.pop(out), "job failed: it left SLURM's queue without a result (cancelled?)"
+        if waiting:
+            time.sleep(POLL_S)
+
+
+def outcome(job) -> int | str:
+    """The job's exit status (rundir.Exit), or why it has none, in one line."""
+    try:
+        return job.result()
+    except Exception as e:  # the job itself failed (killed, node lost): its log says why
+        return f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+
+
+def last_error(job) -> str:
+    """The experiment's one-line error in the job's log (its stderr), if it wrote one."""
+    with contextlib.suppress(OSError):
+        return next((line for line in reversed(job.paths.stderr.read_text().splitlines()) if line.startswith("error: ")), "")
+    return ""
+
+
 def launch(args, todo):
     """Submit the runs in todo. The first goes alone (it builds the shared activation caches that
     all runs read); the rest as one job array (SLURM) or in waves of --parallel processes (local)."""
-    folder = Path(args.runs_dir) / args.name / "submitit"
+    folder = (Path(args.runs_dir) / args.name / "submitit").absolute()
     executor = executor_for(args, folder)
     local = executor.cluster in ("local", "debug")
     threads = max(1, (os.cpu_count() or 1) // args.parallel) if local and args.parallel > 1 else 0
@@ -93,19 +233,24 @@ def launch(args, todo):
     pid_file = lambda run: folder / f"{run.arm}.seed_{run.seed}.pid"
     try:
         for wave in waves:
-            with executor.batch():
-                jobs = [executor.submit(ExperimentRun(run.argv, threads, pid_file(run) if local else None)) for run in wave]
-            for run, job in zip(wave, jobs):
-                try:
-                    codes[run.out] = job.result()
-                except Exception as e:  # the job itself failed (killed, node lost): its log says why
-                    codes[run.out] = f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
-                print(f"  {run.arm} seed {run.seed}: {describe_exit(codes[run.out])} (log: {job.paths.stdout})")
+            runs = {run.out: run for run in wave}
+            if local:
+                with executor.batch():
+                    jobs = [executor.submit(ExperimentRun(run.argv, threads, pid_file(run))) for run in wave]
+                ended = ((run.out, job, outcome(job)) for run, job in zip(wave, jobs))
+            else:
+                jobs = submit_slurm(executor, wave, folder)
+                codes.update({out: Exit.DONE for out, job in jobs.items() if job is None})  # finished meanwhile
+                ended = wait_slurm(jobs, folder)
+            for out, job, code in ended:
+                codes[out] = code
+                why = f" ({last_error(job)})" if code != Exit.DONE and last_error(job) else ""
+                print(f"  {runs[out].arm} seed {runs[out].seed}: {describe_exit(code)}{why} (log: {job.paths.stdout})", flush=True)
     except KeyboardInterrupt:
         if not local:
             raise SweepInterrupted(
                 "interrupted; the submitted jobs go on running on the cluster and the finished runs are kept. "
-                "Rerun the same command once they have ended (squeue shows them) to collect and resume"
+                "Rerun the same command to wait for them and collect (it does not submit them again)"
             ) from None
         for run in wave:  # stop the running experiments cleanly: on SIGTERM each writes a checkpoint and exits
             with contextlib.suppress(OSError, ValueError):

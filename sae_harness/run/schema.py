@@ -1,8 +1,8 @@
 """The run directory's schema: final_info.json's block names and the headline metrics with their
 directions (derived from the eval registry, registry.py), how a block's status is read, the summary
 entries, the multi-seed run's final_info, and the run-name pattern. Pure Python (no torch), so plot.py and the notes can use it
-without loading the training stack. The statistics are in stats.py, how numbers read in
-formatting.py."""
+without loading the training stack. Comparisons between runs are in sae_harness/analysis/compare.py,
+how numbers read in sae_harness/analysis/formatting.py."""
 
 import dataclasses
 import json
@@ -10,8 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from sae_harness.analysis.stats import holm, interval_over_worlds, mean_std, paired_interval, se_of_mean, welch_interval
-from sae_harness.evals.registry import EVALS, REFERENCE, TRAINING, Metric
+from sae_harness.analysis.stats import mean_std, se_of_mean
+from sae_harness.evals.registry import EVALS, TRAINING, Metric
 from sae_harness.run import profiles
 
 RUN_NAME = re.compile(r"run_(\d+)")
@@ -36,6 +36,8 @@ EVAL_KEYS = {e.name: e.block for e in EVALS}
 """Eval name (as in --evals) -> its final_info.json block."""
 EVAL_OF_BLOCK = {e.block: e.name for e in EVALS}
 """final_info.json block -> its eval's name (as in --evals)."""
+SYNTHETIC_BLOCK = {e.block: e.synthetic for e in EVALS}
+"""final_info.json block -> whether its eval runs on the synth profiles (True) or a language model."""
 METRICS = tuple(metric for e in EVALS for metric in e.metrics)
 """Every eval's headline metrics, in the registry's order."""
 SEEDS = "seeds"
@@ -132,6 +134,12 @@ class SummaryEntry:
         return dataclasses.asdict(self)
 
 
+def entry(summary: dict, name: str) -> dict:
+    """A summary's entry for one metric; a metric the summary does not hold (the other kind of run's)
+    reads as missing."""
+    return summary.get(name) or {"value": None, "se": None, "status": "missing", "std": None, "n": 0, "values": []}
+
+
 def summarize(info):
     """{metric name: SummaryEntry as JSON} for every entry of METRICS.
 
@@ -144,6 +152,8 @@ def summarize(info):
         return combine_summaries([run.get("summary") or {} for run in seeds["per_seed"].values()])
     summary = {}
     for metric in METRICS:
+        if not metric_of_kind(info, metric):
+            continue  # a language-model run has no synth_* entry, a synth run no SAEBench one
         first_status, value, se = None, None, None
         for block_name, path in metric.sources:
             status, value = _read(_block(info, block_name), path)
@@ -217,8 +227,20 @@ def evals_asked(info) -> set:
     evals = identity["config"].get("evals")
     if isinstance(evals, str):
         return {name for name in evals.split(",") if name}
-    synthetic = identity["config"].get("text_source") == "synth" or identity["profile"] in (profiles.SYNTH, profiles.SYNTH_NARROW)
-    return {e.name for e in EVALS if e.synthetic == synthetic}
+    return {e.name for e in EVALS if e.synthetic == is_synthetic(info)}
+
+
+def is_synthetic(info) -> bool:
+    """Whether a run trained on a synthetic world (the synth profiles) rather than a language model."""
+    identity = run_identity(info)
+    return identity["config"].get("text_source") == "synth" or identity["profile"] in (profiles.SYNTH, profiles.SYNTH_NARROW)
+
+
+def metric_of_kind(info, metric) -> bool:
+    """Whether a headline metric belongs to a run of this kind: a training metric always; an eval's
+    when the eval is of the run's kind (synthetic or language model), or the run holds its block."""
+    synthetic = is_synthetic(info)
+    return any(block not in EVAL_OF_BLOCK or SYNTHETIC_BLOCK[block] == synthetic or block in info for block, _ in metric.sources)
 
 
 def metric_asked(info, metric) -> bool:
@@ -238,7 +260,11 @@ def eval_done(block) -> bool:
 def combine_summaries(summaries):
     """One summary from the per-seed summaries of a run (in seed order): SummaryEntry.over_seeds
     for each metric."""
-    return {metric.name: SummaryEntry.over_seeds(metric, [s.get(metric.name) or {} for s in summaries]).to_json() for metric in METRICS}
+    return {
+        metric.name: SummaryEntry.over_seeds(metric, [s.get(metric.name) or {} for s in summaries]).to_json()
+        for metric in METRICS
+        if any(metric.name in s for s in summaries) or not summaries
+    }
 
 
 def _mean_block(blocks):
@@ -296,17 +322,7 @@ def aggregate(per_seed_infos, dirs=None):
     return info
 
 
-# ---------------------------------------------------------------- comparing two runs
-
-
-def compare_summaries(summary, baseline):
-    """{metric: welch_interval(baseline values, run values)} for the metrics both have."""
-    out = {}
-    for metric in METRICS:
-        a, b = (baseline.get(metric.name) or {}).get("values") or [], (summary.get(metric.name) or {}).get("values") or []
-        if a and b:
-            out[metric.name] = welch_interval(a, b)
-    return out
+# ---------------------------------------------------------------- a run's seeds
 
 
 def per_seed_summaries(info) -> dict:
@@ -316,50 +332,6 @@ def per_seed_summaries(info) -> dict:
         return {int(s): run.get("summary") or {} for s, run in seeds["per_seed"].items()}
     seed = run_identity(info)["config"].get("seed")
     return {seed: summarize(info)} if isinstance(seed, int) else {}
-
-
-def compare_paired(per_seed, baseline_per_seed):
-    """{metric: paired_interval(baseline, run) | {"p_holm": ...}} from two arms' per-seed summaries
-    ({seed: summary}), over the seeds both have: arms at one seed share initialisation and batches.
-    p_holm: Holm-adjusted over the comparison's non-reference metrics (a family of secondary
-    endpoints). Metrics with no shared ok seed are left out."""
-
-    def by_seed(summaries, name):
-        return {
-            s: e["value"]
-            for s, summary in summaries.items()
-            if (e := summary.get(name) or {}).get("status") == "ok" and e.get("value") is not None
-        }
-
-    out = {}
-    for metric in METRICS:
-        cmp = paired_interval(by_seed(baseline_per_seed, metric.name), by_seed(per_seed, metric.name))
-        if cmp is not None:
-            out[metric.name] = cmp
-    direction = {metric.name: metric.direction for metric in METRICS}
-    adjusted = holm({name: cmp["p"] for name, cmp in out.items() if direction[name] != REFERENCE})
-    return {name: cmp | {"p_holm": adjusted.get(name)} for name, cmp in out.items()}
-
-
-def compare_over_worlds(runs: list[dict], baseline_runs: list[dict]) -> dict:
-    """{metric: stats.interval_over_worlds | {"p_holm"}} of an arm against its baseline from their
-    runs ([{"world", "seed", "summary"}]): paired by (world, seed), averaged over seeds within each
-    world, the interval over worlds. p_holm as in compare_paired."""
-
-    def values(records, name):
-        return {(r["world"], r["seed"]): e["value"] for r in records if (e := r["summary"].get(name) or {}).get("status") == "ok"}
-
-    out = {}
-    for metric in METRICS:
-        arm, base = values(runs, metric.name), values(baseline_runs, metric.name)
-        diffs = {}
-        for world, seed in sorted(set(arm) & set(base)):
-            diffs.setdefault(world, []).append(arm[world, seed] - base[world, seed])
-        if (cmp := interval_over_worlds(diffs)) is not None:
-            out[metric.name] = cmp
-    direction = {metric.name: metric.direction for metric in METRICS}
-    adjusted = holm({name: cmp["p"] for name, cmp in out.items() if direction[name] != REFERENCE and cmp["p"] is not None})
-    return {name: cmp | {"p_holm": adjusted.get(name)} for name, cmp in out.items()}
 
 
 def pick_baseline(name, info, candidates):

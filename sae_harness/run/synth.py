@@ -353,7 +353,9 @@ def hierarchy_absorption(
                = full(e)         where it has none and l(c) carries v_p (cos >= cos_threshold)
                left out          where it has none and no child latent carries it: lost, not absorbed
 
-    with parent_lost the fraction of parents lost so. Both miss rates and parent_recovered come with
+    with parent_lost the fraction of parents lost so. absorption_any_lost, a sensitivity reading, counts
+    a lost parent's edges as wholly absorbed (1) instead of leaving them out; n_edges, n_edges_any and
+    n_edges_any_lost count the edges each measure averages over. Both miss rates and parent_recovered come with
     their SEs (over edges; binomial over parents). The samples: eval_batches(model, n_samples,
     batch_size, seed, cache_dir)."""
     parent_E, child_E = hierarchy_edges(model)
@@ -400,6 +402,10 @@ def hierarchy_absorption(
     absorption_any, absorption_any_se = mean_se(any_E[valid_any_E])
     carried_P = torch.zeros(P).index_add_(0, slot_E, child_carries_parent_E.float()) > 0  # some child's latent carries it
     lost_P = ~represented_N[parents_P] & ~carried_P
+    # the sensitivity reading: a lost parent's edges counted as wholly absorbed (1) instead of left out
+    lost_E = lost_P[slot_E]
+    valid_lost_E = valid_any_E | (lost_E & seen_E)
+    absorption_any_lost, absorption_any_lost_se = mean_se(torch.where(lost_E, torch.ones_like(any_E), any_E)[valid_lost_E])
     recovered = represented_N[parents_P].double().mean().item()
     miss_with_child, miss_with_child_se = mean_se(miss_c_E[valid_E])
     miss_alone, miss_alone_se = mean_se(miss_0_E[valid_E])
@@ -410,6 +416,8 @@ def hierarchy_absorption(
         full_absorption_se=full_se,
         absorption_any=absorption_any,
         absorption_any_se=absorption_any_se,
+        absorption_any_lost=absorption_any_lost,
+        absorption_any_lost_se=absorption_any_lost_se,
         absorbed_edges=(absorption_E[valid_E] > 0.5).double().mean().item() if valid_E.any() else math.nan,
         miss_with_child=miss_with_child,
         miss_with_child_se=miss_with_child_se,
@@ -420,6 +428,7 @@ def hierarchy_absorption(
         parent_lost=lost_P.double().mean().item(),
         n_edges=int(valid_E.sum()),
         n_edges_any=int(valid_any_E.sum()),
+        n_edges_any_lost=int(valid_lost_E.sum()),
         n_edges_total=E,
         n_samples=n_samples,
         cos_threshold=cos_threshold,
@@ -566,6 +575,7 @@ def run_synth_eval(sae, cfg, n_samples: int | None = None) -> dict:
             synth_parent_recovered=absorption.get("parent_recovered_se"),
             synth_miss_with_child=absorption.get("miss_with_child_se"),
             synth_miss_alone=absorption.get("miss_alone_se"),
+            synth_absorption_any_lost=absorption.get("absorption_any_lost_se"),
         ),
     )
 
