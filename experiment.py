@@ -24,10 +24,15 @@ K latents kept per token (k), A latents that fired in the batch, N rows of a sam
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple
+
+from sae_harness.run.threads import policy
+
+os.environ.update(policy())  # before torch loads: how its threads wait, so that two runs share the CPU (threads.py)
 
 # beartype before nnsight: nnsight adds `save` to `object`, which beartype (imported later by
 # SAEBench's probes) cannot hash if it loads after nnsight.

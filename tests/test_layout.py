@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -78,6 +80,7 @@ def test_readme_stays_short_and_links_to_the_docs():
         assert doc in links, f"README.md does not link to {doc}"
 
 
+@pytest.mark.slow
 def test_bench_parses_its_modes_without_starting_work():
     """--help prints the modes and exits (it once started the 70-minute benchmark); a bad profile
     is one line, not a traceback."""

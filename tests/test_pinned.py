@@ -9,7 +9,7 @@ by more than 1e-6, the largest 1.9e-3 relative (a p95 quantile of the training l
 RELATIVE = 3e-3. A change of behaviour moves them by far more (each arm's headline metrics differ
 from `none`'s by up to 4-27%). After a deliberate change of behaviour, rewrite them:
 
-    PIN_WRITE=1 python -m pytest tests/test_pinned.py
+    PIN_WRITE=1 python -m pytest -m slow tests/test_pinned.py   # the slow tier: pins are whole runs
 """
 
 import json
@@ -23,6 +23,8 @@ from test_synth import TINY
 
 import experiment as E
 from sae_harness.run import synth
+
+pytestmark = pytest.mark.slow  # whole runs, one per arm: the slow tier (pytest -m slow)
 
 PINS = Path(__file__).parent / "pinned"
 # time and machine, not results

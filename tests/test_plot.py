@@ -296,6 +296,7 @@ def test_update_notes_content(tmp_path, reference):
 # ---------------------------------------------------------------- plot.py
 
 
+@pytest.mark.slow
 def test_plot_all_runs(runs_dir):
     d, result = runs_dir
     assert result.returncode == 0, result.stderr
@@ -310,6 +311,7 @@ def test_plot_all_runs(runs_dir):
     assert sorted(p.name for p in d.glob("comparison_*.png")) == ["comparison_gemma-2-2b.png", "comparison_gemma-3-270m.png"]
 
 
+@pytest.mark.slow
 def test_plot_text_table(runs_dir):
     d, result = runs_dir
     out = result.stdout
@@ -332,6 +334,7 @@ def test_plot_text_table(runs_dir):
     assert early > middle > late
 
 
+@pytest.mark.slow
 def test_baseline_choice(runs_dir):
     d, _ = runs_dir
     loaded = {}
@@ -512,6 +515,7 @@ def test_seeded_runs_plot_and_notes_show_spread_and_delta(tmp_path, monkeypatch,
     assert "Δ -0.3 [95% paired CI -0.3248, -0.2752]" in line  # diffs -0.30, -0.31, -0.29 at seeds 42-44: t(0.975, 2) x 0.01 / sqrt(3)
 
 
+@pytest.mark.slow
 def test_plot_imports_no_torch_with_seeded_runs(tmp_path):
     make_seeded_run(tmp_path, "run_1", seeded_info("none", [0.50, 0.52]))
     make_seeded_run(tmp_path, "run_2", seeded_info("progressive", [0.40, 0.42]))
@@ -550,6 +554,7 @@ def test_panels_leave_out_the_metrics_no_run_has():
     assert len(report.shown_metrics([lm, synth])) == len(METRICS)
 
 
+@pytest.mark.slow
 def test_mechanism_figure_for_synth_runs_and_in_their_comparison(tmp_path, monkeypatch, capsys):
     """A synth run's log carries the mechanism fields: mechanism.png per run, a mechanism row in the
     comparison; a language-model run gets neither, and neither reports the other's evals missing."""

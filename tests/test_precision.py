@@ -144,6 +144,7 @@ def test_the_encoder_runs_in_the_chosen_precision():
     torch.testing.assert_close(low, full, rtol=0.05, atol=0.05)  # ... and it is the same product
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_each_precision_runs_end_to_end_and_is_recorded(tmp_path, tiny_lm, capsys, monkeypatch, dtype):
     """Extraction, training (encoder and orthogonality term) in one precision, asked for
@@ -170,6 +171,7 @@ def test_each_precision_runs_end_to_end_and_is_recorded(tmp_path, tiny_lm, capsy
     assert json.loads((tmp_path / "cache" / cache.split("/")[-1] / "meta.json").read_text())["key"]["dtype"] == dtype
 
 
+@pytest.mark.slow
 def test_auto_runs_no_low_precision_matmul_where_it_is_slow(tmp_path, tiny_lm, speedup):
     """On a CPU where bfloat16 and int8 products are emulated (as on AVX2), auto keeps every
     product of a run (extraction, training, the term, the held-out separation eval) in float32."""

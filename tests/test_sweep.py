@@ -26,6 +26,7 @@ def sweep(tmp_path, *extra):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=900)
 
 
+@pytest.mark.slow
 def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     from conftest import make_tiny_gemma3, tiny_tokenizer
 
@@ -114,6 +115,7 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     assert result["arms"]["progressive"]["paired_vs_baseline"]["heldout_cofire_cos_mean"]["lo"] == pytest.approx(paired["lo"])
 
 
+@pytest.mark.slow
 def test_synth_sweep_end_to_end(tmp_path):
     """The synth profile through sweep.py (subprocess jobs): a tiny world from a JSON file, two arms
     at two seeds, the ground-truth metrics paired by seed, and the dose recorded per run."""
@@ -160,6 +162,7 @@ def test_synth_sweep_end_to_end(tmp_path):
     assert other.returncode == 2 and other.stderr.count("\n") == 1 and "none seed 42 with other options (k" in other.stderr
 
 
+@pytest.mark.slow
 def test_collect_from_json_rebuilds_paired_comparisons_from_the_per_run_records(tmp_path):
     """A sweep whose run directories are gone: its JSON's per-run records give the paired intervals."""
     ok = lambda v: {"status": "ok", "value": v, "direction": "lower is better", "se": None, "std": None, "n": 1, "values": [v]}  # noqa: E731

@@ -4,6 +4,7 @@ parent into one child scores ~1 on that edge and ~0 elsewhere."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -231,6 +232,38 @@ def test_saelens_metrics_equal_eval_sae_on_synthetic_data(world):
     assert ours["f1"] == pytest.approx(theirs.classification.f1_score, rel=1e-6)
 
 
+def test_eval_samples_are_drawn_once_and_read_back_bit_for_bit(world, tmp_path):
+    """Both ground-truth passes read the same numbers from the eval-sample cache as from fresh
+    samples: the first pass at a (world, count, batch size, seed) draws into the cache, later ones
+    read it back (the cache is then the only source: replaced by other rows, it is what they read),
+    and the caller's RNG is left as it was either way."""
+    sae = absorbing_sae(world, *(e[0].item() for e in synth.hierarchy_edges(world)))
+    passes = dict(
+        metrics=lambda **kw: synth.saelens_metrics(sae, world, n_samples=5000, batch_size=2000, seed=4, **kw),
+        absorption=lambda **kw: synth.hierarchy_absorption(sae, world, n_samples=5000, batch_size=1500, seed=5, **kw),
+    )
+    for name, evaluate in passes.items():
+        rng = torch.get_rng_state()
+        fresh = evaluate()
+        assert torch.equal(torch.get_rng_state(), rng)
+        drawn_once = evaluate(cache_dir=tmp_path)
+        read_back = evaluate(cache_dir=tmp_path)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert json.dumps(drawn_once, sort_keys=True) == json.dumps(fresh, sort_keys=True), name
+        assert json.dumps(read_back, sort_keys=True) == json.dumps(fresh, sort_keys=True), name
+    assert len(list(tmp_path.glob("synth-eval-*"))) == 2  # one cache per pass, each drawn once
+    for (x, f), (x_cached, f_cached) in zip(synth.drawn(world, 5000, 2000, 4), synth.eval_batches(world, 5000, 2000, 4, tmp_path)):
+        assert torch.equal(x, x_cached) and torch.equal(f, f_cached) and f_cached.dtype == f.dtype
+    (folder,) = (p for p in tmp_path.glob("synth-eval-*") if json.loads((p / "meta.json").read_text())["key"]["seed"] == 4)
+    x = np.load(folder / "x.npy", mmap_mode="r+")
+    x[:] = np.flip(np.array(x), 0)  # the rows in reverse: a pass that still drew its own samples would not notice
+    x.flush()
+    assert json.dumps(passes["metrics"](cache_dir=tmp_path)) != json.dumps(passes["metrics"]())
+    other = synth.eval_batches(world, 5000, 2000, 6, tmp_path)  # another seed: another sample, in its own folder
+    assert not torch.equal(next(iter(other))[0], next(iter(synth.drawn(world, 5000, 2000, 4)))[0])
+    assert len(list(tmp_path.glob("synth-eval-*"))) == 3
+
+
 def test_synth_profile_end_to_end(tmp_path, monkeypatch):
     """experiment.py --profile synth on the tiny world: trains from the sample cache and writes the
     ground-truth block and its headline metrics (with SEs) into final_info.json."""
@@ -301,6 +334,7 @@ def test_an_edit_of_cofiring_reaches_the_penalty_and_the_mechanism(world, monkey
     assert synth.mechanism(W, E.cofiring(active, 0.25), world)["mech_hier_share"] == pytest.approx(hier, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_synth_training_log_has_the_mechanism(tmp_path, monkeypatch):
     import experiment as E
 

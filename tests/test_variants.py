@@ -103,6 +103,7 @@ def test_following_weight_is_the_contained_overlap_over_its_mean_so_far():
     assert resumed.follow_factor(masks[0], 0.2, 8) == pytest.approx(trainer.follow_factor(masks[0], 0.2, 8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_end_to_end_on_the_tiny_world(variant, tmp_path, monkeypatch):
     run = tiny_synth_run(variant, tmp_path, monkeypatch)
@@ -122,6 +123,7 @@ def test_variant_trains_end_to_end_on_the_tiny_world(variant, tmp_path, monkeypa
         assert final["ortho_lambda_mean"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_end_to_end_on_the_tiny_language_model(variant, tmp_path, tiny_lm):
     assert E.main(tiny_args(tmp_path, "run_1", "--variant", variant)) == 0

@@ -201,6 +201,7 @@ def test_top_k_indices_are_the_saes_own_latents():
 # ---------------------------------------------------------------- several seeds end to end (tiny model)
 
 
+@pytest.mark.slow
 def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, tiny_lm, monkeypatch):
     import os
     import signal
@@ -243,6 +244,7 @@ def test_seeds_in_one_run_share_data_and_resume_the_unfinished_seed(tmp_path, ti
     assert "## Run 1:" in notes and "n=2" in notes and "seeds 42, 43" in notes
 
 
+@pytest.mark.slow
 def test_finished_multi_seed_run_is_refused(tmp_path, tiny_lm):
     args = tiny_args(tmp_path, "run_2", "--seeds", "42,44", "--tokens", "1000")
     assert E.main(args) == 0
@@ -418,6 +420,7 @@ def test_eval_noise_merges_a_later_eval_into_a_seeds_summary():
     assert both["absorption_full"]["value"] == 0.5 and both["kl_div_score"]["value"] == 0.9
 
 
+@pytest.mark.slow
 def test_eval_noise_at_another_eval_seed_equals_a_run_made_with_it(tmp_path, tiny_lm, monkeypatch):
     """eval_noise.py on a finished run at eval seed 43 gives what a run trained the same way with
     --eval_seed 43 records (the SAE does not depend on the eval seed); a second call evaluates

@@ -7,7 +7,9 @@ firing, a forest of parent -> child edges (a child fires only with its parent; m
 siblings), low-rank correlations and superposition (N > D). Building one orthogonalises the
 features (minutes at 16k), so `world(...)` builds once into `<cache_dir>/synth-world-<digest>/`;
 `training_cache(...)` samples its training rows once into the activation cache's own format
-(`buffer.read_cache`), so `buffer.ActivationBuffer` serves them unchanged: a seeded order, E||x||^2 = D.
+(`buffer.read_cache`), so `buffer.ActivationBuffer` serves them unchanged: a seeded order, E||x||^2 = D;
+`eval_batches(...)` draws the ground-truth evals' samples once per (world, eval seed) into
+`<cache_dir>/synth-eval-<digest>/`, so the arms of a sweep read them instead of drawing them again.
 
 Shape suffixes: B samples, D model width, F SAE latents, N true features, E hierarchy edges,
 P parents (features with children).
@@ -22,6 +24,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -193,6 +196,104 @@ def _sample_into(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_di
 
 
 # ----------------------------------------------------------------------------------------------
+# Evaluation samples: drawn once per (world, eval seed), cached like the training samples
+# ----------------------------------------------------------------------------------------------
+
+
+def drawn(model, n_samples: int, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Fresh samples of the world: (x_BD, f_BN) in batches of batch_size (the last one smaller),
+    from torch's RNG seeded by seed; the caller's RNG state comes back when the last batch is out."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, n_samples, batch_size):
+            yield model.sample_with_features(min(batch_size, n_samples - start))
+
+
+def eval_batches(model, n_samples: int, batch_size: int, seed: int, cache_dir: str | Path | None = None):
+    """The batches an evaluation pass reads: drawn(...) itself, or with cache_dir the same batches
+    drawn once into <cache_dir>/synth-eval-<digest>/ and read back from there by every later pass
+    at this world, count, batch size and seed (every arm of a sweep is evaluated at one world and
+    eval seed, so drawing them is no longer part of each run's cost). Bit for bit the batches
+    drawn(...) yields, so every eval's numbers are the same with or without it (tests/test_synth.py)."""
+    if cache_dir is None:
+        return drawn(model, n_samples, batch_size, seed)
+    key = eval_key(model, n_samples, batch_size, seed)
+    path = Path(cache_dir) / f"synth-eval-{_digest(key)}"
+    cache = _read_eval_cache(path, key)
+    if cache is None:
+        t0 = time.time()
+        with _building(path) as tmp:
+            _write_eval_cache(tmp, key, drawn(model, n_samples, batch_size, seed))
+            cache = _read_eval_cache(tmp, key)  # mapped before the rename: a neighbour rebuilding it cannot pull it away
+        print(f"synthetic eval samples: {n_samples} rows in {time.time() - t0:.0f} s into {path}; clear with: rm -r {path}")
+    return _cached_batches(*cache, batch_size)
+
+
+def eval_key(model, n_samples: int, batch_size: int, seed: int) -> dict:
+    """What determines an evaluation sample: the world (its config, seed included), the count, the
+    batch size (torch's RNG is drawn batch by batch: other batches are another sample) and the seed."""
+    return dict(
+        format=CACHE_FORMAT, source="synthetic-eval", world=model.cfg.to_dict(), n_samples=n_samples, batch_size=batch_size, seed=seed
+    )
+
+
+EVAL_ARRAYS = ("x", "indptr", "indices", "values")
+"""An eval-sample cache's files (name.npy): x (n, D), and f's nonzeros by row (CSR: row i's are
+indices[indptr[i]:indptr[i + 1]], with their values); x and the values stored as the bits of
+their dtype (numpy has no bfloat16), so they come back exactly."""
+
+
+def _bits(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]).numpy()
+
+
+def _from_bits(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(a).view(dtype)  # a copy into torch's own (aligned) memory, as a drawn batch is
+
+
+def _write_eval_cache(folder: Path, key: dict, batches) -> None:
+    n, row, indptr, indices, values = key["n_samples"], 0, [np.zeros(1, dtype=np.int64)], [], []
+    for x_BD, f_BN in batches:
+        if row == 0:
+            x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=_bits(x_BD).dtype, shape=(n, x_BD.shape[1]))
+            meta = dict(key=key, x_dtype=str(x_BD.dtype), f_dtype=str(f_BN.dtype), num_features=f_BN.shape[1])
+        x[row : row + len(x_BD)] = _bits(x_BD)
+        rows, cols = f_BN.nonzero(as_tuple=True)
+        indptr.append(indptr[-1][-1] + torch.bincount(rows, minlength=len(f_BN)).cumsum(0).numpy())
+        indices.append(cols.to(torch.int32).numpy())
+        values.append(_bits(f_BN[rows, cols]))
+        row += len(x_BD)
+    x.flush()
+    for name, parts in (("indptr", indptr), ("indices", indices), ("values", values)):
+        np.save(folder / f"{name}.npy", np.concatenate(parts))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+def _read_eval_cache(path: Path, key: dict):
+    """(meta, {name: memmap}) of a complete eval-sample cache for key, else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in EVAL_ARRAYS}
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key or len(arrays["x"]) != key["n_samples"] or len(arrays["indptr"]) != key["n_samples"] + 1:
+        return None
+    return meta, arrays
+
+
+def _cached_batches(meta: dict, arrays: dict, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    x_dtype, f_dtype = (getattr(torch, meta[k].removeprefix("torch.")) for k in ("x_dtype", "f_dtype"))
+    indptr = arrays["indptr"]
+    for start in range(0, len(arrays["x"]), batch_size):
+        end = min(start + batch_size, len(arrays["x"]))
+        lo, hi = indptr[start], indptr[end]
+        rows = torch.from_numpy(np.repeat(np.arange(end - start), np.diff(indptr[start : end + 1])))
+        f_BN = torch.zeros(end - start, meta["num_features"], dtype=f_dtype)
+        f_BN[rows, torch.from_numpy(arrays["indices"][lo:hi].astype(np.int64))] = _from_bits(arrays["values"][lo:hi], f_dtype)
+        yield _from_bits(arrays["x"][start:end], x_dtype), f_BN
+
+
+# ----------------------------------------------------------------------------------------------
 # Ground-truth evals
 # ----------------------------------------------------------------------------------------------
 
@@ -246,7 +347,14 @@ def mean_se(x: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def hierarchy_absorption(
-    sae, model, n_samples: int = 100_000, batch_size: int = 4096, seed: int = 0, cos_threshold: float = 0.25, min_count: int = 20
+    sae,
+    model,
+    n_samples: int = 100_000,
+    batch_size: int = 4096,
+    seed: int = 0,
+    cos_threshold: float = 0.25,
+    min_count: int = 20,
+    cache_dir: str | Path | None = None,
 ) -> dict:
     """Absorption measured on the world's hierarchy, on fresh samples with known features.
 
@@ -278,7 +386,8 @@ def hierarchy_absorption(
     with parent_lost the fraction of parents lost so. absorption_any_lost, a sensitivity reading, counts
     a lost parent's edges as wholly absorbed (1) instead of leaving them out; n_edges, n_edges_any and
     n_edges_any_lost count the edges each measure averages over. Both miss rates and parent_recovered come with
-    their SEs (over edges; binomial over parents)."""
+    their SEs (over edges; binomial over parents). The samples: eval_batches(model, n_samples,
+    batch_size, seed, cache_dir)."""
     parent_E, child_E = hierarchy_edges(model)
     parents_P = parent_E.unique()
     E, P = len(parent_E), len(parents_P)
@@ -295,23 +404,17 @@ def hierarchy_absorption(
     membership_NP[child_E, slot_E] = 1.0
     counts = {name: torch.zeros(E, dtype=torch.float64) for name in ("n_c", "miss_c", "full_c")}
     n_0_P, miss_0_P = torch.zeros(P, dtype=torch.float64), torch.zeros(P, dtype=torch.float64)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        done = 0
-        while done < n_samples:
-            b = min(batch_size, n_samples - done)
-            x_BD, f_BN = model.sample_with_features(b)
-            fires_BF = sae.encode(x_BD) != 0
-            active_BN = f_BN > 0
-            child_on_BE = active_BN[:, child_E]
-            parent_silent_BE = ~(fires_BF[:, l_parent_E] & represented_N[parent_E])
-            counts["n_c"] += child_on_BE.sum(0)
-            counts["miss_c"] += (child_on_BE & parent_silent_BE).sum(0)
-            counts["full_c"] += (child_on_BE & parent_silent_BE & fires_BF[:, l_child_E] & child_carries_parent_E).sum(0)
-            alone_BP = active_BN[:, parents_P] & ((active_BN.float() @ membership_NP) == 0)
-            n_0_P += alone_BP.sum(0)
-            miss_0_P += (alone_BP & ~(fires_BF[:, latent_N[parents_P]] & represented_N[parents_P])).sum(0)
-            done += b
+    for x_BD, f_BN in eval_batches(model, n_samples, batch_size, seed, cache_dir):
+        fires_BF = sae.encode(x_BD) != 0
+        active_BN = f_BN > 0
+        child_on_BE = active_BN[:, child_E]
+        parent_silent_BE = ~(fires_BF[:, l_parent_E] & represented_N[parent_E])
+        counts["n_c"] += child_on_BE.sum(0)
+        counts["miss_c"] += (child_on_BE & parent_silent_BE).sum(0)
+        counts["full_c"] += (child_on_BE & parent_silent_BE & fires_BF[:, l_child_E] & child_carries_parent_E).sum(0)
+        alone_BP = active_BN[:, parents_P] & ((active_BN.float() @ membership_NP) == 0)
+        n_0_P += alone_BP.sum(0)
+        miss_0_P += (alone_BP & ~(fires_BF[:, latent_N[parents_P]] & represented_N[parents_P])).sum(0)
     n_0_E, miss_0_E = n_0_P[slot_E], miss_0_P[slot_E]
     valid_E = (counts["n_c"] >= min_count) & (n_0_E >= min_count)
     miss_c_E = counts["miss_c"] / counts["n_c"].clamp_min(1)
@@ -371,14 +474,17 @@ def hierarchy_absorption(
 
 
 @torch.no_grad()
-def saelens_metrics(sae, model, n_samples: int = 100_000, batch_size: int = 10_000, seed: int = 0) -> dict:
+def saelens_metrics(
+    sae, model, n_samples: int = 100_000, batch_size: int = 10_000, seed: int = 0, cache_dir: str | Path | None = None
+) -> dict:
     """SAELens's ground-truth metrics (`eval_sae_on_synthetic_data`: explained variance, MCC,
     uniqueness, per-latent precision / recall / F1, L0, dead latents, shrinkage), computed with its
     own calculators in one pass so that each comes with an SE: explained variance over batches
     (std of the per-batch values / sqrt(batches)), precision / recall / F1 over latents (they are
     means over latents). MCC and uniqueness depend on the decoder alone: no sampling noise (their
     spread is over SAE seeds). Same numbers as eval_sae_on_synthetic_data for the same seed and
-    batch size (tests/test_synth.py holds them equal)."""
+    batch size (tests/test_synth.py holds them equal). The samples: eval_batches(model, n_samples,
+    batch_size, seed, cache_dir)."""
     from sae_lens.evals import ExplainedVarianceCalculator
     from sae_lens.synthetic import (
         ClassificationMetricsCalculator,
@@ -393,28 +499,21 @@ def saelens_metrics(sae, model, n_samples: int = 100_000, batch_size: int = 10_0
     true_l0, sae_l0, dead = L0Calculator(), L0Calculator(), DeadLatentsCalculator(sae.W_dec.shape[0])
     shrinkage, ev, classes = ShrinkageCalculator(), ExplainedVarianceCalculator(), ClassificationMetricsCalculator(sae.W_dec, v_ND)
     ev_per_batch = []
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        done = 0
-        while done < n_samples:
-            b = min(batch_size, n_samples - done)
-            f_BN = model.activation_generator.sample(b)
-            x_BD = model.feature_dict(f_BN)
-            acts_BF = sae.encode(x_BD)
-            x_hat_BD = sae.decode(acts_BF)
-            for calc, args in (
-                (true_l0, (f_BN,)),
-                (sae_l0, (acts_BF,)),
-                (dead, (acts_BF,)),
-                (shrinkage, (x_hat_BD, x_BD)),
-                (ev, (x_hat_BD, x_BD)),
-            ):
-                calc.add_batch(*args)
-            classes.add_batch(acts_BF, f_BN)
-            one = ExplainedVarianceCalculator()
-            one.add_batch(x_hat_BD, x_BD)
-            ev_per_batch.append(one.compute())
-            done += b
+    for x_BD, f_BN in eval_batches(model, n_samples, batch_size, seed, cache_dir):
+        acts_BF = sae.encode(x_BD)
+        x_hat_BD = sae.decode(acts_BF)
+        for calc, args in (
+            (true_l0, (f_BN,)),
+            (sae_l0, (acts_BF,)),
+            (dead, (acts_BF,)),
+            (shrinkage, (x_hat_BD, x_BD)),
+            (ev, (x_hat_BD, x_BD)),
+        ):
+            calc.add_batch(*args)
+        classes.add_batch(acts_BF, f_BN)
+        one = ExplainedVarianceCalculator()
+        one.add_batch(x_hat_BD, x_BD)
+        ev_per_batch.append(one.compute())
     tp, fp, fn = classes.tp, classes.fp, classes.fn
     precision_F = torch.where(tp + fp > 0, tp / (tp + fp), torch.zeros_like(tp))
     recall_F = torch.where(tp + fn > 0, tp / (tp + fn), torch.zeros_like(tp))
@@ -483,14 +582,15 @@ def activation_buffer(cfg, device: torch.device):
 
 def run_synth_eval(sae, cfg, n_samples: int | None = None) -> dict:
     """The "synthetic evaluation results" block: the saved SAE (on raw world activations) against
-    the world's ground truth, on fresh samples seeded by cfg.eval_seed: SAELens's metrics
+    the world's ground truth, on samples seeded by cfg.eval_seed (drawn once into cfg.cache_dir,
+    eval_batches): SAELens's metrics
     (saelens_metrics) and the hierarchy absorption (hierarchy_absorption), with "standard_errors"
     for the headline metrics (schema.summarize reads them)."""
     model = world(world_of(cfg.lm_name), world_seed(cfg.data_seed), cfg.cache_dir)
     n_samples = n_samples or EVAL_SAMPLES
     sae = sae.to("cpu").float()
-    metrics = saelens_metrics(sae, model, n_samples=n_samples, seed=cfg.eval_seed)
-    absorption = hierarchy_absorption(sae, model, n_samples=n_samples, seed=cfg.eval_seed + 1)
+    metrics = saelens_metrics(sae, model, n_samples=n_samples, seed=cfg.eval_seed, cache_dir=cfg.cache_dir)
+    absorption = hierarchy_absorption(sae, model, n_samples=n_samples, seed=cfg.eval_seed + 1, cache_dir=cfg.cache_dir)
     absorption.pop("per_edge")
     return dict(
         world=cfg.lm_name,
