@@ -185,6 +185,7 @@ def test_a_seed_folder_of_a_busy_multi_seed_run_is_refused_too(tmp_path, capsys,
     assert code == 2 and len(err) == 1 and "seed_43 is in use by process" in err[0]
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_out_dir_the_second_is_refused_and_the_first_finishes(tmp_path, synth_reference, monkeypatch):
     """The first trains on past step 12 only once the test says so, after the second has ended."""
     go = tmp_path / "go"
@@ -220,6 +221,7 @@ def killed_then_rerun(root: Path, lm: bool, stage: str, monkeypatch, capsys) -> 
     assert leftovers(root) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["world", "samples", "training", "synth eval"])
 def test_synth_run_killed_at_each_stage_then_the_same_command_ends_as_an_uninterrupted_run(
     stage, tmp_path, synth_reference, monkeypatch, capsys
@@ -228,6 +230,7 @@ def test_synth_run_killed_at_each_stage_then_the_same_command_ends_as_an_uninter
     assert result_of(tmp_path) == synth_reference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["extraction", *LM_EVALS])
 def test_language_model_run_killed_at_each_stage_then_the_same_command_ends_as_an_uninterrupted_run(
     stage, tmp_path, lm_reference, monkeypatch, capsys
@@ -287,6 +290,7 @@ def in_namespace(folder: str, size_kb: int, then_kb: int, root: str, report: str
 needs_small_fs = pytest.mark.skipif(bool(small_filesystems()), reason=str(small_filesystems()))
 
 
+@pytest.mark.slow
 @needs_small_fs
 def test_a_full_disk_while_training_ends_in_one_line_and_the_same_command_completes(tmp_path, synth_reference):
     """The run directory on a 256 KiB disk: the split, the log and the first checkpoint (124 KB)
@@ -306,6 +310,7 @@ def test_a_full_disk_while_training_ends_in_one_line_and_the_same_command_comple
     assert report["result"] == synth_reference
 
 
+@pytest.mark.slow
 @needs_small_fs
 def test_a_cache_without_room_is_refused_before_it_is_built_naming_both_sizes(tmp_path, synth_reference):
     """The synthetic samples need 512 KiB (4096 x 64 bfloat16); the cache disk has 256 KiB."""
@@ -319,6 +324,7 @@ def test_a_cache_without_room_is_refused_before_it_is_built_naming_both_sizes(tm
     assert report["result"] == synth_reference
 
 
+@pytest.mark.slow
 @needs_small_fs
 def test_a_cache_write_that_finds_the_disk_full_leaves_no_partial_cache(tmp_path, synth_reference):
     """The free-space check passed over (as when another process fills the disk meanwhile): the
@@ -333,6 +339,7 @@ def test_a_cache_write_that_finds_the_disk_full_leaves_no_partial_cache(tmp_path
     assert report["result"] == synth_reference
 
 
+@pytest.mark.slow
 def test_a_full_disk_when_an_eval_records_its_result_keeps_final_info_as_it_was(tmp_path, synth_reference, monkeypatch, capsys):
     argv = setup(monkeypatch, tmp_path, lm=False)
     info = tmp_path / "run_1" / "final_info.json"
@@ -381,6 +388,7 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(b"\x00garbage\xff" * 100)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
 def test_a_damaged_checkpoint_is_named_and_the_previous_one_is_used(how, tmp_path, synth_reference, monkeypatch, capsys):
     argv = stopped_in_training(tmp_path, monkeypatch, capsys)
@@ -431,6 +439,7 @@ def test_checkpoints_hold_tensors_and_plain_values_only(tmp_path, monkeypatch, c
         assert state["step"] in (7, 13) and "sae" in state["trainer"]
 
 
+@pytest.mark.slow
 def test_a_training_log_damaged_before_the_checkpoint_trains_again_from_the_start(tmp_path, synth_reference, monkeypatch, capsys):
     argv = stopped_in_training(tmp_path, monkeypatch, capsys)
     log = tmp_path / "run_1" / "training_log.jsonl"
@@ -443,6 +452,7 @@ def test_a_training_log_damaged_before_the_checkpoint_trains_again_from_the_star
     assert result_of(tmp_path) == synth_reference
 
 
+@pytest.mark.slow
 def test_a_training_log_cut_off_after_the_checkpoint_resumes_from_it(tmp_path, synth_reference, monkeypatch, capsys):
     argv = stopped_in_training(tmp_path, monkeypatch, capsys)
     log = tmp_path / "run_1" / "training_log.jsonl"
