@@ -20,6 +20,13 @@ FRONTIERS = sorted(RESULTS.glob("*_frontier.json"))
 MATCHED = sorted(p for p in RESULTS.glob("*_matched*.json"))
 
 
+def tiered(paths: list[Path]) -> list:
+    """The smallest file of each kind in the fast tier, every other one in the slow tier (each takes
+    5-12 s on a 2-core CPU: together over a minute)."""
+    smallest = min(paths, key=lambda p: p.stat().st_size)
+    return [pytest.param(p, id=p.stem, marks=() if p == smallest else pytest.mark.slow) for p in paths]
+
+
 def differing(new, old, path="") -> list[str]:
     """Where two JSON trees differ: numbers beyond 1e-9 relative (float summation order), anything else exactly."""
     if isinstance(new, dict) and isinstance(old, dict):
@@ -42,7 +49,7 @@ def test_the_oracle_catches_a_moved_number():
     assert differing({"a": [1.0, {"b": 0.5}]}, {"a": [1.0, {"b": 0.5001}]}) == ["/a[1]/b: 0.5 vs committed 0.5001"]
 
 
-@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", tiered(SWEEPS))
 def test_a_sweeps_comparisons_regenerate_from_its_records(path):
     result = json.loads(path.read_text())
     per_seed = {}
@@ -67,7 +74,7 @@ def files(spec) -> list[Path]:
     return [ROOT / p for p in ([spec] if isinstance(spec, str) else spec)]
 
 
-@pytest.mark.parametrize("path", FRONTIERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", tiered(FRONTIERS))
 def test_a_frontier_regenerates_from_its_sweeps(path):
     result = json.loads(path.read_text())
     curve_runs = [run for p in files(result["curves_file"]) for run in json.loads(p.read_text())["runs"]]
@@ -78,7 +85,7 @@ def test_a_frontier_regenerates_from_its_sweeps(path):
     assert not problems, problems[:5]
 
 
-@pytest.mark.parametrize("path", MATCHED, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", tiered(MATCHED))
 def test_a_matched_reading_regenerates_from_its_sweeps(path):
     result = json.loads(path.read_text())
     runs = []
