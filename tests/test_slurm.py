@@ -178,7 +178,7 @@ def test_a_failed_job_is_reported_in_one_line_and_the_same_command_after_the_fix
 
     stale = tmp_path / "sweeps" / "s" / "progressive" / "seed_42"
     stale.mkdir(parents=True)
-    torch.save(dict(config=dict(k=99), step=5), stale / "checkpoint.pt")
+    torch.save(dict(config=dict(k=99), step=5, trainer={}, elapsed_s=0.0), stale / "checkpoint.pt")  # a whole checkpoint, of another config
     command = sweep_command(tmp_path, world, "--executor", "slurm")
     failed = subprocess.run(command, cwd=ROOT, env=cluster, capture_output=True, text=True, timeout=TIMEOUT)
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
