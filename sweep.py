@@ -435,7 +435,7 @@ def recompare_from_json(args) -> dict:
         result = sweeps.recompare(read_results(path))
     except ResultsError as e:
         raise SweepError(f"--from_json: {e}") from None
-    sweeps.write(path.parent, result)
+    sweeps.write(path.parent, result, args.name)
     print(f"rebuilt the comparisons in {path} and {path.with_suffix('.md')} from its per-run records")
     return result
 

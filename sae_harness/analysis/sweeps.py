@@ -171,10 +171,11 @@ def recompare(result: dict) -> dict:
     return result
 
 
-def write(results: Path, result: dict) -> Path:
-    """<results>/<name>.json (records.write_results) and <name>.md, its table."""
+def write(results: Path, result: dict, name: str | None = None) -> Path:
+    """<results>/<name>.json (records.write_results) and <name>.md, its table; name: the result's own
+    unless given (an older results JSON may not record it)."""
     results.mkdir(parents=True, exist_ok=True)
-    path = write_results(results / f"{result['name']}.json", result)
+    path = write_results(results / f"{name or result['name']}.json", result)
     markdown = results_markdown(result) + "\n"
     write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown))
     return path
