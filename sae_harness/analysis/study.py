@@ -272,13 +272,13 @@ def read(study: Study, root=".") -> dict:
             out[name]["p_holm"] = p
     for c in study.contrasts:
         out[c.name]["verdict"] = verdict(study, c, out[c.name])
+    return heading(study) | dict(contrasts=out)
+
+
+def heading(study: Study) -> dict:
+    """What a verdict file says of its study before its contrasts."""
     return dict(
-        study=study.name,
-        question=study.question,
-        registered=study.registered,
-        status=study.status,
-        rule=dataclasses.asdict(study.rule),
-        contrasts=out,
+        study=study.name, question=study.question, registered=study.registered, status=study.status, rule=dataclasses.asdict(study.rule)
     )
 
 
@@ -302,15 +302,7 @@ def screen(study: Study, reader: Reader) -> dict:
     for _, arm in sorted(passing):
         if arm not in selected and (not study.rule.keep or len(selected) < study.rule.keep):
             selected.append(arm)
-    return dict(
-        study=study.name,
-        question=study.question,
-        registered=study.registered,
-        status=study.status,
-        rule=dataclasses.asdict(study.rule),
-        contrasts=out,
-        selected=selected,
-    )
+    return heading(study) | dict(contrasts=out, selected=selected)
 
 
 def _beyond(direction: str, s: dict, side: str) -> bool:
