@@ -70,7 +70,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge.socket
+# cred_expire: how long a requeued job waits before it may start again (default 120 s; a job started
+# sooner, as by `scontrol update StartTime=now`, is killed: "Job credential revoked")
+AuthInfo=socket=$dir/munge.socket,cred_expire=10
 StateSaveLocation=$dir/spool/ctld
 SlurmdSpoolDir=$dir/spool/d
 SlurmctldPidFile=$dir/slurmctld.pid

@@ -115,14 +115,6 @@ def scheduler(env, *command) -> str:
     return done.stdout.strip()
 
 
-def release(env, job_id: str):
-    """Start a requeued job now: SLURM holds a requeued job about two minutes (its BeginTime)."""
-    state = lambda: scheduler(env, "squeue", "-h", "-j", job_id, "-o", "%T")  # noqa: E731
-    wait_for(lambda: state() in ("PENDING", ""), f"job {job_id} pending again", limit=120)
-    if state() == "PENDING":
-        scheduler(env, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
-
-
 def job_log(root: Path, job_id: str, stream: str = "out") -> str:
     return (folder_of(root) / f"{job_id}_0_log.{stream}").read_text()
 
@@ -157,11 +149,9 @@ def test_a_requeued_and_a_timed_out_job_resume_to_the_uninterrupted_results(clus
     wait_for(lambda: training_steps(runs / "none" / "seed_42") >= 3, "training of the first run", sweep)
     requeued = ledger(tmp_path)[str(runs / "none" / "seed_42")]
     scheduler(cluster, "scontrol", "requeue", requeued)
-    release(cluster, requeued)
     wait_for(lambda: training_steps(runs / "progressive" / "seed_42") >= 3, "training of the second run", sweep)
     timed_out = ledger(tmp_path)[str(runs / "progressive" / "seed_42")]
     scheduler(cluster, "scancel", "--signal=USR2", timed_out)
-    release(cluster, timed_out)
     out, err = sweep.communicate(timeout=TIMEOUT)
     assert sweep.returncode == 0, out[-2000:] + err[-2000:]
     for job_id in (requeued, timed_out):
