@@ -1,6 +1,6 @@
 """Run an ablation: every arm (variant, optionally crossed with a grid of other options) at every
-seed, each (arm, seed) as its own run directory and its own job through submitit: local processes
-on one machine, a SLURM job array on a cluster. Then results/<name>.json (every run's config,
+seed, each (arm, seed) as its own run directory and its own process: on one machine forked from a
+process that imported experiment.py once, on a cluster a SLURM job array through submitit. Then results/<name>.json (every run's config,
 seed and headline metrics; each arm's mean, std, n and per-seed values; each arm's difference
 from `none` with Welch's t 95% interval) and results/<name>.png (the comparison figure).
 

@@ -1,4 +1,4 @@
-"""sweep.py end to end through submitit's local executor: a two-arm, two-seed sweep of a tiny
+"""sweep.py end to end on one machine (runs forked from one process, workers.py): a two-arm, two-seed sweep of a tiny
 Gemma 3 saved as a local model folder (the jobs are subprocesses, so nothing is monkeypatched)."""
 
 import json
@@ -34,7 +34,7 @@ def test_two_arm_two_seed_sweep_end_to_end_then_resume(tmp_path):
     tiny_tokenizer().save_pretrained(tmp_path / "tiny-gemma")
     done = sweep(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "4 to run" in done.stdout and "submitit: local executor" in done.stdout
+    assert "4 to run" in done.stdout and "local: 4 runs" in done.stdout
     result = json.loads((tmp_path / "results" / "ablation.json").read_text())
     assert (tmp_path / "results" / "ablation.png").stat().st_size > 0
     from sae_harness.analysis.formatting import results_markdown

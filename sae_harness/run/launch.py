@@ -1,7 +1,8 @@
-"""Launching a sweep's runs through submitit: each run is `python experiment.py <argv>` in its own
-process (local processes on one machine, a SLURM job array on a cluster). A job that SLURM times out
-or preempts stops its experiment with SIGTERM (a checkpoint) and is requeued, resuming where it
-stopped; a local sweep stopped with Ctrl-C stops its running experiments the same way.
+"""Launching a sweep's runs: each run is `python experiment.py <argv>` in its own process, on a
+cluster as a SLURM job array through submitit, on one machine forked from a process that imported
+experiment.py once (workers.py). A job that SLURM times out or preempts stops its experiment with
+SIGTERM (a checkpoint) and is requeued, resuming where it stopped; a local sweep stopped with Ctrl-C
+stops its running experiments the same way.
 
 On SLURM the sweep keeps <runs_dir>/<name>/submitit/jobs.json, the job of each run it submitted: the
 same command while those jobs are pending or running waits for them instead of submitting them again
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import submitit
 
-from sae_harness.run import cli
+from sae_harness.run import cli, workers
 from sae_harness.run.rundir import Exit, Interrupted, RunDir, UsageError, describe_exit, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: experiment.py and the jobs' working directory
@@ -48,31 +49,20 @@ class ExperimentRun(submitit.helpers.Checkpointable):
     ends without a result, so that its exit status is not taken for the run's (the requeued attempt
     writes the run's; a job cancelled instead leaves the queue without one)."""
 
-    def __init__(self, argv: list[str], threads: int = 0, pid_file: Path | None = None):
+    def __init__(self, argv: list[str]):
         self.argv = argv
-        self.threads = threads
-        self.pid_file = pid_file  # where the experiment's pid goes, so an interrupted sweep can stop it cleanly
 
     def __call__(self) -> int:
-        env = dict(os.environ) | ({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})
-        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"  # a job of the SLURM executor (a local one may run inside an allocation)
         print("running: python experiment.py " + " ".join(self.argv), flush=True)
         _CHILD["process"] = subprocess.Popen(
             [sys.executable, str(ROOT / "experiment.py"), *self.argv],
             cwd=ROOT,
-            env=env,
             # SLURM signals every process of the job before the time limit; that signal is submitit's
             # (checkpoint() below), and would kill the experiment without a checkpoint
-            preexec_fn=(lambda: signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)) if on_slurm else None,
+            preexec_fn=lambda: signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN),
         )
-        if self.pid_file is not None:
-            self.pid_file.write_text(str(_CHILD["process"].pid))
-        try:
-            code = _CHILD["process"].wait()
-        finally:
-            if self.pid_file is not None:
-                self.pid_file.unlink(missing_ok=True)
-        if on_slurm and code in (Exit.INTERRUPTED, -signal.SIGTERM):  # -SIGTERM: stopped before it set its handler
+        code = _CHILD["process"].wait()
+        if code in (Exit.INTERRUPTED, -signal.SIGTERM):  # -SIGTERM: stopped before it set its handler
             print(
                 "the experiment stopped on the scheduler's SIGTERM; this attempt ends without a result (a requeued one writes it)",
                 flush=True,
@@ -210,55 +200,54 @@ def outcome(job) -> int | str:
         return f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
 
 
-def last_error(job) -> str:
-    """The experiment's one-line error in the job's log (its stderr), if it wrote one."""
-    with contextlib.suppress(OSError):
-        return next((line for line in reversed(job.paths.stderr.read_text().splitlines()) if line.startswith("error: ")), "")
-    return ""
-
-
 def launch(args, todo):
-    """Submit the runs in todo. The first goes alone (it builds the shared activation caches that
-    all runs read); the rest as one job array (SLURM) or in waves of --parallel processes (local)."""
+    """Run the runs in todo. The first goes alone (it builds the shared activation caches that all
+    runs read); the rest as one SLURM job array, or locally up to --parallel at a time, each in a
+    process forked from one that imported experiment.py once (workers.py)."""
     folder = (Path(args.runs_dir) / args.name / "submitit").absolute()
     executor = executor_for(args, folder)
-    local = executor.cluster in ("local", "debug")
-    threads = max(1, (os.cpu_count() or 1) // args.parallel) if local and args.parallel > 1 else 0
+    if executor.cluster in ("local", "debug"):
+        return launch_local(args, todo, folder.with_name("logs"))
     print(f"submitit: {executor.cluster} executor, {len(todo)} runs, {args.parallel} at a time; job logs in {folder}")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # the jobs import this file
-    waves = [todo[:1]] + (
-        [todo[i : i + args.parallel] for i in range(1, len(todo), args.parallel)] if local else ([todo[1:]] if todo[1:] else [])
-    )
-    codes, wave = {}, []
-    pid_file = lambda run: folder / f"{run.arm}.seed_{run.seed}.pid"
+    codes = {}
     try:
-        for wave in waves:
+        for wave in [todo[:1], todo[1:]]:
+            if not wave:
+                continue
             runs = {run.out: run for run in wave}
-            if local:
-                with executor.batch():
-                    jobs = [executor.submit(ExperimentRun(run.argv, threads, pid_file(run))) for run in wave]
-                ended = ((run.out, job, outcome(job)) for run, job in zip(wave, jobs))
-            else:
-                jobs = submit_slurm(executor, wave, folder)
-                codes.update({out: Exit.DONE for out, job in jobs.items() if job is None})  # finished meanwhile
-                ended = wait_slurm(jobs, folder)
-            for out, job, code in ended:
+            jobs = submit_slurm(executor, wave, folder)
+            codes.update({out: Exit.DONE for out, job in jobs.items() if job is None})  # finished meanwhile
+            for out, job, code in wait_slurm(jobs, folder):
                 codes[out] = code
-                why = f" ({last_error(job)})" if code != Exit.DONE and last_error(job) else ""
-                print(f"  {runs[out].arm} seed {runs[out].seed}: {describe_exit(code)}{why} (log: {job.paths.stdout})", flush=True)
+                report(runs[out], code, workers.Logs(job.paths.stdout, job.paths.stderr).last_error(), job.paths.stdout)
     except KeyboardInterrupt:
-        if not local:
-            raise SweepInterrupted(
-                "interrupted; the submitted jobs go on running on the cluster and the finished runs are kept. "
-                "Rerun the same command to wait for them and collect (it does not submit them again)"
-            ) from None
-        for run in wave:  # stop the running experiments cleanly: on SIGTERM each writes a checkpoint and exits
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(pid_file(run).read_text()), signal.SIGTERM)
-        deadline = time.time() + 120
-        while any(pid_file(run).exists() for run in wave) and time.time() < deadline:
-            time.sleep(0.2)
+        raise SweepInterrupted(
+            "interrupted; the submitted jobs go on running on the cluster and the finished runs are kept. "
+            "Rerun the same command to wait for them and collect (it does not submit them again)"
+        ) from None
+    return codes
+
+
+def launch_local(args, todo, folder: Path) -> dict:
+    """{run directory: exit status} of the runs in todo, run on this machine (workers.Pool)."""
+    threads = max(1, (os.cpu_count() or 1) // args.parallel) if args.parallel > 1 else 0
+    print(
+        f"local: {len(todo)} runs, {args.parallel} at a time, each forked from one process that imports experiment.py once; logs in {folder}"
+    )
+    pool, codes = workers.Pool(folder, args.parallel, threads), {}
+    try:
+        for run, logs, code in pool.run_all(todo):
+            codes[run.out] = code
+            report(run, code, logs.last_error(), logs.stdout)
+    except KeyboardInterrupt:
+        pool.stop()  # each running experiment writes a checkpoint and exits
         raise SweepInterrupted(
             "interrupted; finished runs are kept and the running ones wrote a checkpoint: run the same command again to resume"
         ) from None
     return codes
+
+
+def report(run, code, error: str, log: Path) -> None:
+    why = f" ({error})" if code != Exit.DONE and error else ""
+    print(f"  {run.arm} seed {run.seed}: {describe_exit(code)}{why} (log: {log})", flush=True)
