@@ -126,9 +126,9 @@ class SweepOptions:
     results: str = field(default=str(ROOT / "results"), metadata=creatable_dir("--results=results"))
     """where <name>.json, .md and .png go"""
     executor: Literal["auto", "local", "slurm"] = "auto"
-    """submitit executor: slurm (a job array) when sbatch is on PATH, else local processes (auto)"""
+    """where the runs go: slurm (a job array through submitit) when srun is on PATH, else local (processes on this machine, forked from one that imported experiment.py once) (auto)"""
     parallel: int = field(default=1, metadata=integer(1))
-    """jobs running at once: local processes, or the SLURM array's parallelism. 1 by default: on a 2-core CPU two training jobs side by side ran 3.5x slower each (the sparse ortho term collapses under contention); with N > 1 locally each job gets cores/N torch threads"""
+    """runs at once: local processes, or the SLURM array's parallelism. With N > 1 locally each run gets cores/N torch threads (two synth runs at once on 2 cores: 1.9x one alone, docs/performance.md)"""
     timeout_min: int = field(default=240, metadata=integer(1))
     """minutes per job (SLURM requeues a timed-out job, which resumes)"""
     partition: str = field(default="", metadata=word())

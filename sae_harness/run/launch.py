@@ -97,9 +97,13 @@ class ExperimentRun(submitit.helpers.Checkpointable):
         process.kill()
 
 
+def on_slurm(args) -> bool:
+    """--executor slurm, or auto where SLURM is at hand (submitit's own test: srun on the PATH)."""
+    return args.executor == "slurm" or (args.executor == "auto" and submitit.SlurmExecutor.affinity() > 0)
+
+
 def executor_for(args, folder: Path):
-    cluster = None if args.executor == "auto" else args.executor
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params = dict(timeout_min=args.timeout_min, name="sae-sweep", slurm_array_parallelism=max(1, args.parallel))
     params.update(
         {k: v for k, v in dict(gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb).items() if v}
@@ -205,9 +209,9 @@ def launch(args, todo):
     runs read); the rest as one SLURM job array, or locally up to --parallel at a time, each in a
     process forked from one that imported experiment.py once (workers.py)."""
     folder = (Path(args.runs_dir) / args.name / "submitit").absolute()
-    executor = executor_for(args, folder)
-    if executor.cluster in ("local", "debug"):
+    if not on_slurm(args):
         return launch_local(args, todo, folder.with_name("logs"))
+    executor = executor_for(args, folder)
     print(f"submitit: {executor.cluster} executor, {len(todo)} runs, {args.parallel} at a time; job logs in {folder}")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # the jobs import this file
     codes = {}
