@@ -6,6 +6,9 @@
                                           # ~12, the eval cache ~25, the rest ~10), plus about 5
                                           # minutes the first time, to build the activation cache
     python benchmarks/bench.py --quick    # no whole runs, extraction, start-up or evals (those keys are null)
+    python benchmarks/bench.py --peers    # ours over SAELens's (lower is better): the plain TopK step
+                                          # at the synth and embedded sizes, and a synth run's training
+                                          # against SAELens's synthetic-data runner (~3 minutes)
     python benchmarks/bench.py --evals-only   # eval_first_s, eval_cached_s, eval_cached_ratio only
                                               # (two default-config runs of one training pass on an
                                               # empty eval cache, ~25 minutes)
@@ -272,6 +275,11 @@ KEYS = (
     "llm_dtype",
     "sae_dtype",
     "eval_dtype",
+    "peer_step_s",
+    "peer_step_ratio",
+    "peer_synth_training_s",
+    "peer_synth_training_ratio",
+    "peer_synth_steps",
 )
 
 
@@ -530,6 +538,119 @@ def measure_arms(profile, device, results, rows, n_steps=0):
         )
 
 
+# ----------------------------------------------------------------------------------------------
+# Side by side with SAELens (--peers)
+# ----------------------------------------------------------------------------------------------
+
+
+def saelens_trainer(d_in: int, cfg, device):
+    """SAELens's own TopK training SAE and trainer at cfg's sizes, float32, as its synthetic-data
+    runner (sae_lens.synthetic.train_toy_sae) configures them: constant lr, no logging or evals."""
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(cfg.seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.dict_size, k=cfg.k, dtype="float32", device=device.type))
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.total_steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.resolved_lr,
+        lr_end=cfg.resolved_lr,
+        device=device.type,
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+    )
+    return SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
+
+
+def peer_step_seconds(cfg, device, buf, steps: int) -> dict:
+    """Seconds per training step of our plain TopK (TrainerTopK.update, variant none) and of SAELens's
+    TopK (SAETrainer.step: forward with its aux loss, backward, clip, Adam), float32, on the same
+    batches, stepping alternately so that a drift in the machine's speed falls on both alike."""
+    ours_cfg = dataclasses.replace(cfg, variant="none", sae_dtype="float32")
+    torch.manual_seed(cfg.seed)
+    sae = E.AutoEncoderTopK(buf.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed).to(device)
+    ours, theirs = E.TrainerTopK(ours_cfg, sae), saelens_trainer(buf.d_model, cfg, device)
+    ours.start(buf.batch)
+    seconds = dict(ours=0.0, saelens=0.0)
+    for step in range(steps + 1):  # the first step of each (one-time work) is not timed
+        x_BD = buf.batch(step).float()
+        for name, do, args in (("ours", ours.update, (x_BD, step)), ("saelens", theirs.step, (x_BD,))):
+            t = time.perf_counter()
+            do(*args)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[name] += (time.perf_counter() - t) if step else 0.0
+        theirs.n_training_steps += 1
+    return {name: s / steps for name, s in seconds.items()}
+
+
+def peer_synth_training_seconds(cfg, device, buf) -> dict:
+    """Training seconds of a whole synth-profile run of plain TopK (experiment.train on the cached
+    samples: its logging, diagnostics and checkpoints included) and of SAELens's synthetic-data
+    runner (train_toy_sae, drawing its samples from the same world) for the same steps and batch."""
+    from sae_lens.synthetic import train_toy_sae
+
+    from sae_harness.run import synth
+
+    plain = dataclasses.replace(cfg, variant="none", sae_dtype="float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, final = E.train(plain, buf, device, Path(tmp), Tracker("", "", {}, tmp))
+    model = synth.world(synth.world_of(cfg.lm_name), synth.world_seed(cfg.data_seed), cfg.cache_dir, verbose=False)
+    sae = saelens_trainer(buf.d_model, cfg, device).sae
+    t = time.perf_counter()
+    train_toy_sae(
+        sae,
+        model.feature_dict,
+        model.activation_generator,
+        cfg.total_steps * cfg.batch_size,
+        cfg.batch_size,
+        cfg.resolved_lr,
+        device=device,
+    )
+    return dict(ours=final["seconds"], saelens=time.perf_counter() - t)
+
+
+def measure_peers(device, results, rows, epochs: int = 1, steps: int = 200):
+    """Ours over SAELens's: the plain TopK step at the synth profile's sizes and the embedded
+    profile's (random batches at the embedded sizes: no language model needed), and a whole synth
+    run's training against SAELens's synthetic-data runner (epochs passes of the profile)."""
+    from sae_harness.run import synth
+
+    cfg = cli.apply_profile(E.Config(out_dir="bench", profile="synth", epochs=epochs), E.PROFILES, cuda_available=device.type == "cuda")
+    buf = synth.activation_buffer(cfg, device)
+    step = {"synth": peer_step_seconds(cfg, device, buf, steps)}
+    emb = embedded_config(device=device.type)
+    d_model = 640  # Gemma 3 270M's residual width
+    gen = torch.Generator().manual_seed(0)
+    random_batches = [torch.randn(emb.batch_size, d_model, generator=gen) for _ in range(16)]
+    random_buf = type("Batches", (), dict(d_model=d_model, batch=lambda self, i: random_batches[i % 16].to(device)))()
+    step["gemma-3-270m"] = peer_step_seconds(emb, device, random_buf, max(20, steps // 5))
+    whole = peer_synth_training_seconds(cfg, device, buf)
+    results.update(
+        peer_step_s=step,
+        peer_step_ratio={name: s["ours"] / s["saelens"] for name, s in step.items()},
+        peer_synth_training_s=whole,
+        peer_synth_training_ratio=whole["ours"] / whole["saelens"],
+        peer_synth_steps=cfg.total_steps,
+    )
+    for name, s in step.items():
+        rows.append(
+            (
+                f"plain TopK step, {name} sizes, float32",
+                f"{1000 * s['ours']:.1f} ms ours, {1000 * s['saelens']:.1f} ms SAELens",
+                f"{s['ours'] / s['saelens']:.2f}x SAELens's (lower is better)",
+            )
+        )
+    rows.append(
+        (
+            f"synth training, plain TopK, {cfg.total_steps} steps",
+            f"{whole['ours']:.1f} s ours, {whole['saelens']:.1f} s SAELens's runner",
+            f"{whole['ours'] / whole['saelens']:.2f}x SAELens's (lower is better)",
+        )
+    )
+
+
 def parse_args(argv):
     """The modes in the docstring; --help prints it instead of starting a 70-minute benchmark."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -545,6 +666,7 @@ def parse_args(argv):
         choices=list(E.PROFILES),
         help="each arm's step cost on one profile (default synth)",
     )
+    mode.add_argument("--peers", action="store_true", help="ours over SAELens's: the TopK step and the synth training")
     parser.add_argument(
         "--arm_steps",
         type=int,
@@ -565,6 +687,10 @@ def main(argv):
         measure_arms(args.arms, device, results, rows, args.arm_steps)
         machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup", "sae_dtype")
         return report({k: results[k] for k in results if k.startswith("arm") or k in machine}, rows)
+    if args.peers:  # only the side-by-side with SAELens
+        measure_peers(device, results, rows)
+        machine = ("device", "cpu_capability", "bf16_matmul_speedup", "int8_matmul_speedup")
+        return report({k: results[k] for k in results if k.startswith("peer") or k in machine}, rows)
     if args.evals_only:  # only the eval-cache measurement (two default runs)
         measure_eval_cache(results, rows)
         return report(results, rows)
