@@ -4,10 +4,12 @@ torch processes under each OpenMP wait policy, and the two test tiers. Not a tes
     python benchmarks/fast_loop.py phases     # a synth-profile run of experiment.py, by phase: start-up,
                                               # training, the ground-truth eval with the eval samples
                                               # drawn and then cached (world and training samples built first)
+    python benchmarks/fast_loop.py sweep      # a synth sweep of 3 arms (one seed), caches warm: seconds a
+                                              # run and runs an hour (--root OTHER_CHECKOUT times another version)
     python benchmarks/fast_loop.py sharing    # the synth profile's training step alone and two processes at
                                               # once, per wait policy, interleaved (~3 minutes)
     python benchmarks/fast_loop.py tests      # pytest -q (the fast tier) and pytest -q -m slow, timed
-    python benchmarks/fast_loop.py            # all three
+    python benchmarks/fast_loop.py            # all four
 
 Options: --epochs N shortens the phases' run (the profile's 6 passes by default); --seconds and
 --rounds size the sharing measurement. Each part prints a table; the last line is one JSON object
@@ -201,6 +203,41 @@ def phases(epochs: int | None) -> dict:
     return out
 
 
+def sweep(epochs: int | None, arms: str, root: Path) -> dict:
+    """A synth sweep as a study runs it (`sweep.py --variants <arms> --seeds 1`, world, training
+    samples and eval samples cached by a first sweep of one arm), timed whole: seconds per run and
+    runs per hour, collect and figures included. root: the checkout whose sweep.py runs (another
+    worktree times another version on the same caches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base = [
+            sys.executable,
+            "sweep.py",
+            "--profile",
+            "synth",
+            "--seeds",
+            "1",
+            "--executor",
+            "local",
+            "--cache_dir",
+            str(Path(tmp) / "cache"),
+        ]
+        base += ["--results", str(Path(tmp) / "results"), *(["--epochs", str(epochs)] if epochs else [])]
+        run = lambda name, variants: subprocess.run(  # noqa: E731
+            [*base, "--name", name, "--variants", variants, "--runs_dir", str(Path(tmp) / "sweeps")],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        if (warm := run("warm", arms.split(",")[0])).returncode:
+            raise RuntimeError(f"sweep.py failed: {warm.stderr.strip().splitlines()[-1:]}")
+        t0 = time.time()
+        if (done := run("timed", arms)).returncode:
+            raise RuntimeError(f"sweep.py failed: {done.stderr.strip().splitlines()[-1:]}")
+        wall, n = time.time() - t0, len(arms.split(","))
+    print(f"sweep of {n} synth runs ({root}): {wall:.0f} s, {wall / n:.1f} s a run, {3600 * n / wall:.0f} runs an hour")
+    return dict(root=str(root), runs=n, wall_s=wall, s_per_run=wall / n, runs_per_hour=3600 * n / wall)
+
+
 # ----------------------------------------------------------------------------------------------
 # tests: the two tiers
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +259,12 @@ def tests() -> dict:
     return out
 
 
-PARTS = dict(phases=lambda args: phases(args.epochs), sharing=lambda args: sharing(args.seconds, args.rounds), tests=lambda args: tests())
+PARTS = dict(
+    phases=lambda args: phases(args.epochs),
+    sweep=lambda args: sweep(args.epochs, args.arms, Path(args.root).resolve()),
+    sharing=lambda args: sharing(args.seconds, args.rounds),
+    tests=lambda args: tests(),
+)
 
 
 def main(argv: list[str]) -> int:
@@ -230,8 +272,10 @@ def main(argv: list[str]) -> int:
         worker()
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help="phases, sharing, tests (all three by default)")
+    parser.add_argument("parts", nargs="*", help="phases, sweep, sharing, tests (all by default)")
     parser.add_argument("--epochs", type=int, default=None, help="the phases' run: passes over the samples (the profile's by default)")
+    parser.add_argument("--arms", default="none,progressive,static", help="sweep: the arms, one seed each")
+    parser.add_argument("--root", default=str(ROOT), help="sweep: the checkout whose sweep.py is timed")
     parser.add_argument("--seconds", type=float, default=5.0, help="sharing: seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="sharing: rounds over the policies")
     args = parser.parse_args(argv)
