@@ -73,7 +73,7 @@ def test_cli_writes_json_table_and_figure_and_refuses_runs_without_worlds(tmp_pa
     argv = ["--curves", str(tmp_path / "c.json"), "--arms", str(tmp_path / "a.json")]
     assert study.main(["frontier", *argv, "--out", str(tmp_path / "f")]) == 0
     table = (tmp_path / "f.md").read_text()
-    assert table.startswith("| arm |") and "`idea`" in table and "-0.1 [" in table
+    assert table.startswith("| arm |") and "`idea`" in table and "-0.10 [" in table
     assert json.loads((tmp_path / "f.json").read_text())["arms"]["idea"][Y]["matched"]["n_worlds"] == 3
     assert (tmp_path / "f.png").stat().st_size > 0
     capsys.readouterr()

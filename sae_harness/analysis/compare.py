@@ -14,7 +14,9 @@ interval, Holm, the matched reading and the baseline, each written once here.
   minus plain TopK's y at the same x on that unit's curve of plain TopK over training length; the
   shifts then feed the same pairing and interval.
 - **The baseline** of a set of arms (`baseline_arm`): plain TopK (schema.BASELINE_VARIANT) with no
-  option of its own at the arm's grid point.
+  option of its own at the arm's grid point; of a run among the run directories beside it
+  (`baseline_run`): plain TopK of the same profile, run_0 first for gemma-2-2b, else the closest
+  key config.
 
 Welch's unpaired interval (`welch`) is kept for arms that share no unit (a baseline run apart).
 pandas is imported inside the functions: the notes and schema stay pure Python."""
@@ -24,7 +26,8 @@ from __future__ import annotations
 from sae_harness.analysis.records import ok_value
 from sae_harness.analysis.stats import holm, interval_over_worlds, t_interval, welch_interval
 from sae_harness.evals.registry import REFERENCE
-from sae_harness.run.schema import METRICS, is_baseline
+from sae_harness.run import profiles
+from sae_harness.run.schema import METRICS, is_baseline, run_identity, run_number
 
 DIRECTION = {m.name: m.direction for m in METRICS}
 
@@ -134,3 +137,29 @@ def baseline_arm(arms: dict, point: dict | None = None) -> str | None:
     """The baseline among arms ({name: (variant, the options it sets)}): plain TopK at point (the
     options that are the grid's, not an arm's own; no option at all when point is None)."""
     return next((name for name, (variant, options) in arms.items() if is_baseline(variant) and options == (point or {})), None)
+
+
+def baseline_run(name, info, candidates):
+    """(name, info) of the baseline for a run among candidates [(name, info)]: variant none, same
+    profile, not the run itself; run_0 first for gemma-2-2b; else the closest key config, then
+    the lowest run number. None when there is none."""
+    ident = run_identity(info)
+    same = [
+        (n, i)
+        for n, i in candidates
+        if n != name and run_identity(i)["profile"] == ident["profile"] and is_baseline(run_identity(i)["variant"])
+    ]
+    if not same:
+        return None
+    if ident["profile"] == profiles.GEMMA2:
+        seed = [c for c in same if c[0] == "run_0"]
+        if seed:
+            return seed[0]
+    keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name")
+
+    def distance(candidate):
+        config = run_identity(candidate[1])["config"]
+        number = run_number(candidate[0])
+        return (sum(config.get(k) != ident["config"].get(k) for k in keys), 10**9 if number is None else number)
+
+    return min(same, key=distance)

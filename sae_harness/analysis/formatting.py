@@ -36,6 +36,15 @@ def fmt_interval(interval: dict | None) -> str:
     return f"{interval['delta']:+.{d}f} [{interval['lo']:+.{d}f}, {interval['hi']:+.{d}f}]"
 
 
+def fmt_contrast(c: dict | None) -> str:
+    """fmt_interval, then the Holm p where the contrast is one of a family and "within noise" where
+    its interval holds 0: "-0.026 [-0.036, -0.016], Holm p 0.0075"."""
+    if not c or c.get("lo") is None:
+        return fmt_interval(c)
+    holm = f", Holm p {fmt_p(c['p_holm'])}" if c.get("p_holm") is not None else ""
+    return fmt_interval(c) + holm + (" within noise" if c.get("within_noise") else "")
+
+
 def fmt_p(p) -> str:
     """A p-value to two significant figures; n/a for none."""
     return "n/a" if p is None else f"{p:.2g}"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from sae_harness.analysis.compare import baseline_arm, differences, interval, shifts
 from sae_harness.analysis.compare import curves as compare_curves
+from sae_harness.analysis.formatting import fmt_contrast
 from sae_harness.analysis.records import ok_value
 from sae_harness.analysis.stats import holm, mean_std
 from sae_harness.run.schema import METRICS, arm_over_worlds, is_baseline
@@ -160,16 +161,6 @@ def merged_runs(sweeps: list[dict]) -> list[dict]:
     return runs
 
 
-def fmt_interval(c: dict | None) -> str:
-    if not c:
-        return "n/a"
-    if c.get("lo") is None:
-        return f"{c['delta']:+.3g} (one world)"
-    holm_p = f", Holm p {c['p_holm']:.2g}" if c.get("p_holm") is not None else ""
-    noise = " within noise" if c["within_noise"] else ""
-    return f"{c['delta']:+.3g} [{c['lo']:+.3g}, {c['hi']:+.3g}]{holm_p}{noise}"
-
-
 def markdown(result: dict) -> str:
     """A row per arm: its explained variance shift, then each y raw and at plain TopK's explained
     variance, each a difference from plain TopK with its 95% interval over worlds."""
@@ -177,12 +168,12 @@ def markdown(result: dict) -> str:
     head = [f"Δ {x} ({DIRECTION[x]})"] + [f"Δ {y} ({DIRECTION[y]}): {kind}" for y in ys for kind in ("raw", "at plain TopK's x")]
     lines = ["| arm | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for name, entry in result["arms"].items():
-        cells = [fmt_interval(entry[x]["raw"])]
+        cells = [fmt_contrast(entry[x]["raw"])]
         for y in ys:
             outside = len(entry[y]["outside_curve"])
             cells += [
-                fmt_interval(entry[y]["raw"]),
-                fmt_interval(entry[y]["matched"]) + (f" ({outside} beyond the curve)" if outside else ""),
+                fmt_contrast(entry[y]["raw"]),
+                fmt_contrast(entry[y]["matched"]) + (f" ({outside} beyond the curve)" if outside else ""),
             ]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     for against, rows in result.get("contrasts", {}).items():
@@ -199,6 +190,6 @@ def markdown(result: dict) -> str:
                 for kind in ("raw", "matched"):
                     c = entry[y][kind]
                     spread = f" ± {c['spread']:.3g}" if c["spread"] is not None else ""
-                    cells.append(f"{c['mean']:+.3g}{spread} (n={c['units']}); {fmt_interval(c['over_worlds'])}" if c["units"] else "n/a")
+                    cells.append(f"{c['mean']:+.3g}{spread} (n={c['units']}); {fmt_contrast(c['over_worlds'])}" if c["units"] else "n/a")
             lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)

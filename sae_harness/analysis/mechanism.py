@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from sae_harness.analysis.compare import baseline_arm, differences, interval
+from sae_harness.analysis.formatting import fmt, fmt_contrast
 from sae_harness.analysis.report import MECHANISM, PHASES, phase_means, read_log
 from sae_harness.analysis.stats import mean_std
 from sae_harness.run.schema import arm_over_worlds
@@ -61,10 +62,6 @@ def reading(by_arm: dict) -> dict:
     return dict(baseline=base, phases=phases, quantities=[k for k, _ in QUANTITIES], method=__doc__.split("\n\n")[1].strip(), arms=out)
 
 
-def fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
-
-
 def markdown(result: dict) -> str:
     """A row per quantity and third of training, a column per arm: mean ± std (n runs), and for an
     arm other than plain TopK its difference at the same (world, seed) with the interval over worlds."""
@@ -77,7 +74,7 @@ def markdown(result: dict) -> str:
                 c = result["arms"][arm][f"{key}/{phase}"]
                 cell = f"{fmt(c['mean'])} ± {fmt(c['std'])} (n={c['n']})"
                 if (v := c.get("vs_baseline")) and v.get("lo") is not None:
-                    cell += f"; Δ {v['delta']:+.3g} [{v['lo']:+.3g}, {v['hi']:+.3g}]" + (" within noise" if v["within_noise"] else "")
+                    cell += f"; Δ {fmt_contrast(v)}"
                 cells.append(cell)
             label = result["arms"][arms[0]][f"{key}/{phase}"]["label"]
             lines.append(f"| {key} ({label}), {phase} | " + " | ".join(cells) + " |")

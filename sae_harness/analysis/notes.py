@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from sae_harness.analysis.compare import compare, welch
+from sae_harness.analysis.compare import baseline_run, compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread
 from sae_harness.evals.registry import REFERENCE
 from sae_harness.run.rundir import write_atomic
@@ -23,7 +23,6 @@ from sae_harness.run.schema import (
     evals_asked,
     metric_asked,
     per_seed_summaries,
-    pick_baseline,
     run_identity,
     run_number,
     summarize,
@@ -146,14 +145,14 @@ def notes_entry(run_name, info, plots, defaults, title=None, remarks=(), baselin
 
 def baseline_beside(run_dir, info):
     """(name, final_info) of the baseline for run_dir among the run_* directories beside it
-    (schema.pick_baseline), or None. Unreadable ones are skipped."""
+    (compare.baseline_run), or None. Unreadable ones are skipped."""
     candidates = []
     for path in Path(run_dir).resolve().parent.glob("run_*"):
         try:
             candidates.append((path.name, json.loads((path / "final_info.json").read_text())))
         except (OSError, ValueError):
             continue
-    return pick_baseline(Path(run_dir).resolve().name, info, [c for c in candidates if isinstance(c[1], dict)])
+    return baseline_run(Path(run_dir).resolve().name, info, [c for c in candidates if isinstance(c[1], dict)])
 
 
 def update_notes(notes_path, run_name, info, plots, defaults=None, title=None, remarks=(), baseline=None):

@@ -9,7 +9,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from sae_harness.analysis.compare import compare, welch
+from sae_harness.analysis.compare import baseline_run, compare, welch
 from sae_harness.analysis.formatting import fmt, fmt_delta, fmt_spread, spread_of
 from sae_harness.evals.registry import REFERENCE
 from sae_harness.run import profiles
@@ -27,7 +27,6 @@ from sae_harness.run.schema import (
     is_baseline,
     metric_asked,
     per_seed_summaries,
-    pick_baseline,
     run_identity,
     run_number,
     summarize,
@@ -171,10 +170,10 @@ def separation_table(runs):
 
 
 def find_baseline(run, candidates):
-    """The `none` run of the same profile to show beside run (schema.pick_baseline): run_0 for
+    """The `none` run of the same profile to show beside run (compare.baseline_run): run_0 for
     gemma-2-2b when it qualifies, else the one whose key config matches best, then the lowest number."""
     by_name = {c.name: c for c in candidates if c.path.resolve() != run.path.resolve()}
-    picked = pick_baseline(run.name, run.info, [(c.name, c.info) for c in by_name.values()])
+    picked = baseline_run(run.name, run.info, [(c.name, c.info) for c in by_name.values()])
     return by_name[picked[0]] if picked else None
 
 

@@ -172,7 +172,7 @@ def _source_used(info, metric):
 
 BASELINE_VARIANT = "none"
 """The arm every other is compared with (plain TopK): the one rule for picking a baseline, read by
-pick_baseline, the figures and sweep.py."""
+analysis/compare.py (baseline_arm, baseline_run), the figures and sweep.py."""
 
 
 def is_baseline(variant: str) -> bool:
@@ -332,32 +332,6 @@ def per_seed_summaries(info) -> dict:
         return {int(s): run.get("summary") or {} for s, run in seeds["per_seed"].items()}
     seed = run_identity(info)["config"].get("seed")
     return {seed: summarize(info)} if isinstance(seed, int) else {}
-
-
-def pick_baseline(name, info, candidates):
-    """(name, info) of the baseline for a run among candidates [(name, info)]: variant none, same
-    profile, not the run itself; run_0 first for gemma-2-2b; else the closest key config, then
-    the lowest run number. None when there is none."""
-    ident = run_identity(info)
-    same = [
-        (n, i)
-        for n, i in candidates
-        if n != name and run_identity(i)["profile"] == ident["profile"] and is_baseline(run_identity(i)["variant"])
-    ]
-    if not same:
-        return None
-    if ident["profile"] == profiles.GEMMA2:
-        seed = [c for c in same if c[0] == "run_0"]
-        if seed:
-            return seed[0]
-    keys = ("dict_size", "k", "steps", "tokens", "batch_size", "layer", "lm_name")
-
-    def distance(candidate):
-        config = run_identity(candidate[1])["config"]
-        number = run_number(candidate[0])
-        return (sum(config.get(k) != ident["config"].get(k) for k in keys), 10**9 if number is None else number)
-
-    return min(same, key=distance)
 
 
 def config_differences(configs: list[dict], ignore=()) -> tuple[list[str], list[str]]:
