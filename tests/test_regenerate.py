@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sweep
-from sae_harness.analysis import frontier, matched, mechanism
+from sae_harness.analysis import frontier, matched
 from sae_harness.analysis.compare import compare, welch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,12 +97,3 @@ def test_a_matched_reading_regenerates_from_its_sweeps(path):
     problems = [d for k in ("curve", "arms") for d in differing(new[k], result[k], k)]
     assert not problems, problems[:5]
 
-
-TABLES = [(p, frontier) for p in FRONTIERS] + [(p, mechanism) for p in sorted(RESULTS.glob("*_mechanism.json"))]
-
-
-@pytest.mark.parametrize("path,reading", TABLES, ids=[p.stem for p, _ in TABLES])
-def test_a_committed_table_is_its_readings_markdown(path, reading):
-    """A frontier's or mechanism reading's .md is what its module's markdown() writes from the JSON
-    (one number format, formatting.py), not text that drifted from it."""
-    assert path.with_suffix(".md").read_text() == reading.markdown(json.loads(path.read_text())) + "\n"
