@@ -459,7 +459,7 @@ def main(argv) -> int:
         print(f"  {run.arm} seed {run.seed}: {states[run.out]} ({run.out})")
     if args.dry_run:
         return 0
-    codes = launch(args, todo) if todo and not args.collect else {}
+    codes = launch(args, todo, E.main) if todo and not args.collect else {}
     collect(args, everything, kept)
     failed = [f"{out} ({describe_exit(code)})" for out, code in codes.items() if code != Exit.DONE]
     if failed:

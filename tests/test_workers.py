@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import experiment as E
 from sae_harness.run import workers
 
 
-def job(argv, threads, stdout, stderr):
+def job(main, argv, threads, stdout, stderr):
     """A stand-in for experiment.py in the child: argv[0] says what to do."""
     for fd, path in ((1, stdout), (2, stderr)):
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -39,7 +40,7 @@ def run(arm, argv):
 def test_a_crash_ends_only_its_own_run_and_children_start_with_the_imports_done(tmp_path):
     todo = [run("first", ["ok", str(tmp_path / "first")]), run("crash", ["segfault"]), run("bad", ["error"])]
     todo.append(run("after", ["ok", str(tmp_path / "after")]))
-    pool = workers.Pool(tmp_path / "logs", parallel=2, threads=1, target=job)
+    pool = workers.Pool(tmp_path / "logs", parallel=2, threads=1, main=E.main, target=job)
     ended = {r.arm: (logs, code) for r, logs, code in pool.run_all(todo)}
     assert {arm: code for arm, (_, code) in ended.items()} == dict(first=0, crash=-signal.SIGSEGV, bad=2, after=0)
     assert (tmp_path / "first").read_text() == (tmp_path / "after").read_text() == "done"
@@ -49,7 +50,7 @@ def test_a_crash_ends_only_its_own_run_and_children_start_with_the_imports_done(
 
 
 def test_stop_sends_sigterm_to_the_running_runs(tmp_path):
-    pool = workers.Pool(tmp_path / "logs", parallel=1, threads=1, target=job)
+    pool = workers.Pool(tmp_path / "logs", parallel=1, threads=1, main=E.main, target=job)
     pool.start(run("long", ["sleep"]))
     t0 = time.time()
     pool.stop()

@@ -204,13 +204,14 @@ def outcome(job) -> int | str:
         return f"job failed: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
 
 
-def launch(args, todo):
+def launch(args, todo, main):
     """Run the runs in todo. The first goes alone (it builds the shared activation caches that all
     runs read); the rest as one SLURM job array, or locally up to --parallel at a time, each in a
-    process forked from one that imported experiment.py once (workers.py)."""
+    process forked from one that imported experiment.py once (workers.py) and running main(argv)
+    (experiment.py's main) there."""
     folder = (Path(args.runs_dir) / args.name / "submitit").absolute()
     if not on_slurm(args):
-        return launch_local(args, todo, folder.with_name("logs"))
+        return launch_local(args, todo, folder.with_name("logs"), main)
     executor = executor_for(args, folder)
     print(f"submitit: {executor.cluster} executor, {len(todo)} runs, {args.parallel} at a time; job logs in {folder}")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # the jobs import this file
@@ -233,13 +234,13 @@ def launch(args, todo):
     return codes
 
 
-def launch_local(args, todo, folder: Path) -> dict:
+def launch_local(args, todo, folder: Path, main) -> dict:
     """{run directory: exit status} of the runs in todo, run on this machine (workers.Pool)."""
     threads = max(1, (os.cpu_count() or 1) // args.parallel) if args.parallel > 1 else 0
     print(
         f"local: {len(todo)} runs, {args.parallel} at a time, each forked from one process that imports experiment.py once; logs in {folder}"
     )
-    pool, codes = workers.Pool(folder, args.parallel, threads), {}
+    pool, codes = workers.Pool(folder, args.parallel, threads, main), {}
     try:
         for run, logs, code in pool.run_all(todo):
             codes[run.out] = code

@@ -1,11 +1,15 @@
 """A run, start to finish, for each of its seeds: the text split, the activation cache, training
 (the idea's own `train`, handed in by experiment.py), the SAE saved, the pending evals and the
 report. A run that stopped anywhere resumes where it stopped; a finished one is left as it is. One
-process at a time runs in a run directory (lock.run_dirs); a second is refused before it does anything."""
+process at a time runs in a run directory (lock.run_dirs); a second is refused before it does anything.
+The options are settled once (`settle`: checked, seeds and evals as lists, the run directories,
+device and precision) into one record that everything below reads."""
 
 import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,42 +20,71 @@ from sae_harness.run.rundir import Exit, UsageError
 from sae_harness.run.tracking import Tracker
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A run's config settled once, in `settle`, and read by everything below it instead of being
+    derived from the options again: the config (profile applied), the seeds and the evals as lists,
+    one run directory per seed, the device and the precision."""
+
+    cfg: Any
+    seeds: list[int]
+    evals: list[str]
+    runs: dict[int, Path]
+    device: torch.device
+    precision: precision.Precision
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    def seed(self, seed: int) -> "Settled":
+        """The run of one of its seeds: its config carries that seed and that seed's directory."""
+        cfg = dataclasses.replace(self.cfg, seed=seed, out_dir=str(self.runs[seed]))
+        return dataclasses.replace(self, cfg=cfg, seeds=[seed], runs={seed: self.runs[seed]})
+
+
+def settle(cfg) -> Settled:
+    """Check cfg (one line for bad input) and settle it, before anything heavy loads or anything on
+    disk changes: a finished run is refused unless --overwrite, then the device (a GPU asked for and
+    missing is bad input), the model's availability and the precision are decided."""
+    cli.validate(cfg)
+    out, seeds, evals = Path(cfg.out_dir), cli.seed_list(cfg), cli.eval_names(cfg)
+    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}
+    if all(rundir.RunDir(run, cfg.layer).state(evals) == "finished" for run in runs.values()) and not cfg.overwrite:
+        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
+    device = cli.resolve_device(cfg)
+    data.check_model_available(cfg.lm_name)
+    return Settled(cfg, seeds, evals, runs, device, precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile))
+
+
 def run(cfg, train, load_sae, defaults: dict) -> int:
     """experiment.py's main after its options are parsed: one SAE per seed (out_dir itself for one
     seed, out_dir/seed_<s> for several, with their aggregate); returns the exit code. defaults is
     the profile's recorded config, which the notes compare a run's config with."""
-    cli.validate(cfg)
-    out, seeds = Path(cfg.out_dir), cli.seed_list(cfg)
-    runs = {seed: out if len(seeds) == 1 else out / f"seed_{seed}" for seed in seeds}
-    states = [rundir.RunDir(run, cfg.layer).state(cli.eval_names(cfg)) for run in runs.values()]
-    if all(state == "finished" for state in states) and not cfg.overwrite:
-        raise UsageError(f"{out} holds a finished run; pass --overwrite to replace it, or choose another --out_dir")
-    device = cli.resolve_device(cfg)
-    data.check_model_available(cfg.lm_name)
-    prec = precision.resolve(cfg.llm_dtype, cfg.sae_dtype, device, cfg.profile)
-    with lock.run_dirs([out, *runs.values()]):  # each seed's too: a manual run on one seed's folder is refused as well
-        return run_locked(cfg, out, seeds, runs, device, prec, train, load_sae, defaults)
+    settled = settle(cfg)
+    with lock.run_dirs([settled.out, *settled.runs.values()]):  # each seed's too: a manual run on one seed's folder is refused as well
+        return run_locked(settled, train, load_sae, defaults)
 
 
-def run_locked(cfg, out: Path, seeds: list[int], runs: dict, device, prec, train, load_sae, defaults: dict) -> int:
+def run_locked(settled: Settled, train, load_sae, defaults: dict) -> int:
     """run's work, once its run directories are held by this process (and only then: before, the
     checks above change nothing on disk)."""
-    print(prec.line())
-    for warning in prec.warnings():
+    cfg, out, seeds = settled.cfg, settled.out, settled.seeds
+    print(settled.precision.line())
+    for warning in settled.precision.warnings():
         print(warning, file=sys.stderr)
-    for run in {out, *runs.values()}:
+    for run in {out, *settled.runs.values()}:
         rundir.remove_leftovers(run)
         if cfg.overwrite:
             rundir.clear_run(run)
     failed = []
-    for i, (seed, run) in enumerate(runs.items()):
+    for i, seed in enumerate(seeds):
         if len(seeds) > 1:
-            print(f"seed {seed} ({i + 1} of {len(seeds)}): {run}")
-        seed_cfg = dataclasses.replace(cfg, seed=seed, out_dir=str(run))
-        info, seed_failed = run_seed(seed_cfg, run, device, prec, train, load_sae, defaults, notes=len(seeds) == 1)
+            print(f"seed {seed} ({i + 1} of {len(seeds)}): {settled.runs[seed]}")
+        info, seed_failed = run_seed(settled.seed(seed), train, load_sae, defaults, notes=len(seeds) == 1)
         failed += [f"{name} (seed {seed})" for name in seed_failed]
         if len(seeds) > 1:  # the run's final_info after each seed: mean, std, n and per-seed values of each metric
-            info = rundir.write_seeds_aggregate(out, runs)
+            info = rundir.write_seeds_aggregate(out, settled.runs)
     if len(seeds) > 1:
         report_run(out, info, None, defaults)
     if failed:
@@ -76,12 +109,14 @@ def trained_sae(load_sae, out: Path, run: rundir.RunDir, device):
         ) from None
 
 
-def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaults: dict, notes: bool) -> tuple[dict, list[str]]:
-    """Train (or resume) and evaluate one SAE in out; returns its final_info and the failed evals.
-    train(cfg, buffer, device, out, tracker) -> (sae, final) and load_sae(path, device) are the
-    idea's; defaults is the profile's recorded config, which the report compares the run's with."""
+def run_seed(settled: Settled, train, load_sae, defaults: dict, notes: bool) -> tuple[dict, list[str]]:
+    """Train (or resume) and evaluate the SAE of a settled run of one seed in its directory; returns
+    its final_info and the failed evals. train(cfg, buffer, device, out, tracker) -> (sae, final) and
+    load_sae(path, device) are the idea's; defaults is the profile's recorded config, which the
+    report compares the run's with."""
+    cfg, out, device, prec = settled.cfg, settled.out, settled.device, settled.precision
     run = rundir.RunDir(out, cfg.layer)
-    if run.state(cli.eval_names(cfg)) == "finished":
+    if run.state(settled.evals) == "finished":
         print(f"{out}: finished already")
         return run.info, []
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +145,7 @@ def run_seed(cfg, out: Path, device: torch.device, prec, train, load_sae, defaul
     else:
         print(f"{out}: training already finished; running the pending evals")
     with rundir.stage("running the evals", f"the trained SAE ({out / 'sae'}) and every finished eval in {run.info_path} are kept"):
-        failed = evals.run_pending(cfg, cli.eval_names(cfg), run, lambda: trained_sae(load_sae, out, run, device), heldout, device)
+        failed = evals.run_pending(cfg, settled.evals, run, lambda: trained_sae(load_sae, out, run, device), heldout, device)
     run.write_summary()
     report_run(out, run.info, tracker, defaults, notes)
     return run.info, failed

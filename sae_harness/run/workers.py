@@ -25,11 +25,11 @@ from pathlib import Path
 
 from sae_harness.run import threads as thread_policy
 
-PRELOAD = ["__main__", "experiment", "sae_lens.synthetic"]
-"""What the server imports before it forks: the sweep's own script (so the children need not import
-it again), experiment.py (torch and the harness) and SAELens (with TransformerLens and
-transformers: most of the import time). A module that fails to import here is imported by the run
-that needs it, which then reports the error itself."""
+PRELOAD = ["__main__", "sae_lens.synthetic"]
+"""What the server imports before it forks, besides the module of the runs' main (experiment.py:
+torch and the harness): the sweep's own script (so the children need not import it again) and
+SAELens (with TransformerLens and transformers: most of the import time). A module that fails to
+import here is imported by the run that needs it, which then reports the error itself."""
 STOP_WAIT_S = 120  # a stopped run finishes its step and writes its checkpoint within this
 
 
@@ -48,8 +48,9 @@ class Logs:
             return ""
 
 
-def _child(argv: list[str], threads: int, stdout: str, stderr: str) -> None:
-    """In the forked process: `python experiment.py <argv>`, output to the run's logs."""
+def _child(main, argv: list[str], threads: int, stdout: str, stderr: str) -> None:
+    """In the forked process: what `python experiment.py <argv>` runs (cli.run over experiment.py's
+    main, handed in by sweep.py), output to the run's logs."""
     sys.stdout.flush()
     sys.stderr.flush()
     for fd, path in ((1, stdout), (2, stderr)):
@@ -62,12 +63,11 @@ def _child(argv: list[str], threads: int, stdout: str, stderr: str) -> None:
     sys.argv = ["experiment.py", *argv]  # messages that quote the command quote this run's
     import torch
 
-    import experiment
     from sae_harness.run import cli
 
     if threads:
         torch.set_num_threads(threads)
-    sys.exit(cli.run(experiment.main, argv))
+    sys.exit(cli.run(main, argv))
 
 
 class Pool:
@@ -76,18 +76,19 @@ class Pool:
 
     _context = None
 
-    def __init__(self, folder: Path, parallel: int, threads: int, target=_child):
-        self.folder, self.parallel, self.threads, self.target = folder, max(1, parallel), threads, target
+    def __init__(self, folder: Path, parallel: int, threads: int, main, target=_child):
+        """main: the runs' entry point, main(argv) -> exit status (experiment.main)."""
+        self.folder, self.parallel, self.threads, self.main, self.target = folder, max(1, parallel), threads, main, target
         self.running: dict[int, tuple] = {}  # sentinel -> (run, process, logs)
         folder.mkdir(parents=True, exist_ok=True)
 
-    @classmethod
-    def context(cls):
-        if cls._context is None:
+    def context(self):
+        """The fork server's context, one per process (the server starts with the first run)."""
+        if Pool._context is None:
             os.environ.update(thread_policy.policy())  # the server's torch loads with the children's wait policy
-            cls._context = multiprocessing.get_context("forkserver")
-            cls._context.set_forkserver_preload(PRELOAD)
-        return cls._context
+            Pool._context = multiprocessing.get_context("forkserver")
+            Pool._context.set_forkserver_preload([*PRELOAD, getattr(self.main, "__module__", "__main__")])
+        return Pool._context
 
     def logs(self, run) -> Logs:
         stem = self.folder / f"{run.arm}.seed_{run.seed}"
@@ -96,7 +97,9 @@ class Pool:
     def start(self, run) -> None:
         logs = self.logs(run)
         process = self.context().Process(
-            target=self.target, args=(run.argv, self.threads, str(logs.stdout), str(logs.stderr)), name=f"{run.arm}.seed_{run.seed}"
+            target=self.target,
+            args=(self.main, run.argv, self.threads, str(logs.stdout), str(logs.stderr)),
+            name=f"{run.arm}.seed_{run.seed}",
         )
         process.start()
         self.running[process.sentinel] = (run, process, logs)
