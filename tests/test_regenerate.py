@@ -96,4 +96,3 @@ def test_a_matched_reading_regenerates_from_its_sweeps(path):
     new = as_json(matched.reading(dict(runs=runs), arms, result["x"], result["y"]))
     problems = [d for k in ("curve", "arms") for d in differing(new[k], result[k], k)]
     assert not problems, problems[:5]
-

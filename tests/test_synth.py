@@ -3,6 +3,7 @@ SAE set to the true features scores absorption ~0 and MCC ~1; an SAE built by ha
 parent into one child scores ~1 on that edge and ~0 elsewhere."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -262,6 +263,20 @@ def test_eval_samples_are_drawn_once_and_read_back_bit_for_bit(world, tmp_path):
     other = synth.eval_batches(world, 5000, 2000, 6, tmp_path)  # another seed: another sample, in its own folder
     assert not torch.equal(next(iter(other))[0], next(iter(synth.drawn(world, 5000, 2000, 4)))[0])
     assert len(list(tmp_path.glob("synth-eval-*"))) == 3
+
+
+def test_eval_samples_without_room_are_refused_before_they_are_drawn(world, tmp_path, monkeypatch):
+    """The eval-sample cache checks the disk as the other caches do: one line naming both sizes
+    (rundir.OutOfSpace: exit 4), nothing written."""
+    from sae_harness.run import rundir
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    with pytest.raises(
+        rundir.OutOfSpace, match=r"the synthetic eval samples \(5000 x 64 float32\) needs 1\.53 MiB .* only 1000 bytes is free"
+    ):
+        synth.eval_batches(world, 5000, 2000, 4, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_synth_profile_end_to_end(tmp_path, monkeypatch):

@@ -85,7 +85,9 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 
 def size_text(n: float) -> str:
-    """A byte count as people read it: 512 KiB, 23.4 GiB."""
+    """A byte count as people read it: 1000 bytes, 512 KiB, 23.4 GiB."""
+    if n < 1024:
+        return f"{int(n)} bytes"
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024:
             return f"{n:.3g} {unit}"

@@ -222,6 +222,8 @@ def eval_batches(model, n_samples: int, batch_size: int, seed: int, cache_dir: s
     path = Path(cache_dir) / f"synth-eval-{_digest(key)}"
     cache = _read_eval_cache(path, key)
     if cache is None:
+        d = model.cfg.hidden_dim  # x as float32 bits, and about a quarter more for the true features' nonzeros
+        rundir.check_free_space(path.parent, n_samples * d * 4 * 5 // 4, f"the synthetic eval samples ({n_samples} x {d} float32)")
         t0 = time.time()
         with _building(path) as tmp:
             _write_eval_cache(tmp, key, drawn(model, n_samples, batch_size, seed))
