@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -45,10 +46,13 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from sae_harness.run.threads import policy  # noqa: E402  (imports no torch)
+
+os.environ.update(policy())  # before torch loads: the threads wait as in experiment.py, so the figures are a run's
+import torch  # noqa: E402
+
 import experiment as E  # noqa: E402
 from sae_harness import evals as evals_module  # noqa: E402
 from sae_harness.run import cli, data, precision  # noqa: E402
