@@ -88,19 +88,22 @@ def size_text(n: float) -> str:
     """A byte count as people read it: 1000 bytes, 512 KiB, 23.4 GiB."""
     if n < 1024:
         return f"{int(n)} bytes"
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
         if n < 1024:
             return f"{n:.3g} {unit}"
-        n /= 1024
-    return f"{n:.3g} TiB"
+    return f"{n / 1024:.3g} TiB"
 
 
-def write_atomic(path: Path, write) -> None:
-    """write(tmp_path) then rename: a reader never sees a half-written file."""
+def write_atomic(path: Path, write, previous: Path | None = None) -> None:
+    """write(tmp_path) then rename: a reader never sees a half-written file. With previous, the file
+    it replaces is kept there. A full disk raises its OSError naming path, with no partial file left."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except Exception as e:
         raise_named(e, path)
@@ -246,18 +249,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     raises its OSError (torch.save's own error only chains it), with no partial file left."""
     import torch
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # through Python's file object, so that a failed write is an OSError torch chains
             torch.save(state, f)
-        if path.exists():
-            os.replace(path, previous_checkpoint(path))
-        os.replace(tmp, path)
-    except Exception as e:
-        raise_named(e, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write, previous=previous_checkpoint(path))
 
 
 def load_checkpoint(path: Path, device) -> dict | None:
