@@ -16,10 +16,7 @@ from sae_harness.run import workers
 
 def job(main, argv, threads, stdout, stderr):
     """A stand-in for experiment.py in the child: argv[0] says what to do."""
-    for fd, path in ((1, stdout), (2, stderr)):
-        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.dup2(opened, fd)
-        os.close(opened)
+    workers.output_to(stdout, stderr)
     what = argv[0]
     print(f"preloaded: {'sae_lens.synthetic' in sys.modules and 'experiment' in sys.modules}", flush=True)
     if what == "segfault":

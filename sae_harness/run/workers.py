@@ -48,17 +48,23 @@ class Logs:
             return ""
 
 
-def _child(main, argv: list[str], threads: int, stdout: str, stderr: str) -> None:
-    """In the forked process: what `python experiment.py <argv>` runs (cli.run over experiment.py's
-    main, handed in by sweep.py), output to the run's logs."""
+def output_to(stdout: str, stderr: str) -> None:
+    """This process's stdout and stderr (the file descriptors, so native code's output too) appended
+    to those files, a line at a time as a terminal would see them."""
     sys.stdout.flush()
     sys.stderr.flush()
     for fd, path in ((1, stdout), (2, stderr)):
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(opened, fd)
         os.close(opened)
-    sys.stdout.reconfigure(line_buffering=True)  # one line at a time, as a terminal would see them
+    sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+
+
+def _child(main, argv: list[str], threads: int, stdout: str, stderr: str) -> None:
+    """In the forked process: what `python experiment.py <argv>` runs (cli.run over experiment.py's
+    main, handed in by sweep.py), output to the run's logs."""
+    output_to(stdout, stderr)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} running: python experiment.py {' '.join(argv)}", flush=True)
     sys.argv = ["experiment.py", *argv]  # messages that quote the command quote this run's
     import torch
