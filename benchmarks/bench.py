@@ -334,12 +334,19 @@ def interleaved_step_seconds(cfg, device, buf, arms=None, steps=None) -> dict:
     if steps is not None:  # a sample: the one-time work of a first step (the fast term checked against
         for trainer in trainers.values():  # the reference) is spread over a whole run, not over the sample
             trainer.update(buf.batch(0), 0)
-    seconds = dict.fromkeys(trainers, 0.0)
-    for step in range(cfg.total_steps) if steps is None else steps:
-        x_BD = buf.batch(step)
-        for name, trainer in trainers.items():
+    steppers = {name: trainer.update for name, trainer in trainers.items()}
+    return alternate_seconds(steppers, buf.batch, range(cfg.total_steps) if steps is None else steps, device)
+
+
+def alternate_seconds(steppers: dict, batch, steps, device) -> dict:
+    """{name: seconds} each of steppers ({name: step(x_BD, step)}) spent over steps, the same batch
+    handed to each in turn, so that a drift in the machine's speed falls on all alike."""
+    seconds = dict.fromkeys(steppers, 0.0)
+    for step in steps:
+        x_BD = batch(step)
+        for name, do in steppers.items():
             t = time.perf_counter()
-            trainer.update(x_BD, step)
+            do(x_BD, step)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[name] += time.perf_counter() - t
@@ -576,17 +583,15 @@ def peer_step_seconds(cfg, device, buf, steps: int) -> dict:
     sae = E.AutoEncoderTopK(buf.d_model, cfg.dict_size, cfg.k, cfg.lm_name, cfg.layer, device="cpu", seed=cfg.seed).to(device)
     ours, theirs = E.TrainerTopK(ours_cfg, sae), saelens_trainer(buf.d_model, cfg, device)
     ours.start(buf.batch)
-    seconds = dict(ours=0.0, saelens=0.0)
-    for step in range(steps + 1):  # the first step of each (one-time work) is not timed
-        x_BD = buf.batch(step).float()
-        for name, do, args in (("ours", ours.update, (x_BD, step)), ("saelens", theirs.step, (x_BD,))):
-            t = time.perf_counter()
-            do(*args)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds[name] += (time.perf_counter() - t) if step else 0.0
-        theirs.n_training_steps += 1
-    return {name: s / steps for name, s in seconds.items()}
+
+    def saelens_step(x_BD, step):
+        theirs.step(x_BD)
+        theirs.n_training_steps += 1  # as its fit() counts them
+
+    steppers = dict(ours=ours.update, saelens=saelens_step)
+    batch = lambda i: buf.batch(i).float()  # noqa: E731
+    alternate_seconds(steppers, batch, range(1), device)  # the first step of each (one-time work), not timed
+    return {name: s / steps for name, s in alternate_seconds(steppers, batch, range(1, steps + 1), device).items()}
 
 
 def peer_synth_training_seconds(cfg, device, buf) -> dict:
