@@ -290,38 +290,37 @@ def in_namespace(folder: str, size_kb: int, then_kb: int, root: str, report: str
 needs_small_fs = pytest.mark.skipif(bool(small_filesystems()), reason=str(small_filesystems()))
 
 
+def out_of_space_then_completed(report: dict, reference: dict) -> str:
+    """on_small_filesystem's report: the first run ended with exit 4 leaving no temporary file, the
+    same command on the grown disk ended as the uninterrupted run; returns the first run's one line."""
+    full, again = report["runs"]
+    assert full["code"] == rundir.Exit.NO_SPACE, full["err"][-3000:]
+    assert full["leftovers"] == []
+    assert again["code"] == 0, again["err"][-3000:]
+    assert report["result"] == reference
+    return one_line(full["err"])
+
+
 @pytest.mark.slow
 @needs_small_fs
 def test_a_full_disk_while_training_ends_in_one_line_and_the_same_command_completes(tmp_path, synth_reference):
     """The run directory on a 256 KiB disk: the split, the log and the first checkpoint (124 KB)
     fit, the second does not (it is written beside the first before replacing it)."""
-    report = on_small_filesystem(tmp_path / "run_1", 256, 8192, tmp_path)
-    full, again = report["runs"]
-    line = one_line(full["err"])
-    assert full["code"] == rundir.Exit.NO_SPACE, full["err"][-3000:]
+    line = out_of_space_then_completed(on_small_filesystem(tmp_path / "run_1", 256, 8192, tmp_path), synth_reference)
     assert (
         "out of disk space while training" in line
         and f"(writing {tmp_path / 'run_1' / 'checkpoint.pt'})" in line
         and "is kept" in line
         and "same command" in line
     )
-    assert full["leftovers"] == []
-    assert again["code"] == 0, again["err"][-3000:]
-    assert report["result"] == synth_reference
 
 
 @pytest.mark.slow
 @needs_small_fs
 def test_a_cache_without_room_is_refused_before_it_is_built_naming_both_sizes(tmp_path, synth_reference):
     """The synthetic samples need 512 KiB (4096 x 64 bfloat16); the cache disk has 256 KiB."""
-    report = on_small_filesystem(tmp_path / "cache", 256, 8192, tmp_path)
-    full, again = report["runs"]
-    line = one_line(full["err"])
-    assert full["code"] == rundir.Exit.NO_SPACE
+    line = out_of_space_then_completed(on_small_filesystem(tmp_path / "cache", 256, 8192, tmp_path), synth_reference)
     assert "the synthetic samples (4096 x 64 bfloat16) needs 512 KiB" in line and "KiB is free there" in line
-    assert full["leftovers"] == []
-    assert again["code"] == 0, again["err"][-3000:]
-    assert report["result"] == synth_reference
 
 
 @pytest.mark.slow
@@ -330,13 +329,8 @@ def test_a_cache_write_that_finds_the_disk_full_leaves_no_partial_cache(tmp_path
     """The free-space check passed over (as when another process fills the disk meanwhile): the
     write fails with ENOSPC, said in one line, and the partial cache is removed."""
     report = on_small_filesystem(tmp_path / "cache", 256, 8192, tmp_path, no_space_check=True)
-    full, again = report["runs"]
-    line = one_line(full["err"])
-    assert full["code"] == rundir.Exit.NO_SPACE
+    line = out_of_space_then_completed(report, synth_reference)
     assert "out of disk space while extracting activations" in line and "acts.npy" in line and "partial cache is discarded" in line
-    assert full["leftovers"] == []
-    assert again["code"] == 0, again["err"][-3000:]
-    assert report["result"] == synth_reference
 
 
 @pytest.mark.slow
