@@ -9,7 +9,6 @@ same command while those jobs are pending or running waits for them instead of s
 (squeue says which are; one owner per run directory holds across the scheduler too)."""
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import submitit
 
-from sae_harness.run import cli, workers
+from sae_harness.run import cli, lock, workers
 from sae_harness.run.rundir import Exit, Interrupted, RunDir, UsageError, describe_exit, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: experiment.py and the jobs' working directory
@@ -143,8 +142,7 @@ def ledger(folder: Path):
     (also when interrupted: a job submitted is recorded)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "jobs.json"
-    with open(folder / "jobs.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with lock.exclusive(folder / "jobs.lock"):
         jobs = json.loads(path.read_text()) if path.exists() else {}
         try:
             yield jobs

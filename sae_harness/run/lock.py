@@ -73,6 +73,16 @@ def run_dirs(dirs):
 
 
 @contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold the lock file path for the block, waiting while another process holds it."""
+    fd = _take(Path(path), wait=True)
+    try:
+        yield
+    finally:
+        _release(fd)
+
+
+@contextlib.contextmanager
 def building(path: Path):
     """Hold the right to build the cache folder path for the block, waiting while another process
     builds it (one line says so), and remove the temporary folders (<path>.tmp<pid>) a killed
