@@ -18,11 +18,6 @@ Run directories: <runs_dir>/<name>/<arm>/seed_<s>/, each arm laid out as a multi
 experiment.py (its final_info.json aggregates the seeds), so plot.py reads an arm directory too.
 """
 
-import contextlib
-import dataclasses
-import io
-import itertools
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -32,92 +27,28 @@ from typing import Literal
 import simple_parsing
 
 import experiment as E
-from sae_harness.run import checks, cli
-from sae_harness.run.checks import (
-    ARM,
-    EVAL,
-    LOG,
-    PLACE,
-    SEED,
-    SEED_MAX,
-    BadValue,
-    check_fields,
-    creatable_dir,
-    existing_path,
-    fields_with,
-    integer,
-    seed_spec,
-    word,
-)
+from sae_harness.run import cli, planning
+from sae_harness.run.checks import SEED_MAX, BadValue, check_fields, creatable_dir, existing_path, integer, seed_spec, word
 from sae_harness.run.launch import launch
-from sae_harness.run.rundir import Exit, UsageError, describe_exit
-from sae_harness.run.schema import arm_name
+from sae_harness.run.planning import SweepError, arm_names, run_name
+from sae_harness.run.rundir import Exit, describe_exit
 
 ROOT = Path(__file__).resolve().parent
-SET_BY_SWEEP = ("out_dir", "seed", "seeds", "variant", "overwrite")
-
-
-def arm_item(item: str) -> tuple[str, dict]:
-    """(variant, {option: value}) of one --variants item: an arm of experiment.ARMS, optionally with
-    options of its own after '+' (progressive+ortho_lambda_max=0.15). ValueError when it is neither."""
-    variant, *options = item.split("+")
-    pairs = [option.partition("=") for option in options]
-    fields = {f.name for f in dataclasses.fields(E.Config)} - set(SET_BY_SWEEP)
-    if variant not in E.ARMS or any(not eq or not value or name not in fields for name, eq, value in pairs):
-        raise ValueError(item)
-    return variant, {name: value for name, _, value in pairs}
-
-
-def arm_list() -> dict:
-    """A comma list of distinct arms, each an entry of experiment.ARMS (read when checked) with
-    options of its own after '+' if any."""
-
-    def ok(v) -> bool:
-        items = checks.comma_list(v)
-        try:
-            [arm_item(item) for item in items]
-        except ValueError:
-            return False
-        return bool(items) and len(set(items)) == len(items)
-
-    reason = lambda v: f"must be a comma list of distinct arms from {', '.join(E.ARMS)}, each with options of its own after + if any"
-    bad = (["sideways"], [""], ["none,none"], ["progressive+nope=1"], ["progressive+seed=1"])
-    return checks.Check("a comma list of arms", ok, bad, reason=reason).metadata()
-
-
-def grid_items() -> dict:
-    """FIELD=V1,V2 items, FIELD an experiment option the sweep does not set itself."""
-
-    def ok(items) -> bool:
-        fields = {f.name for f in dataclasses.fields(E.Config)} - set(SET_BY_SWEEP)
-        parts = [item.partition("=") for item in items]
-        return all(option in fields and eq and checks.comma_list(values) for option, eq, values in parts)
-
-    reason = lambda v: f"takes FIELD=V1,V2 with an experiment option other than {', '.join(SET_BY_SWEEP)}"
-    return checks.Check("FIELD=V1,V2 items", ok, (["k"], ["k="], ["no_such_option=1,2"], ["seed=1,2"]), reason=reason).metadata()
-
-
-def arm_names() -> dict:
-    ok = lambda v: v == "" or all(item and not set(item) & set("/ \t") for item in v.split(","))
-    return checks.Check("a comma list of the sweep's arm names", ok, ([","], ["a,,b"], ["a b"])).metadata()
-
-
-def run_name() -> dict:
-    ok = lambda v: bool(v.strip()) and v not in (".", "..") and "/" not in v and os.sep not in v
-    return checks.Check("a name for a folder (no '/')", ok, ([""], ["a/b"], [".."])).metadata()
 
 
 @dataclass
 class SweepOptions:
     """sweep.py's own options; every other option goes to experiment.py (see python experiment.py --help)."""
 
-    variants: str = field(default="none,static,static_matched,progressive", metadata=arm_list())
+    variants: str = field(default="none,static,static_matched,progressive", metadata=planning.arm_list(lambda: E))
     """comma list of the arms to run (experiment.ARMS), each optionally with options of its own after + (progressive+ortho_lambda_max=0.15); the default is the term against its controls"""
     seeds: str = field(default="5", metadata=seed_spec())
     """seeds per arm: a count N (seed .. seed+N-1) or a comma list"""
     seed: int = field(default=42, metadata=integer(0, SEED_MAX))
     """first seed when --seeds is a count"""
-    grid: list[str] = simple_parsing.field(default_factory=list, metadata=grid_items(), action="extend", nargs="+", required=False)
+    grid: list[str] = simple_parsing.field(
+        default_factory=list, metadata=planning.grid_items(lambda: E), action="extend", nargs="+", required=False
+    )
     """FIELD=V1,V2 (repeatable, or several after one --grid): also cross every arm with these values of an experiment option, all combinations"""
     name: str = field(default="ablation", metadata=run_name())
     """the sweep's name: <runs_dir>/<name>/ and <results>/<name>.json, .md, .png"""
@@ -174,231 +105,29 @@ def parse(argv) -> tuple[SweepOptions, list[str]]:
     return parsed.opts, passthrough
 
 
-@dataclass
-class PlannedRun:
-    """One (arm, seed) of the sweep: its run directory, its experiment.py command line and config."""
-
-    arm: str
-    variant: str
-    overrides: dict
-    seed: int
-    out: Path
-    argv: list[str]
-    cfg: "E.Config"
-
-
-class SweepError(UsageError):
-    """Bad input or an unusable run directory: one line, exit status 2."""
-
-
-def arms_of(args) -> list[tuple[str, str, dict]]:
-    """(arm name, variant, {option: value}) for every --variants item x grid combination; an item's
-    own options (after '+') come first in its name and its overrides."""
-    axes = []
-    for item in args.grid:
-        option, _, values = item.partition("=")
-        axes.append([(option, v.strip()) for v in values.split(",") if v.strip()])
-    arms = []
-    for item, combo in itertools.product(checks.comma_list(args.variants), itertools.product(*axes)):
-        variant, own = arm_item(item)
-        overrides = own | dict(combo)
-        arms.append((arm_name(variant, overrides), variant, overrides))
-    return arms
-
-
-def plan(args, passthrough) -> list[PlannedRun]:
+def plan(args, passthrough) -> list[planning.PlannedRun]:
     """Every (arm, seed) of the sweep, with its experiment config parsed and checked."""
-
-    for option in passthrough:
-        name = option.lstrip("-").split("=")[0].replace("-", "_")
-        if option.startswith("--") and name in SET_BY_SWEEP:
-            raise SweepError(f"--{name} is set by the sweep for each run; use --variants / --seeds / --seed / --name instead")
-    try:
-        seeds = cli.seed_list(E.Config(seeds=args.seeds, seed=args.seed))
-    except UsageError as e:
-        raise SweepError(str(e)) from None
-    passthrough = passthrough + pinned_precision(args, passthrough)
-    runs = []
-    for arm, variant, overrides in arms_of(args):
-        for seed in seeds:
-            out = Path(args.runs_dir) / args.name / arm / f"seed_{seed}"
-            argv = ["--out_dir", str(out), "--variant", variant, "--seed", str(seed), "--seeds", "1"]
-            argv += [x for field, value in overrides.items() for x in (f"--{field}", value)] + passthrough
-            try:
-                with contextlib.redirect_stdout(io.StringIO()) if runs else contextlib.nullcontext():  # the profile line once
-                    cfg = E.parse_args(argv)
-                cli.validate(cfg)
-            except UsageError as e:
-                raise SweepError(f"experiment options: {e}") from None
-            runs.append(PlannedRun(arm, variant, overrides, seed, out, argv, cfg))
-    return runs
-
-
-PINNED = ("llm_dtype", "sae_dtype")
-
-
-def pinned_precision(args, passthrough) -> list[str]:
-    """--llm_dtype / --sae_dtype for every job of the sweep, so that all its arms and seeds compute
-    in one precision: `auto` rests on a speed probe, and under load it flips (a synth sweep got
-    bfloat16 for some seeds and float32 for another). The value is what the sweep's finished runs
-    recorded (in their directories, else in results/<name>.json), else auto resolved once, here. An option given, or gridded, is left alone."""
-    from sae_harness.run import precision
-    from sae_harness.run.rundir import read_info
-    from sae_harness.run.schema import run_identity
-
-    given = {o.lstrip("-").split("=")[0].replace("-", "_") for o in passthrough if o.startswith("--")}
-    given |= {item.partition("=")[0] for item in args.grid}
-    recorded = {}
-    for path in sorted((Path(args.runs_dir) / args.name).glob("*/seed_*/final_info.json")):
-        with contextlib.suppress(ValueError, OSError):
-            config = run_identity(read_info(path.parent))["config"]
-            recorded = {option: config[option] for option in PINNED if option in config}
-            if recorded:
-                break
-    if not recorded:  # no run directory here: the finished runs results/<name>.json records (see recorded())
-        from sae_harness.analysis.records import ResultsError, read_results, runs_of
-
-        with contextlib.suppress(ResultsError):
-            config = next((r.config for r in runs_of(read_results(Path(args.results) / f"{args.name}.json")) if r.state == "finished"), {})
-            recorded = {option: config[option] for option in PINNED if option in config}
-    pinned = []
-    for option in PINNED:
-        if option in given:
-            continue
-        if option not in recorded:
-            with contextlib.redirect_stdout(io.StringIO()):
-                cfg = E.parse_args(["--out_dir", "pinned", *passthrough])
-            recorded[option] = precision.name(precision.choose(getattr(cfg, option), precision.device_of(cfg)))
-        pinned += [f"--{option}", str(recorded[option])]
-    if pinned:
-        print("precision for every run of this sweep: " + " ".join(pinned))
-    return pinned
-
-
-def run_status(out: Path, cfg) -> str:
-    """'new', 'resume' or 'finished'; a finished run recorded with other options is refused."""
-    from sae_harness.run.rundir import RunDir
-
-    run = RunDir(out, cfg.layer)
-    try:
-        state = run.state(cli.eval_names(cfg))
-    except UsageError as e:
-        raise SweepError(str(e)) from None
-    if state == "finished" and (differ := run.config_differences(cfg)):
-        raise SweepError(f"{out} holds a run with other options ({', '.join(differ[:3])}); use another --name, or move that directory away")
-    return state
-
-
-def shown(path) -> str:
-    """A run directory as results/*.json records it: relative to the repository when inside it."""
-    path = Path(path)
-    try:
-        return str(path.relative_to(ROOT)) if path.is_absolute() else str(path)
-    except ValueError:
-        return str(path)
-
-
-def schedule_contrasts(variants) -> list[tuple[str, str]]:
-    """(A, B) for every two arms of ARMS among variants that differ only in their schedules, A the
-    one on the idea's schedules (weight and threshold over p): does the progression itself help, at
-    the same term and dose? For the ARMS table: progressive - static_matched, progressive - static."""
-    arms = {v: E.ARMS[v] for v in variants if v in E.ARMS and E.ARMS[v].term is not None}
-    scheduled = [v for v, a in arms.items() if (a.weight, a.threshold) == ("schedule", "schedule")]
-    return [
-        (a, b)
-        for a in scheduled
-        for b, arm in arms.items()
-        if b != a and dataclasses.replace(arm, weight="schedule", threshold="schedule") == arms[a]
-    ]
-
-
-def design():
-    """What experiment.py says about the arms that the reading needs (analysis.sweeps.Design)."""
-    from sae_harness.analysis.sweeps import Design
-
-    return Design(schedule_contrasts=schedule_contrasts(E.ARMS), arm_options=frozenset(fields_with(E.Config, ARM)))
+    return planning.plan(E, args, passthrough)
 
 
 def worlds_comparisons(records: list[dict]) -> dict:
     """Each arm over worlds against plain TopK at its grid point, and the schedule contrasts."""
-    from sae_harness.analysis.sweeps import over_worlds
+    from sae_harness.analysis.sweeps import design_of, over_worlds
 
-    return over_worlds(records, design())
-
-
-def recorded(args, runs) -> tuple[list[PlannedRun], dict]:
-    """The runs a collect reads, and {(arm, seed): record} of the finished runs results/<name>.json
-    holds already: the planned runs, plus the planned arms at every further seed that JSON records
-    (a study run seed by seed, one call per seed, accumulates). A record of a run whose directory is
-    not here stands for it; one recorded with other options than this sweep's is refused."""
-    from sae_harness.analysis.records import ResultsError, read_results, runs_of
-    from sae_harness.run.rundir import differing_options
-
-    path = Path(args.results) / f"{args.name}.json"
-    try:
-        previous = runs_of(read_results(path)) if path.exists() else []
-    except ResultsError as e:
-        raise SweepError(f"{e}; move it away or use another --name") from None
-    kept = {(r.arm, r.seed): r.to_json() for r in previous if r.state == "finished"}
-    first = {}
-    for run in runs:
-        first.setdefault(run.arm, run)
-    planned = {(run.arm, run.seed) for run in runs}
-    extra = []
-    for arm, seed in sorted(k for k in kept if k[0] in first and k not in planned):
-        run = first[arm]
-        out = run.out.parent / f"seed_{seed}"
-        argv = [*run.argv]
-        argv[argv.index("--out_dir") + 1], argv[argv.index("--seed") + 1] = str(out), str(seed)
-        with contextlib.redirect_stdout(io.StringIO()):
-            extra.append(dataclasses.replace(run, seed=seed, out=out, argv=argv, cfg=E.parse_args(argv)))
-    order = list(first)
-    runs = sorted([*runs, *extra], key=lambda run: (order.index(run.arm), run.seed))
-    for run in runs:
-        if (record := kept.get((run.arm, run.seed))) and not (run.out / "final_info.json").exists():
-            if differ := differing_options(record["config"], run.cfg):
-                raise SweepError(
-                    f"{path} records {run.arm} seed {run.seed} with other options ({', '.join(differ[:3])}); "
-                    "use another --name, or move that file away"
-                )
-    return runs, kept
+    return over_worlds(records, design_of(E))
 
 
 def collect(args, runs, kept):
     """Aggregate each arm's seeds into <arm>/final_info.json, then write <results>/<name>.json, .md and
-    .png. runs and kept: what recorded() returns (the runs to read, the results JSON's finished records)."""
+    .png. runs and kept: what planning.recorded returns (the runs to read, the results JSON's finished records)."""
     from sae_harness.analysis import sweeps
-    from sae_harness.analysis.records import ResultsError, RunRecord
+    from sae_harness.analysis.records import ResultsError
     from sae_harness.analysis.report import summaries_table
-    from sae_harness.run.rundir import comparable_config, read_info, write_json_atomic
-    from sae_harness.run.schema import aggregate, summarize, training_key
+    from sae_harness.run.checks import ARM, EVAL, LOG, PLACE, SEED, fields_with
+    from sae_harness.run.rundir import write_json_atomic
+    from sae_harness.run.schema import aggregate
 
-    arms, records, standing_in, here = {}, [], [], {}
-    for run in runs:
-        arms.setdefault(run.arm, dict(variant=run.variant, overrides=run.overrides, run_dir=shown(run.out.parent)))
-        if not (run.out / "final_info.json").exists() and (run.arm, run.seed) in kept:  # its directory is not here: its record stands in
-            records.append(kept[run.arm, run.seed])
-            standing_in.append(f"{run.arm} seed {run.seed}")
-            continue
-        info = read_info(run.out) if (run.out / "final_info.json").exists() else {}
-        here.setdefault(run.arm, {})[run.seed] = info
-        block = info.get(training_key(run.cfg.layer), {})
-        trained = block.get("final_info") or {}
-        record = RunRecord(
-            arm=run.arm,
-            variant=run.variant,
-            overrides=run.overrides,
-            world=run.cfg.data_seed,
-            seed=run.seed,
-            run_dir=shown(run.out),
-            state=run_status(run.out, run.cfg) if run.out.exists() else "new",
-            config=block.get("config") or comparable_config(run.cfg),
-            summary=summarize(info),
-            dose={k: v for k, v in trained.items() if k.startswith("ortho_") and k != "ortho_impl"},
-            seconds=trained.get("seconds"),  # training only: the cost, on
-            cpu=(trained.get("precision") or {}).get("cpu_model"),  # this machine
-        )
-        records.append(record.to_json())
+    records, arms, here, standing_in = planning.run_records(runs, kept, ROOT)
     if standing_in:
         print(
             f"{len(standing_in)} runs read from {Path(args.results) / f'{args.name}.json'} (their directories are not here): {', '.join(standing_in)}"
@@ -410,7 +139,7 @@ def collect(args, runs, kept):
     ignore = fields_with(E.Config, PLACE, SEED, EVAL, LOG, ARM)
     against = [a for a in args.against.split(",") if a]
     try:
-        result = sweeps.reading(args.name, records, arms, design(), args.baseline, against, ignore, command)
+        result = sweeps.reading(args.name, records, arms, sweeps.design_of(E), args.baseline, against, ignore, command)
     except ResultsError as e:
         raise SweepError(str(e)) from None
     if result.get("baseline_config_differences"):
@@ -448,8 +177,8 @@ def main(argv) -> int:
         recompare_from_json(args)
         return 0
     runs = plan(args, passthrough)
-    everything, kept = recorded(args, runs)  # the runs a collect reads: these and the JSON's other seeds
-    states = {run.out: run_status(run.out, run.cfg) for run in runs}
+    everything, kept = planning.recorded(E, args, runs)  # the runs a collect reads: these and the JSON's other seeds
+    states = {run.out: planning.run_status(run.out, run.cfg) for run in runs}
     for run in runs:  # finished in a checkout or on a machine whose run directories are not here
         if states[run.out] == "new" and (run.arm, run.seed) in kept:
             states[run.out] = f"finished, read from {Path(args.results) / f'{args.name}.json'} (its directory is not here)"

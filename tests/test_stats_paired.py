@@ -154,12 +154,13 @@ def test_sweep_groups_runs_by_world_and_pairs_each_arm_with_plain_topk():
 def test_schedule_contrasts_pair_arms_that_differ_only_in_their_schedules_at_each_dose():
     """progressive - static_matched (and - static) at the same dose, paired by (world, seed) over
     worlds; the rule reads ARMS, so OrtSAE (another term) and Matryoshka (no term) are not contrasted."""
+    import experiment as E
     import sweep
     from sae_harness.analysis.stats import interval_over_worlds
+    from sae_harness.analysis.sweeps import schedule_contrasts
 
-    assert sweep.schedule_contrasts(["none", "progressive", "static_matched", "ortsae", "matryoshka"]) == [
-        ("progressive", "static_matched")
-    ]
+    chosen = ["none", "progressive", "static_matched", "ortsae", "matryoshka"]
+    assert schedule_contrasts({v: E.ARMS[v] for v in chosen}) == [("progressive", "static_matched")]
 
     def record(variant, world, seed, value, **other):
         summary = {"synth_absorption": {"status": "ok", "value": value}}
@@ -178,10 +179,11 @@ def test_schedule_contrasts_pair_arms_that_differ_only_in_their_schedules_at_eac
 
 
 def test_a_variants_item_takes_options_of_its_own():
-    import sweep
+    import experiment as E
+    from sae_harness.run.planning import arm_item
 
-    assert sweep.arm_item("progressive+ortho_lambda_max=0.15") == ("progressive", {"ortho_lambda_max": "0.15"})
-    assert sweep.arm_item("none") == ("none", {})
+    assert arm_item(E, "progressive+ortho_lambda_max=0.15") == ("progressive", {"ortho_lambda_max": "0.15"})
+    assert arm_item(E, "none") == ("none", {})
     for bad in ("sideways", "progressive+nope=1", "progressive+seed=1", "progressive+ortho_lambda_max"):
         with pytest.raises(ValueError):
-            sweep.arm_item(bad)
+            arm_item(E, bad)

@@ -6,7 +6,7 @@ column per metric) that the comparisons pair and group.
     records = runs_of(result)                       # [RunRecord, ...]
     table = frame(records, ["synth_absorption_any"])  # arm, variant, world, seed, synth_absorption_any
 
-A record is written once, by sweep.py's collect (record_json); everything else reads it through
+A record is written once, by a collect (run/planning.py run_records); everything else reads it through
 RunRecord. A run of a sweep without a grid over worlds has the world its config recorded
 (data_seed), so every comparison pairs by (world, seed). Pure Python but for pandas in frame()."""
 

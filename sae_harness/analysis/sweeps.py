@@ -7,6 +7,7 @@ which options are an arm's own) comes in as a Design; the package never imports 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,29 @@ class Design:
         """The grid point of an arm's overrides: the options plain TopK has too, so each arm is
         paired with plain TopK at its point."""
         return {k: v for k, v in overrides.items() if k not in self.arm_options}
+
+
+def schedule_contrasts(arms: dict) -> list[tuple[str, str]]:
+    """(A, B) for every two arms (name -> experiment.Arm) with a term that differ only in their
+    schedules, A the one on the idea's schedules (weight and threshold over p): does the
+    progression itself help, at the same term and dose? For experiment.ARMS: progressive -
+    static_matched, progressive - static."""
+    arms = {v: arm for v, arm in arms.items() if arm.term is not None}
+    scheduled = [v for v, a in arms.items() if (a.weight, a.threshold) == ("schedule", "schedule")]
+    return [
+        (a, b)
+        for a in scheduled
+        for b, arm in arms.items()
+        if b != a and dataclasses.replace(arm, weight="schedule", threshold="schedule") == arms[a]
+    ]
+
+
+def design_of(idea) -> Design:
+    """The Design of the experiment module idea (experiment.py): its ARMS' schedule contrasts and
+    the Config options that are an arm's own."""
+    from sae_harness.run.checks import ARM, fields_with
+
+    return Design(schedule_contrasts=schedule_contrasts(idea.ARMS), arm_options=frozenset(fields_with(idea.Config, ARM)))
 
 
 def over_worlds(records: list[dict], design: Design) -> dict:
