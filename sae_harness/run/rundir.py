@@ -85,13 +85,13 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
 
 
 def size_text(n: float) -> str:
-    """A byte count as people read it: 1000 bytes, 512 KiB, 23.4 GiB."""
+    """A byte count as people read it: 1000 bytes, 512 KiB, 1020 MiB, 23.4 GiB."""
     if n < 1024:
         return f"{int(n)} bytes"
     for unit in ("KiB", "MiB", "GiB"):
         n /= 1024
         if n < 1024:
-            return f"{n:.3g} {unit}"
+            return f"{n:.3g} {unit}" if n < 1000 else f"{n:.0f} {unit}"  # .3g writes 1020 as 1.02e+03
     return f"{n / 1024:.3g} TiB"
 
 
