@@ -10,6 +10,9 @@ torch processes under each OpenMP wait policy, and the two test tiers. Not a tes
                                               # once, per wait policy, interleaved (~3 minutes)
     python benchmarks/fast_loop.py tests      # pytest -q (the fast tier) and pytest -q -m slow, timed
     python benchmarks/fast_loop.py            # all four
+    python benchmarks/fast_loop.py default    # the embedded default's first run (every cache empty) by phase, then
+                                              # a second run on its caches (~1 h on a 2-core AVX2 CPU; named only)
+    python benchmarks/fast_loop.py default --run_options "--epochs 1"   # the same, training one pass
 
 Options: --epochs N shortens the phases' run (the profile's 6 passes by default); --seconds and
 --rounds size the sharing measurement. Each part prints a table; the last line is one JSON object
@@ -239,6 +242,39 @@ def sweep(epochs: int | None, arms: str, root: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# default: the embedded default's first run and a second one on its caches
+# ----------------------------------------------------------------------------------------------
+
+
+def default_run(options: list[str]) -> dict:
+    """`experiment.py` on the embedded profile twice in one empty cache folder: the first run builds
+    everything (the model folder from the GGUF, the activation caches, the eval cache's language-model
+    side), the second reuses it all. Each run's phases from its final_info.json: training, each eval;
+    the rest of the wall time is start-up and the caches built (model, activations)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = {}
+        for label in ("first run", "second run"):
+            argv = [
+                "--out_dir",
+                str(Path(tmp) / label.replace(" ", "_")),
+                "--profile",
+                "gemma-3-270m",
+                "--cache_dir",
+                str(Path(tmp) / "cache"),
+                *options,
+            ]
+            wall, info = timed_run(argv)
+            train = next(block for key, block in info.items() if key.startswith("training results"))["final_info"]["seconds"]
+            evals = {
+                key.split(" evaluation")[0]: block.get("seconds", 0.0) for key, block in info.items() if key.endswith("evaluation results")
+            }
+            out[label] = dict(wall_s=wall, training_s=train, evals_s=evals, rest_s=wall - train - sum(evals.values()))
+            shown = ", ".join(f"{name} {seconds:.0f}" for name, seconds in evals.items())
+            print(f"{label}: {wall:.0f} s = training {train:.0f} + evals ({shown}) + start-up and caches built {out[label]['rest_s']:.0f}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # tests: the two tiers
 # ----------------------------------------------------------------------------------------------
 
@@ -264,7 +300,9 @@ PARTS = dict(
     sweep=lambda args: sweep(args.epochs, args.arms, Path(args.root).resolve()),
     sharing=lambda args: sharing(args.seconds, args.rounds),
     tests=lambda args: tests(),
+    default=lambda args: default_run(args.run_options.split()),
 )
+NAMED_ONLY = ("default",)  # not part of a bare `fast_loop.py`: an hour on a 2-core AVX2 CPU
 
 
 def main(argv: list[str]) -> int:
@@ -272,14 +310,15 @@ def main(argv: list[str]) -> int:
         worker()
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help="phases, sweep, sharing, tests (all by default)")
+    parser.add_argument("parts", nargs="*", help="phases, sweep, sharing, tests (all four by default), default (only when named)")
     parser.add_argument("--epochs", type=int, default=None, help="the phases' run: passes over the samples (the profile's by default)")
     parser.add_argument("--arms", default="none,progressive,static", help="sweep: the arms, one seed each")
     parser.add_argument("--root", default=str(ROOT), help="sweep: the checkout whose sweep.py is timed")
     parser.add_argument("--seconds", type=float, default=5.0, help="sharing: seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="sharing: rounds over the policies")
+    parser.add_argument("--run_options", default="", help='default: experiment.py options for both runs (e.g. "--epochs 1")')
     args = parser.parse_args(argv)
-    parts = args.parts or list(PARTS)
+    parts = args.parts or [part for part in PARTS if part not in NAMED_ONLY]
     if set(parts) - set(PARTS):
         parser.error(f"unknown part {sorted(set(parts) - set(PARTS))[0]!r}: choose from {', '.join(PARTS)}")
     result = dict(machine=machine(), load_before=load(), date=time.strftime("%Y-%m-%d %H:%M"))
