@@ -71,7 +71,7 @@ def kill_at(mp, stage: str) -> None:
     after the checkpoint of step 7), the synth eval, extraction (the model's third forward) or
     the language-model eval of that name."""
     if stage in ("world", "samples"):
-        original, prefix = synth._building, "synth-world-" if stage == "world" else "acts-synth-"
+        original, prefix = lock.new_folder, "synth-world-" if stage == "world" else "acts-synth-"
 
         @contextlib.contextmanager
         def building(path):
@@ -81,7 +81,7 @@ def kill_at(mp, stage: str) -> None:
                     kill_self()
                 yield tmp
 
-        mp.setattr(synth, "_building", building)
+        mp.setattr(lock, "new_folder", building)
     elif stage == "training":
         update = E.TrainerTopK.update
         mp.setattr(E.TrainerTopK, "update", lambda self, x, step: (step == 12 and kill_self(), update(self, x, step))[1])

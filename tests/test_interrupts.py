@@ -23,7 +23,7 @@ from test_synth import TINY
 import experiment as E
 from sae_harness import evals
 from sae_harness.evals import registry
-from sae_harness.run import cli, synth
+from sae_harness.run import cli, lock, synth
 
 pytestmark = pytest.mark.slow  # every case is a whole run (or sweep) interrupted and run again: the slow tier (pytest -m slow)
 
@@ -76,8 +76,8 @@ def synth_reference(tmp_path_factory):
 
 
 def building_that_stops(prefix: str, sig):
-    """synth._building that is interrupted once, inside the build of a folder named prefix*."""
-    original, fired = synth._building, []
+    """lock.new_folder that is interrupted once, inside the build of a folder named prefix*."""
+    original, fired = lock.new_folder, []
 
     @contextlib.contextmanager
     def building(path):
@@ -97,11 +97,11 @@ def test_synth_run_interrupted_at_each_stage_resumes_to_the_same_result(stage, s
     monkeypatch.setattr(synth, "EVAL_SAMPLES", 3000)
     with monkeypatch.context() as mp:
         if stage == "world":
-            mp.setattr(synth, "_building", building_that_stops("synth-world-", sig))
+            mp.setattr(lock, "new_folder", building_that_stops("synth-world-", sig))
         elif stage == "samples":
-            mp.setattr(synth, "_building", building_that_stops("acts-synth-", sig))
+            mp.setattr(lock, "new_folder", building_that_stops("acts-synth-", sig))
         elif stage == "eval samples":
-            mp.setattr(synth, "_building", building_that_stops("synth-eval-", sig))
+            mp.setattr(lock, "new_folder", building_that_stops("synth-eval-", sig))
         elif stage == "training":
             update = E.TrainerTopK.update
             mp.setattr(E.TrainerTopK, "update", lambda self, x, step: (step == 12 and send(sig), update(self, x, step))[1])

@@ -13,8 +13,6 @@ replaced or missing is damaged, and is named in one line and rebuilt.
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,17 +97,10 @@ class EvalCache:
     def write(self, name: str, key: dict, build: Callable[[Path], None]) -> Path:
         """Build the entry afresh (build(tmp_dir), then key.json, then rename) and return its path."""
         path = self.path(name, key)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
+        with lock.new_folder(path) as tmp:
             build(tmp)
             (tmp / "files.json").write_text(json.dumps(files_of(tmp), indent=1))
             (tmp / "key.json").write_text(json.dumps(key | {"format": FORMAT}, indent=1, default=str))
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     def size_mb(self) -> float:

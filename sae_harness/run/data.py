@@ -8,9 +8,7 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import random
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -154,16 +152,10 @@ def _convert_gguf(package, path: Path, key: dict) -> None:
     rundir.check_free_space(path.parent, size, f"the embedded model's float32 weights ({model.num_parameters()} parameters)")
     model.hf_quantizer = None  # plain float tensors already: saved as such
     del model.config.quantization_config
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with lock.new_folder(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "model_key.json").write_text(json.dumps(key, indent=1))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"language model: {path} ({rundir.size_text(size)}, built in {time.time() - t0:.0f} s); clear with: rm -r {path}", flush=True)
 
 
@@ -284,10 +276,7 @@ def _extract_cache(cfg, device: torch.device, train_texts, path: Path, key: dict
     n_windows = math.ceil(key["tokens"] / (cfg.context_length - 1)) + 1
     skip = math.ceil(cfg.tokens / (cfg.context_length - 1)) + 1 if key.get("after_train_tokens") else 0
     windows = itertools.islice(token_windows(train_texts, tokenizer, cfg.context_length, skip + n_windows), skip, None)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with lock.new_folder(path) as tmp:
         extract_activations(lm, tokenizer, windows, cfg.layer, key["tokens"], tmp / "acts.npy", cfg.llm_batch_size, device)
         acts = np.load(tmp / "acts.npy", mmap_mode="r")
         sample = torch.from_numpy(np.array(acts[: min(len(acts), 65536)])).view(torch.bfloat16).float()
@@ -296,10 +285,6 @@ def _extract_cache(cfg, device: torch.device, train_texts, path: Path, key: dict
             key=key, rows=acts.shape[0], d_model=acts.shape[1], mean_sq_norm=mean_sq_norm, created=time.strftime("%Y-%m-%d %H:%M:%S")
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     del lm, model
 
 

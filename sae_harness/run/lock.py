@@ -101,3 +101,20 @@ def building(path: Path):
         yield
     finally:
         _release(fd)
+
+
+@contextlib.contextmanager
+def new_folder(path: Path):
+    """Yield an empty temporary folder beside path (<path>.tmp<pid>, the name `building` clears
+    after a killed builder); when the block ends without an error it replaces path in one rename,
+    and it is removed whatever happens: a cache folder is whole or absent, never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -17,12 +17,9 @@ P parents (features with children).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,20 +91,6 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _building(path: Path):
-    """Yield a temporary folder beside path; on success it replaces path atomically."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load_world(path: Path, key: dict):
     """The SyntheticModel saved at path under key, or None: missing, another key, or damaged."""
     from sae_lens.synthetic import SyntheticModel
@@ -143,7 +126,7 @@ def _build_world(world: dict, seed: int, key: dict, path: Path, verbose: bool) -
     if verbose:
         damaged = " (the one there is incomplete or damaged)" if path.exists() else ""
         print(f"synthetic world: building {path} ({world['num_features']} features in {world['hidden_dim']} dims){damaged}")
-    with _building(path) as tmp, torch.random.fork_rng(), torch.enable_grad():  # the orthogonalisation is gradient descent
+    with lock.new_folder(path) as tmp, torch.random.fork_rng(), torch.enable_grad():  # the orthogonalisation is gradient descent
         with library_bars_quiet():  # SAELens draws a bar it offers no switch for
             model = SyntheticModel(model_config(world, seed))
         model.save(tmp)
@@ -180,7 +163,7 @@ def _sample_into(world_cfg: dict, seed: int, rows: int, data_seed: int, cache_di
         print(f"synthetic samples: {path} is incomplete or damaged; sampling it again")
     model = world(world_cfg, seed, cache_dir)
     t0 = time.time()
-    with _building(path) as tmp, torch.random.fork_rng():
+    with lock.new_folder(path) as tmp, torch.random.fork_rng():
         torch.manual_seed(data_seed)
         out = buffer.create_acts(tmp / "acts.npy", rows, world_cfg["hidden_dim"])
         sum_sq = 0.0
@@ -225,7 +208,7 @@ def eval_batches(model, n_samples: int, batch_size: int, seed: int, cache_dir: s
         d = model.cfg.hidden_dim  # x as float32 bits, and about a quarter more for the true features' nonzeros
         rundir.check_free_space(path.parent, n_samples * d * 4 * 5 // 4, f"the synthetic eval samples ({n_samples} x {d} float32)")
         t0 = time.time()
-        with _building(path) as tmp:
+        with lock.new_folder(path) as tmp:
             _write_eval_cache(tmp, key, drawn(model, n_samples, batch_size, seed))
             cache = _read_eval_cache(tmp, key)  # mapped before the rename: a neighbour rebuilding it cannot pull it away
         print(f"synthetic eval samples: {n_samples} rows in {time.time() - t0:.0f} s into {path}; clear with: rm -r {path}")
