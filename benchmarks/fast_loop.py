@@ -9,7 +9,9 @@ torch processes under each OpenMP wait policy, and the two test tiers. Not a tes
     python benchmarks/fast_loop.py sharing    # the synth profile's training step alone and two processes at
                                               # once, per wait policy, interleaved (~3 minutes)
     python benchmarks/fast_loop.py tests      # pytest -q (the fast tier) and pytest -q -m slow, timed
-    python benchmarks/fast_loop.py            # all four
+    python benchmarks/fast_loop.py records    # a training-log record's separation diagnostics at each
+                                              # profile's sizes, per route for the co-firing pairs (~1 min)
+    python benchmarks/fast_loop.py            # all five
     python benchmarks/fast_loop.py default    # the embedded default's first run (every cache empty) by phase, then
                                               # a second run on its caches (~1 h on a 2-core AVX2 CPU; named only)
     python benchmarks/fast_loop.py default --run_options "--epochs 1"   # the same, training one pass
@@ -275,6 +277,50 @@ def default_run(options: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# records: a training-log record's separation diagnostics, on each route for the co-firing pairs
+# ----------------------------------------------------------------------------------------------
+
+
+def records(repeats: int) -> dict:
+    """ortho_fast.feature_separation (each training-log record's sep_* keys) at each profile's sizes
+    (dict_size, k, batch_size; decoder width 256) on random firing with Zipfian latent frequencies,
+    by the two CPU routes for the co-firing pairs: dense mask products (int8 where fast, else
+    float32) and the sparse COO product. Median ms of `repeats` each, COO over dense, and the route
+    the harness takes here (ortho_fast.DENSE_COUNTS None); the two records are checked equal."""
+    import torch
+
+    import experiment as E
+    from sae_harness.run import ortho_fast, precision
+
+    out = {}
+    for profile in (E.profiles.SYNTH, E.profiles.SYNTH_NARROW, E.profiles.EMBEDDED):
+        sizes = E.PROFILES[profile]
+        F, k, B = sizes["dict_size"], sizes["k"], sizes["batch_size"]
+        gen = torch.Generator().manual_seed(0)
+        frequency_F = 1 / (torch.arange(F) + 20.0) ** 0.8
+        active_BF = torch.zeros(B, F, dtype=torch.bool).scatter_(1, torch.multinomial(frequency_F.expand(B, F), k, generator=gen), True)
+        W_FD = torch.randn(F, 256, generator=gen)
+        ms, seen = {}, []
+        for route, dense in (("dense", True), ("coo", False)):
+            ortho_fast.DENSE_COUNTS = dense
+            seen.append(ortho_fast.feature_separation(W_FD, active_BF, 0.05, torch.float32, seed=1))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                ortho_fast.feature_separation(W_FD, active_BF, 0.05, torch.float32, seed=1)
+                times.append(1000 * (time.perf_counter() - t0))
+            ms[route] = statistics.median(times)
+        ortho_fast.DENSE_COUNTS = None
+        assert seen[0] == seen[1], f"the two routes disagree at {profile}: {seen}"
+        taken = "dense" if precision.int8_counts(torch.device("cpu")) else "coo"
+        out[profile] = dict(F=F, k=k, B=B, dense_ms=ms["dense"], coo_ms=ms["coo"], coo_over_dense=ms["coo"] / ms["dense"], taken=taken)
+        print(
+            f"{profile:14s} F {F:5d} k {k:3d}: dense {ms['dense']:7.1f} ms, COO {ms['coo']:7.1f} ms, COO / dense {ms['coo'] / ms['dense']:.2f}; taken here: {taken}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # tests: the two tiers
 # ----------------------------------------------------------------------------------------------
 
@@ -300,6 +346,7 @@ PARTS = dict(
     sweep=lambda args: sweep(args.epochs, args.arms, Path(args.root).resolve()),
     sharing=lambda args: sharing(args.seconds, args.rounds),
     tests=lambda args: tests(),
+    records=lambda args: records(args.repeats),
     default=lambda args: default_run(args.run_options.split()),
 )
 NAMED_ONLY = ("default",)  # not part of a bare `fast_loop.py`: an hour on a 2-core AVX2 CPU
@@ -310,12 +357,13 @@ def main(argv: list[str]) -> int:
         worker()
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help="phases, sweep, sharing, tests (all four by default), default (only when named)")
+    parser.add_argument("parts", nargs="*", help="phases, sweep, sharing, tests, records (all five by default), default (only when named)")
     parser.add_argument("--epochs", type=int, default=None, help="the phases' run: passes over the samples (the profile's by default)")
     parser.add_argument("--arms", default="none,progressive,static", help="sweep: the arms, one seed each")
     parser.add_argument("--root", default=str(ROOT), help="sweep: the checkout whose sweep.py is timed")
     parser.add_argument("--seconds", type=float, default=5.0, help="sharing: seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="sharing: rounds over the policies")
+    parser.add_argument("--repeats", type=int, default=10, help="records: timings per route and profile")
     parser.add_argument("--run_options", default="", help='default: experiment.py options for both runs (e.g. "--epochs 1")')
     args = parser.parse_args(argv)
     parts = args.parts or [part for part in PARTS if part not in NAMED_ONLY]

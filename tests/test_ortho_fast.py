@@ -86,10 +86,10 @@ def test_penalty_zero_when_nothing_cofires_above_threshold():
 
 @pytest.mark.parametrize("rows", [7, 1000])
 @pytest.mark.parametrize("int8", [True, False])
-@pytest.mark.parametrize("route,dense_counts", [("dense", True), ("sparse", True), ("sparse", False)])
+@pytest.mark.parametrize("route,dense_counts", [("dense", True), ("sparse", True), ("sparse", False), ("sparse", None)])
 def test_cofiring_pairs_match_brute_force(route, dense_counts, int8, rows, monkeypatch):
-    """dense_counts False: the sparse route's COO product (its route off CPU); int8: the counts'
-    dtype on a CPU where int8 products are fast (else float32)."""
+    """dense_counts False: the sparse route's COO product (its route off CPU); None: dense where
+    int8 products are fast; int8: the counts' dtype on a CPU where int8 products are fast (else float32)."""
     monkeypatch.setattr(O, "DENSE_COUNTS", dense_counts)
     monkeypatch.setattr(O.precision, "int8_counts", lambda device: int8)
     _, active = random_case(4, B=300, F=30)
@@ -108,6 +108,18 @@ def test_cofiring_pairs_match_brute_force(route, dense_counts, int8, rows, monke
     assert torch.equal(pairs.cofire_P[order], counts[r, c].float())
     n = counts[r, c] / torch.minimum(m.sum(0)[fired][r], m.sum(0)[fired][c])
     torch.testing.assert_close(pairs.n()[order], n.float())
+
+
+@pytest.mark.parametrize("int8", [True, False])
+def test_cpu_counts_are_dense_only_where_int8_products_are_fast(int8, monkeypatch):
+    """On an AVX2 CPU the float32 dense product lost to the COO one (docs/performance.md), so the
+    sparse route takes dense int8 masks only where int8 products are measured fast."""
+    monkeypatch.setattr(O.precision, "int8_counts", lambda device: int8)
+    monkeypatch.setattr(O, "DENSE_COUNTS", None)  # the default
+    _, active = random_case(4, B=50, F=20)
+    masks = O._SparseMasks.of(active)
+    assert (masks.mask_BA is not None) == int8 and (masks.M_BA is None) == int8
+    assert not int8 or masks.mask_BA.dtype == torch.int8
 
 
 def brute_force_separation(W, active, latents, threshold):

@@ -325,6 +325,40 @@ def test_mechanism_sees_the_hierarchy_pairs(world):
     assert m["mech_hier_cos"] < 0.1  # the true features are nearly orthogonal
 
 
+def test_mechanism_matches_brute_force(world):
+    """Every group measure against a pair-by-pair loop, on a random decoder and random firing: the
+    hierarchy pairs are the (l(p), l(c)) of each edge that both fired (either order), the others
+    every other ordered pair of fired latents."""
+    import experiment as E
+
+    gen = torch.Generator().manual_seed(5)
+    n, d = TINY["num_features"], TINY["hidden_dim"]
+    v = world.feature_dict.feature_vectors
+    W = (v[torch.randperm(n, generator=gen)[: n - 2]] + 0.3 * torch.randn(n - 2, d, generator=gen)).float()
+    active = torch.rand(300, n - 2, generator=gen) < 0.15
+    active[:, 3] = False  # a latent that never fires
+    cf = E.cofiring(active, 0.2)
+    m = synth.mechanism(W, cf, world)
+    latent_N, _ = synth.match_by_direction(W, v, synth.hierarchy_edges(world))
+    pos = {int(f): a for a, f in enumerate(cf.fired_A)}
+    hier, edges = set(), 0  # two edges may share a latent pair: pairs counted once, edges each
+    for p, c in zip(*synth.hierarchy_edges(world)):
+        i, j = int(latent_N[p]), int(latent_N[c])
+        if i in pos and j in pos and i != j:
+            hier |= {(pos[i], pos[j]), (pos[j], pos[i])}
+            edges += 1
+    W_hat = W / W.norm(dim=-1, keepdim=True)
+    cos = lambda a, b: abs((W_hat[cf.fired_A[a]] @ W_hat[cf.fired_A[b]]).item())  # noqa: E731
+    A = len(cf.fired_A)
+    other = [(a, b) for a in range(A) for b in range(A) if a != b and (a, b) not in hier]
+    P = sum(cf.c_AA[a, b].item() * cos(a, b) for a in range(A) for b in range(A))
+    assert m["mech_hier_pairs"] == edges and hier
+    assert m["mech_hier_cofire"] == pytest.approx(sum(cf.n_AA[a, b].item() for a, b in hier) / len(hier), rel=1e-5)
+    assert m["mech_hier_share"] == pytest.approx(sum(cf.c_AA[a, b].item() * cos(a, b) for a, b in hier) / P, rel=1e-4)
+    assert m["mech_other_cofire"] == pytest.approx(sum(cf.n_AA[a, b].item() for a, b in other) / len(other), rel=1e-5)
+    assert m["mech_other_cos"] == pytest.approx(sum(cos(a, b) for a, b in other) / len(other), rel=1e-5)
+
+
 def test_an_edit_of_cofiring_reaches_the_penalty_and_the_mechanism(world, monkeypatch):
     """c_ij is defined once (experiment.cofiring): edited there (here to 1 for every pair that fired),
     the penalty and the mechanism's share of P both follow, without an edit of their own."""

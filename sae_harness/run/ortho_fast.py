@@ -13,7 +13,7 @@ ORTHO_TILE) per tile plus O(fired latents x D), never an F x F matrix.
 
 The diagnostics enumerate the co-firing pairs (pair_blocks) on one of two routes, which compute
 the same pairs and counts: sparse (CPU) keeps only the pairs that co-fire, from an int8 product of
-the firing masks on CPU or a sparse x sparse product elsewhere, in row blocks of at most
+the firing masks on a CPU with fast int8 products or a sparse x sparse product elsewhere, in row blocks of at most
 SPARSE_PAIR_BLOCK candidate pairs; dense (CUDA) takes the nonzeros of row blocks of the counts.
 
 Shape suffixes as in experiment.py: B batch, D model width, F latents, A latents that fired,
@@ -147,7 +147,7 @@ def _crow(row_sorted: torch.Tensor, n_rows: int) -> torch.Tensor:
     return crow
 
 
-DENSE_COUNTS = True  # sparse route on CPU: the counts as dense mask products (False: the COO product used elsewhere)
+DENSE_COUNTS = None  # sparse route on CPU: the counts as dense mask products where int8 products are fast (None), always (True), never (False: the COO product, as elsewhere)
 SPARSE_PAIR_BLOCK = 2**24  # sparse route: candidate pairs (rows x fired latents) per row block
 SEPARATION_LATENTS = 4096  # feature_separation enumerates pairs among at most this many fired latents (all of them on the embedded profile)
 
@@ -174,12 +174,16 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
 
 
 class _SparseMasks(NamedTuple):
-    """The firing masks of the latents that fired. On CPU a dense (tokens x latents) matrix in
-    mask_dtype (int8 where fast, else float32): a row block's counts are one product, exact, of
-    which the co-firing pairs are the nonzeros (int8 on an AMX CPU, at a trained state of the embedded profile, where a third of all pairs
-    co-fire: 44-57 ms for counts and pairs against 93-106 ms with the sparse product). Elsewhere sparse COO matrices: M_BA
-    (tokens x latents) and the (latent, token) entries sorted by latent, so a row block of M_AB is
-    a slice. (COO, not CSR: torch 2.14's CSR x CSR product on CPU leaks about 13 MB per call.)"""
+    """The firing masks of the latents that fired. On a CPU with fast int8 products (AMX, VNNI; or
+    wherever DENSE_COUNTS is True) a dense (tokens x latents) matrix in mask_dtype: a row block's
+    counts are one product, exact, of which the co-firing pairs are the nonzeros (int8 on an AMX
+    CPU, at a trained state of the embedded profile, where a third of all pairs co-fire: 44-57 ms
+    for counts and pairs against 93-106 ms with the sparse product). Elsewhere sparse COO matrices:
+    M_BA (tokens x latents) and the (latent, token) entries sorted by latent, so a row block of M_AB
+    is a slice. Both give the same pairs in the same order. (On an AVX2 CPU the float32 dense
+    product lost to the COO one at the synth and embedded profiles' sizes: docs/performance.md,
+    `benchmarks/fast_loop.py records`. COO, not CSR: torch 2.14's CSR x CSR product on CPU leaks
+    about 13 MB per call.)"""
 
     fired_A: torch.Tensor
     count_A: torch.Tensor
@@ -191,7 +195,8 @@ class _SparseMasks(NamedTuple):
 
     @staticmethod
     def of(active_BF: torch.Tensor) -> "_SparseMasks":
-        if active_BF.device.type == "cpu" and DENSE_COUNTS:
+        dense = precision.int8_counts(active_BF.device) if DENSE_COUNTS is None else DENSE_COUNTS
+        if active_BF.device.type == "cpu" and dense:
             fired_A = active_BF.any(0).nonzero().squeeze(1)
             mask_BA = active_BF[:, fired_A].to(mask_dtype(active_BF.device, torch.float32))
             return _SparseMasks(fired_A, mask_BA.sum(0, dtype=torch.float32), mask_BA, None, None, None, None)

@@ -633,15 +633,17 @@ def mechanism(W_dec_FD: torch.Tensor, cofiring, model) -> dict:
     hier_AA[j_E[both_E], i_E[both_E]] = True
     other_AA = ~hier_AA
     other_AA.fill_diagonal_(False)
-    P = (c_AA * cos_AA).sum().item()
+    other_N = other_AA.flatten().nonzero().squeeze(1)  # found once, read twice (as n_AA[other_AA] reads them)
+    weighted_AA = c_AA * cos_AA
+    P = weighted_AA.sum().item()
     W_hat_FD = unit(W_dec_FD.detach().float())
     return dict(
         mech_hier_pairs=int(both_E.sum()),
         mech_hier_cofire=n_AA[hier_AA].mean().item() if hier_AA.any() else None,
         mech_hier_cos=(W_hat_FD[l_parent_E] * W_hat_FD[l_child_E]).sum(-1).abs().mean().item(),
-        mech_hier_share=(c_AA * cos_AA)[hier_AA].sum().item() / P if P > 0 else None,
-        mech_other_cofire=n_AA[other_AA].mean().item() if other_AA.any() else None,
-        mech_other_cos=cos_AA[other_AA].mean().item() if other_AA.any() else None,
+        mech_hier_share=weighted_AA[hier_AA].sum().item() / P if P > 0 else None,
+        mech_other_cofire=n_AA.flatten()[other_N].mean().item() if len(other_N) else None,
+        mech_other_cos=cos_AA.flatten()[other_N].mean().item() if len(other_N) else None,
     )
 
 
