@@ -290,7 +290,7 @@ def records(repeats: int) -> dict:
     import torch
 
     import experiment as E
-    from sae_harness.run import ortho_fast, precision
+    from sae_harness.run import ortho_fast
 
     out = {}
     for profile in (E.profiles.SYNTH, E.profiles.SYNTH_NARROW, E.profiles.EMBEDDED):
@@ -312,7 +312,7 @@ def records(repeats: int) -> dict:
             ms[route] = statistics.median(times)
         ortho_fast.DENSE_COUNTS = None
         assert seen[0] == seen[1], f"the two routes disagree at {profile}: {seen}"
-        taken = "dense" if precision.int8_counts(torch.device("cpu")) else "coo"
+        taken = "dense" if ortho_fast.dense_counts(torch.device("cpu")) else "coo"
         out[profile] = dict(F=F, k=k, B=B, dense_ms=ms["dense"], coo_ms=ms["coo"], coo_over_dense=ms["coo"] / ms["dense"], taken=taken)
         print(
             f"{profile:14s} F {F:5d} k {k:3d}: dense {ms['dense']:7.1f} ms, COO {ms['coo']:7.1f} ms, COO / dense {ms['coo'] / ms['dense']:.2f}; taken here: {taken}"

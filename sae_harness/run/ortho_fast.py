@@ -173,6 +173,14 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
     yield from _sparse_blocks(_SparseMasks.of(active_BF))
 
 
+def dense_counts(device: torch.device) -> bool:
+    """Whether the sparse route counts co-firing pairs by a dense product of the firing masks on
+    this device (_SparseMasks): on CPU, where int8 products are fast, unless DENSE_COUNTS says."""
+    if torch.device(device).type != "cpu":
+        return False
+    return precision.int8_counts(device) if DENSE_COUNTS is None else DENSE_COUNTS
+
+
 class _SparseMasks(NamedTuple):
     """The firing masks of the latents that fired. On a CPU with fast int8 products (AMX, VNNI; or
     wherever DENSE_COUNTS is True) a dense (tokens x latents) matrix in mask_dtype: a row block's
@@ -195,8 +203,7 @@ class _SparseMasks(NamedTuple):
 
     @staticmethod
     def of(active_BF: torch.Tensor) -> "_SparseMasks":
-        dense = precision.int8_counts(active_BF.device) if DENSE_COUNTS is None else DENSE_COUNTS
-        if active_BF.device.type == "cpu" and dense:
+        if dense_counts(active_BF.device):
             fired_A = active_BF.any(0).nonzero().squeeze(1)
             mask_BA = active_BF[:, fired_A].to(mask_dtype(active_BF.device, torch.float32))
             return _SparseMasks(fired_A, mask_BA.sum(0, dtype=torch.float32), mask_BA, None, None, None, None)
