@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_harness.evals.registry import LM_EVAL_NAMES
-from sae_harness.run import cli, data, ortho_fast, precision, profiles, rundir, runner, synth
+from sae_harness.run import cli, data, ortho_fast, precision, profiles, rundir, runner
 from sae_harness.run.checks import (
     ARM,
     EVAL,
@@ -59,7 +59,7 @@ from sae_harness.run.checks import (
     word,
 )
 from sae_harness.run.sae_interface import SAEBenchSAE
-from sae_harness.run.session import TrainingSession
+from sae_harness.run.session import TrainingSession, batch_diagnostics
 from sae_harness.run.tracking import Tracker
 
 HERE = Path(__file__).resolve().parent
@@ -665,14 +665,15 @@ class NonFiniteLoss(Exception):
 
 def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.Tensor, step: int, elapsed: float) -> dict:
     """One training_log.jsonl line: each loss term's part of the loss (<name>_loss = weight x value),
-    the term's schedule and dose, sparsity, dead latents, and the training-batch separation
-    diagnostics (sep_*: what the term itself minimises, so not evidence of separation)."""
+    the term's schedule and dose, then the batch's diagnostics (session.batch_diagnostics: sparsity,
+    dead latents, FVU, on synth the true parent / child pairs against all others, and sep_*: what the
+    term itself minimises, so not evidence of separation)."""
     losses = {f"{name}_loss": term.weight * term.value.item() for name, term in out.terms.items()}
     ortho, weight = out.terms["ortho"].value.item(), out.terms["ortho"].weight
     if out.ortho_lambda > 0 and step % cfg.ortho_every and trainer.arm.term == "cofiring":  # the held P is older: report this batch's
         ortho = trainer.penalty_value_and_grad(out.cofire_BF, out.threshold)[0].item()
         losses["ortho_loss"] = weight * ortho
-    loss, recon = out.loss.item(), out.terms["recon"].value.item()
+    loss = out.loss.item()
     record = dict(step=step, progress=step / cfg.total_steps, tokens=(step + 1) * cfg.batch_size, elapsed_s=round(elapsed, 3))
     record |= dict(lr=trainer.lr_at(step), loss=loss) | losses
     record |= dict(
@@ -682,14 +683,10 @@ def log_record(cfg: Config, trainer: TrainerTopK, out: StepOutput, x_BD: torch.T
         ortho_grad_share=trainer.ortho_grad_share if weight else None,
         threshold=out.threshold,
         ortho_share=losses["ortho_loss"] / loss if loss else None,
-        l0=out.active_BF.sum(-1).float().mean().item(),
-        dead_fraction=out.dead_F.float().mean().item(),
-        fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
     )
-    if cfg.text_source == "synth":  # the true parent / child latent pairs against all others (sae_harness/run/synth.py)
-        contained = trainer.arm.pairs == "contained"  # the pairs as this arm's term weighs them
-        record |= synth.mechanism_record(cfg, trainer.sae.W_dec, cofiring(out.cofire_BF, out.threshold, contained))
-    return record | ortho_fast.feature_separation(trainer.sae.W_dec, out.active_BF, out.threshold, trainer.dtype, seed=step)
+    contained = trainer.arm.pairs == "contained"  # the pairs as this arm's term weighs them, for synth's mechanism
+    pairs = cofiring(out.cofire_BF, out.threshold, contained) if cfg.text_source == "synth" else None
+    return record | batch_diagnostics(cfg, trainer.sae.W_dec, out, x_BD, trainer.dtype, step, pairs)
 
 
 def train(cfg: Config, buffer: data.ActivationBuffer, device: torch.device, out: Path, tracker: Tracker) -> tuple[AutoEncoderTopK, dict]:

@@ -7,6 +7,9 @@
                 session.log(record, terms)  # a training_log.jsonl line, wandb, the progress bar or line
     final = session.final_info()            # the run's training record
 
+and batch_diagnostics, the part of a record that is the harness's, not the idea's (sparsity, dead
+latents, FVU, the separation diagnostics).
+
 A resumed run refuses a checkpoint written with another config (only where things are kept may
 differ), keeps the log's records of the steps before the checkpoint, and goes on from there.
 """
@@ -19,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from sae_harness.run import rundir
+from sae_harness.run import ortho_fast, rundir, synth
 from sae_harness.run.checks import PLACE, fields_with
 from sae_harness.run.progress import Progress, record_fields
 from sae_harness.run.rundir import Interrupted, TrainingFailed, UsageError
@@ -150,3 +153,21 @@ class TrainingSession:
             fvu=record["fvu"],
             **extra,
         ) | rundir.dose_summary(self.dose)
+
+
+def batch_diagnostics(cfg, W_dec_FD, out, x_BD, dtype, step: int, cofiring=None) -> dict:
+    """The training batch's diagnostics in a training-log record, after the loss terms: l0, the
+    fraction of dead latents, the FVU of the reconstruction (the log() above needs these three); on
+    synth (cofiring: experiment.cofiring of the batch) the true parent / child latent pairs against
+    all others (synth.mechanism); then the sep_* keys of ortho_fast.feature_separation (decoder
+    |cos| of the pairs that co-fire in the batch: what the term itself minimises, so a diagnostic,
+    not evidence of separation). out: experiment.StepOutput of the step."""
+    recon = out.terms["recon"].value.item()
+    record = dict(
+        l0=out.active_BF.sum(-1).float().mean().item(),
+        dead_fraction=out.dead_F.float().mean().item(),
+        fvu=recon / (x_BD - x_BD.mean(0)).pow(2).sum(-1).mean().item(),
+    )
+    if cofiring is not None:
+        record |= synth.mechanism_record(cfg, W_dec_FD, cofiring)
+    return record | ortho_fast.feature_separation(W_dec_FD, out.active_BF, out.threshold, dtype, seed=step)
