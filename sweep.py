@@ -59,7 +59,7 @@ class SweepOptions:
     executor: Literal["auto", "local", "slurm"] = "auto"
     """where the runs go: slurm (a job array through submitit) when srun is on PATH, else local (processes on this machine, forked from one that imported experiment.py once) (auto)"""
     parallel: int = field(default=1, metadata=integer(1))
-    """runs at once: local processes, or the SLURM array's parallelism. With N > 1 locally each run gets cores/N torch threads (two synth runs at once on 2 cores: 1.9x one alone, docs/performance.md)"""
+    """runs at once: local processes, or the SLURM array's parallelism. With N > 1 locally each run gets cores/N torch threads, so its numbers differ from a lone run's in the last bits (its precision record says how many); on 2 cores, 2 gave 1.15x (synth) and 1.41x (synth-narrow) the runs an hour of 1 (docs/performance.md)"""
     timeout_min: int = field(default=240, metadata=integer(1))
     """minutes per job (SLURM requeues a timed-out job, which resumes)"""
     partition: str = field(default="", metadata=word())

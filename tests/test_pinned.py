@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # whole runs, one per arm: the slow tier (pytest 
 
 PINS = Path(__file__).parent / "pinned"
 # time and machine, not results
-VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "cpu_model", "written"}
+VOLATILE = {"seconds", "elapsed_s", "bf16_speedup", "int8_speedup", "cpu_capability", "cpu_model", "threads", "written"}
 RELATIVE = 3e-3  # the pins' tolerance across CPU kinds (docstring)
 ARMS = ("none", "progressive", "static_matched", "matryoshka", "ortsae")
 

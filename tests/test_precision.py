@@ -166,6 +166,7 @@ def test_each_precision_runs_end_to_end_and_is_recorded(tmp_path, tiny_lm, capsy
     assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert record["cpu_model"] == precision.cpu_model() and record["cpu_model"] != "unknown"  # Linux: /proc/cpuinfo's model name
     assert record["bf16_speedup"] > 0 and record["int8_speedup"] > 0
+    assert record["threads"] == torch.get_num_threads()
     assert record["requested"] == {"llm_dtype": dtype, "sae_dtype": dtype}
     cache = info["training results for layer 1"]["final_info"]["activation_cache"]
     assert json.loads((tmp_path / "cache" / cache.split("/")[-1] / "meta.json").read_text())["key"]["dtype"] == dtype

@@ -138,6 +138,10 @@ class Precision:
     """float32 / bfloat16 seconds of a matmul on this CPU, measured (None on CUDA)."""
     int8_speedup: float | None
     """float32 / int8 seconds of a matmul on this CPU, measured (None on CUDA): the co-firing counts' dtype."""
+    threads: int
+    """torch's intra-op threads in this run: CPU reductions split their sums by thread, so a run with
+    another count (sweep.py --parallel 2 gives each run cores / 2) differs from this one in the last
+    bits, and training carries that on (a synth run's final loss by ~0.1%)."""
     llm: str
     sae: str
     evals: str
@@ -204,6 +208,7 @@ def resolve(llm_dtype: str, sae_dtype: str, device: torch.device, profile: str) 
         cpu_model=cpu_model(),
         bf16_speedup=None if cuda else round(cpu_speedup(torch.bfloat16), 4),
         int8_speedup=None if cuda else round(cpu_speedup(torch.int8), 4),
+        threads=torch.get_num_threads(),
         llm=name(choose(llm_dtype, device)),
         sae=name(choose(sae_dtype, device)),
         evals=eval_dtype(profile, device),
