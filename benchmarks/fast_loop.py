@@ -5,7 +5,8 @@ torch processes under each OpenMP wait policy, and the two test tiers. Not a tes
                                               # training, the ground-truth eval with the eval samples
                                               # drawn and then cached (world and training samples built first)
     python benchmarks/fast_loop.py sweep      # a synth sweep of 3 arms (one seed), caches warm: seconds a
-                                              # run and runs an hour (--root OTHER_CHECKOUT times another version)
+                                              # run and runs an hour (--root OTHER_CHECKOUT times another version;
+                                              # --profile synth-narrow the other regime; --parallel 2 two at once)
     python benchmarks/fast_loop.py sharing    # the synth profile's training step alone and two processes at
                                               # once, per wait policy, interleaved (~3 minutes)
     python benchmarks/fast_loop.py tests      # pytest -q (the fast tier) and pytest -q -m slow, timed
@@ -44,6 +45,7 @@ POLICIES = {
     "spin (libgomp default)": {"GOMP_SPINCOUNT": "300000"},
     "passive (the harness's)": dict(threads.POLICY),
     "short spin (10k)": {"GOMP_SPINCOUNT": "10000"},
+    "short spin (3k)": {"GOMP_SPINCOUNT": "3000"},  # on the AMX CPU 1.09x alone, 1.91x two at once (docs/performance.md)
     "1 thread, spin": {"GOMP_SPINCOUNT": "300000", "OMP_NUM_THREADS": "1"},
     "1 thread, passive": dict(threads.POLICY) | {"OMP_NUM_THREADS": "1"},
 }
@@ -208,17 +210,21 @@ def phases(epochs: int | None) -> dict:
     return out
 
 
-def sweep(epochs: int | None, arms: str, root: Path) -> dict:
+def sweep(epochs: int | None, arms: str, root: Path, profile: str = "synth", parallel: int = 1) -> dict:
     """A synth sweep as a study runs it (`sweep.py --variants <arms> --seeds 1`, world, training
     samples and eval samples cached by a first sweep of one arm), timed whole: seconds per run and
     runs per hour, collect and figures included. root: the checkout whose sweep.py runs (another
-    worktree times another version on the same caches)."""
+    worktree times another version on the same caches); profile: synth or synth-narrow, the two
+    regimes of a ground-truth study; parallel: runs at once (sweep.py --parallel: each run gets
+    cores / parallel torch threads, so its numbers differ from a lone run's in the last bits)."""
     with tempfile.TemporaryDirectory() as tmp:
         base = [
             sys.executable,
             "sweep.py",
             "--profile",
-            "synth",
+            profile,
+            "--parallel",
+            str(parallel),
             "--seeds",
             "1",
             "--executor",
@@ -239,8 +245,10 @@ def sweep(epochs: int | None, arms: str, root: Path) -> dict:
         if (done := run("timed", arms)).returncode:
             raise RuntimeError(f"sweep.py failed: {done.stderr.strip().splitlines()[-1:]}")
         wall, n = time.time() - t0, len(arms.split(","))
-    print(f"sweep of {n} synth runs ({root}): {wall:.0f} s, {wall / n:.1f} s a run, {3600 * n / wall:.0f} runs an hour")
-    return dict(root=str(root), runs=n, wall_s=wall, s_per_run=wall / n, runs_per_hour=3600 * n / wall)
+    print(
+        f"sweep of {n} {profile} runs, {parallel} at once ({root}): {wall:.0f} s, {wall / n:.1f} s a run, {3600 * n / wall:.0f} runs an hour"
+    )
+    return dict(root=str(root), profile=profile, parallel=parallel, runs=n, wall_s=wall, s_per_run=wall / n, runs_per_hour=3600 * n / wall)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,7 +351,7 @@ def tests() -> dict:
 
 PARTS = dict(
     phases=lambda args: phases(args.epochs),
-    sweep=lambda args: sweep(args.epochs, args.arms, Path(args.root).resolve()),
+    sweep=lambda args: sweep(args.epochs, args.arms, Path(args.root).resolve(), args.profile, args.parallel),
     sharing=lambda args: sharing(args.seconds, args.rounds),
     tests=lambda args: tests(),
     records=lambda args: records(args.repeats),
@@ -361,6 +369,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="the phases' run: passes over the samples (the profile's by default)")
     parser.add_argument("--arms", default="none,progressive,static", help="sweep: the arms, one seed each")
     parser.add_argument("--root", default=str(ROOT), help="sweep: the checkout whose sweep.py is timed")
+    parser.add_argument("--profile", default="synth", choices=("synth", "synth-narrow"), help="sweep: the regime (profile) of its runs")
+    parser.add_argument("--parallel", type=int, default=1, help="sweep: runs at once (sweep.py --parallel)")
     parser.add_argument("--seconds", type=float, default=5.0, help="sharing: seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="sharing: rounds over the policies")
     parser.add_argument("--repeats", type=int, default=10, help="records: timings per route and profile")
