@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from sae_harness.evals.registry import LM_EVAL_NAMES
 from sae_harness.run import cli, data, ortho_fast, precision, profiles, rundir, runner
+from sae_harness.run.buffer import geometric_median
 from sae_harness.run.checks import (
     ARM,
     EVAL,
@@ -450,18 +451,6 @@ def nested_recon_loss(
     return total
 
 
-def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-5) -> torch.Tensor:
-    """Weiszfeld's algorithm."""
-    median_D = x_ND.mean(0)
-    for _ in range(iters):
-        weights_N = 1 / (x_ND - median_D).norm(dim=-1).clamp_min(eps)
-        new_D = (weights_N[:, None] * x_ND).sum(0) / weights_N.sum()
-        if (new_D - median_D).norm() < eps:
-            return new_D
-        median_D = new_D
-    return median_D
-
-
 # ----------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------
@@ -472,21 +461,6 @@ class Term(NamedTuple):
 
     value: torch.Tensor
     weight: float  # 0: off on this step
-
-
-class HeldGradient(torch.autograd.Function):
-    """P with dP/dW_dec computed beforehand (by the fast path, or held from an earlier step), so
-    autograd hands weight x dP/dW_dec to W_dec.grad as it does every other term's gradient."""
-
-    @staticmethod
-    def forward(ctx, W_dec_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(grad_FD)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (grad_FD,) = ctx.saved_tensors
-        return grad_output * grad_FD, None, None
 
 
 class StepOutput(NamedTuple):
@@ -575,7 +549,7 @@ class TrainerTopK:
                         orthogonality_penalty, self.sae.W_dec, active_BF, threshold, self.dtype
                     )
                 self.held_ortho = self.penalty_value_and_grad(active_BF, threshold)
-            value = HeldGradient.apply(self.sae.W_dec, *self.held_ortho)
+            value = ortho_fast.HeldGradient.apply(self.sae.W_dec, *self.held_ortho)
         if value.item() <= 0:
             return Term(value, 0.0)
         self.ortho_scale = recon.item() / value.item()

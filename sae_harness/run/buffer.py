@@ -1,7 +1,8 @@
 """The activation cache's on-disk format and its reader: acts.npy (N, D) int16 holding bfloat16
 bits, meta.json with the key, rows, d_model and mean squared norm; ActivationBuffer serves it as
-training batches. Both the language-model caches (data.py) and the synthetic samples (synth.py)
-are written in this format, so each imports this module and neither imports the other."""
+training batches, and geometric_median gives a batch's (where the decoder bias starts). Both the
+language-model caches (data.py) and the synthetic samples (synth.py) are written in this format,
+so each imports this module and neither imports the other."""
 
 import errno
 import json
@@ -70,3 +71,16 @@ class ActivationBuffer:
         rows = np.sort(self.order(epoch)[step * self.batch_size : (step + 1) * self.batch_size])
         x_BD = torch.from_numpy(self.acts[rows]).view(torch.bfloat16)
         return x_BD.to(self.device, non_blocking=True).float() / self.scale
+
+
+def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-5) -> torch.Tensor:
+    """The geometric median of the rows of x (Weiszfeld's algorithm): where a TopK SAE's decoder bias
+    starts (experiment.TrainerTopK.start)."""
+    median_D = x_ND.mean(0)
+    for _ in range(iters):
+        weights_N = 1 / (x_ND - median_D).norm(dim=-1).clamp_min(eps)
+        new_D = (weights_N[:, None] * x_ND).sum(0) / weights_N.sum()
+        if (new_D - median_D).norm() < eps:
+            return new_D
+        median_D = new_D
+    return median_D

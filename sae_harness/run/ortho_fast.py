@@ -173,6 +173,22 @@ def pair_blocks(active_BF: torch.Tensor, route: str = "sparse", dtype: torch.dty
     yield from _sparse_blocks(_SparseMasks.of(active_BF))
 
 
+class HeldGradient(torch.autograd.Function):
+    """P with dP/dW_dec computed beforehand (by the fast path or the reference, or held from an earlier
+    step: experiment.TrainerTopK.ortho_term), so autograd hands weight x dP/dW_dec to W_dec.grad as
+    it does every other term's gradient."""
+
+    @staticmethod
+    def forward(ctx, W_dec_FD: torch.Tensor, value: torch.Tensor, grad_FD: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad_FD)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_FD,) = ctx.saved_tensors
+        return grad_output * grad_FD, None, None
+
+
 def dense_counts(device: torch.device) -> bool:
     """Whether the sparse route counts co-firing pairs by a dense product of the firing masks on
     this device (_SparseMasks): on CPU, where int8 products are fast, unless DENSE_COUNTS says."""
